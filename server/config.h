@@ -1,0 +1,71 @@
+/* config.h - settings for every part of cibad, from a file and CIBAD_* variables
+ * SPDX-License-Identifier: MIT
+ */
+#ifndef CIBAD_SERVER_CONFIG_H
+#define CIBAD_SERVER_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "util/util.h"
+
+struct server_config {
+    char *issuer;        /* https://as.example.com, no trailing slash */
+    char *listen;        /* host:port */
+    char *database_url;  /* libpq connection string or URI */
+    char *migrations_dir;
+    int workers;         /* event loop threads */
+    char *log_level;
+
+    char *secret;        /* server secret: keys the OTP HMAC and seals signing keys */
+
+    char *sms_driver;    /* console | http | twilio */
+    char *sms_http_url;
+    char *sms_http_token;
+    char *sms_twilio_base_url;
+    char *sms_twilio_account_sid;
+    char *sms_twilio_auth_token;
+    char *sms_twilio_from;
+    char *sms_ca_file;
+    int sms_timeout_ms;
+    bool sms_allow_http_loopback;
+    int sms_per_phone_max;   /* codes per phone number per window */
+    int sms_per_phone_window;
+
+    char *default_country_code; /* for phone numbers written without "+" */
+
+    int otp_lifetime;        /* seconds, 30 to 300 */
+    int otp_max_attempts;
+    int otp_resend_cooldown; /* seconds */
+
+    int access_token_lifetime; /* seconds */
+    int id_token_lifetime;     /* seconds */
+    int auth_req_default_expiry;
+    int auth_req_min_expiry;
+    int auth_req_max_expiry;
+    int poll_interval;
+    int binding_message_max; /* characters */
+    int tombstone_seconds;   /* keep finished requests this long for expired_token */
+
+    int http_timeout;        /* seconds of read or write inactivity */
+    int request_deadline_ms; /* a request not answered by then gets 503 */
+    int db_timeout_ms;
+    int max_body;            /* bytes */
+    int max_headers;         /* bytes */
+};
+
+/* Loads defaults, then the file (when path is not NULL), then CIBAD_* environment
+ * variables, which win. Validates ranges. Returns 0, or -1 after writing the reason to
+ * err. */
+int server_config_load(struct server_config *cfg, const char *path, char *err,
+                       size_t err_len) MUST_CHECK;
+void server_config_free(struct server_config *cfg);
+/* Logs every setting at info level, except secrets, which show as "(set)". */
+void server_config_log(const struct server_config *cfg);
+/* Prints the settings table (name, variable, default, description) for --help. */
+void server_config_print_help(void);
+
+/* The configuration of the running process, set once by main before threads start. */
+extern const struct server_config *server_config;
+
+#endif

@@ -1,0 +1,93 @@
+/* http.h - the request context every endpoint handler receives, and how it replies
+ * SPDX-License-Identifier: MIT
+ *
+ * Each worker thread runs its own event_base with its own evhttp, database connection,
+ * DNS resolver, SMS sender and signing keys; a request is handled entirely on the
+ * thread that accepted it.
+ *
+ * Reply contract: a handler receives a struct server_req and must call exactly one
+ * server_reply_* function for it, now or later from a callback on the same thread.
+ * If the request deadline passes first, the server has already answered 503 and the
+ * handler's reply call only releases the context. Never touch sr after replying.
+ */
+#ifndef CIBAD_SERVER_HTTP_H
+#define CIBAD_SERVER_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "util/util.h"
+
+struct evhttp_request;
+struct event_base;
+struct evdns_base;
+struct storage_conn;
+struct sms_sender;
+struct oauth_keyset;
+
+struct server_worker {
+    int index;
+    struct event_base *base;
+    struct evdns_base *dns;
+    struct storage_conn *db;
+    struct sms_sender *sms;
+    struct oauth_keyset *keys; /* this thread's copy, refreshed from the database */
+};
+
+struct server_req {
+    struct evhttp_request *req;
+    struct server_worker *worker;
+    char rid[17];        /* request id: in every log line and the X-Request-Id header */
+    char client_id[129]; /* set once the client is known, for the log; may stay "" */
+    const char *endpoint;
+    int64_t started_ms;  /* monotonic */
+    struct event *deadline;
+    bool replied;        /* the deadline answered already */
+    int status;          /* status code sent */
+};
+
+/* Adds a response header; call before replying. */
+void server_req_add_header(struct server_req *sr, const char *name, const char *value);
+/* Returns a request header or NULL. */
+const char *server_req_header(const struct server_req *sr, const char *name);
+/* The request method as text ("GET", "POST", ...). */
+const char *server_req_method(const struct server_req *sr);
+/* The path part of the URI, without the query. */
+const char *server_req_path(const struct server_req *sr);
+
+/* Sends body (reference stolen) as application/json with the given status. */
+void server_reply_json(struct server_req *sr, int status, json_t *body);
+/* Sends len bytes with the content type given. */
+void server_reply_body(struct server_req *sr, int status, const char *content_type,
+                       const char *body, size_t len);
+
+/* ---- strict application/x-www-form-urlencoded bodies ---------------------------------- */
+
+struct server_form_param {
+    char *name;
+    char *value;
+};
+
+struct server_form {
+    size_t count;
+    struct server_form_param *params;
+};
+
+/* Parses the request body as a form. Rejects a content type other than
+ * application/x-www-form-urlencoded, bad percent-encoding, a NUL byte, invalid UTF-8,
+ * and any parameter name that appears twice (RFC 6749 section 3.1). On failure returns
+ * -1 and sets *error to a static description for error_description. */
+int server_form_parse(const struct server_req *sr, struct server_form *form,
+                      const char **error) MUST_CHECK;
+/* Parses a query string or a body given directly; same rules, no content-type check. */
+int server_form_parse_text(const char *text, size_t len, struct server_form *form,
+                           const char **error) MUST_CHECK;
+/* Returns the value of name, or NULL when absent or empty (an empty value counts as
+ * absent, as RFC 6749 section 3.1 says). */
+const char *server_form_get(const struct server_form *form, const char *name);
+void server_form_free(struct server_form *form);
+
+#endif

@@ -1,0 +1,349 @@
+/* storage.h - PostgreSQL access for cibad: every SQL statement lives behind this header
+ * SPDX-License-Identifier: MIT
+ *
+ * Two APIs:
+ *  - the asynchronous one (struct storage_conn), used by the event loops of `cibad
+ *    serve`. One connection per loop thread, driven by that thread's event_base through
+ *    libpq's non-blocking API in pipeline mode, so many requests share one connection
+ *    and the loop never waits on the database.
+ *  - the blocking one (struct storage_sync), used by the command-line subcommands and
+ *    at startup, before any loop runs.
+ *
+ * Asynchronous contract: a storage_* call returns 0 when the statement was queued, and
+ * then calls its callback exactly once, later, on the loop thread, never from inside the
+ * call itself. It returns -1 when nothing was queued (for example while the database is
+ * down), and then the callback is never called. Pointers inside a result struct are
+ * borrowed: they stay valid only until the callback returns.
+ *
+ * Secrets: the layer stores only what callers hand it. Callers hash client secrets,
+ * auth_req_id values, approval references and one-time codes before they get here.
+ */
+#ifndef CIBAD_STORAGE_H
+#define CIBAD_STORAGE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util/util.h"
+
+struct event_base;
+
+enum storage_status {
+    STORAGE_OK = 0,
+    STORAGE_NOT_FOUND,   /* no row matched */
+    STORAGE_LIMITED,     /* a rate limit or cooldown refused the change */
+    STORAGE_CONFLICT,    /* the row changed since it was read; read again and retry */
+    STORAGE_UNAVAILABLE, /* the database is unreachable or the statement timed out */
+    STORAGE_ERROR,       /* any other failure; the details are in the log */
+};
+
+/* ---- asynchronous connection ------------------------------------------------------ */
+
+struct storage_conn;
+
+/* Creates a connection bound to base and starts connecting; reconnects by itself with
+ * back-off after a failure. conninfo is a libpq connection string or URI.
+ * query_timeout_ms bounds each statement, from queueing to result: past it the statement
+ * is failed with STORAGE_UNAVAILABLE and the connection is reset. */
+struct storage_conn *storage_conn_new(struct event_base *base, const char *conninfo,
+                                      int query_timeout_ms);
+/* Fails every queued statement with STORAGE_UNAVAILABLE, then closes. NULL is a no-op. */
+void storage_conn_free(struct storage_conn *db);
+/* True while connected and ready for statements. */
+bool storage_conn_is_up(const struct storage_conn *db);
+/* Number of statements queued and not yet answered. */
+size_t storage_conn_pending(const struct storage_conn *db);
+
+/* Generic completion for statements that return no rows of interest. */
+typedef void (*storage_done_cb)(void *arg, enum storage_status status);
+
+/* SELECT 1: the readiness probe. */
+int storage_ping(struct storage_conn *db, storage_done_cb cb, void *arg) MUST_CHECK;
+
+/* ---- clients ---------------------------------------------------------------------- */
+
+struct storage_client {
+    const char *client_id;
+    const char *client_name;
+    const char *secret_hash;                     /* SHA-256 hex of the secret */
+    const char *token_endpoint_auth_method;      /* client_secret_basic | _post */
+    const char *scope;                           /* space-separated allowed scopes */
+    const char *backchannel_token_delivery_mode; /* poll | ping | push */
+    const char *backchannel_client_notification_endpoint; /* NULL for poll */
+    const char *grant_types;                     /* space-separated */
+    int64_t created_at;                          /* Unix seconds */
+};
+
+typedef void (*storage_client_cb)(void *arg, enum storage_status status,
+                                  const struct storage_client *client);
+
+/* Loads one client; STORAGE_NOT_FOUND when there is none. */
+int storage_client_get(struct storage_conn *db, const char *client_id,
+                       storage_client_cb cb, void *arg) MUST_CHECK;
+
+/* ---- users ------------------------------------------------------------------------ */
+
+enum storage_hint_kind {
+    STORAGE_HINT_PHONE,      /* value is E.164, already normalized */
+    STORAGE_HINT_NAME_OR_SUB /* value is a username or a subject identifier */
+};
+
+struct storage_user {
+    const char *subject;
+    const char *username;
+    const char *phone_number; /* E.164 */
+};
+
+typedef void (*storage_user_cb)(void *arg, enum storage_status status,
+                                const struct storage_user *user);
+
+int storage_user_find(struct storage_conn *db, enum storage_hint_kind kind,
+                      const char *value, storage_user_cb cb, void *arg) MUST_CHECK;
+
+/* ---- authentication requests (CIBA) ----------------------------------------------- */
+
+/* What the backchannel endpoint stores for a new request. */
+struct storage_auth_req_new {
+    const char *auth_req_id_hash; /* SHA-256 hex of auth_req_id */
+    const char *ref_hash;         /* SHA-256 hex of the approval link reference */
+    const char *client_id;
+    const char *subject;
+    const char *phone_number;
+    const char *scope;
+    const char *binding_message; /* may be NULL */
+    const char *acr_values;      /* may be NULL */
+    int expires_in;              /* seconds from now */
+    int interval;                /* initial poll interval, seconds */
+    const unsigned char *otp_hmac;
+    size_t otp_hmac_len;
+    int otp_lifetime;       /* seconds the first code stays valid */
+    int sms_per_phone_max;  /* codes allowed per phone number ... */
+    int sms_per_phone_window; /* ... in this many seconds */
+    const char *request_id; /* for the audit row */
+};
+
+/* Inserts the request, counts a code against the phone number's quota and appends the
+ * "request accepted" audit row, all in one statement. STORAGE_LIMITED when the phone
+ * number has reached its quota (nothing is inserted then). */
+int storage_auth_req_create(struct storage_conn *db, const struct storage_auth_req_new *in,
+                            storage_done_cb cb, void *arg) MUST_CHECK;
+
+/* Appends "code sent" to the audit log. */
+int storage_auth_req_code_sent(struct storage_conn *db, const char *auth_req_id_hash,
+                               const char *request_id, storage_done_cb cb,
+                               void *arg) MUST_CHECK;
+
+/* Ends a pending request as denied because its SMS could not be delivered; reason goes
+ * to the audit row. STORAGE_NOT_FOUND when it was no longer pending. */
+int storage_auth_req_fail_delivery(struct storage_conn *db, const char *auth_req_id_hash,
+                                   const char *reason, const char *request_id,
+                                   storage_done_cb cb, void *arg) MUST_CHECK;
+
+/* Outcome of one token request for the CIBA grant. */
+enum storage_poll_outcome {
+    STORAGE_POLL_PENDING,   /* authorization_pending */
+    STORAGE_POLL_SLOW_DOWN, /* polled before interval passed; interval grew by 5 s */
+    STORAGE_POLL_REDEEMED,  /* approved, and this call redeemed it: issue tokens */
+    STORAGE_POLL_DENIED,    /* access_denied */
+    STORAGE_POLL_EXPIRED,   /* expired_token */
+    STORAGE_POLL_INVALID,   /* unknown, another client's, or already redeemed */
+};
+
+struct storage_poll {
+    enum storage_poll_outcome outcome;
+    const char *subject;    /* set for REDEEMED */
+    const char *scope;      /* the approved scope, set for REDEEMED */
+    const char *acr_values; /* as requested, may be NULL */
+    int64_t auth_time;      /* Unix seconds of the approval, set for REDEEMED */
+    int interval;           /* the current interval, seconds */
+};
+
+typedef void (*storage_poll_cb)(void *arg, enum storage_status status,
+                                const struct storage_poll *poll);
+
+/* Records a poll and, when the request is approved, redeems it, in one atomic
+ * statement: of many concurrent polls of one approved request exactly one gets
+ * STORAGE_POLL_REDEEMED. The interval rule (CIBA Core 1.0 section 11): a poll of a
+ * pending request before `interval` seconds since the previous poll gets SLOW_DOWN and
+ * adds 5 s to the interval. Appends "token issued" or "redemption refused" audit rows. */
+int storage_auth_req_poll(struct storage_conn *db, const char *auth_req_id_hash,
+                          const char *client_id, const char *request_id,
+                          storage_poll_cb cb, void *arg) MUST_CHECK;
+
+/* Lifecycle of a request as the approval page sees it. */
+enum storage_auth_req_status {
+    STORAGE_AR_PENDING,
+    STORAGE_AR_APPROVED,
+    STORAGE_AR_DENIED,
+    STORAGE_AR_EXPIRED, /* pending or approved, and expires_at has passed */
+    STORAGE_AR_REDEEMED,
+};
+
+struct storage_approval {
+    const char *auth_req_id_hash;
+    const char *client_id;
+    const char *client_name;
+    const char *subject;
+    const char *phone_number;
+    const char *scope;
+    const char *binding_message; /* may be NULL */
+    /* JSON object text mapping each requested scope that has a row in the scope table
+     * to its description, for example {"openid":"Confirm who you are"}. */
+    const char *scope_descriptions;
+    enum storage_auth_req_status status;
+    int64_t expires_at;          /* Unix seconds */
+    int64_t otp_expires_at;      /* Unix seconds */
+    int64_t otp_sent_at;         /* Unix seconds of the latest code */
+    int otp_attempts;            /* wrong codes entered so far */
+    int otp_generation;          /* bumped on every resend; used as a version */
+    const unsigned char *otp_hmac;
+    size_t otp_hmac_len;
+    int64_t now;                 /* the database's clock, Unix seconds */
+};
+
+typedef void (*storage_approval_cb)(void *arg, enum storage_status status,
+                                    const struct storage_approval *approval);
+
+/* Loads the request behind an approval link. */
+int storage_approval_get(struct storage_conn *db, const char *ref_hash,
+                         storage_approval_cb cb, void *arg) MUST_CHECK;
+
+enum storage_decision {
+    STORAGE_DECIDE_APPROVE,    /* the right code: pending -> approved */
+    STORAGE_DECIDE_WRONG_CODE, /* count a wrong code; denied at max_attempts */
+    STORAGE_DECIDE_DENY,       /* the user pressed Deny: pending -> denied */
+};
+
+/* Applies a decision as a compare-and-set on (otp_generation, otp_attempts) read by
+ * storage_approval_get: STORAGE_CONFLICT when either changed meanwhile, so a code
+ * checked against an old HMAC never counts. STORAGE_NOT_FOUND when the request is no
+ * longer pending or has expired. On success the callback gets the row as it is now.
+ * Appends the audit row ("approved", "wrong code", "denied"). */
+int storage_approval_decide(struct storage_conn *db, const char *ref_hash,
+                            int otp_generation, int otp_attempts,
+                            enum storage_decision decision, int max_attempts,
+                            const char *request_id, storage_approval_cb cb,
+                            void *arg) MUST_CHECK;
+
+/* Replaces the code of a pending request with a new one, if the previous code was sent
+ * at least cooldown seconds ago and the phone number's quota allows another code.
+ * STORAGE_LIMITED otherwise; STORAGE_NOT_FOUND when no longer pending. Appends the
+ * "code sent" audit row on success. */
+int storage_approval_resend(struct storage_conn *db, const char *ref_hash,
+                            const unsigned char *otp_hmac, size_t otp_hmac_len,
+                            int otp_lifetime, int cooldown, int sms_per_phone_max,
+                            int sms_per_phone_window, const char *request_id,
+                            storage_done_cb cb, void *arg) MUST_CHECK;
+
+/* Marks pending and approved requests past expires_at as expired (one audit row each),
+ * and deletes requests that expired more than tombstone_seconds ago. Safe to run on
+ * many instances at once (rows are claimed with FOR UPDATE SKIP LOCKED). */
+typedef void (*storage_sweep_cb)(void *arg, enum storage_status status, int expired,
+                                 int purged);
+int storage_auth_req_sweep(struct storage_conn *db, int tombstone_seconds,
+                           storage_sweep_cb cb, void *arg) MUST_CHECK;
+
+/* ---- signing keys ----------------------------------------------------------------- */
+
+struct storage_key {
+    const char *kid;
+    const char *alg;          /* ES256 */
+    const char *private_key;  /* sealed private key, as oauth/ wrote it */
+    const char *public_jwk;   /* JSON object text */
+    int64_t created_at;       /* Unix seconds */
+    int64_t retired_at;       /* 0 while it is the current signing key */
+};
+
+typedef void (*storage_keys_cb)(void *arg, enum storage_status status,
+                                const struct storage_key *keys, size_t n_keys);
+
+/* Loads the keys still published: the current one and every retired key whose
+ * retired_at is less than publish_seconds ago. Newest first. */
+int storage_keys_load(struct storage_conn *db, int publish_seconds, storage_keys_cb cb,
+                      void *arg) MUST_CHECK;
+
+/* ---- audit -------------------------------------------------------------------------- */
+
+struct storage_audit {
+    const char *request_id;
+    const char *client_id;   /* may be NULL */
+    const char *subject;     /* may be NULL */
+    const char *scope;       /* may be NULL */
+    const char *action;      /* bc_authorize, token, approve, ... */
+    const char *decision;    /* accepted, rejected, issued, refused, ... */
+    const char *detail;      /* error code or reason, may be NULL; never a secret */
+    const char *auth_req_id_hash; /* may be NULL */
+    const char *attestation;      /* "sms_otp" or NULL for "none" */
+};
+
+/* Appends one audit row. cb may be NULL. */
+int storage_audit_append(struct storage_conn *db, const struct storage_audit *row,
+                         storage_done_cb cb, void *arg) MUST_CHECK;
+
+/* ---- blocking API for the command line and startup ------------------------------------ */
+
+struct storage_sync;
+
+/* Connects; on failure writes the reason to err and returns NULL. */
+struct storage_sync *storage_sync_connect(const char *conninfo, char *err, size_t err_len);
+void storage_sync_close(struct storage_sync *s);
+
+/* Applies every migrations/NNNN_name.sql in dir not yet recorded, in order, each in its
+ * own transaction, under an advisory lock. Logs each applied file. Returns 0 or -1. */
+int storage_sync_migrate(struct storage_sync *s, const char *dir) MUST_CHECK;
+/* Sets *behind to the number of files in dir not applied yet. Returns 0 or -1. */
+int storage_sync_schema_behind(struct storage_sync *s, const char *dir,
+                               int *behind) MUST_CHECK;
+
+struct storage_client_new {
+    const char *client_id;
+    const char *client_name;
+    const char *secret_hash;
+    const char *token_endpoint_auth_method;
+    const char *scope;
+    const char *backchannel_token_delivery_mode;
+    const char *backchannel_client_notification_endpoint; /* may be NULL */
+    const char *grant_types;
+};
+
+/* Returns 0, or -1 (with err) for a duplicate client_id or any failure. */
+int storage_sync_client_create(struct storage_sync *s, const struct storage_client_new *c,
+                               char *err, size_t err_len) MUST_CHECK;
+/* Calls fn for each client (or for the one named, when client_id is not NULL) in
+ * client_id order. Returns the number of clients, or -1. */
+int storage_sync_client_each(struct storage_sync *s, const char *client_id,
+                             void (*fn)(void *arg, const struct storage_client *c),
+                             void *arg) MUST_CHECK;
+/* Returns 1 when deleted, 0 when there was no such client, -1 on failure. */
+int storage_sync_client_delete(struct storage_sync *s, const char *client_id) MUST_CHECK;
+
+/* Creates a user. Returns 0, or -1 (with err) for a duplicate or any failure. */
+int storage_sync_user_create(struct storage_sync *s, const char *subject,
+                             const char *username, const char *phone_number, char *err,
+                             size_t err_len) MUST_CHECK;
+int storage_sync_user_each(struct storage_sync *s,
+                           void (*fn)(void *arg, const struct storage_user *u),
+                           void *arg) MUST_CHECK;
+/* Deletes by subject or username. Returns 1, 0 when not found, or -1. */
+int storage_sync_user_delete(struct storage_sync *s, const char *subject_or_name) MUST_CHECK;
+
+/* Sets the plain-words description shown on the approval page for a scope (inserted or
+ * replaced). Returns 0 or -1. */
+int storage_sync_scope_set(struct storage_sync *s, const char *name,
+                           const char *description) MUST_CHECK;
+int storage_sync_scope_each(struct storage_sync *s,
+                            void (*fn)(void *arg, const char *name, const char *description),
+                            void *arg) MUST_CHECK;
+
+/* Adds a key and makes it the current signing key: the previous current key gets
+ * retired_at = now. Returns 0 or -1. */
+int storage_sync_key_add(struct storage_sync *s, const char *kid, const char *alg,
+                         const char *private_key, const char *public_jwk) MUST_CHECK;
+/* Lists keys as storage_keys_load does, plus older ones when all is true. Returns the
+ * number of keys or -1. */
+int storage_sync_key_each(struct storage_sync *s, int publish_seconds, bool all,
+                          void (*fn)(void *arg, const struct storage_key *k),
+                          void *arg) MUST_CHECK;
+
+#endif
