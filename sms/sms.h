@@ -75,7 +75,7 @@ void sms_sender_free(struct sms_sender *s);
  * message (a 2xx answer); otherwise reason says why, without any message content. */
 typedef void (*sms_sent_cb)(void *arg, bool ok, const char *reason);
 
-/* Sends text to the E.164 number `to`. Makes one retry after a timeout, a connection
+/* Sends text to the E.164 number `to` (both are copied). Makes one retry after a timeout, a connection
  * failure or a 5xx answer, none after a 4xx. Never blocks; cb is always called later,
  * never from inside this call. request_id goes to the log lines. The text and the
  * number are never logged, except by the console driver, whose job is to show them. */
