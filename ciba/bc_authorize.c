@@ -1,0 +1,429 @@
+/* bc_authorize.c - the backchannel authentication endpoint (CIBA Core 1.0 section 7)
+ * SPDX-License-Identifier: MIT
+ *
+ * The flow, one callback per step, in the order they run:
+ *   handle -> on_client_authenticated -> on_user_found -> on_auth_req_stored -> reply,
+ * then the code goes out by SMS in the background (delivery.c).
+ */
+#include "ciba/ciba.h"
+#include "ciba/ciba_int.h"
+
+#include <string.h>
+
+#include "oauth/oauth.h"
+#include "server/config.h"
+#include "server/http.h"
+#include "storage/storage.h"
+
+#define CIBA_GRANT_TYPE "urn:openid:params:grant-type:ciba"
+#define MAX_HINT_LEN    255
+#define MAX_SCOPE_LEN   1024
+#define MAX_ACR_LEN     255
+
+struct bc_ctx {
+    struct server_req *sr;
+    struct server_form form;
+    struct oauth_client *client;
+
+    /* Validated request parameters. */
+    char *scope; /* normalized: duplicates removed, single spaces */
+    const char *login_hint;
+    const char *binding_message;
+    const char *acr_values;
+    int expires_in;
+
+    /* The user the hint names. */
+    char *subject;
+    char *phone_number;
+
+    /* Generated for this request. */
+    char *auth_req_id;
+    char auth_req_id_hash[65];
+    char *ref;
+    char ref_hash[65];
+    char code[SMS_OTP_DIGITS + 1];
+};
+
+static void bc_free(struct bc_ctx *ctx)
+{
+    server_form_free(&ctx->form);
+    oauth_client_free(ctx->client);
+    free(ctx->scope);
+    free(ctx->subject);
+    free(ctx->phone_number);
+    free(ctx->auth_req_id);
+    free(ctx->ref);
+    memset(ctx->code, 0, sizeof(ctx->code));
+    free(ctx);
+}
+
+/* Answers with an error and releases the request's state. */
+static void finish_error(struct bc_ctx *ctx, enum oauth_err err, const char *description)
+{
+    oauth_reply_error(ctx->sr, OAUTH_EP_BACKCHANNEL, err, description);
+    bc_free(ctx);
+}
+
+static void finish_storage_error(struct bc_ctx *ctx, enum storage_status status)
+{
+    if (status == STORAGE_UNAVAILABLE)
+        finish_error(ctx, OAUTH_ERR_TEMPORARILY_UNAVAILABLE, NULL);
+    else
+        finish_error(ctx, OAUTH_ERR_SERVER_ERROR, NULL);
+}
+
+/* ---- parameter checks -------------------------------------------------------------- */
+
+static bool is_scope_char(unsigned char c)
+{
+    /* scope-token = 1*( %x21 / %x23-5B / %x5D-7E ), RFC 6749 section 3.3 */
+    return c == 0x21 || (c >= 0x23 && c <= 0x5b) || (c >= 0x5d && c <= 0x7e);
+}
+
+/* Checks scope against the grammar and the client's allowed scopes, and stores it with
+ * duplicates removed. */
+static enum oauth_err check_scope(struct bc_ctx *ctx, const char **description)
+{
+    const char *scope = server_form_get(&ctx->form, "scope");
+    char *copy, *token, *save = NULL;
+    bool has_openid = false;
+    size_t len = 0;
+
+    if (!scope) {
+        *description = "scope is required";
+        return OAUTH_ERR_INVALID_REQUEST;
+    }
+    if (strlen(scope) > MAX_SCOPE_LEN) {
+        *description = "scope is too long";
+        return OAUTH_ERR_INVALID_SCOPE;
+    }
+    for (const char *p = scope; *p; p++) {
+        if (*p == ' ' ? (p == scope || p[1] == '\0' || p[1] == ' ')
+                      : !is_scope_char((unsigned char)*p)) {
+            *description = "scope is malformed";
+            return OAUTH_ERR_INVALID_SCOPE;
+        }
+    }
+
+    copy = util_strdup(scope);
+    ctx->scope = util_calloc(1, strlen(scope) + 1);
+    for (token = strtok_r(copy, " ", &save); token; token = strtok_r(NULL, " ", &save)) {
+        if (!oauth_scope_has(ctx->client->scope, token)) {
+            free(copy);
+            *description = "scope includes a value this client may not request";
+            return OAUTH_ERR_INVALID_SCOPE;
+        }
+        if (oauth_scope_has(ctx->scope, token))
+            continue;
+        if (strcmp(token, "openid") == 0)
+            has_openid = true;
+        len += (size_t)sprintf(ctx->scope + len, "%s%s", len ? " " : "", token);
+    }
+    free(copy);
+
+    if (!has_openid) {
+        *description = "scope must include openid";
+        return OAUTH_ERR_INVALID_SCOPE;
+    }
+    return OAUTH_OK;
+}
+
+/* Exactly one hint, and for now only login_hint (CIBA Core 1.0 section 7.1). */
+static enum oauth_err check_hints(struct bc_ctx *ctx, const char **description)
+{
+    const char *login_hint = server_form_get(&ctx->form, "login_hint");
+    const char *id_token_hint = server_form_get(&ctx->form, "id_token_hint");
+    const char *login_hint_token = server_form_get(&ctx->form, "login_hint_token");
+    int hints = !!login_hint + !!id_token_hint + !!login_hint_token;
+
+    if (hints != 1) {
+        *description = "exactly one of login_hint, id_token_hint and login_hint_token "
+                       "is required";
+        return OAUTH_ERR_INVALID_REQUEST;
+    }
+    if (!login_hint) {
+        /* TODO: id_token_hint and login_hint_token are not implemented yet. */
+        *description = "only login_hint is supported; id_token_hint and "
+                       "login_hint_token are not";
+        return OAUTH_ERR_INVALID_REQUEST;
+    }
+    if (strlen(login_hint) > MAX_HINT_LEN) {
+        *description = "login_hint is too long";
+        return OAUTH_ERR_INVALID_REQUEST;
+    }
+    ctx->login_hint = login_hint;
+    return OAUTH_OK;
+}
+
+/* Decodes one UTF-8 sequence (the form parser already rejected invalid UTF-8). */
+static unsigned long next_code_point(const unsigned char **p)
+{
+    const unsigned char *s = *p;
+    unsigned long cp;
+    int extra;
+
+    if (s[0] < 0x80) {
+        cp = s[0];
+        extra = 0;
+    } else if ((s[0] & 0xe0) == 0xc0) {
+        cp = s[0] & 0x1f;
+        extra = 1;
+    } else if ((s[0] & 0xf0) == 0xe0) {
+        cp = s[0] & 0x0f;
+        extra = 2;
+    } else {
+        cp = s[0] & 0x07;
+        extra = 3;
+    }
+    for (int i = 1; i <= extra && s[i]; i++)
+        cp = cp << 6 | (s[i] & 0x3f);
+    *p = s + 1 + extra;
+    return cp;
+}
+
+/* Rejects characters that cannot be shown faithfully in an SMS or on the page: control
+ * characters, line and paragraph separators, and bidirectional overrides (which could
+ * make the text read differently from what the client sent). */
+static bool is_displayable(unsigned long cp)
+{
+    if (cp < 0x20 || (cp >= 0x7f && cp <= 0x9f))
+        return false;
+    if (cp == 0x2028 || cp == 0x2029)
+        return false;
+    if ((cp >= 0x202a && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069))
+        return false;
+    return cp != 0xfeff;
+}
+
+static enum oauth_err check_binding_message(struct bc_ctx *ctx, const char **description)
+{
+    const char *message = server_form_get(&ctx->form, "binding_message");
+    const unsigned char *p;
+    int chars = 0;
+
+    if (!message)
+        return OAUTH_OK;
+    for (p = (const unsigned char *)message; *p; chars++) {
+        if (!is_displayable(next_code_point(&p))) {
+            *description = "binding_message contains a character that cannot be shown";
+            return OAUTH_ERR_INVALID_BINDING_MESSAGE;
+        }
+    }
+    if (chars > server_config->binding_message_max) {
+        *description = "binding_message is too long";
+        return OAUTH_ERR_INVALID_BINDING_MESSAGE;
+    }
+    ctx->binding_message = message;
+    return OAUTH_OK;
+}
+
+/* requested_expiry is a positive integer of seconds; we clamp it to the configured
+ * range (CIBA Core 1.0 section 7.1 lets the server choose). */
+static enum oauth_err check_expiry(struct bc_ctx *ctx, const char **description)
+{
+    const char *text = server_form_get(&ctx->form, "requested_expiry");
+    const struct server_config *cfg = server_config;
+    int64_t requested;
+
+    ctx->expires_in = cfg->auth_req_default_expiry;
+    if (!text)
+        return OAUTH_OK;
+    if (util_parse_int64(text, 1, INT32_MAX, &requested) != 0) {
+        *description = "requested_expiry must be a positive integer of seconds";
+        return OAUTH_ERR_INVALID_REQUEST;
+    }
+    if (requested < cfg->auth_req_min_expiry)
+        requested = cfg->auth_req_min_expiry;
+    if (requested > cfg->auth_req_max_expiry)
+        requested = cfg->auth_req_max_expiry;
+    ctx->expires_in = (int)requested;
+    return OAUTH_OK;
+}
+
+static enum oauth_err check_request(struct bc_ctx *ctx, const char **description)
+{
+    enum oauth_err err;
+
+    if (server_form_get(&ctx->form, "request") ||
+        server_form_get(&ctx->form, "request_uri")) {
+        /* TODO: signed authentication requests are not implemented yet. */
+        *description = "signed authentication requests (request, request_uri) are not "
+                       "supported";
+        return OAUTH_ERR_INVALID_REQUEST;
+    }
+    if ((err = check_scope(ctx, description)) != OAUTH_OK)
+        return err;
+    if ((err = check_hints(ctx, description)) != OAUTH_OK)
+        return err;
+    if ((err = check_binding_message(ctx, description)) != OAUTH_OK)
+        return err;
+    if ((err = check_expiry(ctx, description)) != OAUTH_OK)
+        return err;
+
+    ctx->acr_values = server_form_get(&ctx->form, "acr_values");
+    if (ctx->acr_values && strlen(ctx->acr_values) > MAX_ACR_LEN) {
+        *description = "acr_values is too long";
+        return OAUTH_ERR_INVALID_REQUEST;
+    }
+    return OAUTH_OK;
+}
+
+/* ---- the flow ------------------------------------------------------------------------ */
+
+static void on_auth_req_stored(void *arg, enum storage_status status)
+{
+    struct bc_ctx *ctx = arg;
+    struct server_req *sr = ctx->sr;
+    struct server_worker *worker = sr->worker;
+    json_t *body;
+
+    if (status == STORAGE_LIMITED) {
+        finish_error(ctx, OAUTH_ERR_ACCESS_DENIED,
+                     "too many codes were sent to this user recently; try again later");
+        return;
+    }
+    if (status != STORAGE_OK) {
+        finish_storage_error(ctx, status);
+        return;
+    }
+
+    struct ciba_code_message msg = {
+        .request_id = sr->rid,
+        .client_id = ctx->client->client_id,
+        .client_name = ctx->client->client_name,
+        .auth_req_id_hash = ctx->auth_req_id_hash,
+        .phone_number = ctx->phone_number,
+        .binding_message = ctx->binding_message,
+        .code = ctx->code,
+        .ref = ctx->ref,
+    };
+
+    /* The delivery copies what it needs and outlives this request. */
+    ciba_code_deliver(worker, &msg);
+
+    body = json_pack("{s:s, s:i, s:i}", "auth_req_id", ctx->auth_req_id, "expires_in",
+                     ctx->expires_in, "interval", server_config->poll_interval);
+    server_req_add_header(sr, "Cache-Control", "no-store");
+    server_reply_json(sr, 200, body);
+    bc_free(ctx);
+}
+
+/* Creates the identifiers and the code, then stores the request. */
+static void store_auth_req(struct bc_ctx *ctx)
+{
+    const struct server_config *cfg = server_config;
+    unsigned char otp_hmac[SMS_OTP_HMAC_LEN];
+
+    ctx->auth_req_id = util_random_token(CIBA_AUTH_REQ_ID_BYTES);
+    util_sha256_hex(ctx->auth_req_id, strlen(ctx->auth_req_id), ctx->auth_req_id_hash);
+    ctx->ref = util_random_token(CIBA_REF_BYTES);
+    util_sha256_hex(ctx->ref, strlen(ctx->ref), ctx->ref_hash);
+    sms_otp_generate(ctx->code);
+    ciba_code_hmac(ctx->auth_req_id_hash, 0, ctx->code, otp_hmac);
+
+    struct storage_auth_req_new in = {
+        .auth_req_id_hash = ctx->auth_req_id_hash,
+        .ref_hash = ctx->ref_hash,
+        .client_id = ctx->client->client_id,
+        .subject = ctx->subject,
+        .phone_number = ctx->phone_number,
+        .scope = ctx->scope,
+        .binding_message = ctx->binding_message,
+        .acr_values = ctx->acr_values,
+        .expires_in = ctx->expires_in,
+        .interval = cfg->poll_interval,
+        .otp_hmac = otp_hmac,
+        .otp_hmac_len = sizeof(otp_hmac),
+        .otp_lifetime = cfg->otp_lifetime,
+        .sms_per_phone_max = cfg->sms_per_phone_max,
+        .sms_per_phone_window = cfg->sms_per_phone_window,
+        .request_id = ctx->sr->rid,
+    };
+
+    if (storage_auth_req_create(ctx->sr->worker->db, &in, on_auth_req_stored, ctx) != 0)
+        finish_error(ctx, OAUTH_ERR_TEMPORARILY_UNAVAILABLE, NULL);
+}
+
+static void on_user_found(void *arg, enum storage_status status,
+                          const struct storage_user *user)
+{
+    struct bc_ctx *ctx = arg;
+
+    if (status == STORAGE_NOT_FOUND) {
+        /* The description never repeats the hint: it may be a phone number. */
+        finish_error(ctx, OAUTH_ERR_UNKNOWN_USER_ID, "login_hint does not name a known user");
+        return;
+    }
+    if (status != STORAGE_OK) {
+        finish_storage_error(ctx, status);
+        return;
+    }
+
+    ctx->subject = util_strdup(user->subject);
+    ctx->phone_number = util_strdup(user->phone_number);
+    store_auth_req(ctx);
+}
+
+/* A login_hint that reads as a phone number is looked up by its E.164 form, so every
+ * common way of writing one number finds the same user; anything else is a username or
+ * a subject. */
+static void find_user(struct bc_ctx *ctx)
+{
+    char e164[17];
+    enum storage_hint_kind kind = STORAGE_HINT_NAME_OR_SUB;
+    const char *value = ctx->login_hint;
+    int rc;
+
+    if (util_phone_normalize(ctx->login_hint, server_config->default_country_code, e164) ==
+        0) {
+        kind = STORAGE_HINT_PHONE;
+        value = e164;
+    }
+    rc = storage_user_find(ctx->sr->worker->db, kind, value, on_user_found, ctx);
+    if (rc != 0)
+        finish_error(ctx, OAUTH_ERR_TEMPORARILY_UNAVAILABLE, NULL);
+}
+
+static void on_client_authenticated(void *arg, enum oauth_err err, const char *description,
+                                    struct oauth_client *client)
+{
+    struct bc_ctx *ctx = arg;
+
+    if (err != OAUTH_OK) {
+        finish_error(ctx, err, description);
+        return;
+    }
+    ctx->client = client;
+
+    if (!oauth_scope_has(client->grant_types, CIBA_GRANT_TYPE)) {
+        finish_error(ctx, OAUTH_ERR_UNAUTHORIZED_CLIENT,
+                     "the client is not registered for the CIBA grant");
+        return;
+    }
+    if (strcmp(client->backchannel_token_delivery_mode, "poll") != 0) {
+        /* TODO: ping and push delivery are not implemented yet. */
+        finish_error(ctx, OAUTH_ERR_UNAUTHORIZED_CLIENT,
+                     "only the poll delivery mode is supported");
+        return;
+    }
+
+    err = check_request(ctx, &description);
+    if (err != OAUTH_OK) {
+        finish_error(ctx, err, description);
+        return;
+    }
+    find_user(ctx);
+}
+
+void ciba_bc_authorize_handle(struct server_req *sr)
+{
+    struct bc_ctx *ctx = util_calloc(1, sizeof(*ctx));
+    const char *description;
+
+    ctx->sr = sr;
+    if (server_form_parse(sr, &ctx->form, &description) != 0) {
+        finish_error(ctx, OAUTH_ERR_INVALID_REQUEST, description);
+        return;
+    }
+    oauth_client_authenticate(sr, &ctx->form, on_client_authenticated, ctx);
+}

@@ -1,0 +1,68 @@
+/* sweeper.c - periodic expiry of authentication requests
+ * SPDX-License-Identifier: MIT
+ *
+ * Polls already answer expired_token from expires_at alone; the sweep exists so an
+ * expiry becomes an audited decision, and so old tombstones are deleted. Every instance
+ * may run it: storage claims rows with SKIP LOCKED.
+ */
+#include "ciba/ciba.h"
+
+#include <event2/event.h>
+
+#include "server/config.h"
+#include "server/http.h"
+#include "storage/storage.h"
+
+#define SWEEP_PERIOD_S 5
+
+/* One sweeper per process, on worker 0's loop. */
+static struct event *sweep_timer;
+static bool sweep_running;
+
+static void on_swept(void *arg, enum storage_status status, int expired, int purged)
+{
+    (void)arg;
+    sweep_running = false;
+    if (status != STORAGE_OK) {
+        log_warn("expiry sweep failed (storage status %d); retrying in %d s", (int)status,
+                 SWEEP_PERIOD_S);
+        return;
+    }
+    if (expired > 0 || purged > 0)
+        log_info("expiry sweep: %d requests expired, %d old requests deleted", expired,
+                 purged);
+}
+
+static void on_sweep_timer(evutil_socket_t fd, short events, void *arg)
+{
+    struct server_worker *w = arg;
+
+    (void)fd;
+    (void)events;
+    if (sweep_running)
+        return;
+    if (storage_auth_req_sweep(w->db, server_config->tombstone_seconds, on_swept, NULL) ==
+        0)
+        sweep_running = true;
+}
+
+void ciba_sweeper_start(struct server_worker *w)
+{
+    struct timeval period = {SWEEP_PERIOD_S, 0};
+
+    sweep_timer = event_new(w->base, -1, EV_PERSIST, on_sweep_timer, w);
+    if (!sweep_timer || event_add(sweep_timer, &period) != 0) {
+        log_error("could not start the expiry sweep timer");
+        return;
+    }
+    log_info("expiry sweep started, every %d s", SWEEP_PERIOD_S);
+}
+
+void ciba_sweeper_stop(struct server_worker *w)
+{
+    (void)w;
+    if (sweep_timer) {
+        event_free(sweep_timer);
+        sweep_timer = NULL;
+    }
+}
