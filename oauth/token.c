@@ -1,0 +1,227 @@
+/* token.c - the token endpoint for the CIBA grant (CIBA Core 1.0 section 10)
+ * SPDX-License-Identifier: MIT
+ *
+ * The flow: handle -> on_client_authenticated -> on_polled -> issue tokens. Whether a
+ * poll is pending, too fast, denied, expired or redeems the grant is decided by one
+ * atomic statement in storage, so concurrent polls of one approved request yield
+ * exactly one token response.
+ */
+#include "oauth/oauth.h"
+
+#include <string.h>
+
+#include "server/config.h"
+#include "server/http.h"
+#include "storage/storage.h"
+
+#define CIBA_GRANT_TYPE      "urn:openid:params:grant-type:ciba"
+#define AUTH_REQ_ID_MAX_LEN  128
+#define JTI_BYTES            16
+#define CLAIM_AUTH_REQ_ID    "urn:openid:params:jwt:claim:auth_req_id"
+
+struct token_ctx {
+    struct server_req *sr;
+    struct server_form form;
+    struct oauth_client *client;
+    const char *auth_req_id; /* borrowed from form */
+};
+
+static void token_free(struct token_ctx *ctx)
+{
+    server_form_free(&ctx->form);
+    oauth_client_free(ctx->client);
+    free(ctx);
+}
+
+static void finish_error(struct token_ctx *ctx, enum oauth_err err, const char *description)
+{
+    oauth_reply_error(ctx->sr, OAUTH_EP_TOKEN, err, description);
+    token_free(ctx);
+}
+
+/* The amr values (RFC 8176) and acr of an approval by SMS one-time code. */
+static json_t *sms_otp_amr(void)
+{
+    return json_pack("[s, s]", "sms", "otp");
+}
+
+/* The RFC 9068 access token: bound to the approved scope and this client. */
+static char *issue_access_token(struct token_ctx *ctx, const struct storage_poll *poll,
+                                int64_t now)
+{
+    const struct server_config *cfg = server_config;
+    char *jti = util_random_token(JTI_BYTES);
+    json_t *claims;
+    char *token;
+
+    /* TODO: aud is the issuer until resource indicators (RFC 8707) let a client name
+     * the resource server. */
+    claims = json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:s, s:I, s:s, s:o}", "iss",
+                       cfg->issuer, "sub", poll->subject, "aud", cfg->issuer, "client_id",
+                       ctx->client->client_id, "scope", poll->scope, "iat", (json_int_t)now,
+                       "exp", (json_int_t)(now + cfg->access_token_lifetime), "jti", jti,
+                       "auth_time", (json_int_t)poll->auth_time, "acr", OAUTH_ACR_SMS_OTP,
+                       "amr", sms_otp_amr());
+    free(jti);
+    if (!claims)
+        return NULL;
+    token = oauth_jws_sign(ctx->sr->worker->keys, "at+jwt", claims);
+    json_decref(claims);
+    return token;
+}
+
+/* The ID token (OpenID Connect Core section 2, as CIBA Core 1.0 section 10.1.1 adds
+ * the auth_req_id claim). */
+static char *issue_id_token(struct token_ctx *ctx, const struct storage_poll *poll,
+                            const char *access_token, int64_t now)
+{
+    const struct server_config *cfg = server_config;
+    char *at_hash = oauth_half_hash(access_token);
+    json_t *claims;
+    char *token;
+
+    claims = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:s, s:o, s:s, s:s}", "iss",
+                       cfg->issuer, "sub", poll->subject, "aud", ctx->client->client_id,
+                       "iat", (json_int_t)now, "exp",
+                       (json_int_t)(now + cfg->id_token_lifetime), "auth_time",
+                       (json_int_t)poll->auth_time, "acr", OAUTH_ACR_SMS_OTP, "amr",
+                       sms_otp_amr(), "at_hash", at_hash, CLAIM_AUTH_REQ_ID,
+                       ctx->auth_req_id);
+    free(at_hash);
+    if (!claims)
+        return NULL;
+    token = oauth_jws_sign(ctx->sr->worker->keys, "JWT", claims);
+    json_decref(claims);
+    return token;
+}
+
+static void finish_tokens(struct token_ctx *ctx, const struct storage_poll *poll)
+{
+    int64_t now = util_now_s();
+    char *access_token = issue_access_token(ctx, poll, now);
+    char *id_token = access_token ? issue_id_token(ctx, poll, access_token, now) : NULL;
+    json_t *body;
+
+    if (!access_token || !id_token) {
+        /* The grant is already redeemed: the client must start a new request. */
+        rlog_error(ctx->sr->rid, ctx->client->client_id,
+                   "signing tokens failed after redemption; no usable signing key?");
+        free(access_token);
+        finish_error(ctx, OAUTH_ERR_SERVER_ERROR, NULL);
+        return;
+    }
+
+    body = json_pack("{s:s, s:s, s:i, s:s, s:s}", "access_token", access_token,
+                     "token_type", "Bearer", "expires_in",
+                     server_config->access_token_lifetime, "id_token", id_token, "scope",
+                     poll->scope);
+    free(access_token);
+    free(id_token);
+    server_req_add_header(ctx->sr, "Cache-Control", "no-store");
+    server_req_add_header(ctx->sr, "Pragma", "no-cache");
+    server_reply_json(ctx->sr, 200, body);
+    token_free(ctx);
+}
+
+static void on_polled(void *arg, enum storage_status status, const struct storage_poll *poll)
+{
+    struct token_ctx *ctx = arg;
+
+    if (status != STORAGE_OK) {
+        finish_error(ctx,
+                     status == STORAGE_UNAVAILABLE ? OAUTH_ERR_TEMPORARILY_UNAVAILABLE
+                                                   : OAUTH_ERR_SERVER_ERROR,
+                     NULL);
+        return;
+    }
+
+    switch (poll->outcome) {
+    case STORAGE_POLL_REDEEMED:
+        finish_tokens(ctx, poll);
+        return;
+    case STORAGE_POLL_PENDING:
+        finish_error(ctx, OAUTH_ERR_AUTHORIZATION_PENDING, NULL);
+        return;
+    case STORAGE_POLL_SLOW_DOWN:
+        finish_error(ctx, OAUTH_ERR_SLOW_DOWN, NULL);
+        return;
+    case STORAGE_POLL_DENIED:
+        finish_error(ctx, OAUTH_ERR_ACCESS_DENIED, NULL);
+        return;
+    case STORAGE_POLL_EXPIRED:
+        finish_error(ctx, OAUTH_ERR_EXPIRED_TOKEN, NULL);
+        return;
+    case STORAGE_POLL_INVALID:
+        finish_error(ctx, OAUTH_ERR_INVALID_GRANT, NULL);
+        return;
+    }
+}
+
+/* An auth_req_id we issued is base64url of CSPRNG bytes; anything else cannot match. */
+static bool is_auth_req_id_shaped(const char *id)
+{
+    if (strlen(id) > AUTH_REQ_ID_MAX_LEN)
+        return false;
+    for (const char *p = id; *p; p++)
+        if (!(*p >= 'A' && *p <= 'Z') && !(*p >= 'a' && *p <= 'z') &&
+            !(*p >= '0' && *p <= '9') && *p != '-' && *p != '_')
+            return false;
+    return true;
+}
+
+static void on_client_authenticated(void *arg, enum oauth_err err, const char *description,
+                                    struct oauth_client *client)
+{
+    struct token_ctx *ctx = arg;
+    const char *grant_type = server_form_get(&ctx->form, "grant_type");
+    char id_hash[65];
+
+    if (err != OAUTH_OK) {
+        finish_error(ctx, err, description);
+        return;
+    }
+    ctx->client = client;
+
+    if (!grant_type) {
+        finish_error(ctx, OAUTH_ERR_INVALID_REQUEST, "grant_type is required");
+        return;
+    }
+    if (strcmp(grant_type, CIBA_GRANT_TYPE) != 0) {
+        finish_error(ctx, OAUTH_ERR_UNSUPPORTED_GRANT_TYPE,
+                     "only urn:openid:params:grant-type:ciba is supported");
+        return;
+    }
+    if (!oauth_scope_has(client->grant_types, CIBA_GRANT_TYPE)) {
+        finish_error(ctx, OAUTH_ERR_UNAUTHORIZED_CLIENT,
+                     "the client is not registered for the CIBA grant");
+        return;
+    }
+
+    ctx->auth_req_id = server_form_get(&ctx->form, "auth_req_id");
+    if (!ctx->auth_req_id) {
+        finish_error(ctx, OAUTH_ERR_INVALID_REQUEST, "auth_req_id is required");
+        return;
+    }
+    if (!is_auth_req_id_shaped(ctx->auth_req_id)) {
+        finish_error(ctx, OAUTH_ERR_INVALID_GRANT, NULL);
+        return;
+    }
+
+    util_sha256_hex(ctx->auth_req_id, strlen(ctx->auth_req_id), id_hash);
+    if (storage_auth_req_poll(ctx->sr->worker->db, id_hash, client->client_id, ctx->sr->rid,
+                              on_polled, ctx) != 0)
+        finish_error(ctx, OAUTH_ERR_TEMPORARILY_UNAVAILABLE, NULL);
+}
+
+void oauth_token_handle(struct server_req *sr)
+{
+    struct token_ctx *ctx = util_calloc(1, sizeof(*ctx));
+    const char *description;
+
+    ctx->sr = sr;
+    if (server_form_parse(sr, &ctx->form, &description) != 0) {
+        finish_error(ctx, OAUTH_ERR_INVALID_REQUEST, description);
+        return;
+    }
+    oauth_client_authenticate(sr, &ctx->form, on_client_authenticated, ctx);
+}
