@@ -62,6 +62,18 @@ int server_config_load(struct server_config *cfg, const char *path, char *err,
 void server_config_free(struct server_config *cfg);
 /* Logs every setting at info level, except secrets, which show as "(set)". */
 void server_config_log(const struct server_config *cfg);
+/* Checks what `cibad serve` needs beyond server_config_load: the secret, and the
+ * settings the chosen SMS driver requires. Returns 0, or -1 with the reason in err. */
+int server_config_check_serve(const struct server_config *cfg, char *err,
+                              size_t err_len) MUST_CHECK;
+/* Returns the value of the setting called name as text (a new string), as the startup
+ * log shows it: secrets, and a database_url with a password, as "(set)", and unset
+ * strings as "(not set)". Returns NULL for an unknown name. */
+char *server_config_format_value(const struct server_config *cfg, const char *name);
+/* Splits a listen address, IPv4:PORT or [IPv6]:PORT, into the numeric host (without
+ * brackets) and the port. Returns 0 or -1. */
+int server_config_parse_listen(const char *listen, char *host, size_t host_len,
+                               int *port) MUST_CHECK;
 /* Prints the settings table (name, variable, default, description) for --help. */
 void server_config_print_help(void);
 

@@ -71,6 +71,9 @@ struct server_form_param {
     char *value;
 };
 
+/* The maximum number of parameters in a form; a form with more is rejected. */
+#define SERVER_FORM_MAX_PARAMS 100
+
 struct server_form {
     size_t count;
     struct server_form_param *params;
@@ -78,13 +81,18 @@ struct server_form {
 
 /* Parses the request body as a form. Rejects a content type other than
  * application/x-www-form-urlencoded, bad percent-encoding, a NUL byte, invalid UTF-8,
- * and any parameter name that appears twice (RFC 6749 section 3.1). On failure returns
- * -1 and sets *error to a static description for error_description. */
+ * an empty parameter name, any parameter name that appears twice (RFC 6749 section
+ * 3.1), more than SERVER_FORM_MAX_PARAMS parameters and a body over max_body bytes. On
+ * failure returns -1, leaves form empty and sets *error to a static description for
+ * error_description. */
 int server_form_parse(const struct server_req *sr, struct server_form *form,
                       const char **error) MUST_CHECK;
 /* Parses a query string or a body given directly; same rules, no content-type check. */
 int server_form_parse_text(const char *text, size_t len, struct server_form *form,
                            const char **error) MUST_CHECK;
+/* True when content_type is application/x-www-form-urlencoded, with no parameter but
+ * an optional charset=utf-8 (case-insensitive). */
+bool server_form_content_type_ok(const char *content_type);
 /* Returns the value of name, or NULL when absent or empty (an empty value counts as
  * absent, as RFC 6749 section 3.1 says). */
 const char *server_form_get(const struct server_form *form, const char *name);
