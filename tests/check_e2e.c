@@ -1,0 +1,2467 @@
+/* check_e2e.c - end-to-end tests: the real cibad binary over HTTP on loopback against a
+ * real PostgreSQL, driven as an OAuth client, a user's phone and a resource server would
+ * SPDX-License-Identifier: MIT
+ *
+ * Each test runs in its own process (Check's fork mode) with its own `cibad serve`, its
+ * own SMS gateway mock and fresh clients and users in the suite's database. The
+ * teardown stops the server with SIGTERM, expects exit status 0 and a "stopped" line,
+ * and checks that no secret the test saw (client secrets, codes, auth_req_id values,
+ * approval links, tokens) appears in the server's log. A failed assertion ends the
+ * test process at once, and the server then dies with it (PR_SET_PDEATHSIG).
+ *
+ * The binary comes from $CIBAD_BIN; tests/run.sh provides the database.
+ */
+#include <check.h>
+#include <ctype.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "tests/check_runner.h"
+#include "tests/e2e_client.h"
+#include "tests/mock_http.h"
+#include "util/util.h"
+
+#define CIBA_GRANT     "urn:openid:params:grant-type:ciba"
+#define FORM_TYPE      "Content-Type: application/x-www-form-urlencoded"
+#define PAYMENTS_DESC  "Make payments from your account"
+#define SCOPE          "openid payments"
+#define ACR_SMS_OTP    "urn:cibad:acr:sms-otp"
+#define SMS_WAIT_MS    10000
+#define POLL_GAP_MS    1300 /* a little more than CIBAD_POLL_INTERVAL=1 */
+#define TEST_TIMEOUT_S 90
+
+/* Settings every instance gets; a test case's setup may add or override some. */
+static const char *const base_settings[] = {
+    "CIBAD_SMS_DRIVER=http",
+    "CIBAD_SMS_HTTP_TOKEN=t",
+    "CIBAD_SMS_ALLOW_HTTP_LOOPBACK=true",
+    "CIBAD_LOG_LEVEL=debug", /* the most output, so the log checks see the most */
+    "CIBAD_POLL_INTERVAL=1",
+    "CIBAD_SMS_PER_PHONE_MAX=20",
+    "CIBAD_OTP_RESEND_COOLDOWN=2",
+    "CIBAD_DEFAULT_COUNTRY_CODE=1",
+    "CIBAD_AUTH_REQ_MIN_EXPIRY=10",
+    "CIBAD_AUTH_REQ_MAX_EXPIRY=600",
+    NULL,
+};
+
+struct test_client {
+    char *client_id;
+    char *secret;
+    char *name;
+    bool basic; /* client_secret_basic; otherwise client_secret_post */
+};
+
+struct test_user {
+    char *subject;
+    char *phone; /* E.164 */
+    char *username;
+};
+
+/* One received SMS, taken apart. */
+struct sms {
+    char *to;
+    char *text;
+    char code[7];
+    char ref[64];
+};
+
+/* A value that must never appear in the server log, with a label for the message. */
+struct secret {
+    const char *label;
+    char *value;
+};
+
+/* The instance of the running test; each test is its own process. */
+static struct e2e_server srv;
+static struct mock_http *sink;
+static struct test_client c1; /* client_secret_basic, scope "openid payments" */
+static struct test_client c2; /* client_secret_post, scope "openid payments" */
+static struct test_user u1;
+static struct secret secrets[512];
+static size_t n_secrets;
+
+/* ---- small helpers --------------------------------------------------------------------
+ */
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+}
+
+static void remember_secret(const char *label, const char *value)
+{
+    if (!value || !*value || n_secrets == ARRAY_LEN(secrets))
+        return;
+    secrets[n_secrets].label = label;
+    secrets[n_secrets].value = util_strdup(value);
+    n_secrets++;
+}
+
+static const char *jstr(const json_t *obj, const char *key)
+{
+    return json_string_value(json_object_get(obj, key));
+}
+
+/* Remembers the tokens of a token reply, when it has any. */
+static void remember_tokens(const struct e2e_response *r)
+{
+    json_t *body = e2e_json(r);
+
+    remember_secret("an access token", jstr(body, "access_token"));
+    remember_secret("an ID token", jstr(body, "id_token"));
+    json_decref(body);
+}
+
+/* The last lines of the server log, for failure messages. */
+static char *log_tail(void)
+{
+    char *log = e2e_server_log(&srv);
+    size_t len = strlen(log);
+    char *tail = util_strdup(len > 1500 ? log + len - 1500 : log);
+
+    free(log);
+    return tail;
+}
+
+/* A phone number no other test uses: +1 555 and seven random digits. */
+static char *random_phone(void)
+{
+    uint32_t n;
+
+    util_random_bytes(&n, sizeof(n));
+    return util_asprintf("+1555%07u", n % 10000000u);
+}
+
+/* Decodes one application/x-www-form-urlencoded value from body. New string or NULL. */
+static char *form_value(const char *body, const char *name)
+{
+    size_t name_len = strlen(name);
+
+    for (const char *p = body; p && *p;) {
+        const char *end = strchr(p, '&');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+
+        if (len > name_len && strncmp(p, name, name_len) == 0 && p[name_len] == '=') {
+            char *out = util_malloc(len);
+            size_t n = 0;
+
+            for (size_t i = name_len + 1; i < len; i++) {
+                unsigned int byte;
+
+                if (p[i] == '+') {
+                    out[n++] = ' ';
+                } else if (p[i] == '%' && i + 2 < len &&
+                           sscanf(p + i + 1, "%2x", &byte) == 1) {
+                    out[n++] = (char)byte;
+                    i += 2;
+                } else {
+                    out[n++] = p[i];
+                }
+            }
+            out[n] = '\0';
+            return out;
+        }
+        p = end ? end + 1 : NULL;
+    }
+    return NULL;
+}
+
+/* ---- the instance ---------------------------------------------------------------------
+ */
+
+static void create_client(struct test_client *c, const char *name, const char *scope,
+                          bool basic)
+{
+    json_t *out = e2e_cli_json(
+        &srv, "client", "create", "--name", name, "--scope", scope, "--auth-method",
+        basic ? "client_secret_basic" : "client_secret_post", "--json", NULL);
+
+    ck_assert_msg(out != NULL, "cibad client create printed no JSON object");
+    ck_assert_msg(jstr(out, "client_id") != NULL, "client create: no client_id");
+    ck_assert_msg(jstr(out, "client_secret") != NULL, "client create: no client_secret");
+    c->client_id = util_strdup(jstr(out, "client_id"));
+    c->secret = util_strdup(jstr(out, "client_secret"));
+    c->name = util_strdup(name);
+    c->basic = basic;
+    remember_secret("a client secret", c->secret);
+    json_decref(out);
+}
+
+/* Creates a user; phone may be written in any form the CLI accepts. */
+static void create_user(struct test_user *u, const char *phone, const char *username)
+{
+    char *own_phone = phone ? NULL : random_phone();
+    json_t *out;
+
+    if (username)
+        out = e2e_cli_json(&srv, "user", "create", "--phone", phone ? phone : own_phone,
+                           "--username", username, "--json", NULL);
+    else
+        out = e2e_cli_json(&srv, "user", "create", "--phone", phone ? phone : own_phone,
+                           "--json", NULL);
+    ck_assert_msg(out != NULL, "cibad user create printed no JSON object");
+    ck_assert_msg(jstr(out, "subject") != NULL, "user create: no subject");
+    ck_assert_msg(jstr(out, "phone_number") != NULL, "user create: no phone_number");
+    u->subject = util_strdup(jstr(out, "subject"));
+    u->phone = util_strdup(jstr(out, "phone_number"));
+    u->username = username ? util_strdup(username) : NULL;
+    json_decref(out);
+    free(own_phone);
+}
+
+/* Prepares the environment and the data, without starting serve. extra holds
+ * "NAME=value" settings that override the base ones (NULL-terminated, may be NULL). */
+static void prepare_instance(const char *const *extra)
+{
+    char *url;
+
+    sink = mock_http_start(NULL, NULL);
+    ck_assert_msg(sink != NULL, "the SMS gateway mock did not start");
+    ck_assert_msg(
+        e2e_server_init(&srv, base_settings) == 0,
+        "e2e_server_init failed: are CIBAD_BIN and CIBAD_TEST_DATABASE_URL set?");
+    url = mock_http_url(sink, "127.0.0.1", "/sms");
+    e2e_server_setenv(&srv, "CIBAD_SMS_HTTP_URL", url);
+    free(url);
+    for (size_t i = 0; extra && extra[i]; i++) {
+        const char *eq = strchr(extra[i], '=');
+        char *name = util_strndup(extra[i], (size_t)(eq - extra[i]));
+
+        e2e_server_setenv(&srv, name, eq + 1);
+        free(name);
+    }
+
+    ck_assert_msg(e2e_cli(&srv, NULL, "migrate", NULL) == 0, "cibad migrate failed");
+    ck_assert_msg(e2e_cli(&srv, NULL, "scope", "set", "payments", PAYMENTS_DESC, NULL) ==
+                      0,
+                  "cibad scope set failed");
+    create_client(&c1, "Agent Basic", SCOPE, true);
+    create_client(&c2, "Agent Post", SCOPE, false);
+    create_user(&u1, NULL, NULL);
+}
+
+static void start_server(void)
+{
+    if (e2e_server_start(&srv) != 0) {
+        char *tail = log_tail();
+
+        ck_abort_msg("cibad serve did not become ready; log:\n%s", tail);
+    }
+}
+
+static void start_instance(const char *const *extra)
+{
+    prepare_instance(extra);
+    start_server();
+}
+
+static void setup_default(void)
+{
+    start_instance(NULL);
+}
+
+static void setup_expiry(void)
+{
+    static const char *const extra[] = {"CIBAD_AUTH_REQ_MIN_EXPIRY=2", NULL};
+
+    start_instance(extra);
+}
+
+static void setup_phone_limit(void)
+{
+    static const char *const extra[] = {"CIBAD_SMS_PER_PHONE_MAX=3", NULL};
+
+    start_instance(extra);
+}
+
+static void setup_twilio(void)
+{
+    static const char *const extra[] = {
+        "CIBAD_SMS_DRIVER=twilio",
+        "CIBAD_SMS_TWILIO_ACCOUNT_SID=ACtest0001",
+        "CIBAD_SMS_TWILIO_AUTH_TOKEN=twilio-token-0001",
+        "CIBAD_SMS_TWILIO_FROM=+15550001111",
+        NULL,
+    };
+    char *base;
+
+    prepare_instance(extra);
+    base = mock_http_url(sink, "127.0.0.1", "/");
+    /* mock_http_url wants a path; the Twilio base URL has none. */
+    if (base[strlen(base) - 1] == '/')
+        base[strlen(base) - 1] = '\0';
+    e2e_server_setenv(&srv, "CIBAD_SMS_TWILIO_BASE_URL", base);
+    free(base);
+    mock_http_set_default(sink, 201, "{\"sid\":\"SM0001\",\"status\":\"queued\"}");
+    remember_secret("the Twilio auth token", "twilio-token-0001");
+    start_server();
+}
+
+/* Stops the server, expects a clean exit, and checks the log for every secret seen. */
+static void teardown_instance(void)
+{
+    int rc = e2e_server_stop(&srv);
+    char *log = e2e_server_log(&srv);
+
+    ck_assert_msg(rc == 0, "cibad serve exited with status %d after SIGTERM", rc);
+    ck_assert_msg(strstr(log, "stopped") != NULL, "the log has no \"stopped\" line");
+    for (size_t i = 0; i < n_secrets; i++)
+        ck_assert_msg(strstr(log, secrets[i].value) == NULL, "the server log contains %s",
+                      secrets[i].label);
+    for (size_t i = 0; i < n_secrets; i++)
+        free(secrets[i].value);
+    n_secrets = 0;
+    free(log);
+    mock_http_free(sink);
+    sink = NULL;
+    e2e_server_free(&srv);
+}
+
+/* ---- HTTP calls -----------------------------------------------------------------------
+ */
+
+/* Sends a request that must get a reply carrying X-Request-Id. */
+static struct e2e_response call(const char *method, const char *path,
+                                const char *const *headers, const char *body)
+{
+    struct e2e_response r;
+
+    ck_assert_msg(e2e_request(srv.port, method, path, headers, body,
+                              body ? strlen(body) : 0, &r) == 0,
+                  "%s %s: no complete reply", method, path);
+    ck_assert_msg(e2e_header(&r, "X-Request-Id") != NULL,
+                  "%s %s: reply without X-Request-Id", method, path);
+    return r;
+}
+
+/* POSTs form (freed here) to path, authenticated as client c: by Basic or by
+ * client_id and client_secret in the body, as the client is registered. */
+static struct e2e_response post_as(const struct test_client *c, const char *path,
+                                   char *form)
+{
+    char *basic = c && c->basic ? e2e_basic_header(c->client_id, c->secret) : NULL;
+    const char *headers[] = {FORM_TYPE, basic, NULL};
+    struct e2e_response r;
+    char *body = form;
+
+    if (c && !c->basic) {
+        char *creds =
+            e2e_form("client_id", c->client_id, "client_secret", c->secret, NULL);
+
+        body = util_asprintf("%s%s%s", form, *form ? "&" : "", creds);
+        free(creds);
+        free(form);
+    }
+    r = call("POST", path, headers, body);
+    free(body);
+    free(basic);
+    return r;
+}
+
+static struct e2e_response bc_authorize(const struct test_client *c, char *form)
+{
+    return post_as(c, "/bc-authorize", form);
+}
+
+static struct e2e_response poll_token(const struct test_client *c,
+                                      const char *auth_req_id)
+{
+    return post_as(c, "/token",
+                   e2e_form("grant_type", CIBA_GRANT, "auth_req_id", auth_req_id, NULL));
+}
+
+/* Checks an RFC 6749 error reply: status, code, JSON content type, no-store, and a body
+ * of error and error_description only, the description in the allowed characters. */
+#define assert_error(r, status, code) assert_error_at(__LINE__, (r), (status), (code))
+
+static void assert_error_at(int line, const struct e2e_response *r, int status,
+                            const char *code)
+{
+    json_t *body = e2e_json(r);
+    const char *type = e2e_header(r, "Content-Type");
+    const char *cache = e2e_header(r, "Cache-Control");
+    const char *description;
+    const char *key;
+    json_t *value;
+
+    ck_assert_msg(r->status == status, "line %d: status %d, expected %d; body %s", line,
+                  r->status, status, r->body);
+    ck_assert_msg(body != NULL, "line %d: error body is not a JSON object: %s", line,
+                  r->body);
+    ck_assert_msg(jstr(body, "error") && strcmp(jstr(body, "error"), code) == 0,
+                  "line %d: error %s, expected %s", line, r->body, code);
+    ck_assert_msg(type && strncmp(type, "application/json", 16) == 0,
+                  "line %d: error Content-Type is %s", line, type ? type : "(none)");
+    ck_assert_msg(cache && strstr(cache, "no-store"), "line %d: error without no-store",
+                  line);
+    json_object_foreach(body, key, value)
+    {
+        ck_assert_msg(strcmp(key, "error") == 0 ||
+                          strcmp(key, "error_description") == 0 ||
+                          strcmp(key, "error_uri") == 0,
+                      "line %d: error body has an extra member %s", line, key);
+    }
+    description = jstr(body, "error_description");
+    for (const char *p = description; p && *p; p++) {
+        unsigned char c = (unsigned char)*p;
+
+        ck_assert_msg(c >= 0x20 && c <= 0x7e && c != '"' && c != '\\',
+                      "line %d: error_description has character 0x%02x", line, c);
+    }
+    json_decref(body);
+}
+
+/* Starts an authentication request for hint and returns its auth_req_id (new string). */
+static char *start_auth(const struct test_client *c, const char *hint,
+                        const char *binding)
+{
+    struct e2e_response r = bc_authorize(c, e2e_form("scope", SCOPE, "login_hint", hint,
+                                                     "binding_message", binding, NULL));
+    json_t *body = e2e_json(&r);
+    const char *cache = e2e_header(&r, "Cache-Control");
+    char *id;
+
+    ck_assert_msg(r.status == 200, "bc-authorize: status %d, body %s", r.status, r.body);
+    ck_assert_msg(body != NULL, "bc-authorize: body is not JSON");
+    ck_assert_msg(jstr(body, "auth_req_id") != NULL, "bc-authorize: no auth_req_id");
+    ck_assert_msg(json_is_integer(json_object_get(body, "expires_in")) &&
+                      json_integer_value(json_object_get(body, "expires_in")) > 0,
+                  "bc-authorize: expires_in is not a positive integer: %s", r.body);
+    ck_assert_msg(json_is_integer(json_object_get(body, "interval")) &&
+                      json_integer_value(json_object_get(body, "interval")) > 0,
+                  "bc-authorize: interval is not a positive integer: %s", r.body);
+    ck_assert_msg(cache && strstr(cache, "no-store"),
+                  "bc-authorize: reply without no-store");
+    id = util_strdup(jstr(body, "auth_req_id"));
+    remember_secret("an auth_req_id", id);
+    json_decref(body);
+    e2e_response_free(&r);
+    return id;
+}
+
+/* Finds the approval reference and the 6-digit code in an SMS text. Liberal: the link
+ * is whatever follows "/approve/", the code the last run of exactly six digits outside
+ * the link. */
+static void parse_sms_text(struct sms *out)
+{
+    const char *link = strstr(out->text, "/approve/");
+    const char *ref_end = NULL;
+    size_t n = 0;
+
+    out->ref[0] = '\0';
+    out->code[0] = '\0';
+    if (link) {
+        const char *p = link + strlen("/approve/");
+
+        while ((isalnum((unsigned char)p[n]) || p[n] == '-' || p[n] == '_') &&
+               n < sizeof(out->ref) - 1)
+            n++;
+        memcpy(out->ref, p, n);
+        out->ref[n] = '\0';
+        ref_end = p + n;
+    }
+    for (const char *p = out->text; *p;) {
+        size_t run = 0;
+
+        while (isdigit((unsigned char)p[run]))
+            run++;
+        if (run == 0) {
+            p++;
+            continue;
+        }
+        if (run == 6 && !(link && p >= link && p < ref_end)) {
+            memcpy(out->code, p, 6);
+            out->code[6] = '\0';
+        }
+        p += run;
+    }
+}
+
+/* Waits for the index-th message at the gateway (from 0) and parses it as the http
+ * driver sends it: POST JSON {"to", "text"}. */
+static void wait_sms(size_t index, struct sms *out)
+{
+    const struct mock_http_request *q;
+    json_t *body;
+
+    ck_assert_msg(mock_http_wait(sink, index + 1, SMS_WAIT_MS) == 0,
+                  "SMS %zu did not reach the gateway", index + 1);
+    q = mock_http_request_get(sink, index);
+    body = json_loadb(q->body, q->body_len, 0, NULL);
+    ck_assert_msg(body != NULL, "SMS request body is not JSON: %s", q->body);
+    ck_assert_msg(jstr(body, "to") && jstr(body, "text"), "SMS body lacks to/text: %s",
+                  q->body);
+    out->to = util_strdup(jstr(body, "to"));
+    out->text = util_strdup(jstr(body, "text"));
+    json_decref(body);
+    parse_sms_text(out);
+    ck_assert_msg(out->ref[0] != '\0', "no /approve/ link in the SMS");
+    ck_assert_msg(out->code[0] != '\0', "no 6-digit code in the SMS");
+    remember_secret("an SMS code", out->code);
+    remember_secret("an approval link reference", out->ref);
+}
+
+static void sms_free(struct sms *s)
+{
+    free(s->to);
+    free(s->text);
+    memset(s, 0, sizeof(*s));
+}
+
+static char *approve_path(const char *ref)
+{
+    return util_asprintf("/approve/%s", ref);
+}
+
+static struct e2e_response approve_get(const char *ref)
+{
+    char *path = approve_path(ref);
+    struct e2e_response r = call("GET", path, NULL, NULL);
+
+    free(path);
+    return r;
+}
+
+/* POSTs the approval form (freed here). */
+static struct e2e_response approve_post(const char *ref, char *form)
+{
+    const char *headers[] = {FORM_TYPE, NULL};
+    char *path = approve_path(ref);
+    struct e2e_response r = call("POST", path, headers, form);
+
+    free(path);
+    free(form);
+    return r;
+}
+
+static struct e2e_response enter_code(const char *ref, const char *code)
+{
+    return approve_post(ref, e2e_form("code", code, "action", "approve", NULL));
+}
+
+/* A wrong code: the real one with its first digit changed. */
+static void wrong_code(const char *code, char out[7])
+{
+    memcpy(out, code, 7);
+    out[0] = out[0] == '9' ? '0' : (char)(out[0] + 1);
+}
+
+static bool page_has_form(const struct e2e_response *r)
+{
+    return r->body && strstr(r->body, "<form") != NULL;
+}
+
+static bool body_has(const struct e2e_response *r, const char *text)
+{
+    return r->body && strstr(r->body, text) != NULL;
+}
+
+/* Starts a request for u1 by c1 and approves it with the SMS code. */
+static char *approved_request(const char *binding)
+{
+    char *id = start_auth(&c1, u1.phone, binding);
+    struct sms sms;
+    struct e2e_response r;
+
+    wait_sms(mock_http_count(sink) - 1, &sms);
+    r = enter_code(sms.ref, sms.code);
+    ck_assert_msg(r.status == 200 && body_has(&r, "Approved"),
+                  "approval with the right code failed: %d %s", r.status, r.body);
+    e2e_response_free(&r);
+    sms_free(&sms);
+    return id;
+}
+
+static json_t *fetch_jwks(void)
+{
+    struct e2e_response r = call("GET", "/jwks", NULL, NULL);
+    json_t *jwks = e2e_json(&r);
+
+    ck_assert_msg(r.status == 200, "GET /jwks: %d", r.status);
+    ck_assert_msg(jwks && json_is_array(json_object_get(jwks, "keys")),
+                  "GET /jwks: no keys array");
+    e2e_response_free(&r);
+    return jwks;
+}
+
+/* ---- 1. discovery ---------------------------------------------------------------------
+ */
+
+static void check_endpoint_prefix(const json_t *doc, const char *member)
+{
+    const char *url = jstr(doc, member);
+
+    ck_assert_msg(url != NULL, "discovery: %s is missing", member);
+    ck_assert_msg(strncmp(url, srv.issuer, strlen(srv.issuer)) == 0 &&
+                      url[strlen(srv.issuer)] == '/',
+                  "discovery: %s (%s) does not start with the issuer %s", member, url,
+                  srv.issuer);
+}
+
+static bool array_has(const json_t *array, const char *value)
+{
+    size_t i;
+    json_t *item;
+
+    json_array_foreach(array, i, item)
+    {
+        if (json_is_string(item) && strcmp(json_string_value(item), value) == 0)
+            return true;
+    }
+    return false;
+}
+
+static json_t *fetch_metadata(const char *path)
+{
+    struct e2e_response r = call("GET", path, NULL, NULL);
+    const char *type = e2e_header(&r, "Content-Type");
+    json_t *doc = e2e_json(&r);
+
+    ck_assert_msg(r.status == 200, "GET %s: %d", path, r.status);
+    ck_assert_msg(type && strncmp(type, "application/json", 16) == 0, "GET %s: type %s",
+                  path, type ? type : "(none)");
+    ck_assert_msg(doc != NULL, "GET %s: not a JSON object", path);
+    e2e_response_free(&r);
+    return doc;
+}
+
+static void check_metadata(const json_t *doc)
+{
+    const json_t *modes =
+        json_object_get(doc, "backchannel_token_delivery_modes_supported");
+    const json_t *user_code =
+        json_object_get(doc, "backchannel_user_code_parameter_supported");
+    const json_t *signing = json_object_get(
+        doc, "backchannel_authentication_request_signing_alg_values_supported");
+    const char *key;
+    json_t *value;
+
+    ck_assert_str_eq(jstr(doc, "issuer"), srv.issuer);
+    check_endpoint_prefix(doc, "token_endpoint");
+    check_endpoint_prefix(doc, "backchannel_authentication_endpoint");
+    check_endpoint_prefix(doc, "jwks_uri");
+    json_object_foreach((json_t *)doc, key, value)
+    {
+        size_t len = strlen(key);
+
+        if (len > 9 && strcmp(key + len - 9, "_endpoint") == 0)
+            check_endpoint_prefix(doc, key);
+        ck_assert_msg(!json_is_array(value) || json_array_size(value) > 0,
+                      "discovery: %s is an empty array", key);
+    }
+    ck_assert_msg(array_has(json_object_get(doc, "grant_types_supported"), CIBA_GRANT),
+                  "discovery: grant_types_supported lacks the CIBA grant");
+    ck_assert_msg(json_is_array(modes) && json_array_size(modes) == 1 &&
+                      array_has(modes, "poll"),
+                  "discovery: delivery modes are not exactly [\"poll\"]");
+    ck_assert_msg(
+        !user_code || json_is_boolean(user_code),
+        "discovery: backchannel_user_code_parameter_supported is not a boolean");
+    ck_assert_msg(!signing ||
+                      (!array_has(signing, "none") && !array_has(signing, "HS256")),
+                  "discovery: request signing algorithms include none or HS256");
+    ck_assert_msg(
+        array_has(json_object_get(doc, "token_endpoint_auth_methods_supported"),
+                  "client_secret_basic") &&
+            array_has(json_object_get(doc, "token_endpoint_auth_methods_supported"),
+                      "client_secret_post"),
+        "discovery: token_endpoint_auth_methods_supported lacks a client_secret method");
+    ck_assert_msg(
+        array_has(json_object_get(doc, "id_token_signing_alg_values_supported"), "ES256"),
+        "discovery: id_token_signing_alg_values_supported lacks ES256");
+}
+
+START_TEST(discovery_openid_configuration)
+{
+    json_t *doc = fetch_metadata("/.well-known/openid-configuration");
+
+    check_metadata(doc);
+    ck_assert_msg(json_is_array(json_object_get(doc, "subject_types_supported")),
+                  "discovery: subject_types_supported is missing");
+    json_decref(doc);
+}
+END_TEST
+
+START_TEST(discovery_oauth_metadata)
+{
+    json_t *oidc = fetch_metadata("/.well-known/openid-configuration");
+    json_t *oauth = fetch_metadata("/.well-known/oauth-authorization-server");
+
+    check_metadata(oauth);
+    ck_assert_str_eq(jstr(oauth, "issuer"), jstr(oidc, "issuer"));
+    ck_assert_str_eq(jstr(oauth, "token_endpoint"), jstr(oidc, "token_endpoint"));
+    ck_assert_str_eq(jstr(oauth, "jwks_uri"), jstr(oidc, "jwks_uri"));
+    json_decref(oidc);
+    json_decref(oauth);
+}
+END_TEST
+
+START_TEST(jwks_has_public_keys_only)
+{
+    json_t *jwks = fetch_jwks();
+    json_t *keys = json_object_get(jwks, "keys");
+    static const char *const private_members[] = {"d", "p", "q", "dp", "dq", "qi", "k"};
+    size_t i;
+    json_t *key;
+
+    ck_assert_msg(json_array_size(keys) >= 1, "JWKS has no key");
+    json_array_foreach(keys, i, key)
+    {
+        ck_assert_str_eq(jstr(key, "kty"), "EC");
+        ck_assert_str_eq(jstr(key, "crv"), "P-256");
+        ck_assert_msg(jstr(key, "kid") != NULL, "JWK %zu has no kid", i);
+        ck_assert_msg(jstr(key, "alg") || jstr(key, "use"),
+                      "JWK %zu has neither alg nor use", i);
+        for (size_t m = 0; m < ARRAY_LEN(private_members); m++)
+            ck_assert_msg(json_object_get(key, private_members[m]) == NULL,
+                          "JWK %zu publishes private member %s", i, private_members[m]);
+        for (size_t j = 0; j < i; j++)
+            ck_assert_msg(
+                strcmp(jstr(json_array_get(keys, j), "kid"), jstr(key, "kid")) != 0,
+                "JWKS repeats kid %s", jstr(key, "kid"));
+    }
+    json_decref(jwks);
+}
+END_TEST
+
+START_TEST(health_endpoints_answer)
+{
+    struct e2e_response r = call("GET", "/healthz", NULL, NULL);
+
+    ck_assert_int_eq(r.status, 200);
+    e2e_response_free(&r);
+    r = call("GET", "/readyz", NULL, NULL);
+    ck_assert_int_eq(r.status, 200);
+    e2e_response_free(&r);
+}
+END_TEST
+
+/* ---- 2. the whole poll flow
+ * ------------------------------------------------------------ */
+
+static bool aud_has(const json_t *claims, const char *value)
+{
+    const json_t *aud = json_object_get(claims, "aud");
+
+    if (json_is_string(aud))
+        return strcmp(json_string_value(aud), value) == 0;
+    return array_has(aud, value);
+}
+
+static bool amr_is_sms_otp(const json_t *claims)
+{
+    const json_t *amr = json_object_get(claims, "amr");
+
+    return json_is_array(amr) && json_array_size(amr) == 2 && array_has(amr, "sms") &&
+           array_has(amr, "otp");
+}
+
+static void check_access_token(const char *token, const json_t *jwks,
+                               const char *client_id)
+{
+    json_t *header = NULL;
+    json_t *claims = NULL;
+    char err[256];
+    json_int_t iat;
+
+    ck_assert_msg(e2e_jwt_verify(token, jwks, &header, &claims, err, sizeof(err)) == 0,
+                  "access token does not verify with /jwks: %s", err);
+    ck_assert_msg(jstr(header, "typ") && strcmp(jstr(header, "typ"), "at+jwt") == 0,
+                  "access token typ is %s",
+                  jstr(header, "typ") ? jstr(header, "typ") : "absent");
+    ck_assert_str_eq(jstr(claims, "iss"), srv.issuer);
+    ck_assert_str_eq(jstr(claims, "sub"), u1.subject);
+    ck_assert_str_eq(jstr(claims, "client_id"), client_id);
+    ck_assert_str_eq(jstr(claims, "scope"), SCOPE);
+    ck_assert_msg(json_object_get(claims, "aud") != NULL, "access token has no aud");
+    ck_assert_msg(jstr(claims, "jti") != NULL, "access token has no jti");
+    ck_assert_msg(json_is_integer(json_object_get(claims, "iat")),
+                  "access token: no iat");
+    ck_assert_msg(json_is_integer(json_object_get(claims, "exp")),
+                  "access token: no exp");
+    ck_assert_msg(json_is_integer(json_object_get(claims, "auth_time")),
+                  "access token: no auth_time");
+    iat = json_integer_value(json_object_get(claims, "iat"));
+    ck_assert_int_eq(json_integer_value(json_object_get(claims, "exp")), iat + 300);
+    ck_assert_msg(llabs((long long)iat - (long long)time(NULL)) < 60,
+                  "access token iat is far from now");
+    ck_assert_str_eq(jstr(claims, "acr"), ACR_SMS_OTP);
+    ck_assert_msg(amr_is_sms_otp(claims), "access token amr is not [\"sms\",\"otp\"]");
+    ck_assert_msg(json_object_get(claims, "phone_number") == NULL,
+                  "access token carries the phone number");
+    json_decref(header);
+    json_decref(claims);
+}
+
+static void check_id_token(const char *token, const char *access_token,
+                           const json_t *jwks, const char *client_id,
+                           const char *auth_req_id)
+{
+    json_t *header = NULL;
+    json_t *claims = NULL;
+    char *at_hash = e2e_at_hash(access_token);
+    char err[256];
+
+    ck_assert_msg(e2e_jwt_verify(token, jwks, &header, &claims, err, sizeof(err)) == 0,
+                  "ID token does not verify with /jwks: %s", err);
+    ck_assert_str_eq(jstr(claims, "iss"), srv.issuer);
+    ck_assert_str_eq(jstr(claims, "sub"), u1.subject);
+    ck_assert_msg(aud_has(claims, client_id), "ID token aud is not the client");
+    ck_assert_msg(json_is_integer(json_object_get(claims, "exp")) &&
+                      json_integer_value(json_object_get(claims, "exp")) > time(NULL),
+                  "ID token exp is missing or past");
+    ck_assert_msg(json_is_integer(json_object_get(claims, "iat")), "ID token: no iat");
+    ck_assert_msg(json_is_integer(json_object_get(claims, "auth_time")),
+                  "ID token: no auth_time");
+    ck_assert_str_eq(jstr(claims, "acr"), ACR_SMS_OTP);
+    ck_assert_msg(amr_is_sms_otp(claims), "ID token amr is not [\"sms\",\"otp\"]");
+    ck_assert_msg(jstr(claims, "at_hash") != NULL, "ID token has no at_hash");
+    ck_assert_str_eq(jstr(claims, "at_hash"), at_hash);
+    ck_assert_msg(jstr(claims, "urn:openid:params:jwt:claim:auth_req_id") != NULL,
+                  "ID token has no auth_req_id claim");
+    ck_assert_str_eq(jstr(claims, "urn:openid:params:jwt:claim:auth_req_id"),
+                     auth_req_id);
+    free(at_hash);
+    json_decref(header);
+    json_decref(claims);
+}
+
+/* Checks a successful token reply and both tokens; returns the access token. */
+static char *check_token_reply(const struct e2e_response *r, const char *client_id,
+                               const char *auth_req_id)
+{
+    json_t *body = e2e_json(r);
+    const char *cache = e2e_header(r, "Cache-Control");
+    const char *type = e2e_header(r, "Content-Type");
+    json_t *jwks;
+    char *access_token;
+
+    ck_assert_msg(r->status == 200, "token: status %d, body %s", r->status, r->body);
+    ck_assert_msg(body != NULL, "token reply is not JSON");
+    ck_assert_msg(type && strncmp(type, "application/json", 16) == 0,
+                  "token reply type %s", type ? type : "(none)");
+    ck_assert_msg(cache && strstr(cache, "no-store"), "token reply without no-store");
+    ck_assert_str_eq(jstr(body, "token_type"), "Bearer");
+    ck_assert_str_eq(jstr(body, "scope"), SCOPE);
+    ck_assert_msg(json_is_integer(json_object_get(body, "expires_in")) &&
+                      json_integer_value(json_object_get(body, "expires_in")) == 300,
+                  "token reply expires_in is not 300: %s", r->body);
+    ck_assert_msg(jstr(body, "access_token") && jstr(body, "id_token"),
+                  "token reply lacks access_token or id_token");
+    remember_secret("an access token", jstr(body, "access_token"));
+    remember_secret("an ID token", jstr(body, "id_token"));
+
+    jwks = fetch_jwks();
+    check_access_token(jstr(body, "access_token"), jwks, client_id);
+    check_id_token(jstr(body, "id_token"), jstr(body, "access_token"), jwks, client_id,
+                   auth_req_id);
+    access_token = util_strdup(jstr(body, "access_token"));
+    json_decref(jwks);
+    json_decref(body);
+    return access_token;
+}
+
+START_TEST(poll_flow_issues_verified_tokens)
+{
+    char *id = start_auth(&c1, u1.phone, "Pay 42 EUR to ACME");
+    struct sms sms;
+    struct e2e_response r;
+    char *access_token;
+
+    wait_sms(0, &sms);
+    ck_assert_str_eq(sms.to, u1.phone);
+    ck_assert_msg(strstr(sms.text, c1.name), "SMS does not name the client: %s",
+                  sms.text);
+    ck_assert_msg(strstr(sms.text, "Pay 42 EUR to ACME"),
+                  "SMS lacks the binding message");
+    ck_assert_msg(strstr(sms.text, srv.issuer), "SMS link is not under the issuer");
+
+    r = poll_token(&c1, id);
+    assert_error(&r, 400, "authorization_pending");
+    e2e_response_free(&r);
+
+    r = approve_get(sms.ref);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_msg(body_has(&r, c1.name), "approval page does not name the client");
+    ck_assert_msg(body_has(&r, "Pay 42 EUR to ACME"), "approval page lacks the message");
+    ck_assert_msg(body_has(&r, PAYMENTS_DESC),
+                  "approval page lacks the scope description");
+    ck_assert_msg(page_has_form(&r), "approval page of a pending request has no form");
+    ck_assert_msg(!body_has(&r, sms.code), "approval page shows the code");
+    e2e_response_free(&r);
+
+    r = enter_code(sms.ref, sms.code);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_msg(body_has(&r, "Approved"), "page after the right code: %s", r.body);
+    e2e_response_free(&r);
+
+    sleep_ms(POLL_GAP_MS);
+    r = poll_token(&c1, id);
+    access_token = check_token_reply(&r, c1.client_id, id);
+    ck_assert_msg(e2e_header(&r, "Pragma") &&
+                      strstr(e2e_header(&r, "Pragma"), "no-cache"),
+                  "token reply without Pragma: no-cache");
+    e2e_response_free(&r);
+
+    sleep_ms(POLL_GAP_MS);
+    r = poll_token(&c1, id);
+    assert_error(&r, 400, "invalid_grant");
+    e2e_response_free(&r);
+
+    free(access_token);
+    sms_free(&sms);
+    free(id);
+}
+END_TEST
+
+START_TEST(post_client_flow_issues_tokens)
+{
+    char *id = start_auth(&c2, u1.phone, NULL);
+    struct sms sms;
+    struct e2e_response r;
+    char *access_token;
+
+    wait_sms(0, &sms);
+    ck_assert_msg(strstr(sms.text, c2.name), "SMS does not name the client");
+    r = enter_code(sms.ref, sms.code);
+    ck_assert_msg(body_has(&r, "Approved"), "page after the right code: %s", r.body);
+    e2e_response_free(&r);
+
+    r = poll_token(&c2, id);
+    access_token = check_token_reply(&r, c2.client_id, id);
+    e2e_response_free(&r);
+    free(access_token);
+    sms_free(&sms);
+    free(id);
+}
+END_TEST
+
+START_TEST(scope_order_does_not_matter)
+{
+    struct e2e_response r = bc_authorize(
+        &c1, e2e_form("scope", "payments openid", "login_hint", u1.phone, NULL));
+
+    ck_assert_msg(r.status == 200, "scope \"payments openid\": %d %s", r.status, r.body);
+    e2e_response_free(&r);
+}
+END_TEST
+
+START_TEST(unknown_parameter_is_ignored)
+{
+    struct e2e_response r = bc_authorize(
+        &c1, e2e_form("scope", SCOPE, "login_hint", u1.phone, "foo", "bar", NULL));
+
+    ck_assert_msg(r.status == 200, "an unknown parameter: %d %s", r.status, r.body);
+    e2e_response_free(&r);
+}
+END_TEST
+
+/* ---- 3. deny
+ * ---------------------------------------------------------------------------- */
+
+START_TEST(deny_flow_access_denied)
+{
+    char *id = start_auth(&c1, u1.phone, "Deny me");
+    struct sms sms;
+    struct e2e_response r;
+
+    wait_sms(0, &sms);
+    r = approve_post(sms.ref, e2e_form("action", "deny", NULL));
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_msg(body_has(&r, "Denied"), "page after deny: %s", r.body);
+    ck_assert_msg(!page_has_form(&r), "page after deny still has a form");
+    e2e_response_free(&r);
+
+    r = poll_token(&c1, id);
+    assert_error(&r, 400, "access_denied");
+    e2e_response_free(&r);
+
+    /* A denied request stays denied: later polls and the right code change nothing. */
+    r = enter_code(sms.ref, sms.code);
+    ck_assert_msg(!body_has(&r, "Approved"), "the code approved a denied request");
+    e2e_response_free(&r);
+    sleep_ms(POLL_GAP_MS);
+    r = poll_token(&c1, id);
+    assert_error(&r, 400, "access_denied");
+    e2e_response_free(&r);
+    sms_free(&sms);
+    free(id);
+}
+END_TEST
+
+/* ---- 4. every error of the poll flow -------------------------------------------------
+ */
+
+START_TEST(bc_missing_scope)
+{
+    struct e2e_response r = bc_authorize(&c1, e2e_form("login_hint", u1.phone, NULL));
+
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+}
+END_TEST
+
+START_TEST(bc_scope_without_openid)
+{
+    struct e2e_response r =
+        bc_authorize(&c1, e2e_form("scope", "payments", "login_hint", u1.phone, NULL));
+
+    assert_error(&r, 400, "invalid_scope");
+    e2e_response_free(&r);
+}
+END_TEST
+
+START_TEST(bc_scope_not_allowed)
+{
+    struct e2e_response r = bc_authorize(
+        &c1, e2e_form("scope", "openid admin", "login_hint", u1.phone, NULL));
+
+    assert_error(&r, 400, "invalid_scope");
+    e2e_response_free(&r);
+    r = bc_authorize(&c1,
+                     e2e_form("scope", "openid profile", "login_hint", u1.phone, NULL));
+    assert_error(&r, 400, "invalid_scope");
+    e2e_response_free(&r);
+}
+END_TEST
+
+START_TEST(bc_no_hint)
+{
+    struct e2e_response r = bc_authorize(&c1, e2e_form("scope", SCOPE, NULL));
+
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+
+    /* An empty value counts as absent. */
+    r = bc_authorize(&c1, e2e_form("scope", SCOPE, "login_hint", "", NULL));
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+}
+END_TEST
+
+START_TEST(bc_two_hints)
+{
+    struct e2e_response r =
+        bc_authorize(&c1, e2e_form("scope", SCOPE, "login_hint", u1.phone,
+                                   "id_token_hint", "x.y.z", NULL));
+
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+    r = bc_authorize(&c1, e2e_form("scope", SCOPE, "login_hint", u1.phone,
+                                   "login_hint_token", "abc", NULL));
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+}
+END_TEST
+
+START_TEST(bc_unsupported_hints)
+{
+    struct e2e_response r =
+        bc_authorize(&c1, e2e_form("scope", SCOPE, "id_token_hint", "x.y.z", NULL));
+
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+    r = bc_authorize(&c1, e2e_form("scope", SCOPE, "login_hint_token", "abc", NULL));
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+    r = bc_authorize(&c1, e2e_form("scope", SCOPE, "login_hint", u1.phone, "request",
+                                   "eyJhbGciOiJub25lIn0.e30.", NULL));
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+}
+END_TEST
+
+START_TEST(bc_unknown_user)
+{
+    char *phone = random_phone();
+    struct e2e_response r =
+        bc_authorize(&c1, e2e_form("scope", SCOPE, "login_hint", phone, NULL));
+
+    assert_error(&r, 400, "unknown_user_id");
+    ck_assert_msg(!body_has(&r, phone + 1), "unknown_user_id echoes the phone number");
+    ck_assert_msg(!body_has(&r, phone + 5), "unknown_user_id echoes the phone number");
+    e2e_response_free(&r);
+
+    r = bc_authorize(&c1, e2e_form("scope", SCOPE, "login_hint", "nobody-here", NULL));
+    assert_error(&r, 400, "unknown_user_id");
+    e2e_response_free(&r);
+    free(phone);
+}
+END_TEST
+
+START_TEST(bc_binding_message_invalid)
+{
+    static const char *const bad[] = {
+        "line\nbreak", "tab\there", "bell\x07", "del\x7f", "bidi \xe2\x80\xae override",
+    };
+    char long_message[66];
+    char max_message[65];
+    struct e2e_response r;
+
+    /* 65 characters: one more than CIBAD_BINDING_MESSAGE_MAX's default of 64. */
+    memset(long_message, 'a', 65);
+    long_message[65] = '\0';
+    r = bc_authorize(&c1, e2e_form("scope", SCOPE, "login_hint", u1.phone,
+                                   "binding_message", long_message, NULL));
+    assert_error(&r, 400, "invalid_binding_message");
+    e2e_response_free(&r);
+
+    /* 450 characters of emoji and CJK, as the conformance suite sends. */
+    char *wide = util_calloc(1, 450 * 4 + 1);
+    for (int i = 0; i < 450; i++)
+        strcat(wide, i % 2 ? "\xf0\x9f\x98\x80" : "\xe6\xbc\xa2");
+    r = bc_authorize(&c1, e2e_form("scope", SCOPE, "login_hint", u1.phone,
+                                   "binding_message", wide, NULL));
+    assert_error(&r, 400, "invalid_binding_message");
+    e2e_response_free(&r);
+    free(wide);
+
+    for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
+        r = bc_authorize(&c1, e2e_form("scope", SCOPE, "login_hint", u1.phone,
+                                       "binding_message", bad[i], NULL));
+        assert_error(&r, 400, "invalid_binding_message");
+        e2e_response_free(&r);
+    }
+
+    /* Exactly the maximum is accepted. */
+    memset(max_message, 'b', 64);
+    max_message[64] = '\0';
+    r = bc_authorize(&c1, e2e_form("scope", SCOPE, "login_hint", u1.phone,
+                                   "binding_message", max_message, NULL));
+    ck_assert_msg(r.status == 200, "a 64-character binding_message: %d %s", r.status,
+                  r.body);
+    e2e_response_free(&r);
+}
+END_TEST
+
+START_TEST(bc_requested_expiry_invalid)
+{
+    static const char *const bad[] = {
+        "0", "-5", "1.5", "abc", "+5", " 5", "5s", "1e3", "99999999999999999999"};
+
+    for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
+        struct e2e_response r =
+            bc_authorize(&c1, e2e_form("scope", SCOPE, "login_hint", u1.phone,
+                                       "requested_expiry", bad[i], NULL));
+
+        ck_assert_msg(r.status == 400, "requested_expiry=%s: status %d", bad[i],
+                      r.status);
+        assert_error(&r, 400, "invalid_request");
+        e2e_response_free(&r);
+    }
+}
+END_TEST
+
+static json_int_t expires_in_for(const char *requested)
+{
+    struct e2e_response r =
+        bc_authorize(&c1, e2e_form("scope", SCOPE, "login_hint", u1.phone,
+                                   "requested_expiry", requested, NULL));
+    json_t *body = e2e_json(&r);
+    json_int_t expires_in;
+
+    ck_assert_msg(r.status == 200, "requested_expiry=%s: %d %s", requested, r.status,
+                  r.body);
+    expires_in = json_integer_value(json_object_get(body, "expires_in"));
+    remember_secret("an auth_req_id", jstr(body, "auth_req_id"));
+    json_decref(body);
+    e2e_response_free(&r);
+    return expires_in;
+}
+
+START_TEST(bc_requested_expiry_clamped)
+{
+    ck_assert_int_eq(expires_in_for("120"), 120);
+    /* CIBAD_AUTH_REQ_MAX_EXPIRY=600 and CIBAD_AUTH_REQ_MIN_EXPIRY=10 in this instance. */
+    ck_assert_int_eq(expires_in_for("999999"), 600);
+    ck_assert_int_eq(expires_in_for("1"), 10);
+}
+END_TEST
+
+START_TEST(bc_invalid_client)
+{
+    struct test_client wrong = c1;
+    struct test_client unknown = c1;
+    struct test_client wrong_post = c2;
+    const char *headers[] = {FORM_TYPE, NULL};
+    struct e2e_response r;
+    char *form;
+
+    /* Wrong secret by Basic: 401 with WWW-Authenticate: Basic. */
+    wrong.secret = "not-the-secret";
+    r = bc_authorize(&wrong, e2e_form("scope", SCOPE, "login_hint", u1.phone, NULL));
+    assert_error(&r, 401, "invalid_client");
+    ck_assert_msg(e2e_header(&r, "WWW-Authenticate") &&
+                      strncasecmp(e2e_header(&r, "WWW-Authenticate"), "Basic", 5) == 0,
+                  "401 after Basic without WWW-Authenticate: Basic");
+    e2e_response_free(&r);
+
+    unknown.client_id = "no-such-client";
+    r = bc_authorize(&unknown, e2e_form("scope", SCOPE, "login_hint", u1.phone, NULL));
+    assert_error(&r, 401, "invalid_client");
+    e2e_response_free(&r);
+
+    wrong_post.secret = "not-the-secret";
+    r = bc_authorize(&wrong_post, e2e_form("scope", SCOPE, "login_hint", u1.phone, NULL));
+    assert_error(&r, 401, "invalid_client");
+    e2e_response_free(&r);
+
+    /* No credentials at all, with and without a client_id. */
+    form = e2e_form("scope", SCOPE, "login_hint", u1.phone, NULL);
+    r = call("POST", "/bc-authorize", headers, form);
+    assert_error(&r, 401, "invalid_client");
+    e2e_response_free(&r);
+    free(form);
+    form =
+        e2e_form("scope", SCOPE, "login_hint", u1.phone, "client_id", c1.client_id, NULL);
+    r = call("POST", "/bc-authorize", headers, form);
+    assert_error(&r, 401, "invalid_client");
+    e2e_response_free(&r);
+    free(form);
+}
+END_TEST
+
+START_TEST(bc_wrong_auth_method)
+{
+    struct test_client as_post = c1;
+    struct test_client as_basic = c2;
+    struct e2e_response r;
+
+    /* Each client must use the method it was registered with. */
+    as_post.basic = false;
+    r = bc_authorize(&as_post, e2e_form("scope", SCOPE, "login_hint", u1.phone, NULL));
+    assert_error(&r, 401, "invalid_client");
+    e2e_response_free(&r);
+    as_basic.basic = true;
+    r = bc_authorize(&as_basic, e2e_form("scope", SCOPE, "login_hint", u1.phone, NULL));
+    assert_error(&r, 401, "invalid_client");
+    e2e_response_free(&r);
+}
+END_TEST
+
+START_TEST(bc_basic_and_post_together)
+{
+    char *basic = e2e_basic_header(c1.client_id, c1.secret);
+    const char *headers[] = {FORM_TYPE, basic, NULL};
+    char *form = e2e_form("scope", SCOPE, "login_hint", u1.phone, "client_id",
+                          c1.client_id, "client_secret", c1.secret, NULL);
+    struct e2e_response r = call("POST", "/bc-authorize", headers, form);
+
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+    free(form);
+    free(basic);
+}
+END_TEST
+
+START_TEST(bc_duplicated_parameter)
+{
+    struct e2e_response r = bc_authorize(
+        &c1, e2e_form("scope", SCOPE, "scope", SCOPE, "login_hint", u1.phone, NULL));
+
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+    r = bc_authorize(&c1, e2e_form("scope", SCOPE, "login_hint", u1.phone, "login_hint",
+                                   u1.phone, NULL));
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+}
+END_TEST
+
+START_TEST(token_unsupported_grant_type)
+{
+    struct e2e_response r =
+        post_as(&c1, "/token", e2e_form("grant_type", "urn:example:nope", NULL));
+
+    assert_error(&r, 400, "unsupported_grant_type");
+    e2e_response_free(&r);
+    r = post_as(&c1, "/token", e2e_form("auth_req_id", "abc", NULL));
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+}
+END_TEST
+
+START_TEST(token_missing_auth_req_id)
+{
+    struct e2e_response r =
+        post_as(&c1, "/token", e2e_form("grant_type", CIBA_GRANT, NULL));
+
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+}
+END_TEST
+
+START_TEST(token_duplicated_parameter)
+{
+    char *id = start_auth(&c1, u1.phone, NULL);
+    struct e2e_response r = post_as(&c1, "/token",
+                                    e2e_form("grant_type", CIBA_GRANT, "grant_type",
+                                             CIBA_GRANT, "auth_req_id", id, NULL));
+
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+    free(id);
+}
+END_TEST
+
+START_TEST(token_unknown_or_foreign_auth_req_id)
+{
+    char *id = start_auth(&c1, u1.phone, NULL);
+    struct e2e_response r = poll_token(&c2, id);
+
+    assert_error(&r, 400, "invalid_grant");
+    e2e_response_free(&r);
+    r = poll_token(&c1, "doesnotexist");
+    assert_error(&r, 400, "invalid_grant");
+    e2e_response_free(&r);
+
+    /* The foreign poll did not disturb the owner's request. */
+    r = poll_token(&c1, id);
+    assert_error(&r, 400, "authorization_pending");
+    e2e_response_free(&r);
+    free(id);
+}
+END_TEST
+
+START_TEST(token_invalid_client)
+{
+    char *id = start_auth(&c1, u1.phone, NULL);
+    struct test_client wrong = c1;
+    const char *headers[] = {FORM_TYPE, NULL};
+    struct e2e_response r;
+    char *form;
+
+    wrong.secret = "not-the-secret";
+    r = poll_token(&wrong, id);
+    assert_error(&r, 401, "invalid_client");
+    ck_assert_msg(e2e_header(&r, "WWW-Authenticate") != NULL,
+                  "401 after Basic without WWW-Authenticate");
+    e2e_response_free(&r);
+
+    form = e2e_form("grant_type", CIBA_GRANT, "auth_req_id", id, "client_id",
+                    c1.client_id, NULL);
+    r = call("POST", "/token", headers, form);
+    assert_error(&r, 401, "invalid_client");
+    e2e_response_free(&r);
+    free(form);
+    free(id);
+}
+END_TEST
+
+START_TEST(token_slow_down_grows_interval)
+{
+    char *id = start_auth(&c1, u1.phone, NULL);
+    struct e2e_response r = poll_token(&c1, id);
+
+    assert_error(&r, 400, "authorization_pending");
+    e2e_response_free(&r);
+
+    /* Faster than the interval of 1 s: slow_down, and the interval grows by 5 s. */
+    r = poll_token(&c1, id);
+    assert_error(&r, 400, "slow_down");
+    e2e_response_free(&r);
+
+    /* interval + 1 s later is still too early for the grown interval. */
+    sleep_ms(2000);
+    r = poll_token(&c1, id);
+    assert_error(&r, 400, "slow_down");
+    e2e_response_free(&r);
+
+    /* Waiting out the grown interval (6 s, or 11 s after the second slow_down) ends it.
+     */
+    sleep_ms(11500);
+    r = poll_token(&c1, id);
+    assert_error(&r, 400, "authorization_pending");
+    e2e_response_free(&r);
+    free(id);
+}
+END_TEST
+
+START_TEST(token_fast_polls_never_5xx)
+{
+    char *id = start_auth(&c1, u1.phone, NULL);
+
+    /* 20 polls back to back, as the conformance suite sends. */
+    for (int i = 0; i < 20; i++) {
+        struct e2e_response r = poll_token(&c1, id);
+        json_t *body = e2e_json(&r);
+        const char *error = jstr(body, "error");
+
+        ck_assert_msg(r.status == 400, "fast poll %d: status %d", i, r.status);
+        ck_assert_msg(error && (strcmp(error, "authorization_pending") == 0 ||
+                                strcmp(error, "slow_down") == 0),
+                      "fast poll %d: %s", i, r.body);
+        json_decref(body);
+        e2e_response_free(&r);
+    }
+    free(id);
+}
+END_TEST
+
+START_TEST(token_expired_token)
+{
+    struct e2e_response r =
+        bc_authorize(&c1, e2e_form("scope", SCOPE, "login_hint", u1.phone,
+                                   "requested_expiry", "2", NULL));
+    json_t *body = e2e_json(&r);
+    char *id;
+
+    ck_assert_msg(r.status == 200, "requested_expiry=2: %d %s", r.status, r.body);
+    ck_assert_int_eq(json_integer_value(json_object_get(body, "expires_in")), 2);
+    id = util_strdup(jstr(body, "auth_req_id"));
+    remember_secret("an auth_req_id", id);
+    json_decref(body);
+    e2e_response_free(&r);
+
+    sleep_ms(3200);
+    r = poll_token(&c1, id);
+    assert_error(&r, 400, "expired_token");
+    e2e_response_free(&r);
+    sleep_ms(POLL_GAP_MS);
+    r = poll_token(&c1, id);
+    assert_error(&r, 400, "expired_token");
+    e2e_response_free(&r);
+    free(id);
+}
+END_TEST
+
+/* ---- 5. login_hint forms
+ * ----------------------------------------------------------------- */
+
+START_TEST(login_hint_forms_find_user)
+{
+    struct test_user alice;
+    const char *hints[7];
+    size_t n = 0;
+
+    create_user(&alice, "+1 555 555 0100", "alice");
+    ck_assert_str_eq(alice.phone, "+15555550100");
+    hints[n++] = "+1 (555) 555-0100";
+    hints[n++] = "15555550100";
+    hints[n++] = "555-555-0100";
+    hints[n++] = "+15555550100";
+    hints[n++] = "001 555 555 0100";
+    hints[n++] = "alice";
+    hints[n++] = alice.subject;
+
+    for (size_t i = 0; i < n; i++) {
+        struct e2e_response r =
+            bc_authorize(&c1, e2e_form("scope", SCOPE, "login_hint", hints[i], NULL));
+        json_t *body = e2e_json(&r);
+        const struct mock_http_request *q;
+        json_t *sms;
+
+        ck_assert_msg(r.status == 200, "login_hint \"%s\": %d %s", hints[i], r.status,
+                      r.body);
+        remember_secret("an auth_req_id", jstr(body, "auth_req_id"));
+        json_decref(body);
+        e2e_response_free(&r);
+
+        /* The code goes to alice's phone, whatever form the hint took. */
+        ck_assert_msg(mock_http_wait(sink, i + 1, SMS_WAIT_MS) == 0,
+                      "no SMS for login_hint \"%s\"", hints[i]);
+        q = mock_http_request_get(sink, i);
+        sms = json_loadb(q->body, q->body_len, 0, NULL);
+        ck_assert_msg(sms && jstr(sms, "to"), "SMS body is not JSON with to");
+        ck_assert_msg(strcmp(jstr(sms, "to"), "+15555550100") == 0,
+                      "login_hint \"%s\" sent the code to %s", hints[i], jstr(sms, "to"));
+        json_decref(sms);
+    }
+}
+END_TEST
+
+/* ---- 6. concurrent polls
+ * ----------------------------------------------------------------- */
+
+#define N_POLLERS 50
+
+struct poller {
+    pthread_t thread;
+    const char *auth_req_id;
+    pthread_barrier_t *start;
+    int status;     /* -1: no reply */
+    char error[64]; /* the error code of a 400 */
+    struct e2e_response reply;
+};
+
+static void *run_poller(void *arg)
+{
+    struct poller *p = arg;
+    char *basic = e2e_basic_header(c1.client_id, c1.secret);
+    const char *headers[] = {FORM_TYPE, basic, NULL};
+    char *form = e2e_form("grant_type", CIBA_GRANT, "auth_req_id", p->auth_req_id, NULL);
+    struct e2e_response r;
+
+    pthread_barrier_wait(p->start);
+    p->status = -1;
+    if (e2e_request(srv.port, "POST", "/token", headers, form, strlen(form), &r) == 0) {
+        json_t *body = e2e_json(&r);
+
+        p->status = r.status;
+        snprintf(p->error, sizeof(p->error), "%s",
+                 jstr(body, "error") ? jstr(body, "error") : "");
+        json_decref(body);
+        p->reply = r;
+    }
+    free(form);
+    free(basic);
+    return NULL;
+}
+
+START_TEST(concurrent_polls_redeem_once)
+{
+    char *id = approved_request("Concurrent");
+    static struct poller pollers[N_POLLERS];
+    pthread_barrier_t start;
+    int ok = 0;
+
+    sleep_ms(POLL_GAP_MS);
+    pthread_barrier_init(&start, NULL, N_POLLERS);
+    for (int i = 0; i < N_POLLERS; i++) {
+        pollers[i].auth_req_id = id;
+        pollers[i].start = &start;
+        ck_assert_int_eq(
+            pthread_create(&pollers[i].thread, NULL, run_poller, &pollers[i]), 0);
+    }
+    for (int i = 0; i < N_POLLERS; i++)
+        pthread_join(pollers[i].thread, NULL);
+    pthread_barrier_destroy(&start);
+
+    for (int i = 0; i < N_POLLERS; i++) {
+        remember_tokens(&pollers[i].reply);
+        e2e_response_free(&pollers[i].reply);
+        ck_assert_msg(pollers[i].status != -1, "poll %d got no reply", i);
+        ck_assert_msg(pollers[i].status < 500, "poll %d got %d", i, pollers[i].status);
+        if (pollers[i].status == 200) {
+            ok++;
+            continue;
+        }
+        ck_assert_msg(pollers[i].status == 400, "poll %d got %d", i, pollers[i].status);
+        ck_assert_msg(strcmp(pollers[i].error, "invalid_grant") == 0 ||
+                          strcmp(pollers[i].error, "slow_down") == 0,
+                      "poll %d got error %s", i, pollers[i].error);
+    }
+    ck_assert_msg(ok == 1, "%d of %d concurrent polls got tokens", ok, N_POLLERS);
+    free(id);
+}
+END_TEST
+
+/* ---- 7. codes
+ * ------------------------------------------------------------------------------ */
+
+START_TEST(wrong_code_shows_attempts_left)
+{
+    char *id = start_auth(&c1, u1.phone, NULL);
+    struct sms sms;
+    char bad[7];
+    struct e2e_response r;
+
+    wait_sms(0, &sms);
+    wrong_code(sms.code, bad);
+    r = enter_code(sms.ref, bad);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_msg(body_has(&r, "Wrong code"), "no wrong-code notice: %s", r.body);
+    ck_assert_msg(body_has(&r, "2 attempts left"), "no attempts-left count: %s", r.body);
+    ck_assert_msg(page_has_form(&r), "the form is gone after one wrong code");
+    e2e_response_free(&r);
+
+    /* Text that cannot be a code does not use up an attempt. */
+    r = enter_code(sms.ref, "12ab56");
+    ck_assert_int_eq(r.status, 200);
+    e2e_response_free(&r);
+    wrong_code(bad, bad);
+    if (strcmp(bad, sms.code) == 0)
+        wrong_code(bad, bad);
+    r = enter_code(sms.ref, bad);
+    ck_assert_msg(body_has(&r, "1 attempt left"), "second wrong code: %s", r.body);
+    e2e_response_free(&r);
+
+    /* The right code still works before the limit. */
+    r = enter_code(sms.ref, sms.code);
+    ck_assert_msg(body_has(&r, "Approved"), "right code after two wrong ones: %s",
+                  r.body);
+    e2e_response_free(&r);
+    r = poll_token(&c1, id);
+    ck_assert_int_eq(r.status, 200);
+    remember_tokens(&r);
+    e2e_response_free(&r);
+    sms_free(&sms);
+    free(id);
+}
+END_TEST
+
+START_TEST(three_wrong_codes_deny)
+{
+    char *id = start_auth(&c1, u1.phone, NULL);
+    struct sms sms;
+    char bad[7];
+    struct e2e_response r;
+
+    wait_sms(0, &sms);
+    bad[0] = '\0';
+    for (int i = 0; i < 3; i++) {
+        wrong_code(i == 0 ? sms.code : bad, bad);
+        if (strcmp(bad, sms.code) == 0)
+            wrong_code(bad, bad);
+        r = enter_code(sms.ref, bad);
+        ck_assert_int_eq(r.status, 200);
+        if (i < 2)
+            ck_assert_msg(page_has_form(&r), "form gone after %d wrong codes", i + 1);
+        else
+            ck_assert_msg(!page_has_form(&r) && body_has(&r, "Denied"),
+                          "after 3 wrong codes: %s", r.body);
+        e2e_response_free(&r);
+    }
+
+    r = poll_token(&c1, id);
+    assert_error(&r, 400, "access_denied");
+    e2e_response_free(&r);
+
+    /* The right code cannot revive the request. */
+    r = enter_code(sms.ref, sms.code);
+    ck_assert_msg(!body_has(&r, "Approved"), "right code approved a denied request");
+    e2e_response_free(&r);
+    sleep_ms(POLL_GAP_MS);
+    r = poll_token(&c1, id);
+    assert_error(&r, 400, "access_denied");
+    e2e_response_free(&r);
+    sms_free(&sms);
+    free(id);
+}
+END_TEST
+
+/* Code expiry is not tested end to end: CIBAD_OTP_LIFETIME has a minimum of 30 s, and a
+ * test that sleeps that long is not worth its time. The request expiry (which ends the
+ * code with it) is covered by expired_request_rejects_code. */
+
+START_TEST(resend_respects_cooldown)
+{
+    char *id = start_auth(&c1, u1.phone, NULL);
+    struct sms first;
+    struct sms second;
+    struct e2e_response r;
+
+    wait_sms(0, &first);
+
+    /* CIBAD_OTP_RESEND_COOLDOWN=2: too early. */
+    r = approve_post(first.ref, e2e_form("action", "resend", NULL));
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_msg(!body_has(&r, "A new code was sent"),
+                  "resend before the cooldown worked");
+    e2e_response_free(&r);
+    sleep_ms(500);
+    ck_assert_int_eq(mock_http_count(sink), 1);
+
+    sleep_ms(2000);
+    r = approve_post(first.ref, e2e_form("action", "resend", NULL));
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_msg(body_has(&r, "A new code was sent"), "resend after the cooldown: %s",
+                  r.body);
+    e2e_response_free(&r);
+    wait_sms(1, &second);
+    ck_assert_str_eq(second.ref, first.ref);
+
+    /* The old code is dead now (unless the new one happens to be equal). */
+    if (strcmp(first.code, second.code) != 0) {
+        r = enter_code(first.ref, first.code);
+        ck_assert_msg(body_has(&r, "Wrong code"), "the old code after a resend: %s",
+                      r.body);
+        e2e_response_free(&r);
+    }
+    r = enter_code(second.ref, second.code);
+    ck_assert_msg(body_has(&r, "Approved"), "the new code: %s", r.body);
+    e2e_response_free(&r);
+
+    r = poll_token(&c1, id);
+    ck_assert_int_eq(r.status, 200);
+    remember_tokens(&r);
+    e2e_response_free(&r);
+    sms_free(&first);
+    sms_free(&second);
+    free(id);
+}
+END_TEST
+
+START_TEST(per_phone_limit)
+{
+    struct e2e_response r;
+
+    /* CIBAD_SMS_PER_PHONE_MAX=3: three codes within the window, then access_denied. */
+    for (int i = 0; i < 3; i++) {
+        char *id = start_auth(&c1, u1.phone, NULL);
+
+        free(id);
+    }
+    r = bc_authorize(&c1, e2e_form("scope", SCOPE, "login_hint", u1.phone, NULL));
+    assert_error(&r, 403, "access_denied");
+    e2e_response_free(&r);
+
+    ck_assert_int_eq(mock_http_wait(sink, 3, SMS_WAIT_MS), 0);
+    sleep_ms(500);
+    ck_assert_msg(mock_http_count(sink) == 3, "the gateway got %zu SMS for a limit of 3",
+                  mock_http_count(sink));
+}
+END_TEST
+
+START_TEST(per_phone_limit_counts_resends)
+{
+    char *id = start_auth(&c1, u1.phone, NULL);
+    struct sms sms;
+    struct e2e_response r;
+
+    /* One code sent; two resends reach the limit of 3; a third resend is refused. */
+    wait_sms(0, &sms);
+    for (int i = 0; i < 3; i++) {
+        sleep_ms(2200);
+        r = approve_post(sms.ref, e2e_form("action", "resend", NULL));
+        ck_assert_int_eq(r.status, 200);
+        if (i < 2)
+            ck_assert_msg(body_has(&r, "A new code was sent"), "resend %d: %s", i + 1,
+                          r.body);
+        else
+            ck_assert_msg(!body_has(&r, "A new code was sent"),
+                          "a resend beyond the per-phone limit was sent");
+        e2e_response_free(&r);
+    }
+    ck_assert_int_eq(mock_http_wait(sink, 3, SMS_WAIT_MS), 0);
+    sleep_ms(500);
+    ck_assert_int_eq(mock_http_count(sink), 3);
+    for (size_t i = 1; i < 3; i++) {
+        struct sms later;
+
+        wait_sms(i, &later);
+        sms_free(&later);
+    }
+    sms_free(&sms);
+    free(id);
+}
+END_TEST
+
+/* ---- 8. the approval page
+ * ----------------------------------------------------------------- */
+
+START_TEST(page_escapes_hostile_values)
+{
+    static const char *const hostile = "<script>alert(1)</script>";
+    struct test_client evil;
+    struct e2e_response r;
+    struct sms sms;
+    char *id;
+
+    create_client(&evil, "Evil <img src=x onerror=alert(2)> & \"Co\"", SCOPE, true);
+    r = bc_authorize(&evil, e2e_form("scope", SCOPE, "login_hint", u1.phone,
+                                     "binding_message", hostile, NULL));
+    if (r.status != 200) {
+        /* Rejecting markup is a valid policy too, but then as invalid_binding_message. */
+        assert_error(&r, 400, "invalid_binding_message");
+        e2e_response_free(&r);
+        id = start_auth(&evil, u1.phone, "plain");
+    } else {
+        json_t *body = e2e_json(&r);
+
+        id = util_strdup(jstr(body, "auth_req_id"));
+        remember_secret("an auth_req_id", id);
+        json_decref(body);
+        e2e_response_free(&r);
+    }
+
+    wait_sms(0, &sms);
+    r = approve_get(sms.ref);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_msg(!body_has(&r, "<script>"), "the page contains a raw <script>");
+    ck_assert_msg(!body_has(&r, "<img"), "the page contains the client name's raw <img>");
+    ck_assert_msg(body_has(&r, "&lt;img src=x onerror=alert(2)&gt; &amp; &quot;Co&quot;"),
+                  "the client name is not shown escaped");
+    if (strstr(sms.text, hostile))
+        ck_assert_msg(body_has(&r, "&lt;script&gt;alert(1)&lt;/script&gt;"),
+                      "the binding message is not shown escaped");
+    e2e_response_free(&r);
+    sms_free(&sms);
+    free(id);
+    free(evil.client_id);
+    free(evil.secret);
+    free(evil.name);
+}
+END_TEST
+
+START_TEST(page_security_headers)
+{
+    char *id = start_auth(&c1, u1.phone, NULL);
+    struct sms sms;
+    struct e2e_response r;
+    const char *csp;
+    const char *value;
+
+    wait_sms(0, &sms);
+    r = approve_get(sms.ref);
+    ck_assert_int_eq(r.status, 200);
+    csp = e2e_header(&r, "Content-Security-Policy");
+    ck_assert_msg(csp && strstr(csp, "frame-ancestors 'none'"),
+                  "no CSP with frame-ancestors 'none'");
+    ck_assert_msg(!strstr(csp, "unsafe-inline"), "the CSP allows unsafe-inline");
+    value = e2e_header(&r, "Cache-Control");
+    ck_assert_msg(value && strstr(value, "no-store"), "approval page without no-store");
+    value = e2e_header(&r, "Referrer-Policy");
+    ck_assert_msg(value && strcmp(value, "no-referrer") == 0,
+                  "no Referrer-Policy: no-referrer");
+    value = e2e_header(&r, "Content-Type");
+    ck_assert_msg(value && strncmp(value, "text/html", 9) == 0, "page type %s",
+                  value ? value : "(none)");
+    e2e_response_free(&r);
+
+    /* A POST made from another site's page is refused. */
+    {
+        const char *headers[] = {FORM_TYPE, "Origin: http://evil.example", NULL};
+        char *path = approve_path(sms.ref);
+        char *form = e2e_form("action", "deny", NULL);
+
+        r = call("POST", path, headers, form);
+        ck_assert_msg(r.status == 403, "cross-origin POST: %d", r.status);
+        e2e_response_free(&r);
+        free(path);
+        free(form);
+    }
+    r = poll_token(&c1, id);
+    assert_error(&r, 400, "authorization_pending");
+    e2e_response_free(&r);
+    sms_free(&sms);
+    free(id);
+}
+END_TEST
+
+START_TEST(page_finished_request_has_no_form)
+{
+    char *id = approved_request(NULL);
+    struct sms sms;
+    struct e2e_response r;
+
+    wait_sms(0, &sms);
+    r = approve_get(sms.ref);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_msg(body_has(&r, "Approved"), "page of an approved request: %s", r.body);
+    ck_assert_msg(!page_has_form(&r), "page of an approved request has a form");
+    e2e_response_free(&r);
+
+    /* The same after redemption. */
+    sleep_ms(100);
+    r = poll_token(&c1, id);
+    ck_assert_int_eq(r.status, 200);
+    remember_tokens(&r);
+    e2e_response_free(&r);
+    r = approve_get(sms.ref);
+    ck_assert_msg(!page_has_form(&r), "page of a redeemed request has a form");
+    e2e_response_free(&r);
+
+    /* A second approval attempt changes nothing. */
+    r = enter_code(sms.ref, sms.code);
+    ck_assert_msg(!page_has_form(&r), "posting to a redeemed request shows a form");
+    e2e_response_free(&r);
+    sms_free(&sms);
+    free(id);
+}
+END_TEST
+
+START_TEST(page_unknown_ref_404)
+{
+    static const char *const paths[] = {
+        "/approve/AAAAAAAAAAAAAAAAAAAAAA", /* well-formed, unknown */
+        "/approve/short",
+        "/approve/",
+        "/approve/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        "/approve/AAAAAAAAAAAAAAAAAAAAAA/extra",
+    };
+
+    for (size_t i = 0; i < ARRAY_LEN(paths); i++) {
+        struct e2e_response r = call("GET", paths[i], NULL, NULL);
+
+        ck_assert_msg(r.status == 404, "GET %s: %d", paths[i], r.status);
+        ck_assert_msg(!page_has_form(&r), "GET %s shows a form", paths[i]);
+        e2e_response_free(&r);
+    }
+}
+END_TEST
+
+START_TEST(expired_request_rejects_code)
+{
+    struct e2e_response r =
+        bc_authorize(&c1, e2e_form("scope", SCOPE, "login_hint", u1.phone,
+                                   "requested_expiry", "2", NULL));
+    json_t *body = e2e_json(&r);
+    struct sms sms;
+    char *id;
+
+    ck_assert_int_eq(r.status, 200);
+    id = util_strdup(jstr(body, "auth_req_id"));
+    remember_secret("an auth_req_id", id);
+    json_decref(body);
+    e2e_response_free(&r);
+    wait_sms(0, &sms);
+
+    sleep_ms(3200);
+    r = approve_get(sms.ref);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_msg(body_has(&r, "xpired"), "page of an expired request: %s", r.body);
+    ck_assert_msg(!page_has_form(&r), "page of an expired request has a form");
+    e2e_response_free(&r);
+
+    /* A code typed in late approves nothing. */
+    r = enter_code(sms.ref, sms.code);
+    ck_assert_msg(!body_has(&r, "Approved"), "a late code approved an expired request");
+    e2e_response_free(&r);
+    r = poll_token(&c1, id);
+    assert_error(&r, 400, "expired_token");
+    e2e_response_free(&r);
+    sms_free(&sms);
+    free(id);
+}
+END_TEST
+
+/* ---- 9. SMS drivers
+ * ---------------------------------------------------------------------- */
+
+START_TEST(http_driver_request)
+{
+    char *id = start_auth(&c1, u1.phone, "Order 7");
+    const struct mock_http_request *q;
+    const char *type;
+    struct sms sms;
+
+    wait_sms(0, &sms);
+    q = mock_http_request_get(sink, 0);
+    ck_assert_str_eq(q->method, "POST");
+    ck_assert_str_eq(q->path, "/sms");
+    ck_assert_msg(mock_http_header(q, "Authorization") &&
+                      strcmp(mock_http_header(q, "Authorization"), "Bearer t") == 0,
+                  "gateway Authorization is %s", mock_http_header(q, "Authorization"));
+    ck_assert_int_eq(mock_http_header_count(q, "Authorization"), 1);
+    type = mock_http_header(q, "Content-Type");
+    ck_assert_msg(type && strncmp(type, "application/json", 16) == 0, "gateway type %s",
+                  type ? type : "(none)");
+    ck_assert_str_eq(sms.to, u1.phone);
+    ck_assert_msg(strstr(sms.text, c1.name), "SMS lacks the client name");
+    ck_assert_msg(strstr(sms.text, "Order 7"), "SMS lacks the binding message");
+    {
+        char *link = util_asprintf("%s/approve/%s", srv.issuer, sms.ref);
+
+        ck_assert_msg(strstr(sms.text, link), "SMS lacks the link %s", link);
+        free(link);
+    }
+    sms_free(&sms);
+    free(id);
+}
+END_TEST
+
+START_TEST(twilio_driver_request)
+{
+    char *id = start_auth(&c1, u1.phone, "Twilio 1");
+    const struct mock_http_request *q;
+    const char *auth;
+    char *expected_auth;
+    char *b64;
+    char *to;
+    char *from;
+    struct sms sms = {0};
+    struct e2e_response r;
+
+    ck_assert_int_eq(mock_http_wait(sink, 1, SMS_WAIT_MS), 0);
+    q = mock_http_request_get(sink, 0);
+    ck_assert_str_eq(q->method, "POST");
+    ck_assert_str_eq(q->path, "/2010-04-01/Accounts/ACtest0001/Messages.json");
+    ck_assert_msg(mock_http_header(q, "Content-Type") &&
+                      strncmp(mock_http_header(q, "Content-Type"),
+                              "application/x-www-form-urlencoded", 33) == 0,
+                  "Twilio request type %s", mock_http_header(q, "Content-Type"));
+    b64 = util_b64_encode_new("ACtest0001:twilio-token-0001", 28);
+    expected_auth = util_asprintf("Basic %s", b64);
+    auth = mock_http_header(q, "Authorization");
+    ck_assert_msg(auth && strcmp(auth, expected_auth) == 0, "Twilio Authorization is %s",
+                  auth ? auth : "(none)");
+
+    to = form_value(q->body, "To");
+    from = form_value(q->body, "From");
+    sms.text = form_value(q->body, "Body");
+    ck_assert_msg(to && strcmp(to, u1.phone) == 0, "Twilio To is %s", to ? to : "(none)");
+    ck_assert_msg(from && strcmp(from, "+15550001111") == 0, "Twilio From is %s",
+                  from ? from : "(none)");
+    ck_assert_msg(sms.text && strstr(sms.text, "Twilio 1"),
+                  "Twilio Body lacks the message");
+    parse_sms_text(&sms);
+    ck_assert_msg(sms.code[0] && sms.ref[0], "no code or link in the Twilio Body");
+    remember_secret("an SMS code", sms.code);
+    remember_secret("an approval link reference", sms.ref);
+
+    /* The code from that message approves the request. */
+    r = enter_code(sms.ref, sms.code);
+    ck_assert_msg(body_has(&r, "Approved"), "code from the Twilio Body: %s", r.body);
+    e2e_response_free(&r);
+    r = poll_token(&c1, id);
+    ck_assert_int_eq(r.status, 200);
+    remember_tokens(&r);
+    e2e_response_free(&r);
+
+    free(to);
+    free(from);
+    free(b64);
+    free(expected_auth);
+    sms_free(&sms);
+    free(id);
+}
+END_TEST
+
+START_TEST(failing_gateway_denies)
+{
+    char *id;
+    struct e2e_response r;
+    bool denied = false;
+
+    mock_http_set_default(sink, 500, "{\"error\":\"down\"}");
+    id = start_auth(&c1, u1.phone, NULL);
+
+    /* Two attempts (one retry), then the request ends denied instead of pending. */
+    ck_assert_int_eq(mock_http_wait(sink, 2, SMS_WAIT_MS), 0);
+    for (int i = 0; i < 10 && !denied; i++) {
+        json_t *body;
+
+        sleep_ms(POLL_GAP_MS);
+        r = poll_token(&c1, id);
+        body = e2e_json(&r);
+        ck_assert_msg(r.status == 400, "poll after a failed SMS: %d", r.status);
+        denied = jstr(body, "error") && strcmp(jstr(body, "error"), "access_denied") == 0;
+        if (!denied)
+            ck_assert_msg(strcmp(jstr(body, "error"), "authorization_pending") == 0,
+                          "poll after a failed SMS: %s", r.body);
+        json_decref(body);
+        e2e_response_free(&r);
+    }
+    ck_assert_msg(denied, "the request did not end denied after the SMS failed");
+    ck_assert_int_eq(mock_http_count(sink), 2);
+    free(id);
+}
+END_TEST
+
+/* ---- 10. malformed input
+ * ------------------------------------------------------------------ */
+
+static void assert_server_healthy(const char *after)
+{
+    struct e2e_response r;
+
+    ck_assert_msg(e2e_server_alive(&srv), "cibad died after %s", after);
+    ck_assert_msg(e2e_request(srv.port, "GET", "/healthz", NULL, NULL, 0, &r) == 0,
+                  "/healthz did not answer after %s", after);
+    ck_assert_msg(r.status == 200, "/healthz is %d after %s", r.status, after);
+    e2e_response_free(&r);
+}
+
+/* Bodies that no endpoint may accept as a form. */
+struct bad_body {
+    const char *what;
+    const char *content_type;
+    const char *body;
+};
+
+static const struct bad_body bad_bodies[] = {
+    {"bad percent-encoding", FORM_TYPE, "scope=%zz&login_hint=x"},
+    {"truncated percent-encoding", FORM_TYPE, "scope=openid%4"},
+    {"%00", FORM_TYPE, "scope=openid%00payments&login_hint=x"},
+    {"invalid UTF-8", FORM_TYPE, "scope=openid&login_hint=%ff%fe"},
+    {"duplicated parameter", FORM_TYPE,
+     "action=deny&action=deny&grant_type=a&grant_type=a&"
+     "scope=openid&scope=openid"},
+    {"JSON body", "Content-Type: application/json",
+     "{\"scope\":\"openid\",\"grant_type\":\"" CIBA_GRANT "\",\"action\":\"deny\"}"},
+    {"no content type", NULL, "scope=openid&action=deny"},
+};
+
+static void post_bad_bodies(const char *path, bool json_errors, const char *basic)
+{
+    for (size_t i = 0; i < ARRAY_LEN(bad_bodies); i++) {
+        const char *headers[] = {bad_bodies[i].content_type ? bad_bodies[i].content_type
+                                                            : basic,
+                                 bad_bodies[i].content_type ? basic : NULL, NULL};
+        struct e2e_response r = call("POST", path, headers, bad_bodies[i].body);
+        char *after = util_asprintf("POST %s with %s", path, bad_bodies[i].what);
+
+        if (json_errors) {
+            ck_assert_msg(r.status == 400, "%s: status %d %s", after, r.status, r.body);
+            assert_error(&r, 400, "invalid_request");
+        } else {
+            ck_assert_msg(r.status == 400, "%s: status %d", after, r.status);
+        }
+        e2e_response_free(&r);
+        assert_server_healthy(after);
+        free(after);
+    }
+}
+
+START_TEST(malformed_bodies_rejected)
+{
+    char *id = start_auth(&c1, u1.phone, NULL);
+    char *basic = e2e_basic_header(c1.client_id, c1.secret);
+    char *approve;
+    struct sms sms;
+    struct e2e_response r;
+
+    wait_sms(0, &sms);
+    approve = approve_path(sms.ref);
+    post_bad_bodies("/bc-authorize", true, basic);
+    post_bad_bodies("/token", true, basic);
+    post_bad_bodies(approve, false, NULL);
+
+    /* None of that touched the request. */
+    r = poll_token(&c1, id);
+    assert_error(&r, 400, "authorization_pending");
+    e2e_response_free(&r);
+    free(approve);
+    free(basic);
+    sms_free(&sms);
+    free(id);
+}
+END_TEST
+
+START_TEST(empty_bodies_rejected)
+{
+    char *id = start_auth(&c1, u1.phone, NULL);
+    char *basic = e2e_basic_header(c1.client_id, c1.secret);
+    const char *headers[] = {FORM_TYPE, basic, NULL};
+    const char *page_headers[] = {FORM_TYPE, NULL};
+    char *approve;
+    struct sms sms;
+    struct e2e_response r;
+
+    wait_sms(0, &sms);
+    approve = approve_path(sms.ref);
+    r = call("POST", "/bc-authorize", headers, "");
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+    r = call("POST", "/token", headers, "");
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+    r = call("POST", approve, page_headers, "");
+    ck_assert_msg(r.status == 400, "empty approval form: %d", r.status);
+    e2e_response_free(&r);
+    r = call("POST", approve, page_headers, "action=maybe");
+    ck_assert_msg(r.status == 400, "approval form with action=maybe: %d", r.status);
+    e2e_response_free(&r);
+    assert_server_healthy("empty bodies");
+
+    r = poll_token(&c1, id);
+    assert_error(&r, 400, "authorization_pending");
+    e2e_response_free(&r);
+    free(approve);
+    free(basic);
+    sms_free(&sms);
+    free(id);
+}
+END_TEST
+
+START_TEST(oversized_body_rejected)
+{
+    char *basic = e2e_basic_header(c1.client_id, c1.secret);
+    const char *headers[] = {FORM_TYPE, basic, NULL};
+    static const char *const paths[] = {"/bc-authorize", "/token",
+                                        "/approve/AAAAAAAAAAAAAAAAAAAAAA"};
+    size_t len = 70 * 1024;
+    char *body = util_malloc(len + 1);
+
+    memcpy(body, "scope=", 6);
+    memset(body + 6, 'a', len - 6);
+    body[len] = '\0';
+    for (size_t i = 0; i < ARRAY_LEN(paths); i++) {
+        struct e2e_response r;
+        char *after = util_asprintf("a 70 KiB body to %s", paths[i]);
+
+        ck_assert_msg(e2e_request(srv.port, "POST", paths[i], headers, body, len, &r) ==
+                          0,
+                      "%s: no reply", after);
+        ck_assert_msg(r.status == 413 || r.status == 400, "%s: status %d", after,
+                      r.status);
+        e2e_response_free(&r);
+        assert_server_healthy(after);
+        free(after);
+    }
+    free(body);
+    free(basic);
+}
+END_TEST
+
+START_TEST(wrong_methods_405)
+{
+    static const char *const paths[] = {"/bc-authorize", "/token"};
+
+    for (size_t i = 0; i < ARRAY_LEN(paths); i++) {
+        struct e2e_response r = call("GET", paths[i], NULL, NULL);
+        const char *allow = e2e_header(&r, "Allow");
+
+        ck_assert_msg(r.status == 405, "GET %s: %d", paths[i], r.status);
+        ck_assert_msg(allow && strstr(allow, "POST"), "GET %s: 405 without Allow: POST",
+                      paths[i]);
+        e2e_response_free(&r);
+        r = call("PUT", paths[i], NULL, "x");
+        ck_assert_msg(r.status == 405, "PUT %s: %d", paths[i], r.status);
+        e2e_response_free(&r);
+    }
+    assert_server_healthy("wrong methods");
+}
+END_TEST
+
+START_TEST(unknown_path_404_json)
+{
+    static const char *const paths[] = {"/nope", "/token/extra", "/.well-known/nope",
+                                        "/%zz"};
+
+    for (size_t i = 0; i < ARRAY_LEN(paths); i++) {
+        struct e2e_response r = call("GET", paths[i], NULL, NULL);
+        json_t *body = e2e_json(&r);
+
+        ck_assert_msg(r.status == 404, "GET %s: %d", paths[i], r.status);
+        ck_assert_msg(body && jstr(body, "error"),
+                      "GET %s: 404 body is not a JSON error: %s", paths[i], r.body);
+        json_decref(body);
+        e2e_response_free(&r);
+    }
+    assert_server_healthy("unknown paths");
+}
+END_TEST
+
+START_TEST(oversized_header_rejected)
+{
+    size_t filler = 9 * 1024;
+    char *line = util_malloc(filler + 16);
+    const char *headers[] = {line, NULL};
+    struct e2e_response r;
+
+    memcpy(line, "X-Filler: ", 10);
+    memset(line + 10, 'h', filler);
+    line[10 + filler] = '\0';
+    ck_assert_msg(e2e_request(srv.port, "GET", "/healthz", headers, NULL, 0, &r) == 0,
+                  "a 9 KiB header got no reply");
+    /* CIBAD_MAX_HEADERS defaults to 8 KiB. */
+    ck_assert_msg(r.status == 400 || r.status == 431, "a 9 KiB header: status %d",
+                  r.status);
+    e2e_response_free(&r);
+    free(line);
+    assert_server_healthy("a 9 KiB header");
+}
+END_TEST
+
+START_TEST(raw_garbage_survived)
+{
+    static const char *const requests[] = {
+        "GARBAGE\r\n\r\n",
+        "GET / HTTP/9.9\r\n\r\n",
+        "POST /token HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+        "POST /token HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 50\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n\r\nabcde",
+        "POST /token HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\n",
+        "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", /* a TLS ClientHello start */
+    };
+
+    for (size_t i = 0; i < ARRAY_LEN(requests); i++) {
+        struct e2e_response r;
+        char *after = util_asprintf("raw request %zu", i);
+
+        /* No reply at all (the server closed) is fine; a reply must not be 2xx or 5xx. */
+        if (e2e_raw(srv.port, requests[i], strlen(requests[i]), &r) == 0) {
+            ck_assert_msg(r.status >= 400 && r.status < 500, "%s: status %d", after,
+                          r.status);
+            e2e_response_free(&r);
+        }
+        assert_server_healthy(after);
+        free(after);
+    }
+}
+END_TEST
+
+START_TEST(credentials_in_query_rejected)
+{
+    char *id = start_auth(&c1, u1.phone, NULL);
+    char *path =
+        util_asprintf("/token?client_id=%s&client_secret=%s", c1.client_id, c1.secret);
+    const char *headers[] = {FORM_TYPE, NULL};
+    char *form = e2e_form("grant_type", CIBA_GRANT, "auth_req_id", id, NULL);
+    struct e2e_response r = call("POST", path, headers, form);
+    json_t *body = e2e_json(&r);
+
+    ck_assert_msg(r.status == 400 || r.status == 401, "credentials in the query: %d",
+                  r.status);
+    ck_assert_msg(body && jstr(body, "error") &&
+                      (strcmp(jstr(body, "error"), "invalid_request") == 0 ||
+                       strcmp(jstr(body, "error"), "invalid_client") == 0),
+                  "credentials in the query: %s", r.body);
+    json_decref(body);
+    e2e_response_free(&r);
+    free(form);
+    free(path);
+    free(id);
+}
+END_TEST
+
+/* ---- 11, 12. log hygiene and shutdown
+ * ----------------------------------------------------- */
+
+START_TEST(log_holds_no_secrets)
+{
+    char *id = approved_request("Secret binding 314");
+    char *basic = e2e_basic_header(c1.client_id, c1.secret);
+    struct e2e_response r;
+    char *log;
+
+    sleep_ms(POLL_GAP_MS);
+    r = poll_token(&c1, id);
+    ck_assert_int_eq(r.status, 200);
+    remember_tokens(&r);
+    e2e_response_free(&r);
+
+    /* Stop now so the log is complete, then look beyond the teardown's list: the Basic
+     * credentials, the phone number and the binding message. */
+    ck_assert_int_eq(e2e_server_stop(&srv), 0);
+    log = e2e_server_log(&srv);
+    ck_assert_msg(strlen(log) > 0, "the server log is empty");
+    ck_assert_msg(!strstr(log, basic + strlen("Authorization: Basic ")),
+                  "the log contains the Basic credentials");
+    ck_assert_msg(!strstr(log, u1.phone), "the log contains the full phone number");
+    ck_assert_msg(!strstr(log, "Secret binding 314"),
+                  "the log contains the binding message");
+    free(log);
+    free(basic);
+    free(id);
+}
+END_TEST
+
+START_TEST(sigterm_stops_cleanly)
+{
+    int port = srv.port;
+    struct e2e_response r;
+    char *log;
+
+    ck_assert_int_eq(e2e_server_stop(&srv), 0);
+    log = e2e_server_log(&srv);
+    ck_assert_msg(strstr(log, "stopped") != NULL, "no \"stopped\" line after SIGTERM");
+    ck_assert_msg(e2e_request(port, "GET", "/healthz", NULL, NULL, 0, &r) != 0,
+                  "the port still answers after the server stopped");
+    free(log);
+}
+END_TEST
+
+/* ---- suite
+ * ------------------------------------------------------------------------------ */
+
+static TCase *new_tcase(const char *name, void (*setup)(void))
+{
+    TCase *tc = tcase_create(name);
+
+    tcase_add_checked_fixture(tc, setup, teardown_instance);
+    tcase_set_timeout(tc, TEST_TIMEOUT_S);
+    return tc;
+}
+
+static Suite *e2e_suite(void)
+{
+    Suite *s = suite_create("e2e");
+    TCase *tc;
+
+    tc = new_tcase("discovery", setup_default);
+    tcase_add_test(tc, discovery_openid_configuration);
+    tcase_add_test(tc, discovery_oauth_metadata);
+    tcase_add_test(tc, jwks_has_public_keys_only);
+    tcase_add_test(tc, health_endpoints_answer);
+    suite_add_tcase(s, tc);
+
+    tc = new_tcase("flow", setup_default);
+    tcase_add_test(tc, poll_flow_issues_verified_tokens);
+    tcase_add_test(tc, post_client_flow_issues_tokens);
+    tcase_add_test(tc, scope_order_does_not_matter);
+    tcase_add_test(tc, unknown_parameter_is_ignored);
+    tcase_add_test(tc, deny_flow_access_denied);
+    tcase_add_test(tc, login_hint_forms_find_user);
+    tcase_add_test(tc, concurrent_polls_redeem_once);
+    suite_add_tcase(s, tc);
+
+    tc = new_tcase("errors", setup_default);
+    tcase_add_test(tc, bc_missing_scope);
+    tcase_add_test(tc, bc_scope_without_openid);
+    tcase_add_test(tc, bc_scope_not_allowed);
+    tcase_add_test(tc, bc_no_hint);
+    tcase_add_test(tc, bc_two_hints);
+    tcase_add_test(tc, bc_unsupported_hints);
+    tcase_add_test(tc, bc_unknown_user);
+    tcase_add_test(tc, bc_binding_message_invalid);
+    tcase_add_test(tc, bc_requested_expiry_invalid);
+    tcase_add_test(tc, bc_requested_expiry_clamped);
+    tcase_add_test(tc, bc_invalid_client);
+    tcase_add_test(tc, bc_wrong_auth_method);
+    tcase_add_test(tc, bc_basic_and_post_together);
+    tcase_add_test(tc, bc_duplicated_parameter);
+    tcase_add_test(tc, token_unsupported_grant_type);
+    tcase_add_test(tc, token_missing_auth_req_id);
+    tcase_add_test(tc, token_duplicated_parameter);
+    tcase_add_test(tc, token_unknown_or_foreign_auth_req_id);
+    tcase_add_test(tc, token_invalid_client);
+    tcase_add_test(tc, token_slow_down_grows_interval);
+    tcase_add_test(tc, token_fast_polls_never_5xx);
+    suite_add_tcase(s, tc);
+
+    tc = new_tcase("expiry", setup_expiry);
+    tcase_add_test(tc, token_expired_token);
+    tcase_add_test(tc, expired_request_rejects_code);
+    suite_add_tcase(s, tc);
+
+    tc = new_tcase("codes", setup_default);
+    tcase_add_test(tc, wrong_code_shows_attempts_left);
+    tcase_add_test(tc, three_wrong_codes_deny);
+    tcase_add_test(tc, resend_respects_cooldown);
+    suite_add_tcase(s, tc);
+
+    tc = new_tcase("phone_limit", setup_phone_limit);
+    tcase_add_test(tc, per_phone_limit);
+    tcase_add_test(tc, per_phone_limit_counts_resends);
+    suite_add_tcase(s, tc);
+
+    tc = new_tcase("page", setup_default);
+    tcase_add_test(tc, page_escapes_hostile_values);
+    tcase_add_test(tc, page_security_headers);
+    tcase_add_test(tc, page_finished_request_has_no_form);
+    tcase_add_test(tc, page_unknown_ref_404);
+    suite_add_tcase(s, tc);
+
+    tc = new_tcase("http_driver", setup_default);
+    tcase_add_test(tc, http_driver_request);
+    tcase_add_test(tc, failing_gateway_denies);
+    suite_add_tcase(s, tc);
+
+    tc = new_tcase("twilio_driver", setup_twilio);
+    tcase_add_test(tc, twilio_driver_request);
+    suite_add_tcase(s, tc);
+
+    tc = new_tcase("malformed", setup_default);
+    tcase_add_test(tc, malformed_bodies_rejected);
+    tcase_add_test(tc, empty_bodies_rejected);
+    tcase_add_test(tc, oversized_body_rejected);
+    tcase_add_test(tc, wrong_methods_405);
+    tcase_add_test(tc, unknown_path_404_json);
+    tcase_add_test(tc, oversized_header_rejected);
+    tcase_add_test(tc, raw_garbage_survived);
+    tcase_add_test(tc, credentials_in_query_rejected);
+    suite_add_tcase(s, tc);
+
+    tc = new_tcase("process", setup_default);
+    tcase_add_test(tc, log_holds_no_secrets);
+    tcase_add_test(tc, sigterm_stops_cleanly);
+    suite_add_tcase(s, tc);
+
+    return s;
+}
+
+CHECK_MAIN(e2e_suite)
