@@ -2273,7 +2273,7 @@ START_TEST(raw_garbage_survived)
         char *after = util_asprintf("raw request %zu", i);
 
         /* No reply at all (the server closed) is fine; a reply must not be 2xx or 5xx. */
-        if (e2e_raw(srv.port, requests[i], strlen(requests[i]), &r) == 0) {
+        if (e2e_raw(srv.port, requests[i], strlen(requests[i]), true, &r) == 0) {
             ck_assert_msg(r.status >= 400 && r.status < 500, "%s: status %d", after,
                           r.status);
             e2e_response_free(&r);

@@ -259,7 +259,8 @@ static void send_all(int fd, const char *p, size_t n)
     }
 }
 
-int e2e_raw(int port, const void *bytes, size_t len, struct e2e_response *out)
+int e2e_raw(int port, const void *bytes, size_t len, bool half_close,
+            struct e2e_response *out)
 {
     int fd = connect_loopback(port);
     int rc;
@@ -268,6 +269,8 @@ int e2e_raw(int port, const void *bytes, size_t len, struct e2e_response *out)
     if (fd < 0)
         return -1;
     send_all(fd, bytes, len);
+    if (half_close)
+        shutdown(fd, SHUT_WR);
     rc = read_reply(fd, out);
     close(fd);
     return rc;
@@ -290,7 +293,7 @@ int e2e_request(int port, const char *method, const char *path,
     if (body)
         buf_add(&req, body, body_len);
 
-    rc = e2e_raw(port, req.data, req.len, out);
+    rc = e2e_raw(port, req.data, req.len, false, out);
     free(req.data);
     return rc;
 }

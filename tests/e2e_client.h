@@ -42,8 +42,11 @@ int e2e_request(int port, const char *method, const char *path,
 
 /* Sends raw bytes as they are (a malformed request, for example) and reads the reply
  * the same way as e2e_request. Send errors are ignored, because the server may close
- * early on purpose; what counts is whether a reply came back. */
-int e2e_raw(int port, const void *bytes, size_t len, struct e2e_response *out);
+ * early on purpose: what counts is whether a reply came back. With half_close the
+ * sending side is shut down after the bytes, so a server waiting for the rest of an
+ * incomplete request sees the end of the stream at once. */
+int e2e_raw(int port, const void *bytes, size_t len, bool half_close,
+            struct e2e_response *out);
 
 /* Returns the first header named name (case-insensitive), or NULL. */
 const char *e2e_header(const struct e2e_response *r, const char *name);
