@@ -17,7 +17,7 @@ struct server_req;
 struct server_form;
 struct storage_key;
 
-/* ---- protocol errors (one table in errors.c) ---------------------------------------- */
+/* ---- protocol errors (one table in errors.c) --------------------------------------- */
 
 enum oauth_err {
     OAUTH_OK = 0,
@@ -55,15 +55,40 @@ enum oauth_endpoint {
 const char *oauth_err_code(enum oauth_err err);
 int oauth_err_status(enum oauth_err err, enum oauth_endpoint ep);
 
+/* The default error_description of err. */
+const char *oauth_err_description(enum oauth_err err);
+
 /* Sends the RFC 6749 section 5.2 error body {"error", "error_description"} with
- * Cache-Control: no-store. description may be NULL for the table's default; it must
- * not contain user input that could be a secret. Adds WWW-Authenticate: Basic on a 401
- * when the request carried Basic credentials, Retry-After on a 503, and Allow on a 405
- * (allow names the methods). Logs the result at info (client errors) or error. */
+ * Cache-Control: no-store and Pragma: no-cache. description may be NULL for the table's
+ * default. It must not contain user input that could be a secret. A description with
+ * characters outside %x20-21 / %x23-5B / %x5D-7E is replaced by the default.
+ * Adds WWW-Authenticate: Basic realm="cibad" on every 401 (RFC 9110 section 15.5.2
+ * requires the header on a 401; RFC 6749 section 5.2 requires the scheme the client
+ * used, which is always Basic here) and Retry-After on a 503. For a 405 call
+ * oauth_reply_method_not_allowed, which adds the Allow header. Logs the result at info
+ * (client errors) or error (server errors). err OAUTH_OK is a caller bug and is sent as
+ * server_error. */
 void oauth_reply_error(struct server_req *sr, enum oauth_endpoint ep, enum oauth_err err,
                        const char *description);
 
-/* ---- client authentication ----------------------------------------------------------- */
+/* Sends 405 with the body {"error":"invalid_request", ...} and the Allow header set to
+ * allow, the methods the path accepts (for example "POST" or "GET, HEAD"). */
+void oauth_reply_method_not_allowed(struct server_req *sr, const char *allow);
+
+/* ---- protocol constants ------------------------------------------------------------ */
+
+/* The CIBA grant type (CIBA Core 1.0 section 10.1). */
+#define OAUTH_GRANT_TYPE_CIBA "urn:openid:params:grant-type:ciba"
+/* The acr value of an authentication by a one-time code sent by SMS. */
+#define OAUTH_ACR_SMS_OTP "urn:cibad:acr:sms-otp"
+/* The amr values of that authentication (RFC 8176 section 2): "sms" for the
+ * confirmation by text message and "otp" for the one-time code. OAUTH_AMR_VALUES
+ * expands to both, for an array initializer: const char *amr[] = {OAUTH_AMR_VALUES}. */
+#define OAUTH_AMR_SMS    "sms"
+#define OAUTH_AMR_OTP    "otp"
+#define OAUTH_AMR_VALUES OAUTH_AMR_SMS, OAUTH_AMR_OTP
+
+/* ---- client authentication --------------------------------------------------------- */
 
 struct oauth_client {
     char *client_id;
@@ -87,14 +112,18 @@ typedef void (*oauth_client_cb)(void *arg, enum oauth_err err, const char *descr
  * the id and secret are form-urlencoded inside Basic) or client_secret_post. Exactly
  * one method per request, and it must be the one registered for the client. Secrets are
  * compared as SHA-256 hashes in constant time. cb is called later, on the loop thread,
- * exactly once. */
+ * exactly once, with invalid_request (malformed or several methods), invalid_client
+ * (401: missing, unknown or wrong credentials, or another method than the registered
+ * one), temporarily_unavailable (database down) or server_error. Copies the claimed
+ * client_id into sr->client_id for log lines as soon as it is read, before it is
+ * verified: take the authenticated id from client->client_id. */
 void oauth_client_authenticate(struct server_req *sr, const struct server_form *form,
                                oauth_client_cb cb, void *arg);
 
 /* Hashes a client secret for storage (SHA-256 hex). */
 void oauth_secret_hash(const char *secret, char out[65]);
 
-/* ---- JWS signing keys ------------------------------------------------------------------ */
+/* ---- JWS signing keys -------------------------------------------------------------- */
 
 struct oauth_keyset;
 
@@ -105,8 +134,11 @@ int oauth_key_generate(const char *secret, char **kid, char **sealed_private,
                        char **public_jwk) MUST_CHECK;
 
 /* Builds a keyset from rows loaded by storage (newest first; the first one whose
- * retired_at is 0 signs). Unseals the private keys with secret. Returns NULL and logs
- * when a key cannot be opened. */
+ * retired_at is 0 signs). Unseals every private key once with secret and keeps the
+ * parsed keys, so signing never parses a key again. Also checks that each row's kid and
+ * public_jwk match its private key. Returns NULL and logs when a key cannot be opened.
+ * A keyset is used by one thread only: each worker builds its own copy, and the cached
+ * OpenSSL objects inside are not locked. */
 struct oauth_keyset *oauth_keyset_new(const struct storage_key *keys, size_t n,
                                       const char *secret);
 void oauth_keyset_free(struct oauth_keyset *ks);
@@ -124,12 +156,13 @@ char *oauth_jws_sign(const struct oauth_keyset *ks, const char *typ, json_t *cla
  * alg must be that key's alg (never taken from the token alone). On success returns the
  * claims (new reference) and, if header is not NULL, the header (new reference).
  * Checks no claim; callers check exp, aud and the rest. Returns NULL on any failure. */
-json_t *oauth_jws_verify(const struct oauth_keyset *ks, const char *token, json_t **header);
+json_t *oauth_jws_verify(const struct oauth_keyset *ks, const char *token,
+                         json_t **header);
 
 /* The left half of SHA-256 of token, base64url: at_hash for ID tokens. new string. */
 char *oauth_half_hash(const char *token);
 
-/* ---- endpoints ------------------------------------------------------------------------ */
+/* ---- endpoints --------------------------------------------------------------------- */
 
 void oauth_token_handle(struct server_req *sr);
 void oauth_discovery_handle(struct server_req *sr);

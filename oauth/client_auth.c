@@ -1,0 +1,394 @@
+/* client_auth.c - client authentication by client_secret_basic or client_secret_post
+ * SPDX-License-Identifier: MIT
+ */
+#include "oauth/oauth.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <event2/event.h>
+#include <openssl/crypto.h>
+
+#include "server/http.h"
+#include "storage/storage.h"
+
+/* client_id matches the column's CHECK in migrations/0001_initial.sql. The secret and
+ * header limits are far above what `cibad client add` generates and only stop abuse. */
+#define CLIENT_ID_MAX     128
+#define SECRET_MAX        256
+#define AUTHORIZATION_MAX 1024
+
+/* One text for an unknown client and a wrong secret, so replies do not reveal which
+ * client_id values exist. */
+static const char DESC_FAILED[] = "Client authentication failed";
+static const char DESC_NONE[] =
+    "Client authentication is required: use client_secret_basic or client_secret_post";
+static const char DESC_NO_SECRET[] = "The client_secret is missing";
+static const char DESC_TWO_METHODS[] =
+    "More than one client authentication method was used";
+static const char DESC_ID_MISMATCH[] =
+    "The client_id in the body differs from the one in the Authorization header";
+static const char DESC_MALFORMED[] = "The Authorization header is malformed";
+static const char DESC_TOO_LONG[] = "The Authorization header is too long";
+static const char DESC_SCHEME[] =
+    "Unsupported authentication scheme: use Basic or client_secret_post";
+static const char DESC_ASSERTION[] =
+    "client_assertion is not supported: use client_secret_basic or client_secret_post";
+static const char DESC_WRONG_METHOD[] =
+    "The client must use its registered token_endpoint_auth_method";
+static const char DESC_UNAVAILABLE[] = "The client registry is unavailable, retry later";
+
+enum auth_method {
+    METHOD_BASIC,
+    METHOD_POST,
+};
+
+static const char *const method_names[] = {
+    [METHOD_BASIC] = "client_secret_basic",
+    [METHOD_POST] = "client_secret_post",
+};
+
+/* State of one authentication, from the request until the callback. */
+struct auth_ctx {
+    struct server_req *sr;
+    oauth_client_cb cb;
+    void *arg;
+    enum auth_method method;
+    char client_id[CLIENT_ID_MAX + 1];
+    char secret_hash[65];
+    enum oauth_err err; /* a failure found before the lookup, sent from the loop */
+    const char *description;
+};
+
+void oauth_secret_hash(const char *secret, char out[65])
+{
+    util_sha256_hex(secret, strlen(secret), out);
+}
+
+bool oauth_scope_has(const char *scope, const char *name)
+{
+    size_t n = name ? strlen(name) : 0;
+
+    if (!scope || n == 0)
+        return false;
+    for (const char *p = scope; *p;) {
+        size_t len = strcspn(p, " ");
+
+        if (len == n && memcmp(p, name, n) == 0)
+            return true;
+        p += len;
+        p += strspn(p, " ");
+    }
+    return false;
+}
+
+void oauth_client_free(struct oauth_client *c)
+{
+    if (!c)
+        return;
+    free(c->client_id);
+    free(c->client_name);
+    free(c->token_endpoint_auth_method);
+    free(c->scope);
+    free(c->backchannel_token_delivery_mode);
+    free(c->grant_types);
+    free(c);
+}
+
+static char *strdup_or_empty(const char *s)
+{
+    return util_strdup(s ? s : "");
+}
+
+static struct oauth_client *client_copy(const struct storage_client *row)
+{
+    struct oauth_client *c = util_calloc(1, sizeof(*c));
+
+    c->client_id = strdup_or_empty(row->client_id);
+    c->client_name = strdup_or_empty(row->client_name);
+    c->token_endpoint_auth_method = strdup_or_empty(row->token_endpoint_auth_method);
+    c->scope = strdup_or_empty(row->scope);
+    c->backchannel_token_delivery_mode =
+        strdup_or_empty(row->backchannel_token_delivery_mode);
+    c->grant_types = strdup_or_empty(row->grant_types);
+    return c;
+}
+
+static void finish(struct auth_ctx *ctx, enum oauth_err err, const char *description,
+                   struct oauth_client *client)
+{
+    oauth_client_cb cb = ctx->cb;
+    void *arg = ctx->arg;
+
+    OPENSSL_cleanse(ctx->secret_hash, sizeof(ctx->secret_hash));
+    free(ctx);
+    cb(arg, err, description, client);
+}
+
+static void on_failure_deferred(evutil_socket_t fd, short what, void *arg)
+{
+    struct auth_ctx *ctx = arg;
+
+    (void)fd;
+    (void)what;
+    finish(ctx, ctx->err, ctx->description, NULL);
+}
+
+/* Reports a failure from the next loop iteration, because the callback must never run
+ * inside oauth_client_authenticate. */
+static void fail_later(struct auth_ctx *ctx, enum oauth_err err, const char *description)
+{
+    const struct timeval now = {0, 0};
+
+    ctx->err = err;
+    ctx->description = description;
+    if (event_base_once(ctx->sr->worker->base, -1, EV_TIMEOUT, on_failure_deferred, ctx,
+                        &now) != 0) {
+        /* Only an allocation failure inside libevent gets here; like util_malloc,
+         * treat it as fatal rather than break the callback contract. */
+        log_error("event_base_once failed; aborting");
+        abort();
+    }
+}
+
+static int hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Decodes application/x-www-form-urlencoded text ('+' is a space, %XX a byte) into out
+ * (cap bytes, NUL-terminated). Returns the decoded length, or -1 for a bad escape, a
+ * NUL byte, or output that does not fit. */
+static int form_urldecode(const char *in, size_t len, char *out, size_t cap)
+{
+    size_t o = 0;
+
+    for (size_t i = 0; i < len; i++) {
+        int c = (unsigned char)in[i];
+
+        if (c == '+') {
+            c = ' ';
+        } else if (c == '%') {
+            int hi = i + 2 < len ? hex_value(in[i + 1]) : -1;
+            int lo = i + 2 < len ? hex_value(in[i + 2]) : -1;
+
+            if (hi < 0 || lo < 0)
+                return -1;
+            c = hi << 4 | lo;
+            i += 2;
+        }
+        if (c == 0 || o + 1 >= cap)
+            return -1;
+        out[o++] = (char)c;
+    }
+    out[o] = '\0';
+    return (int)o;
+}
+
+/* True when s is well-formed UTF-8 (no overlong forms, surrogates or values past
+ * U+10FFFF); PostgreSQL rejects anything else in a text parameter. */
+static bool utf8_valid(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+
+    while (*p) {
+        unsigned char c = *p;
+        unsigned int cp;
+        int extra;
+
+        if (c < 0x80) {
+            p++;
+            continue;
+        }
+        if (c >= 0xc2 && c <= 0xdf)
+            extra = 1, cp = c & 0x1f;
+        else if (c >= 0xe0 && c <= 0xef)
+            extra = 2, cp = c & 0x0f;
+        else if (c >= 0xf0 && c <= 0xf4)
+            extra = 3, cp = c & 0x07;
+        else
+            return false;
+        for (int i = 1; i <= extra; i++) {
+            if ((p[i] & 0xc0) != 0x80)
+                return false;
+            cp = cp << 6 | (p[i] & 0x3f);
+        }
+        if ((extra == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+            (extra == 3 && (cp < 0x10000 || cp > 0x10ffff)))
+            return false;
+        p += extra + 1;
+    }
+    return true;
+}
+
+/* Checks a claimed client_id and secret and stores the id and the secret's hash in
+ * ctx. Too long or invalid values cannot belong to a registered client. */
+static enum oauth_err take_credentials(struct auth_ctx *ctx, const char *client_id,
+                                       const char *secret, const char **description)
+{
+    if (!client_id || !*client_id || strlen(client_id) > CLIENT_ID_MAX ||
+        !utf8_valid(client_id)) {
+        *description = DESC_FAILED;
+        return OAUTH_ERR_INVALID_CLIENT;
+    }
+    strcpy(ctx->client_id, client_id);
+    if (!secret || !*secret) {
+        *description = DESC_NO_SECRET;
+        return OAUTH_ERR_INVALID_CLIENT;
+    }
+    if (strlen(secret) > SECRET_MAX) {
+        *description = DESC_FAILED;
+        return OAUTH_ERR_INVALID_CLIENT;
+    }
+    oauth_secret_hash(secret, ctx->secret_hash);
+    return OAUTH_OK;
+}
+
+/* Reads "Basic base64(urlencode(id) ':' urlencode(secret))" (RFC 6749 section 2.3.1:
+ * split at the first ':', then form-urldecode each part). */
+static enum oauth_err read_basic(struct auth_ctx *ctx, const char *header,
+                                 const char *body_client_id, const char **description)
+{
+    char decoded[AUTHORIZATION_MAX], id[AUTHORIZATION_MAX], secret[AUTHORIZATION_MAX];
+    size_t decoded_len = sizeof(decoded) - 1;
+    const char *token, *colon;
+    enum oauth_err err = OAUTH_ERR_INVALID_REQUEST;
+
+    *description = DESC_MALFORMED;
+    /* The scheme name is case-insensitive (RFC 9110 section 11.1). */
+    if (strncasecmp(header, "Basic", 5) != 0 || (header[5] != ' ' && header[5] != '\0')) {
+        *description = DESC_SCHEME;
+        return OAUTH_ERR_INVALID_CLIENT;
+    }
+    token = header + 5;
+    token += strspn(token, " ");
+    if (util_b64_decode(token, strlen(token), decoded, &decoded_len) != 0)
+        return err;
+    decoded[decoded_len] = '\0';
+    colon = memchr(decoded, ':', decoded_len);
+    if (!colon || strlen(decoded) != decoded_len ||
+        form_urldecode(decoded, (size_t)(colon - decoded), id, sizeof(id)) < 0 ||
+        form_urldecode(colon + 1, decoded_len - (size_t)(colon + 1 - decoded), secret,
+                       sizeof(secret)) < 0)
+        goto out;
+
+    err = take_credentials(ctx, id, secret, description);
+    if (err == OAUTH_OK && body_client_id && strcmp(body_client_id, id) != 0) {
+        *description = DESC_ID_MISMATCH;
+        err = OAUTH_ERR_INVALID_REQUEST;
+    }
+
+out:
+    OPENSSL_cleanse(decoded, sizeof(decoded));
+    OPENSSL_cleanse(secret, sizeof(secret));
+    return err;
+}
+
+/* Finds the one authentication method the request uses and reads its credentials. */
+static enum oauth_err read_credentials(struct auth_ctx *ctx,
+                                       const struct server_form *form,
+                                       const char **description)
+{
+    const char *header = server_req_header(ctx->sr, "Authorization");
+    const char *client_id = server_form_get(form, "client_id");
+    const char *secret = server_form_get(form, "client_secret");
+    bool assertion = server_form_get(form, "client_assertion") ||
+                     server_form_get(form, "client_assertion_type");
+
+    if (header) {
+        if (strlen(header) > AUTHORIZATION_MAX) {
+            *description = DESC_TOO_LONG;
+            return OAUTH_ERR_INVALID_REQUEST;
+        }
+        if (secret || assertion) {
+            *description = DESC_TWO_METHODS;
+            return OAUTH_ERR_INVALID_REQUEST;
+        }
+        ctx->method = METHOD_BASIC;
+        return read_basic(ctx, header, client_id, description);
+    }
+
+    if (assertion) {
+        *description = DESC_ASSERTION;
+        return OAUTH_ERR_INVALID_CLIENT;
+    }
+    if (!client_id && !secret) {
+        *description = DESC_NONE;
+        return OAUTH_ERR_INVALID_CLIENT;
+    }
+    ctx->method = METHOD_POST;
+    return take_credentials(ctx, client_id, secret, description);
+}
+
+static void on_client_loaded(void *arg, enum storage_status status,
+                             const struct storage_client *row)
+{
+    struct auth_ctx *ctx = arg;
+    const char *rid = ctx->sr->rid;
+
+    switch (status) {
+    case STORAGE_OK:
+        break;
+    case STORAGE_NOT_FOUND:
+        rlog_info(rid, ctx->client_id, "client authentication failed: unknown client_id");
+        finish(ctx, OAUTH_ERR_INVALID_CLIENT, DESC_FAILED, NULL);
+        return;
+    case STORAGE_UNAVAILABLE:
+        finish(ctx, OAUTH_ERR_TEMPORARILY_UNAVAILABLE, DESC_UNAVAILABLE, NULL);
+        return;
+    default:
+        rlog_error(rid, ctx->client_id, "loading the client failed (storage status %d)",
+                   (int)status);
+        finish(ctx, OAUTH_ERR_SERVER_ERROR, oauth_err_description(OAUTH_ERR_SERVER_ERROR),
+               NULL);
+        return;
+    }
+
+    if (!row->secret_hash || strlen(row->secret_hash) != 64 ||
+        !util_ct_equal(row->secret_hash, ctx->secret_hash, 64)) {
+        rlog_info(rid, ctx->client_id, "client authentication failed: wrong secret");
+        finish(ctx, OAUTH_ERR_INVALID_CLIENT, DESC_FAILED, NULL);
+        return;
+    }
+    /* Checked after the secret, so only the holder of the secret learns the reason. */
+    if (!row->token_endpoint_auth_method ||
+        strcmp(row->token_endpoint_auth_method, method_names[ctx->method]) != 0) {
+        rlog_info(
+            rid, ctx->client_id, "client authentication failed: used %s, registered %s",
+            method_names[ctx->method],
+            row->token_endpoint_auth_method ? row->token_endpoint_auth_method : "(none)");
+        finish(ctx, OAUTH_ERR_INVALID_CLIENT, DESC_WRONG_METHOD, NULL);
+        return;
+    }
+    finish(ctx, OAUTH_OK, NULL, client_copy(row));
+}
+
+void oauth_client_authenticate(struct server_req *sr, const struct server_form *form,
+                               oauth_client_cb cb, void *arg)
+{
+    struct auth_ctx *ctx = util_calloc(1, sizeof(*ctx));
+    const char *description = NULL;
+    enum oauth_err err;
+
+    ctx->sr = sr;
+    ctx->cb = cb;
+    ctx->arg = arg;
+
+    err = read_credentials(ctx, form, &description);
+    if (ctx->client_id[0])
+        snprintf(sr->client_id, sizeof(sr->client_id), "%s", ctx->client_id);
+    if (err != OAUTH_OK) {
+        fail_later(ctx, err, description);
+        return;
+    }
+    if (!sr->worker->db ||
+        storage_client_get(sr->worker->db, ctx->client_id, on_client_loaded, ctx) != 0)
+        fail_later(ctx, OAUTH_ERR_TEMPORARILY_UNAVAILABLE, DESC_UNAVAILABLE);
+}

@@ -1,0 +1,101 @@
+/* discovery.c - the discovery document (OpenID Connect Discovery 1.0, RFC 8414) and the
+ * JWKS endpoint
+ * SPDX-License-Identifier: MIT
+ */
+#include "oauth/oauth.h"
+
+#include <string.h>
+
+#include "server/config.h"
+#include "server/http.h"
+
+/* Discovery changes only with the configuration; keys rotate, so the JWKS is cached for
+ * a shorter time. A retired key stays published until every token it signed has
+ * expired, so a cached JWKS never lacks a key that signed a live token. */
+#define DISCOVERY_CACHE_CONTROL "public, max-age=300"
+#define JWKS_CACHE_CONTROL      "public, max-age=60"
+
+static json_t *string_array(const char *const *values, size_t n)
+{
+    json_t *a = json_array();
+
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(a, json_string(values[i]));
+    return a;
+}
+
+#define STRING_ARRAY(...)                                                                \
+    string_array((const char *const[]){__VA_ARGS__},                                     \
+                 sizeof((const char *const[]){__VA_ARGS__}) / sizeof(const char *))
+
+/* Builds the metadata from the issuer. Lists only what cibad implements: no signed
+ * authentication requests, no user_code, no ping or push delivery, no
+ * private_key_jwt. response_types_supported is omitted along with
+ * authorization_endpoint, because cibad has no authorization endpoint (RFC 8414
+ * section 2 lets a server without one omit both, and CIBA needs neither). */
+static json_t *discovery_document(const char *issuer)
+{
+    json_t *doc = json_object();
+
+    json_object_set_new(doc, "issuer", json_string(issuer));
+    json_object_set_new(doc, "token_endpoint", json_sprintf("%s/token", issuer));
+    json_object_set_new(doc, "jwks_uri", json_sprintf("%s/jwks", issuer));
+    json_object_set_new(doc, "backchannel_authentication_endpoint",
+                        json_sprintf("%s/bc-authorize", issuer));
+    json_object_set_new(doc, "backchannel_token_delivery_modes_supported",
+                        STRING_ARRAY("poll"));
+    json_object_set_new(doc, "backchannel_user_code_parameter_supported", json_false());
+    json_object_set_new(doc, "grant_types_supported",
+                        STRING_ARRAY(OAUTH_GRANT_TYPE_CIBA));
+    json_object_set_new(doc, "token_endpoint_auth_methods_supported",
+                        STRING_ARRAY("client_secret_basic", "client_secret_post"));
+    json_object_set_new(doc, "subject_types_supported", STRING_ARRAY("public"));
+    json_object_set_new(doc, "id_token_signing_alg_values_supported",
+                        STRING_ARRAY("ES256"));
+    json_object_set_new(doc, "scopes_supported", STRING_ARRAY("openid"));
+    json_object_set_new(doc, "acr_values_supported", STRING_ARRAY(OAUTH_ACR_SMS_OTP));
+    json_object_set_new(doc, "claims_supported",
+                        STRING_ARRAY("sub", "iss", "aud", "exp", "iat", "auth_time",
+                                     "acr", "amr",
+                                     "urn:openid:params:jwt:claim:auth_req_id"));
+    return doc;
+}
+
+/* True for GET and HEAD, the only methods of these read-only documents; otherwise
+ * sends 405 and returns false. */
+static bool method_is_get(struct server_req *sr)
+{
+    const char *method = server_req_method(sr);
+
+    if (method && (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0))
+        return true;
+    oauth_reply_method_not_allowed(sr, "GET, HEAD");
+    return false;
+}
+
+void oauth_discovery_handle(struct server_req *sr)
+{
+    if (!method_is_get(sr))
+        return;
+    if (!server_config || !server_config->issuer) {
+        rlog_error(sr->rid, NULL, "discovery requested before the issuer is configured");
+        oauth_reply_error(sr, OAUTH_EP_OTHER, OAUTH_ERR_SERVER_ERROR, NULL);
+        return;
+    }
+    server_req_add_header(sr, "Cache-Control", DISCOVERY_CACHE_CONTROL);
+    server_reply_json(sr, 200, discovery_document(server_config->issuer));
+}
+
+void oauth_jwks_handle(struct server_req *sr)
+{
+    if (!method_is_get(sr))
+        return;
+    /* A worker whose keys are not loaded yet must not get an empty JWKS cached. */
+    if (!sr->worker->keys) {
+        oauth_reply_error(sr, OAUTH_EP_OTHER, OAUTH_ERR_TEMPORARILY_UNAVAILABLE,
+                          "The signing keys are not loaded yet");
+        return;
+    }
+    server_req_add_header(sr, "Cache-Control", JWKS_CACHE_CONTROL);
+    server_reply_json(sr, 200, oauth_keyset_jwks(sr->worker->keys));
+}

@@ -1,0 +1,37 @@
+/* oauth_int.h - declarations shared inside oauth/ only: the parsed signing keys
+ * SPDX-License-Identifier: MIT
+ */
+#ifndef CIBAD_OAUTH_INT_H
+#define CIBAD_OAUTH_INT_H
+
+#include <openssl/evp.h>
+
+#include "oauth/oauth.h"
+
+/* The one JWS algorithm cibad signs with, and the size of a P-256 coordinate, scalar
+ * and of each half (r, s) of a raw ES256 signature (RFC 7518 section 3.4). */
+#define OAUTH_JWS_ALG       "ES256"
+#define OAUTH_P256_LEN      32
+#define OAUTH_ES256_SIG_LEN (2 * OAUTH_P256_LEN)
+/* Maximum length of a compact JWS that oauth_jws_verify accepts. A longer token is
+ * rejected before any decoding. */
+#define OAUTH_JWS_MAX_LEN 16384
+
+/* One signing key, opened once when its keyset is built. */
+struct oauth_key {
+    char *kid;       /* RFC 7638 thumbprint */
+    const char *alg; /* the only alg accepted with this key: OAUTH_JWS_ALG */
+    EVP_PKEY *pkey;  /* the P-256 private key; it also verifies */
+    json_t *jwk;     /* the public JWK published in the JWKS */
+};
+
+struct oauth_keyset {
+    struct oauth_key *keys;
+    size_t n;
+    const struct oauth_key *signing; /* NULL when every key is retired */
+};
+
+/* Returns the key named kid, or NULL. */
+const struct oauth_key *oauth_keyset_find(const struct oauth_keyset *ks, const char *kid);
+
+#endif
