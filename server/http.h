@@ -57,6 +57,8 @@ const char *server_req_header(const struct server_req *sr, const char *name);
 const char *server_req_method(const struct server_req *sr);
 /* The path part of the URI, without the query. */
 const char *server_req_path(const struct server_req *sr);
+/* The query string of the URI (without "?"), or NULL when there is none. */
+const char *server_req_query(const struct server_req *sr);
 
 /* Sends body (reference stolen) as application/json with the given status. */
 void server_reply_json(struct server_req *sr, int status, json_t *body);

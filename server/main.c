@@ -1,0 +1,1013 @@
+/* main.c - the cibad command line: serve, migrate, and the client, user, keys and scope
+ * administration commands
+ * SPDX-License-Identifier: MIT
+ *
+ * Exit status: 0 on success, 1 when the command failed, 2 for a usage error. Errors go
+ * to stderr; --json output is one JSON object (create, show) or array (list) on stdout.
+ */
+#include "server/server.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "oauth/oauth.h"
+#include "storage/storage.h"
+
+#define EXIT_USAGE 2
+/* parse_args result when --help was given and the usage is printed. */
+#define ARGS_HELP (-1)
+
+#define CIBA_GRANT_TYPE       "urn:openid:params:grant-type:ciba"
+#define CLIENT_NAME_MAX       100 /* characters, as the client table allows */
+#define ID_MAX                128 /* client_id bytes, as the client table allows */
+#define USER_FIELD_MAX        255 /* subject and username characters */
+#define SCOPE_DESCRIPTION_MAX 200
+
+struct command;
+
+/* The state every command gets. */
+struct cli {
+    const struct command *cmd;
+    struct server_config cfg;
+};
+
+struct command {
+    const char *group; /* "client", or NULL for a top-level command */
+    const char *name;
+    const char *usage;
+    const char *summary;
+    int (*run)(struct cli *cli, int argc, char **argv);
+};
+
+/* One option of a command: a value option (--name VALUE or --name=VALUE) when value is
+ * set, otherwise a flag. */
+struct cli_opt {
+    const char *name;
+    const char **value;
+    bool *flag;
+};
+
+static void print_usage(FILE *out, const struct command *cmd)
+{
+    fprintf(out, "usage: cibad [--config FILE] %s\n  %s\n", cmd->usage, cmd->summary);
+}
+
+/* Reads argv[1..argc) into opts and exactly n_pos positional arguments. Returns 0,
+ * ARGS_HELP after printing the usage for --help, or EXIT_USAGE after printing why. */
+static int parse_args(const struct command *cmd, int argc, char **argv,
+                      struct cli_opt *opts, size_t n_opts, const char **pos, int n_pos)
+{
+    int got = 0;
+    bool options_done = false;
+
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        struct cli_opt *o = NULL;
+        size_t len = strcspn(arg, "=");
+
+        if (!options_done && strcmp(arg, "--") == 0) {
+            options_done = true;
+            continue;
+        }
+        if (!options_done && (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0)) {
+            print_usage(stdout, cmd);
+            return ARGS_HELP;
+        }
+        if (options_done || strncmp(arg, "--", 2) != 0) {
+            if (got == n_pos) {
+                fprintf(stderr, "cibad: unexpected argument \"%s\"\n", arg);
+                goto usage;
+            }
+            pos[got++] = arg;
+            continue;
+        }
+        for (size_t k = 0; k < n_opts; k++) {
+            if (strlen(opts[k].name) == len && strncmp(opts[k].name, arg, len) == 0)
+                o = &opts[k];
+        }
+        if (!o) {
+            fprintf(stderr, "cibad: unknown option %.*s\n", (int)len, arg);
+            goto usage;
+        }
+        if (o->flag) {
+            if (arg[len] == '=') {
+                fprintf(stderr, "cibad: option %s takes no value\n", o->name);
+                goto usage;
+            }
+            *o->flag = true;
+            continue;
+        }
+        if (*o->value) {
+            fprintf(stderr, "cibad: option %s is given twice\n", o->name);
+            goto usage;
+        }
+        if (arg[len] == '=') {
+            *o->value = arg + len + 1;
+        } else if (i + 1 < argc) {
+            *o->value = argv[++i];
+        } else {
+            fprintf(stderr, "cibad: option %s needs a value\n", o->name);
+            goto usage;
+        }
+    }
+    if (got < n_pos) {
+        fprintf(stderr, "cibad: missing argument\n");
+        goto usage;
+    }
+    return 0;
+usage:
+    print_usage(stderr, cmd);
+    return EXIT_USAGE;
+}
+
+/* Connects the blocking database API, or prints why not and returns NULL. */
+static struct storage_sync *open_db(const struct cli *cli)
+{
+    char err[512];
+    struct storage_sync *s =
+        storage_sync_connect(cli->cfg.database_url, err, sizeof(err));
+
+    if (!s)
+        fprintf(stderr, "cibad: cannot connect to the database: %s\n", err);
+    return s;
+}
+
+static void print_json(json_t *value)
+{
+    json_dumpf(value, stdout, JSON_INDENT(2));
+    putchar('\n');
+    json_decref(value);
+}
+
+static void format_time(int64_t unix_seconds, char out[32])
+{
+    time_t t = (time_t)unix_seconds;
+    struct tm tm;
+
+    gmtime_r(&t, &tm);
+    strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* ---- input checks ---------------------------------------------------------------------
+ */
+
+/* True when s has 1 to max characters (UTF-8 code points) and no control character. */
+static bool text_ok(const char *s, size_t max)
+{
+    size_t chars = 0;
+
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p < 0x20 || *p == 0x7f)
+            return false;
+        if ((*p & 0xc0) != 0x80)
+            chars++;
+    }
+    return chars >= 1 && chars <= max;
+}
+
+/* True when s has 1 to max printable ASCII characters other than space (the VSCHAR
+ * set of RFC 6749 Appendix A without space). */
+static bool token_ok(const char *s, size_t max)
+{
+    size_t len = strlen(s);
+
+    if (len < 1 || len > max)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] <= 0x20 || s[i] >= 0x7f)
+            return false;
+    }
+    return true;
+}
+
+/* True when s is a scope-token: %x21 / %x23-5B / %x5D-7E (RFC 6749 section 3.3). */
+static bool scope_token_ok(const char *s, size_t len)
+{
+    if (len == 0)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] <= 0x20 || s[i] >= 0x7f || s[i] == '"' || s[i] == '\\')
+            return false;
+    }
+    return true;
+}
+
+/* Checks a space-separated scope list: valid tokens, no token twice, openid present.
+ * Returns the list with single spaces (a new string), or NULL after printing why. */
+static char *scope_normalize(const char *scope)
+{
+    char *out = util_calloc(1, strlen(scope) + 1);
+    const char *p = scope;
+    size_t n = 0;
+
+    while (*p) {
+        size_t len;
+        char *token;
+
+        p += strspn(p, " ");
+        len = strcspn(p, " ");
+        if (len == 0)
+            break;
+        token = util_strndup(p, len);
+        if (!scope_token_ok(token, len) || oauth_scope_has(out, token)) {
+            fprintf(stderr, "cibad: invalid scope \"%s\": %s\n", token,
+                    scope_token_ok(token, len) ? "listed twice" : "bad characters");
+            free(token);
+            free(out);
+            return NULL;
+        }
+        n += (size_t)sprintf(out + n, "%s%s", n ? " " : "", token);
+        free(token);
+        p += len;
+    }
+    if (!oauth_scope_has(out, "openid")) {
+        fprintf(stderr, "cibad: --scope must include openid\n");
+        free(out);
+        return NULL;
+    }
+    return out;
+}
+
+/* ---- serve and migrate ----------------------------------------------------------------
+ */
+
+static int cmd_serve(struct cli *cli, int argc, char **argv)
+{
+    char err[256];
+    int rc = parse_args(cli->cmd, argc, argv, NULL, 0, NULL, 0);
+
+    if (rc == ARGS_HELP) {
+        printf("\n");
+        server_config_print_help();
+        return 0;
+    }
+    if (rc != 0)
+        return rc;
+    if (server_config_check_serve(&cli->cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "cibad: %s\n", err);
+        return 1;
+    }
+    return server_run(&cli->cfg);
+}
+
+static int cmd_migrate(struct cli *cli, int argc, char **argv)
+{
+    int rc = parse_args(cli->cmd, argc, argv, NULL, 0, NULL, 0);
+    struct storage_sync *s;
+
+    if (rc != 0)
+        return rc == ARGS_HELP ? 0 : rc;
+    s = open_db(cli);
+    if (!s)
+        return 1;
+    rc = storage_sync_migrate(s, cli->cfg.migrations_dir);
+    storage_sync_close(s);
+    if (rc != 0) {
+        fprintf(stderr, "cibad: migration failed; see the log lines above\n");
+        return 1;
+    }
+    printf("database schema is up to date\n");
+    return 0;
+}
+
+/* ---- clients --------------------------------------------------------------------------
+ */
+
+static json_t *client_json(const struct storage_client *c)
+{
+    const char *endpoint = c->backchannel_client_notification_endpoint;
+
+    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:o, s:s, s:I}", "client_id",
+                     c->client_id, "client_name", c->client_name,
+                     "token_endpoint_auth_method", c->token_endpoint_auth_method, "scope",
+                     c->scope, "backchannel_token_delivery_mode",
+                     c->backchannel_token_delivery_mode,
+                     "backchannel_client_notification_endpoint",
+                     endpoint ? json_string(endpoint) : json_null(), "grant_types",
+                     c->grant_types, "created_at", (json_int_t)c->created_at);
+}
+
+/* Checks the options of `client create`; prints why and returns EXIT_USAGE on error. */
+static int client_create_check(const char *name, const char *client_id,
+                               const char *method, const char *mode)
+{
+    if (!text_ok(name, CLIENT_NAME_MAX)) {
+        fprintf(stderr,
+                "cibad: --name must have 1 to %d characters and no control "
+                "characters\n",
+                CLIENT_NAME_MAX);
+        return EXIT_USAGE;
+    }
+    if (client_id && !token_ok(client_id, ID_MAX)) {
+        fprintf(stderr,
+                "cibad: --client-id must have 1 to %d printable ASCII characters "
+                "and no space\n",
+                ID_MAX);
+        return EXIT_USAGE;
+    }
+    if (strcmp(method, "client_secret_basic") != 0 &&
+        strcmp(method, "client_secret_post") != 0) {
+        fprintf(stderr,
+                "cibad: invalid --auth-method \"%s\": expected client_secret_basic "
+                "or client_secret_post\n",
+                method);
+        return EXIT_USAGE;
+    }
+    if (strcmp(mode, "ping") == 0 || strcmp(mode, "push") == 0) {
+        fprintf(stderr, "cibad: --delivery-mode %s is not supported yet; use poll\n",
+                mode);
+        return EXIT_USAGE;
+    }
+    if (strcmp(mode, "poll") != 0) {
+        fprintf(stderr, "cibad: invalid --delivery-mode \"%s\": expected poll\n", mode);
+        return EXIT_USAGE;
+    }
+    return 0;
+}
+
+static int cmd_client_create(struct cli *cli, int argc, char **argv)
+{
+    const char *name = NULL, *scope = NULL, *client_id = NULL, *method = NULL,
+               *mode = NULL;
+    bool as_json = false;
+    struct cli_opt opts[] = {
+        {"--name", &name, NULL},           {"--scope", &scope, NULL},
+        {"--client-id", &client_id, NULL}, {"--auth-method", &method, NULL},
+        {"--delivery-mode", &mode, NULL},  {"--json", NULL, &as_json},
+    };
+    char *scope_list = NULL, *id = NULL, *secret = NULL, hash[65], err[512];
+    struct storage_sync *s = NULL;
+    int rc = parse_args(cli->cmd, argc, argv, opts, ARRAY_LEN(opts), NULL, 0);
+
+    if (rc != 0)
+        return rc == ARGS_HELP ? 0 : rc;
+    if (!name || !scope) {
+        fprintf(stderr, "cibad: --name and --scope are required\n");
+        print_usage(stderr, cli->cmd);
+        return EXIT_USAGE;
+    }
+    method = method ? method : "client_secret_basic";
+    mode = mode ? mode : "poll";
+    rc = client_create_check(name, client_id, method, mode);
+    if (rc != 0)
+        return rc;
+    scope_list = scope_normalize(scope);
+    if (!scope_list)
+        return EXIT_USAGE;
+
+    rc = 1;
+    id = client_id ? util_strdup(client_id) : util_random_token(16);
+    secret = util_random_token(32);
+    oauth_secret_hash(secret, hash);
+    s = open_db(cli);
+    if (!s)
+        goto out;
+
+    struct storage_client_new c = {
+        .client_id = id,
+        .client_name = name,
+        .secret_hash = hash,
+        .token_endpoint_auth_method = method,
+        .scope = scope_list,
+        .backchannel_token_delivery_mode = mode,
+        .grant_types = CIBA_GRANT_TYPE,
+    };
+    if (storage_sync_client_create(s, &c, err, sizeof(err)) != 0) {
+        fprintf(stderr, "cibad: cannot create client %s: %s\n", id, err);
+        goto out;
+    }
+    if (as_json) {
+        print_json(json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "client_id", id,
+                             "client_secret", secret, "client_name", name,
+                             "token_endpoint_auth_method", method, "scope", scope_list,
+                             "backchannel_token_delivery_mode", mode, "grant_types",
+                             CIBA_GRANT_TYPE));
+    } else {
+        printf("client_id:     %s\nclient_secret: %s\n", id, secret);
+        printf(
+            "Store the secret now: cibad keeps only its SHA-256 hash and cannot show it "
+            "again.\n");
+    }
+    rc = 0;
+out:
+    storage_sync_close(s);
+    free(scope_list);
+    free(id);
+    free(secret);
+    return rc;
+}
+
+static void collect_client(void *arg, const struct storage_client *c)
+{
+    json_array_append_new(arg, client_json(c));
+}
+
+static int cmd_client_list(struct cli *cli, int argc, char **argv)
+{
+    bool as_json = false;
+    struct cli_opt opts[] = {{"--json", NULL, &as_json}};
+    struct storage_sync *s;
+    json_t *list;
+    size_t i;
+    json_t *c;
+    int rc = parse_args(cli->cmd, argc, argv, opts, ARRAY_LEN(opts), NULL, 0);
+
+    if (rc != 0)
+        return rc == ARGS_HELP ? 0 : rc;
+    s = open_db(cli);
+    if (!s)
+        return 1;
+    list = json_array();
+    rc = storage_sync_client_each(s, NULL, collect_client, list);
+    storage_sync_close(s);
+    if (rc < 0) {
+        fprintf(stderr, "cibad: cannot list the clients\n");
+        json_decref(list);
+        return 1;
+    }
+    if (as_json) {
+        print_json(list);
+        return 0;
+    }
+    printf("%-24s %-20s %-20s %s\n", "CLIENT_ID", "NAME", "AUTH_METHOD", "SCOPE");
+    json_array_foreach(list, i, c)
+    {
+        printf("%-24s %-20s %-20s %s\n",
+               json_string_value(json_object_get(c, "client_id")),
+               json_string_value(json_object_get(c, "client_name")),
+               json_string_value(json_object_get(c, "token_endpoint_auth_method")),
+               json_string_value(json_object_get(c, "scope")));
+    }
+    json_decref(list);
+    return 0;
+}
+
+static int cmd_client_show(struct cli *cli, int argc, char **argv)
+{
+    bool as_json = false;
+    struct cli_opt opts[] = {{"--json", NULL, &as_json}};
+    const char *id;
+    struct storage_sync *s;
+    json_t *list, *c;
+    const char *key;
+    json_t *value;
+    int rc = parse_args(cli->cmd, argc, argv, opts, ARRAY_LEN(opts), &id, 1);
+
+    if (rc != 0)
+        return rc == ARGS_HELP ? 0 : rc;
+    s = open_db(cli);
+    if (!s)
+        return 1;
+    list = json_array();
+    rc = storage_sync_client_each(s, id, collect_client, list);
+    storage_sync_close(s);
+    if (rc <= 0) {
+        fprintf(stderr,
+                rc < 0 ? "cibad: cannot read client %s\n"
+                       : "cibad: client %s not found\n",
+                id);
+        json_decref(list);
+        return 1;
+    }
+    c = json_incref(json_array_get(list, 0));
+    json_decref(list);
+    if (as_json) {
+        print_json(c);
+        return 0;
+    }
+    json_object_foreach(c, key, value)
+    {
+        if (json_is_string(value))
+            printf("%-42s %s\n", key, json_string_value(value));
+        else if (json_is_integer(value))
+            printf("%-42s %lld\n", key, (long long)json_integer_value(value));
+    }
+    json_decref(c);
+    return 0;
+}
+
+static int cmd_client_delete(struct cli *cli, int argc, char **argv)
+{
+    const char *id;
+    struct storage_sync *s;
+    int rc = parse_args(cli->cmd, argc, argv, NULL, 0, &id, 1);
+
+    if (rc != 0)
+        return rc == ARGS_HELP ? 0 : rc;
+    s = open_db(cli);
+    if (!s)
+        return 1;
+    rc = storage_sync_client_delete(s, id);
+    storage_sync_close(s);
+    if (rc < 0) {
+        fprintf(stderr, "cibad: cannot delete client %s\n", id);
+        return 1;
+    }
+    if (rc == 0) {
+        fprintf(stderr, "cibad: client %s not found\n", id);
+        return 1;
+    }
+    printf("deleted client %s and its requests\n", id);
+    return 0;
+}
+
+/* ---- users ----------------------------------------------------------------------------
+ */
+
+static json_t *user_json(const struct storage_user *u)
+{
+    return json_pack("{s:s, s:o, s:s}", "subject", u->subject, "username",
+                     u->username ? json_string(u->username) : json_null(), "phone_number",
+                     u->phone_number);
+}
+
+static void collect_user(void *arg, const struct storage_user *u)
+{
+    json_array_append_new(arg, user_json(u));
+}
+
+/* A login_hint is looked up as a username or a subject, so a new username or subject
+ * must not equal any existing username or subject. Returns the clashing value or
+ * NULL. */
+static const char *user_name_clash(json_t *users, const char *subject,
+                                   const char *username)
+{
+    size_t i;
+    json_t *u;
+
+    json_array_foreach(users, i, u)
+    {
+        const char *sub = json_string_value(json_object_get(u, "subject"));
+        const char *name = json_string_value(json_object_get(u, "username"));
+
+        if (strcmp(sub, subject) == 0 || (name && strcmp(name, subject) == 0))
+            return subject;
+        if (username &&
+            (strcmp(sub, username) == 0 || (name && strcmp(name, username) == 0)))
+            return username;
+    }
+    return NULL;
+}
+
+static int user_create_check(const char *subject, const char *username)
+{
+    if (subject && !token_ok(subject, USER_FIELD_MAX)) {
+        fprintf(stderr,
+                "cibad: --subject must have 1 to %d printable ASCII characters and "
+                "no space\n",
+                USER_FIELD_MAX);
+        return EXIT_USAGE;
+    }
+    if (username && (!text_ok(username, USER_FIELD_MAX) || strchr(username, ' '))) {
+        fprintf(stderr,
+                "cibad: --username must have 1 to %d characters, no space and no "
+                "control characters\n",
+                USER_FIELD_MAX);
+        return EXIT_USAGE;
+    }
+    return 0;
+}
+
+static int cmd_user_create(struct cli *cli, int argc, char **argv)
+{
+    const char *phone = NULL, *username = NULL, *subject = NULL, *clash;
+    bool as_json = false;
+    struct cli_opt opts[] = {
+        {"--phone", &phone, NULL},
+        {"--username", &username, NULL},
+        {"--subject", &subject, NULL},
+        {"--json", NULL, &as_json},
+    };
+    char e164[17], err[512], *sub = NULL;
+    struct storage_sync *s = NULL;
+    json_t *users = json_array();
+    int rc = parse_args(cli->cmd, argc, argv, opts, ARRAY_LEN(opts), NULL, 0);
+
+    if (rc != 0) {
+        rc = rc == ARGS_HELP ? 0 : rc;
+        goto out;
+    }
+    rc = EXIT_USAGE;
+    if (!phone) {
+        fprintf(stderr, "cibad: --phone is required\n");
+        print_usage(stderr, cli->cmd);
+        goto out;
+    }
+    if (util_phone_normalize(phone, cli->cfg.default_country_code, e164) != 0) {
+        fprintf(stderr,
+                "cibad: invalid --phone \"%s\": expected a phone number such as "
+                "+15555550100\n",
+                phone);
+        goto out;
+    }
+    if (user_create_check(subject, username) != 0)
+        goto out;
+
+    rc = 1;
+    sub = subject ? util_strdup(subject) : util_random_token(16);
+    s = open_db(cli);
+    if (!s)
+        goto out;
+    if (storage_sync_user_each(s, collect_user, users) < 0) {
+        fprintf(stderr, "cibad: cannot read the users\n");
+        goto out;
+    }
+    clash = user_name_clash(users, sub, username);
+    if (clash) {
+        fprintf(stderr, "cibad: \"%s\" is already a username or subject\n", clash);
+        goto out;
+    }
+    if (storage_sync_user_create(s, sub, username, e164, err, sizeof(err)) != 0) {
+        fprintf(stderr, "cibad: cannot create the user: %s\n", err);
+        goto out;
+    }
+    if (as_json)
+        print_json(user_json(&(struct storage_user){sub, username, e164}));
+    else
+        printf("subject:      %s\nusername:     %s\nphone_number: %s\n", sub,
+               username ? username : "(none)", e164);
+    rc = 0;
+out:
+    storage_sync_close(s);
+    json_decref(users);
+    free(sub);
+    return rc;
+}
+
+static int cmd_user_list(struct cli *cli, int argc, char **argv)
+{
+    bool as_json = false;
+    struct cli_opt opts[] = {{"--json", NULL, &as_json}};
+    struct storage_sync *s;
+    json_t *list, *u;
+    size_t i;
+    int rc = parse_args(cli->cmd, argc, argv, opts, ARRAY_LEN(opts), NULL, 0);
+
+    if (rc != 0)
+        return rc == ARGS_HELP ? 0 : rc;
+    s = open_db(cli);
+    if (!s)
+        return 1;
+    list = json_array();
+    rc = storage_sync_user_each(s, collect_user, list);
+    storage_sync_close(s);
+    if (rc < 0) {
+        fprintf(stderr, "cibad: cannot list the users\n");
+        json_decref(list);
+        return 1;
+    }
+    if (as_json) {
+        print_json(list);
+        return 0;
+    }
+    printf("%-24s %-20s %s\n", "SUBJECT", "USERNAME", "PHONE_NUMBER");
+    json_array_foreach(list, i, u)
+    {
+        const char *name = json_string_value(json_object_get(u, "username"));
+
+        printf("%-24s %-20s %s\n", json_string_value(json_object_get(u, "subject")),
+               name ? name : "-", json_string_value(json_object_get(u, "phone_number")));
+    }
+    json_decref(list);
+    return 0;
+}
+
+static int cmd_user_delete(struct cli *cli, int argc, char **argv)
+{
+    const char *who;
+    struct storage_sync *s;
+    int rc = parse_args(cli->cmd, argc, argv, NULL, 0, &who, 1);
+
+    if (rc != 0)
+        return rc == ARGS_HELP ? 0 : rc;
+    s = open_db(cli);
+    if (!s)
+        return 1;
+    rc = storage_sync_user_delete(s, who);
+    storage_sync_close(s);
+    if (rc < 0) {
+        fprintf(stderr, "cibad: cannot delete user %s\n", who);
+        return 1;
+    }
+    if (rc == 0) {
+        fprintf(stderr, "cibad: no user has the subject or username %s\n", who);
+        return 1;
+    }
+    printf("deleted user %s and their requests\n", who);
+    return 0;
+}
+
+/* ---- signing keys ---------------------------------------------------------------------
+ */
+
+static int publish_seconds(const struct server_config *cfg)
+{
+    int longest = cfg->access_token_lifetime > cfg->id_token_lifetime
+                      ? cfg->access_token_lifetime
+                      : cfg->id_token_lifetime;
+
+    return longest + 60;
+}
+
+static int cmd_keys_rotate(struct cli *cli, int argc, char **argv)
+{
+    char *kid = NULL, *sealed = NULL, *jwk = NULL;
+    struct storage_sync *s = NULL;
+    int rc = parse_args(cli->cmd, argc, argv, NULL, 0, NULL, 0);
+
+    if (rc != 0)
+        return rc == ARGS_HELP ? 0 : rc;
+    if (!cli->cfg.secret) {
+        fprintf(stderr, "cibad: secret is not set; the new key is sealed with it\n");
+        return 1;
+    }
+    rc = 1;
+    if (oauth_key_generate(cli->cfg.secret, &kid, &sealed, &jwk) != 0) {
+        fprintf(stderr, "cibad: cannot generate a signing key\n");
+        goto out;
+    }
+    s = open_db(cli);
+    if (!s)
+        goto out;
+    if (storage_sync_key_add(s, kid, "ES256", sealed, jwk) != 0) {
+        fprintf(stderr, "cibad: cannot store the new signing key\n");
+        goto out;
+    }
+    printf(
+        "%s is the signing key now; running servers switch within 30 s, and the previous "
+        "key stays published for %d s\n",
+        kid, publish_seconds(&cli->cfg));
+    rc = 0;
+out:
+    storage_sync_close(s);
+    free(kid);
+    free(sealed);
+    free(jwk);
+    return rc;
+}
+
+static void collect_key(void *arg, const struct storage_key *k)
+{
+    json_t *jwk = json_loads(k->public_jwk, 0, NULL);
+
+    json_array_append_new(
+        arg,
+        json_pack("{s:s, s:s, s:b, s:I, s:o, s:o}", "kid", k->kid, "alg", k->alg,
+                  "current", k->retired_at == 0, "created_at", (json_int_t)k->created_at,
+                  "retired_at", k->retired_at ? json_integer(k->retired_at) : json_null(),
+                  "public_jwk", jwk ? jwk : json_null()));
+}
+
+static int cmd_keys_list(struct cli *cli, int argc, char **argv)
+{
+    bool as_json = false, all = false;
+    struct cli_opt opts[] = {{"--all", NULL, &all}, {"--json", NULL, &as_json}};
+    struct storage_sync *s;
+    json_t *list, *k;
+    size_t i;
+    int rc = parse_args(cli->cmd, argc, argv, opts, ARRAY_LEN(opts), NULL, 0);
+
+    if (rc != 0)
+        return rc == ARGS_HELP ? 0 : rc;
+    s = open_db(cli);
+    if (!s)
+        return 1;
+    list = json_array();
+    rc = storage_sync_key_each(s, publish_seconds(&cli->cfg), all, collect_key, list);
+    storage_sync_close(s);
+    if (rc < 0) {
+        fprintf(stderr, "cibad: cannot list the signing keys\n");
+        json_decref(list);
+        return 1;
+    }
+    if (as_json) {
+        print_json(list);
+        return 0;
+    }
+    printf("%-44s %-6s %-21s %s\n", "KID", "ALG", "CREATED", "RETIRED");
+    json_array_foreach(list, i, k)
+    {
+        char created[32], retired[32] = "- (signing)";
+        json_t *r = json_object_get(k, "retired_at");
+
+        format_time(json_integer_value(json_object_get(k, "created_at")), created);
+        if (json_is_integer(r))
+            format_time(json_integer_value(r), retired);
+        printf("%-44s %-6s %-21s %s\n", json_string_value(json_object_get(k, "kid")),
+               json_string_value(json_object_get(k, "alg")), created, retired);
+    }
+    json_decref(list);
+    return 0;
+}
+
+/* ---- scopes ---------------------------------------------------------------------------
+ */
+
+static int cmd_scope_set(struct cli *cli, int argc, char **argv)
+{
+    const char *pos[2];
+    struct storage_sync *s;
+    int rc = parse_args(cli->cmd, argc, argv, NULL, 0, pos, 2);
+
+    if (rc != 0)
+        return rc == ARGS_HELP ? 0 : rc;
+    if (!scope_token_ok(pos[0], strlen(pos[0]))) {
+        fprintf(stderr,
+                "cibad: invalid scope name \"%s\": use printable ASCII without "
+                "space, quote or backslash\n",
+                pos[0]);
+        return EXIT_USAGE;
+    }
+    if (!text_ok(pos[1], SCOPE_DESCRIPTION_MAX)) {
+        fprintf(stderr,
+                "cibad: the description must have 1 to %d characters and no "
+                "control characters\n",
+                SCOPE_DESCRIPTION_MAX);
+        return EXIT_USAGE;
+    }
+    s = open_db(cli);
+    if (!s)
+        return 1;
+    rc = storage_sync_scope_set(s, pos[0], pos[1]);
+    storage_sync_close(s);
+    if (rc != 0) {
+        fprintf(stderr, "cibad: cannot set scope %s\n", pos[0]);
+        return 1;
+    }
+    printf("scope %s: %s\n", pos[0], pos[1]);
+    return 0;
+}
+
+static void collect_scope(void *arg, const char *name, const char *description)
+{
+    json_array_append_new(
+        arg, json_pack("{s:s, s:s}", "name", name, "description", description));
+}
+
+static int cmd_scope_list(struct cli *cli, int argc, char **argv)
+{
+    bool as_json = false;
+    struct cli_opt opts[] = {{"--json", NULL, &as_json}};
+    struct storage_sync *s;
+    json_t *list, *sc;
+    size_t i;
+    int rc = parse_args(cli->cmd, argc, argv, opts, ARRAY_LEN(opts), NULL, 0);
+
+    if (rc != 0)
+        return rc == ARGS_HELP ? 0 : rc;
+    s = open_db(cli);
+    if (!s)
+        return 1;
+    list = json_array();
+    rc = storage_sync_scope_each(s, collect_scope, list);
+    storage_sync_close(s);
+    if (rc < 0) {
+        fprintf(stderr, "cibad: cannot list the scopes\n");
+        json_decref(list);
+        return 1;
+    }
+    if (as_json) {
+        print_json(list);
+        return 0;
+    }
+    json_array_foreach(list, i, sc)
+    {
+        printf("%-20s %s\n", json_string_value(json_object_get(sc, "name")),
+               json_string_value(json_object_get(sc, "description")));
+    }
+    json_decref(list);
+    return 0;
+}
+
+/* ---- dispatch -------------------------------------------------------------------------
+ */
+
+// clang-format off
+static const struct command commands[] = {
+    {NULL, "serve", "serve", "Run the authorization server until SIGTERM or SIGINT.", cmd_serve},
+    {NULL, "migrate", "migrate", "Apply the database migrations not applied yet.", cmd_migrate},
+    {"client", "create",
+     "client create --name NAME --scope \"openid ...\" [--client-id ID]\n"
+     "         [--auth-method client_secret_basic|client_secret_post] [--delivery-mode poll] [--json]",
+     "Register a client and print its secret, once.", cmd_client_create},
+    {"client", "list", "client list [--json]", "List the registered clients.", cmd_client_list},
+    {"client", "show", "client show ID [--json]", "Show one client.", cmd_client_show},
+    {"client", "delete", "client delete ID", "Delete a client and its requests.", cmd_client_delete},
+    {"user", "create", "user create --phone NUMBER [--username NAME] [--subject SUB] [--json]",
+     "Add a user who approves requests by SMS.", cmd_user_create},
+    {"user", "list", "user list [--json]", "List the users.", cmd_user_list},
+    {"user", "delete", "user delete SUB|NAME", "Delete a user and their requests.", cmd_user_delete},
+    {"keys", "rotate", "keys rotate", "Make a new signing key current; the old one stays published.", cmd_keys_rotate},
+    {"keys", "list", "keys list [--all] [--json]", "List the published (or, with --all, every) signing key.", cmd_keys_list},
+    {"scope", "set", "scope set NAME DESCRIPTION", "Set the words the approval page shows for a scope.", cmd_scope_set},
+    {"scope", "list", "scope list [--json]", "List the scope descriptions.", cmd_scope_list},
+};
+// clang-format on
+
+static void print_help(FILE *out)
+{
+    fprintf(out, "usage: cibad [--config FILE] COMMAND [ARGS]\n"
+                 "       cibad --version\n\n"
+                 "cibad is an OpenID CIBA authorization server. Commands:\n\n");
+    for (size_t i = 0; i < ARRAY_LEN(commands); i++)
+        fprintf(out, "  %s\n      %s\n", commands[i].usage, commands[i].summary);
+    fprintf(out,
+            "\nEach command takes --help. `cibad serve --help` lists every setting.\n"
+            "Exit status: 0 on success, 1 on failure, 2 for a usage error.\n");
+}
+
+/* Finds the command named by argv[0] (and argv[1] for a group). Sets *used to the
+ * number of words consumed. Returns NULL after printing why. */
+static const struct command *command_find(int argc, char **argv, int *used)
+{
+    bool group_known = false;
+
+    for (size_t i = 0; i < ARRAY_LEN(commands); i++) {
+        const struct command *c = &commands[i];
+
+        if (!c->group && strcmp(argv[0], c->name) == 0) {
+            *used = 1;
+            return c;
+        }
+        if (c->group && strcmp(argv[0], c->group) == 0) {
+            group_known = true;
+            if (argc > 1 && strcmp(argv[1], c->name) == 0) {
+                *used = 2;
+                return c;
+            }
+        }
+    }
+    if (!group_known) {
+        fprintf(stderr, "cibad: unknown command \"%s\"; see cibad --help\n", argv[0]);
+        return NULL;
+    }
+    fprintf(stderr, "cibad: %s needs one of these commands:\n", argv[0]);
+    for (size_t i = 0; i < ARRAY_LEN(commands); i++) {
+        if (commands[i].group && strcmp(argv[0], commands[i].group) == 0)
+            fprintf(stderr, "  cibad %s\n", commands[i].usage);
+    }
+    return NULL;
+}
+
+/* True when the command's arguments ask for --help, which needs no configuration. */
+static bool wants_help(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+            return true;
+    }
+    return false;
+}
+
+int main(int argc, char **argv)
+{
+    struct cli cli = {0};
+    const char *config_path = NULL;
+    enum util_log_level level;
+    char err[512];
+    int i = 1, used, rc;
+
+    for (; i < argc && strncmp(argv[i], "-", 1) == 0; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            print_help(stdout);
+            return 0;
+        } else if (strcmp(argv[i], "--version") == 0) {
+            printf("cibad %s\n", CIBAD_VERSION);
+            return 0;
+        } else if (strcmp(argv[i], "--config") == 0 && i + 1 < argc && !config_path) {
+            config_path = argv[++i];
+        } else if (strncmp(argv[i], "--config=", 9) == 0 && !config_path) {
+            config_path = argv[i] + 9;
+        } else {
+            fprintf(stderr, "cibad: invalid option %s\n", argv[i]);
+            print_help(stderr);
+            return EXIT_USAGE;
+        }
+    }
+    if (i == argc) {
+        print_help(stderr);
+        return EXIT_USAGE;
+    }
+    cli.cmd = command_find(argc - i, argv + i, &used);
+    if (!cli.cmd)
+        return EXIT_USAGE;
+    /* The command sees its name as argv[0], then its own arguments. */
+    argv += i + used - 1;
+    argc -= i + used - 1;
+
+    if (!wants_help(argc, argv)) {
+        if (server_config_load(&cli.cfg, config_path, err, sizeof(err)) != 0) {
+            fprintf(stderr, "cibad: invalid configuration: %s\n", err);
+            return 1;
+        }
+        if (util_log_level_parse(cli.cfg.log_level, &level) == 0)
+            util_log_set_level(level);
+        server_config = &cli.cfg;
+    }
+    rc = cli.cmd->run(&cli, argc, argv);
+    server_config = NULL;
+    server_config_free(&cli.cfg);
+    return rc;
+}

@@ -1,0 +1,62 @@
+/* server.h - running the HTTP server, and what the files of server/ share
+ * SPDX-License-Identifier: MIT
+ */
+#ifndef CIBAD_SERVER_H
+#define CIBAD_SERVER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "server/config.h"
+#include "server/http.h"
+
+#define CIBAD_VERSION "0.1.0"
+
+/* Runs `cibad serve`: loads the signing keys (generating the first one when the
+ * database has none), starts cfg->workers event loop threads on cfg->listen, logs
+ * "ready", and returns after SIGTERM or SIGINT once in-flight requests are answered.
+ * Returns 0 after a clean stop, or 1 when startup failed (the reason is logged). */
+int server_run(const struct server_config *cfg);
+
+/* ---- shared between the files of server/ only ---------------------------------------
+ */
+
+struct evhttp;
+struct evhttp_bound_socket;
+struct event;
+struct server_req_state;
+
+/* One worker thread. Handlers see only the public part, w. */
+struct server_thread {
+    struct server_worker w; /* first member: handlers get &t->w */
+    pthread_t thread;
+    struct evhttp *http;
+    struct evhttp_bound_socket *bound; /* NULL once the listener is closed */
+    struct event *keys_timer;
+    char *keys_fingerprint; /* kid and retired_at of each loaded key */
+    bool keys_loading;
+    bool draining;                 /* set on this thread when shutdown starts */
+    struct server_req_state *reqs; /* every live request context */
+    /* Requests received and not answered yet; the main thread reads it while draining. */
+    atomic_size_t unanswered;
+};
+
+/* The evhttp callback for every request: creates the request context, starts its
+ * deadline timer and routes it. arg is the struct server_thread. */
+void server_http_on_request(struct evhttp_request *req, void *arg);
+/* Frees every request context still live on t, without touching its evhttp_request;
+ * used at shutdown, after the loop stopped and before evhttp_free. */
+void server_http_abandon_all(struct server_thread *t);
+
+/* Prepares the routing table for the issuer's path (for an issuer
+ * https://host/tenant every endpoint lives under /tenant). */
+void server_routes_init(const char *issuer);
+/* Calls the handler for the request's method and path, or replies 404 or 405. */
+void server_route(struct server_req *sr);
+/* Writes the path as the access log shows it to out: a secret reference at the end of
+ * a path (the approval link) is replaced by "*". */
+void server_route_log_path(const char *path, char *out, size_t out_len);
+
+#endif
