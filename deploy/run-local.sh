@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # run-local.sh - `make run`: cibad on 127.0.0.1:8080 with a private PostgreSQL under var/
 #
-# The first run creates, under var/ in the repository:
+# The first run creates these files under var/ in the repository:
 #   var/pg/           a PostgreSQL cluster reachable only by its unix socket (var/pg/sock)
 #   var/secret        the server secret (random, mode 600)
 #   var/cibad.conf    the settings for this setup (mode 600; it contains the secret)

@@ -9,6 +9,7 @@
 
 #include "util/util.h"
 
+// clang-format off
 struct server_config {
     char *issuer;        /* https://as.example.com, no trailing slash */
     char *listen;        /* host:port */
@@ -53,6 +54,7 @@ struct server_config {
     int max_body;            /* bytes */
     int max_headers;         /* bytes */
 };
+// clang-format on
 
 /* Loads defaults, then the file (when path is not NULL), then CIBAD_* environment
  * variables, which win. Validates ranges. Returns 0, or -1 after writing the reason to

@@ -102,8 +102,8 @@ static void log_access(const struct server_req_state *rs)
               rs->method, path, sr->status, (long long)(util_mono_ms() - sr->started_ms));
 }
 
-/* Sends the reply, or frees the context when the deadline already answered. Takes
- * body. */
+/* Sends the reply, or only frees the context when the deadline reply went out
+ * already. Takes body. */
 static void send_reply(struct server_req *sr, int status, const char *content_type,
                        struct evbuffer *body)
 {

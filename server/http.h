@@ -28,6 +28,9 @@ struct storage_conn;
 struct sms_sender;
 struct oauth_keyset;
 
+/* A handler reads keys when it signs or verifies and keeps no pointer to it across a
+ * callback, because the worker replaces the keyset when the keys in the database
+ * change. */
 struct server_worker {
     int index;
     struct event_base *base;
@@ -37,6 +40,7 @@ struct server_worker {
     struct oauth_keyset *keys; /* this thread's copy, refreshed from the database */
 };
 
+// clang-format off
 struct server_req {
     struct evhttp_request *req;
     struct server_worker *worker;
@@ -48,6 +52,7 @@ struct server_req {
     bool replied;        /* the deadline answered already */
     int status;          /* status code sent */
 };
+// clang-format on
 
 /* Adds a response header; call before replying. */
 void server_req_add_header(struct server_req *sr, const char *name, const char *value);
@@ -66,7 +71,7 @@ void server_reply_json(struct server_req *sr, int status, json_t *body);
 void server_reply_body(struct server_req *sr, int status, const char *content_type,
                        const char *body, size_t len);
 
-/* ---- strict application/x-www-form-urlencoded bodies ---------------------------------- */
+/* ---- strict application/x-www-form-urlencoded bodies -------------------------------- */
 
 struct server_form_param {
     char *name;

@@ -676,26 +676,27 @@ static int cmd_user_list(struct cli *cli, int argc, char **argv)
 
 static int cmd_user_delete(struct cli *cli, int argc, char **argv)
 {
-    const char *who;
+    const char *subject_or_name;
     struct storage_sync *s;
-    int rc = parse_args(cli->cmd, argc, argv, NULL, 0, &who, 1);
+    int rc = parse_args(cli->cmd, argc, argv, NULL, 0, &subject_or_name, 1);
 
     if (rc != 0)
         return rc == ARGS_HELP ? 0 : rc;
     s = open_db(cli);
     if (!s)
         return 1;
-    rc = storage_sync_user_delete(s, who);
+    rc = storage_sync_user_delete(s, subject_or_name);
     storage_sync_close(s);
     if (rc < 0) {
-        fprintf(stderr, "cibad: cannot delete user %s\n", who);
+        fprintf(stderr, "cibad: cannot delete user %s\n", subject_or_name);
         return 1;
     }
     if (rc == 0) {
-        fprintf(stderr, "cibad: no user has the subject or username %s\n", who);
+        fprintf(stderr, "cibad: no user has the subject or username %s\n",
+                subject_or_name);
         return 1;
     }
-    printf("deleted user %s and their requests\n", who);
+    printf("deleted user %s and their requests\n", subject_or_name);
     return 0;
 }
 
@@ -993,7 +994,7 @@ int main(int argc, char **argv)
     cli.cmd = command_find(argc - i, argv + i, &used);
     if (!cli.cmd)
         return EXIT_USAGE;
-    /* The command sees its name as argv[0], then its own arguments. */
+    /* The command gets its name in argv[0], followed by its own arguments. */
     argv += i + used - 1;
     argc -= i + used - 1;
 

@@ -60,7 +60,7 @@ void server_routes_init(const char *issuer)
     snprintf(issuer_path, sizeof(issuer_path), "%s", path ? path : "");
 }
 
-/* True when path is the route's path, placed as the route's base says. */
+/* True when path is the route's path, placed where the route's base requires. */
 static bool route_matches(const struct route *r, const char *path)
 {
     size_t ip_len = strlen(issuer_path), r_len = strlen(r->path);
@@ -119,8 +119,8 @@ void server_route(struct server_req *sr)
         oauth_reply_method_not_allowed(sr, r->allow);
         return;
     }
-    /* Parameters of the token and backchannel endpoints go in the body; a client that
-     * puts its secret in the URL has it in every proxy log (RFC 6749 section 2.3.1). */
+    /* Parameters of the token and backchannel endpoints go in the body. A secret in the
+     * URL ends up in proxy and server logs, so RFC 6749 section 2.3.1 forbids it. */
     if (r->body_only && server_req_query(sr)) {
         oauth_reply_error(
             sr, strcmp(r->endpoint, "token") == 0 ? OAUTH_EP_TOKEN : OAUTH_EP_BACKCHANNEL,
@@ -167,7 +167,7 @@ static void on_ping_done(void *arg, enum storage_status status)
 }
 
 /* Ready means this worker can serve tokens: its signing keys are loaded and its
- * database connection answers. */
+ * database connection responds. */
 static void readyz_handle(struct server_req *sr)
 {
     if (!sr->worker->keys) {

@@ -16,7 +16,7 @@
 
 /* Runs `cibad serve`: loads the signing keys (generating the first one when the
  * database has none), starts cfg->workers event loop threads on cfg->listen, logs
- * "ready", and returns after SIGTERM or SIGINT once in-flight requests are answered.
+ * "ready", and returns after SIGTERM or SIGINT once in-flight requests have replies.
  * Returns 0 after a clean stop, or 1 when startup failed (the reason is logged). */
 int server_run(const struct server_config *cfg);
 
@@ -39,7 +39,8 @@ struct server_thread {
     bool keys_loading;
     bool draining;                 /* set on this thread when shutdown starts */
     struct server_req_state *reqs; /* every live request context */
-    /* Requests received and not answered yet; the main thread reads it while draining. */
+    /* Requests received and not replied to yet; the main thread reads it while draining.
+     */
     atomic_size_t unanswered;
 };
 

@@ -49,7 +49,7 @@ struct server_main {
     int n_threads;
     bool draining;
     int64_t drain_started_ms;
-    int64_t answered_ms; /* when every request was answered; 0 before */
+    int64_t answered_ms; /* when the last open request got its reply; 0 before */
 };
 
 /* Owned copies of key rows read at startup. */
@@ -305,11 +305,17 @@ static int worker_open_http(struct server_thread *t, const struct server_config 
     }
     /* evhttp 2.1.12 has no limits and no server-side timeout by default. */
     evhttp_set_max_headers_size(t->http, (ev_ssize_t)cfg->max_headers);
+    /* NOTE: evhttp itself replies to a body over max_body (413) and to headers over
+     * max_headers (400), with an HTML body, no X-Request-Id and no access log line,
+     * because 2.1.12 calls no application hook for these errors. */
     evhttp_set_max_body_size(t->http, (ev_ssize_t)cfg->max_body);
+    /* TODO: evhttp_set_timeout is an inactivity timeout, so a client that sends one
+     * header line every few seconds keeps its connection open for ever, and 2.1.12 has no
+     * connection limit either. Put a proxy with header and connection limits in front. */
     evhttp_set_timeout(t->http, cfg->http_timeout);
     evhttp_set_default_content_type(t->http, "application/json");
-    /* PUT, DELETE, OPTIONS and PATCH reach the router, which answers 405 with an Allow
-     * header; evhttp itself would answer 501 with an HTML body and no X-Request-Id. */
+    /* PUT, DELETE, OPTIONS and PATCH reach the router, which replies 405 with an Allow
+     * header. evhttp itself would reply 501 with an HTML body and no X-Request-Id. */
     evhttp_set_allowed_methods(
         t->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
                      EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
@@ -465,7 +471,7 @@ static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     if (open == 0 && m->answered_ms == 0) {
-        log_info("all requests answered after %lld ms",
+        log_info("every request has its reply after %lld ms",
                  (long long)(now - m->drain_started_ms));
         m->answered_ms = now;
     }
