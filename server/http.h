@@ -71,7 +71,7 @@ void server_reply_json(struct server_req *sr, int status, json_t *body);
 void server_reply_body(struct server_req *sr, int status, const char *content_type,
                        const char *body, size_t len);
 
-/* ---- strict application/x-www-form-urlencoded bodies -------------------------------- */
+/* ---- strict application/x-www-form-urlencoded bodies ------------------------------ */
 
 struct server_form_param {
     char *name;
