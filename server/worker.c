@@ -613,6 +613,8 @@ int server_run(const struct server_config *cfg)
     struct key_rows rows = {0};
     int opened = 0, started = 0, rc = 1;
 
+    /* Handlers and the deadline read the global; main.c sets it too. */
+    server_config = cfg;
     signal(SIGPIPE, SIG_IGN);
     if (evthread_use_pthreads() != 0) {
         log_error("cannot enable libevent's thread support");

@@ -227,6 +227,8 @@ START_TEST(form_content_type)
         server_form_content_type_ok("application/x-www-form-urlencoded; charset=UTF-8"));
     ck_assert(server_form_content_type_ok(
         "application/x-www-form-urlencoded; charset=\"utf-8\""));
+    ck_assert(server_form_content_type_ok(
+        "application/x-www-form-urlencoded ; charset=utf-8 "));
     ck_assert(!server_form_content_type_ok(NULL));
     ck_assert(!server_form_content_type_ok(""));
     ck_assert(!server_form_content_type_ok("application/json"));
@@ -544,6 +546,11 @@ START_TEST(config_listen_address)
     load_fails("listen = 127.0.0.1:65536\n", "invalid listen address");
     load_fails("listen = ::1:8080\n", "invalid listen address");
     load_fails("listen = [::1]8080\n", "invalid listen address");
+    load_fails("listen = [::1:8080\n", "invalid listen address");
+    load_fails("listen = [zz::q]:8080\n", "invalid listen address");
+    load_fails("listen = []:8080\n", "invalid listen address");
+    load_fails("listen = 999.0.0.1:8080\n", "invalid listen address");
+    load_fails("listen = :8080\n", "invalid listen address");
     load_ok("listen = [::1]:9000\n", &cfg);
     ck_assert_int_eq(server_config_parse_listen(cfg.listen, host, sizeof(host), &port),
                      0);
@@ -562,6 +569,7 @@ START_TEST(config_other_validation)
     load_fails("default_country_code = 1234\n", "invalid default_country_code");
     load_fails("secret = short\n", "secret is too short");
     load_fails("database_url = \n", "database_url is not set");
+    load_fails("migrations_dir = \n", "migrations_dir is not set");
 }
 END_TEST
 
