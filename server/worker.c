@@ -377,9 +377,11 @@ static void worker_close(struct server_thread *t)
         event_free(t->keys_timer);
     if (t->bound)
         evhttp_del_accept_socket(t->http, t->bound);
-    /* Queued statements fail now and their handlers reply, while evhttp still exists. */
-    storage_conn_free(t->w.db);
+    /* Both call the callbacks still pending, whose handlers reply while evhttp still
+     * exists. The SMS sender goes first because a send's callback queues a statement,
+     * which storage_conn_free then fails; a failed statement starts no SMS. */
     sms_sender_free(t->w.sms);
+    storage_conn_free(t->w.db);
     server_http_abandon_all(t);
     if (t->http)
         evhttp_free(t->http);
