@@ -12,8 +12,11 @@
  * Asynchronous contract: a storage_* call returns 0 when the statement was queued, and
  * then calls its callback exactly once, later, on the loop thread, never from inside the
  * call itself. It returns -1 when nothing was queued (for example while the database is
- * down), and then the callback is never called. Pointers inside a result struct are
- * borrowed: they stay valid only until the callback returns.
+ * down, or for a missing required argument), and then the callback is never called.
+ * Pointers inside a result struct are borrowed: they stay valid only until the callback
+ * returns, and the struct pointer is NULL unless the status is STORAGE_OK. A callback
+ * may queue further statements on the same connection, but must not call
+ * storage_conn_free on it.
  *
  * Secrets: the layer stores only what callers hand it. Callers hash client secrets,
  * auth_req_id values, approval references and one-time codes before they get here.
@@ -43,12 +46,19 @@ enum storage_status {
 struct storage_conn;
 
 /* Creates a connection bound to base and starts connecting; reconnects by itself with
- * back-off after a failure. conninfo is a libpq connection string or URI.
+ * back-off after a failure (100 ms doubling to 5 s; each retry is logged at warn, the
+ * recovery at info). conninfo is a libpq connection string or URI; returns NULL when it
+ * does not parse or query_timeout_ms is outside 1 to 3600000. libpq resolves host
+ * names with a blocking getaddrinfo(), so give a unix socket directory or hostaddr=.
  * query_timeout_ms bounds each statement, from queueing to result: past it the statement
- * is failed with STORAGE_UNAVAILABLE and the connection is reset. */
+ * is failed with STORAGE_UNAVAILABLE and the connection is reset, which fails every
+ * other queued statement too. The session's statement_timeout is set 1 s longer, so the
+ * server also ends a statement the client gave up on. A connection attempt is abandoned
+ * after 5 s. */
 struct storage_conn *storage_conn_new(struct event_base *base, const char *conninfo,
                                       int query_timeout_ms);
-/* Fails every queued statement with STORAGE_UNAVAILABLE, then closes. NULL is a no-op. */
+/* Fails every queued statement with STORAGE_UNAVAILABLE (those callbacks run inside
+ * this call), then closes. NULL is a no-op. Never call it from a callback of db. */
 void storage_conn_free(struct storage_conn *db);
 /* True while connected and ready for statements. */
 bool storage_conn_is_up(const struct storage_conn *db);
@@ -98,6 +108,8 @@ struct storage_user {
 typedef void (*storage_user_cb)(void *arg, enum storage_status status,
                                 const struct storage_user *user);
 
+/* Finds the user a login_hint names; STORAGE_NOT_FOUND when there is none. A subject
+ * match wins over a username match (storage_sync_user_create keeps the two apart). */
 int storage_user_find(struct storage_conn *db, enum storage_hint_kind kind,
                       const char *value, storage_user_cb cb, void *arg) MUST_CHECK;
 
@@ -129,7 +141,8 @@ struct storage_auth_req_new {
 int storage_auth_req_create(struct storage_conn *db, const struct storage_auth_req_new *in,
                             storage_done_cb cb, void *arg) MUST_CHECK;
 
-/* Appends "code sent" to the audit log. */
+/* Appends "code sent" to the audit log. STORAGE_NOT_FOUND when there is no such
+ * request. */
 int storage_auth_req_code_sent(struct storage_conn *db, const char *auth_req_id_hash,
                                const char *request_id, storage_done_cb cb,
                                void *arg) MUST_CHECK;
@@ -218,8 +231,12 @@ enum storage_decision {
 /* Applies a decision as a compare-and-set on (otp_generation, otp_attempts) read by
  * storage_approval_get: STORAGE_CONFLICT when either changed meanwhile, so a code
  * checked against an old HMAC never counts. STORAGE_NOT_FOUND when the request is no
- * longer pending or has expired. On success the callback gets the row as it is now.
- * Appends the audit row ("approved", "wrong code", "denied"). */
+ * longer pending or has expired. STORAGE_LIMITED for STORAGE_DECIDE_APPROVE when the
+ * code itself has expired (otp_expires_at passed): nothing changes, and the page should
+ * offer a new code; WRONG_CODE and DENY still apply to an expired code. On success the
+ * callback gets the row as it is now. Appends the audit row (action "approve",
+ * decision "approved", "wrong_code", "denied" or "denied_too_many_attempts"; an
+ * approval is attested as "sms_otp"). */
 int storage_approval_decide(struct storage_conn *db, const char *ref_hash,
                             int otp_generation, int otp_attempts,
                             enum storage_decision decision, int max_attempts,
@@ -228,8 +245,11 @@ int storage_approval_decide(struct storage_conn *db, const char *ref_hash,
 
 /* Replaces the code of a pending request with a new one, if the previous code was sent
  * at least cooldown seconds ago and the phone number's quota allows another code.
- * STORAGE_LIMITED otherwise; STORAGE_NOT_FOUND when no longer pending. Appends the
- * "code sent" audit row on success. */
+ * STORAGE_LIMITED otherwise; STORAGE_NOT_FOUND when no longer pending or expired. The
+ * caller computes otp_hmac for the next generation (otp_generation as read + 1), which
+ * this call stores; otp_attempts are not reset, so wrong codes add up across resends.
+ * The new code's otp_expires_at is now + otp_lifetime, but never after expires_at.
+ * Appends the "code sent" audit row on success. */
 int storage_approval_resend(struct storage_conn *db, const char *ref_hash,
                             const unsigned char *otp_hmac, size_t otp_hmac_len,
                             int otp_lifetime, int cooldown, int sms_per_phone_max,
@@ -238,7 +258,8 @@ int storage_approval_resend(struct storage_conn *db, const char *ref_hash,
 
 /* Marks pending and approved requests past expires_at as expired (one audit row each),
  * and deletes requests that expired more than tombstone_seconds ago. Safe to run on
- * many instances at once (rows are claimed with FOR UPDATE SKIP LOCKED). */
+ * many instances at once (rows are claimed with FOR UPDATE SKIP LOCKED). Each call
+ * handles at most 1000 rows of each kind; sweep again while a count is 1000. */
 typedef void (*storage_sweep_cb)(void *arg, enum storage_status status, int expired,
                                  int purged);
 int storage_auth_req_sweep(struct storage_conn *db, int tombstone_seconds,

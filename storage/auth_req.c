@@ -1,0 +1,348 @@
+/* auth_req.c - CIBA authentication requests: creation, polling, delivery failure, expiry
+ * SPDX-License-Identifier: MIT
+ *
+ * Every state change is one statement, so it commits together with its audit row and
+ * needs no client-side transaction. A request moves pending -> approved -> redeemed,
+ * or to denied or expired. Expired and finished rows stay as tombstones until the sweep
+ * purges them, so a late poll still gets expired_token rather than invalid_grant.
+ */
+#include "storage/storage_int.h"
+
+#include <string.h>
+
+/* ---- create -------------------------------------------------------------------------
+ */
+
+/* (1) counts a code against the phone number's sms_quota row, (2) inserts the request
+ * only when (1) returned a row, and (3) appends the audit row for the inserted request.
+ * The first code's otp_expires_at never falls after expires_at. */
+static const char sql_auth_req_create[] =
+    "WITH quota AS ("
+    "  INSERT INTO sms_quota AS q (phone_number, sent_at)"
+    "  SELECT $5::text, ARRAY[now()] WHERE $13::int > 0" STORAGE_SQL_QUOTA_UPSERT(
+        "$13", "$14") "  RETURNING 1"
+                      "), created AS ("
+                      "  INSERT INTO auth_req (auth_req_id_hash, ref_hash, client_id, "
+                      "subject, phone_number,"
+                      "    scope, binding_message, acr_values, expires_at, "
+                      "poll_interval, otp_hmac,"
+                      "    otp_expires_at, otp_sent_at)"
+                      "  SELECT $1::text, $2::text, $3::text, $4::text, $5::text, "
+                      "$6::text, $7::text,"
+                      "    $8::text, now() + $9::int * interval '1 second', $10::int, "
+                      "$11::bytea,"
+                      "    now() + least($12::int, $9::int) * interval '1 second', now()"
+                      "  FROM quota"
+                      "  RETURNING auth_req_id_hash, client_id, subject, scope"
+                      "), audit AS ("
+                      "  INSERT INTO audit_log (request_id, client_id, subject, scope, "
+                      "action, decision,"
+                      "    auth_req_id_hash)"
+                      "  SELECT $15, client_id, subject, scope, 'bc_authorize', "
+                      "'accepted', auth_req_id_hash"
+                      "  FROM created"
+                      ")"
+                      " SELECT count(*) FROM created";
+static const struct storage_stmt stmt_auth_req_create = {"auth_req_create",
+                                                         sql_auth_req_create, 15};
+
+/* Completes statements that return one count: 0 means the condition refused. */
+static void finish_counted(union storage_cb cb, void *arg, enum storage_status status,
+                           const PGresult *res, enum storage_status when_zero)
+{
+    if (status != STORAGE_OK) {
+        cb.done(arg, status);
+        return;
+    }
+    if (PQntuples(res) != 1) {
+        log_error("storage: expected one count row, got %d", PQntuples(res));
+        cb.done(arg, STORAGE_ERROR);
+        return;
+    }
+    cb.done(arg, storage_col_int64(res, 0, 0) > 0 ? STORAGE_OK : when_zero);
+}
+
+static void finish_create(union storage_cb cb, void *arg, enum storage_status status,
+                          const PGresult *res)
+{
+    finish_counted(cb, arg, status, res, STORAGE_LIMITED);
+}
+
+int storage_auth_req_create(struct storage_conn *db,
+                            const struct storage_auth_req_new *in, storage_done_cb cb,
+                            void *arg)
+{
+    struct storage_params p = {0};
+    union storage_cb u = {.done = cb};
+
+    if (in == NULL || cb == NULL || in->otp_hmac == NULL || in->otp_hmac_len == 0 ||
+        in->expires_in <= 0 || in->interval <= 0 || in->otp_lifetime <= 0 ||
+        in->sms_per_phone_window <= 0) {
+        log_error("storage: storage_auth_req_create got an incomplete request");
+        return -1;
+    }
+    storage_param_text(&p, in->auth_req_id_hash);
+    storage_param_text(&p, in->ref_hash);
+    storage_param_text(&p, in->client_id);
+    storage_param_text(&p, in->subject);
+    storage_param_text(&p, in->phone_number);
+    storage_param_text(&p, in->scope);
+    storage_param_text(&p, in->binding_message);
+    storage_param_text(&p, in->acr_values);
+    storage_param_int(&p, in->expires_in);
+    storage_param_int(&p, in->interval);
+    storage_param_bytes(&p, in->otp_hmac, in->otp_hmac_len);
+    storage_param_int(&p, in->otp_lifetime);
+    storage_param_int(&p, in->sms_per_phone_max);
+    storage_param_int(&p, in->sms_per_phone_window);
+    storage_param_text(&p, in->request_id);
+    return storage_conn_send(db, &stmt_auth_req_create, &p, finish_create, u, arg);
+}
+
+/* ---- SMS delivery -------------------------------------------------------------------
+ */
+
+static const char sql_code_sent[] =
+    "WITH audit AS ("
+    "  INSERT INTO audit_log (request_id, client_id, subject, scope, action, decision,"
+    "    auth_req_id_hash)"
+    "  SELECT $2, client_id, subject, scope, 'send_code', 'sent', auth_req_id_hash"
+    "  FROM auth_req WHERE auth_req_id_hash = $1"
+    "  RETURNING 1"
+    ")"
+    " SELECT count(*) FROM audit";
+static const struct storage_stmt stmt_code_sent = {"auth_req_code_sent", sql_code_sent,
+                                                   2};
+
+static void finish_not_found_on_zero(union storage_cb cb, void *arg,
+                                     enum storage_status status, const PGresult *res)
+{
+    finish_counted(cb, arg, status, res, STORAGE_NOT_FOUND);
+}
+
+int storage_auth_req_code_sent(struct storage_conn *db, const char *auth_req_id_hash,
+                               const char *request_id, storage_done_cb cb, void *arg)
+{
+    struct storage_params p = {0};
+    union storage_cb u = {.done = cb};
+
+    if (auth_req_id_hash == NULL || cb == NULL)
+        return -1;
+    storage_param_text(&p, auth_req_id_hash);
+    storage_param_text(&p, request_id);
+    return storage_conn_send(db, &stmt_code_sent, &p, finish_not_found_on_zero, u, arg);
+}
+
+static const char sql_fail_delivery[] =
+    "WITH denied AS ("
+    "  UPDATE auth_req SET status = 'denied', decided_at = now()"
+    "  WHERE auth_req_id_hash = $1 AND status = 'pending'"
+    "  RETURNING auth_req_id_hash, client_id, subject, scope"
+    "), audit AS ("
+    "  INSERT INTO audit_log (request_id, client_id, subject, scope, action, decision,"
+    "    detail, auth_req_id_hash)"
+    "  SELECT $3, client_id, subject, scope, 'send_code', 'failed', $2, auth_req_id_hash"
+    "  FROM denied"
+    ")"
+    " SELECT count(*) FROM denied";
+static const struct storage_stmt stmt_fail_delivery = {"auth_req_fail_delivery",
+                                                       sql_fail_delivery, 3};
+
+int storage_auth_req_fail_delivery(struct storage_conn *db, const char *auth_req_id_hash,
+                                   const char *reason, const char *request_id,
+                                   storage_done_cb cb, void *arg)
+{
+    struct storage_params p = {0};
+    union storage_cb u = {.done = cb};
+
+    if (auth_req_id_hash == NULL || cb == NULL)
+        return -1;
+    storage_param_text(&p, auth_req_id_hash);
+    storage_param_text(&p, reason);
+    storage_param_text(&p, request_id);
+    return storage_conn_send(db, &stmt_fail_delivery, &p, finish_not_found_on_zero, u,
+                             arg);
+}
+
+/* ---- poll (token endpoint)
+ * -------------------------------------------------------------- */
+
+/* cur locks the row, so concurrent polls of one request run one after another, and each
+ * sees the status the previous one committed: only the first poll of an approved
+ * request finds 'approved' and redeems it. The outcome rules, in order:
+ *   redeemed                          -> invalid (single use)
+ *   now() >= expires_at, or expired   -> expired (tombstone: expired_token)
+ *   denied                            -> denied
+ *   approved                          -> redeemed (no slow_down for an approved request)
+ *   pending, polled within interval   -> slow_down, interval + 5 s (CIBA Core 1.0 s. 11)
+ *   pending                           -> pending
+ * A pending poll of either kind records last_polled_at. Decisions (not plain pending
+ * polls) get an audit row; an unknown id or another client's id gets one as well. */
+static const char sql_poll[] =
+    "WITH cur AS MATERIALIZED ("
+    "  SELECT auth_req_id_hash, client_id, subject, scope, acr_values, decided_at,"
+    "    poll_interval,"
+    "    CASE"
+    "      WHEN status = 'redeemed' THEN 'invalid'"
+    "      WHEN now() >= expires_at OR status = 'expired' THEN 'expired'"
+    "      WHEN status = 'denied' THEN 'denied'"
+    "      WHEN status = 'approved' THEN 'redeemed'"
+    "      WHEN last_polled_at IS NOT NULL"
+    "        AND now() < last_polled_at + poll_interval * interval '1 second'"
+    "        THEN 'slow_down'"
+    "      ELSE 'pending'"
+    "    END AS outcome"
+    "  FROM auth_req WHERE auth_req_id_hash = $1 AND client_id = $2"
+    "  FOR UPDATE"
+    "), changed AS ("
+    "  UPDATE auth_req a SET"
+    "    status = CASE WHEN cur.outcome = 'redeemed' THEN 'redeemed' ELSE a.status END,"
+    "    redeemed_at = CASE WHEN cur.outcome = 'redeemed' THEN now()"
+    "                  ELSE a.redeemed_at END,"
+    "    poll_interval = CASE WHEN cur.outcome = 'slow_down' THEN a.poll_interval + 5"
+    "                    ELSE a.poll_interval END,"
+    "    last_polled_at = CASE WHEN cur.outcome IN ('pending', 'slow_down') THEN now()"
+    "                     ELSE a.last_polled_at END"
+    "  FROM cur"
+    "  WHERE a.auth_req_id_hash = cur.auth_req_id_hash"
+    "    AND cur.outcome IN ('redeemed', 'pending', 'slow_down')"
+    "  RETURNING a.poll_interval"
+    "), audit AS ("
+    "  INSERT INTO audit_log (request_id, client_id, subject, scope, action, decision,"
+    "    detail, auth_req_id_hash, attestation)"
+    "  SELECT $3, client_id, subject, scope, 'token',"
+    "    CASE WHEN outcome = 'redeemed' THEN 'issued' ELSE 'refused' END,"
+    "    CASE outcome WHEN 'invalid' THEN 'invalid_grant'"
+    "      WHEN 'expired' THEN 'expired_token' WHEN 'denied' THEN 'access_denied' END,"
+    "    auth_req_id_hash,"
+    "    CASE WHEN outcome = 'redeemed' THEN 'sms_otp' ELSE 'none' END"
+    "  FROM cur WHERE outcome NOT IN ('pending', 'slow_down')"
+    "), audit_unknown AS ("
+    "  INSERT INTO audit_log (request_id, client_id, action, decision, detail)"
+    "  SELECT $3, $2, 'token', 'refused', 'invalid_grant'"
+    "  WHERE NOT EXISTS (SELECT 1 FROM cur)"
+    ")"
+    " SELECT outcome, subject, scope, acr_values,"
+    "   floor(extract(epoch FROM decided_at))::int8,"
+    "   coalesce((SELECT poll_interval FROM changed), poll_interval)"
+    " FROM cur";
+static const struct storage_stmt stmt_poll = {"auth_req_poll", sql_poll, 3};
+
+static const struct {
+    const char *name;
+    enum storage_poll_outcome outcome;
+} poll_outcomes[] = {
+    {"pending", STORAGE_POLL_PENDING},   {"slow_down", STORAGE_POLL_SLOW_DOWN},
+    {"redeemed", STORAGE_POLL_REDEEMED}, {"denied", STORAGE_POLL_DENIED},
+    {"expired", STORAGE_POLL_EXPIRED},   {"invalid", STORAGE_POLL_INVALID},
+};
+
+static void finish_poll(union storage_cb cb, void *arg, enum storage_status status,
+                        const PGresult *res)
+{
+    struct storage_poll poll = {.outcome = STORAGE_POLL_INVALID};
+    const char *outcome;
+    size_t i;
+
+    if (status != STORAGE_OK) {
+        cb.poll(arg, status, NULL);
+        return;
+    }
+    if (PQntuples(res) == 0) {
+        cb.poll(arg, STORAGE_OK, &poll);
+        return;
+    }
+
+    outcome = storage_col_text(res, 0, 0);
+    for (i = 0; i < ARRAY_LEN(poll_outcomes); i++)
+        if (outcome && strcmp(outcome, poll_outcomes[i].name) == 0)
+            break;
+    if (i == ARRAY_LEN(poll_outcomes)) {
+        log_error("storage: auth_req_poll returned an unknown outcome");
+        cb.poll(arg, STORAGE_ERROR, NULL);
+        return;
+    }
+    poll.outcome = poll_outcomes[i].outcome;
+    poll.interval = storage_col_int(res, 0, 5);
+    poll.acr_values = storage_col_text(res, 0, 3);
+    if (poll.outcome == STORAGE_POLL_REDEEMED) {
+        poll.subject = storage_col_text(res, 0, 1);
+        poll.scope = storage_col_text(res, 0, 2);
+        poll.auth_time = storage_col_int64(res, 0, 4);
+    }
+    cb.poll(arg, STORAGE_OK, &poll);
+}
+
+int storage_auth_req_poll(struct storage_conn *db, const char *auth_req_id_hash,
+                          const char *client_id, const char *request_id,
+                          storage_poll_cb cb, void *arg)
+{
+    struct storage_params p = {0};
+    union storage_cb u = {.poll = cb};
+
+    if (auth_req_id_hash == NULL || client_id == NULL || cb == NULL)
+        return -1;
+    storage_param_text(&p, auth_req_id_hash);
+    storage_param_text(&p, client_id);
+    storage_param_text(&p, request_id);
+    return storage_conn_send(db, &stmt_poll, &p, finish_poll, u, arg);
+}
+
+/* ---- sweep --------------------------------------------------------------------------
+ */
+
+/* Expires up to 1000 open requests past expires_at, claimed with SKIP LOCKED so several
+ * sweepers (one per worker and instance) share the work without waiting on each other
+ * or on a poll. Purges up to 1000 rows that expired more than $1 seconds ago. Rows this
+ * statement expires are left for the next run, because one statement must not change
+ * a row twice. A caller with a backlog sweeps again while a count is 1000. */
+static const char sql_sweep[] =
+    "WITH claimed AS ("
+    "  SELECT auth_req_id_hash FROM auth_req"
+    "  WHERE status IN ('pending', 'approved') AND expires_at <= now()"
+    "  ORDER BY expires_at LIMIT 1000"
+    "  FOR UPDATE SKIP LOCKED"
+    "), expired AS ("
+    "  UPDATE auth_req a SET status = 'expired'"
+    "  FROM claimed c"
+    "  WHERE a.auth_req_id_hash = c.auth_req_id_hash"
+    "    AND a.status IN ('pending', 'approved')"
+    "  RETURNING a.auth_req_id_hash, a.client_id, a.subject, a.scope"
+    "), audit AS ("
+    "  INSERT INTO audit_log (client_id, subject, scope, action, decision,"
+    "    auth_req_id_hash)"
+    "  SELECT client_id, subject, scope, 'expire', 'expired', auth_req_id_hash"
+    "  FROM expired"
+    "), purged AS ("
+    "  DELETE FROM auth_req WHERE auth_req_id_hash IN ("
+    "    SELECT auth_req_id_hash FROM auth_req"
+    "    WHERE expires_at < now() - $1::int * interval '1 second'"
+    "      AND auth_req_id_hash NOT IN (SELECT auth_req_id_hash FROM claimed)"
+    "    ORDER BY expires_at LIMIT 1000"
+    "    FOR UPDATE SKIP LOCKED)"
+    "  RETURNING 1"
+    ")"
+    " SELECT (SELECT count(*) FROM expired), (SELECT count(*) FROM purged)";
+static const struct storage_stmt stmt_sweep = {"auth_req_sweep", sql_sweep, 1};
+
+static void finish_sweep(union storage_cb cb, void *arg, enum storage_status status,
+                         const PGresult *res)
+{
+    if (status != STORAGE_OK) {
+        cb.sweep(arg, status, 0, 0);
+        return;
+    }
+    cb.sweep(arg, STORAGE_OK, storage_col_int(res, 0, 0), storage_col_int(res, 0, 1));
+}
+
+int storage_auth_req_sweep(struct storage_conn *db, int tombstone_seconds,
+                           storage_sweep_cb cb, void *arg)
+{
+    struct storage_params p = {0};
+    union storage_cb u = {.sweep = cb};
+
+    if (cb == NULL || tombstone_seconds < 0)
+        return -1;
+    storage_param_int(&p, tombstone_seconds);
+    return storage_conn_send(db, &stmt_sweep, &p, finish_sweep, u, arg);
+}

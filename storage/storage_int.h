@@ -1,0 +1,102 @@
+/* storage_int.h - what the files of storage/ share: statement descriptors, parameter
+ * lists, result helpers and the two connection types
+ * SPDX-License-Identifier: MIT
+ *
+ * Nothing outside storage/ includes this header, so PGresult and PGconn stay inside.
+ */
+#ifndef CIBAD_STORAGE_INT_H
+#define CIBAD_STORAGE_INT_H
+
+#include <libpq-fe.h>
+
+#include "storage/storage.h"
+
+/* A statement the asynchronous connection prepares once per session, on first use. The
+ * name must be unique across storage/ and sql must stay valid for the process. */
+struct storage_stmt {
+    const char *name;
+    const char *sql;
+    int n_params;
+};
+
+#define STORAGE_MAX_PARAMS 16
+
+/* Parameters of one statement, in $1..$n order. Text values are borrowed and must stay
+ * valid until the statement is sent; integers are formatted into the list itself. */
+struct storage_params {
+    int n;
+    const char *values[STORAGE_MAX_PARAMS];
+    int lengths[STORAGE_MAX_PARAMS];
+    int formats[STORAGE_MAX_PARAMS]; /* 0 text, 1 binary */
+    char numbers[STORAGE_MAX_PARAMS][24];
+};
+
+/* Appends a text parameter; NULL becomes SQL NULL. */
+void storage_param_text(struct storage_params *p, const char *value);
+void storage_param_int(struct storage_params *p, int64_t value);
+void storage_param_bool(struct storage_params *p, bool value);
+/* Appends a bytea parameter sent in binary format. */
+void storage_param_bytes(struct storage_params *p, const void *data, size_t len);
+
+/* Column values of a text-format result. storage_col_text returns NULL for SQL NULL;
+ * the integer readers return 0 for SQL NULL. */
+const char *storage_col_text(const PGresult *res, int row, int col);
+int64_t storage_col_int64(const PGresult *res, int row, int col);
+int storage_col_int(const PGresult *res, int row, int col);
+
+/* Maps a finished statement to a status: OK for rows or a command tag, UNAVAILABLE for
+ * a cancelled statement (statement_timeout), a server shutting down or a lost
+ * connection, and ERROR otherwise. */
+enum storage_status storage_status_of(const PGresult *res);
+/* Logs a failed statement: its name, the primary message and the SQLSTATE. The detail
+ * and the statement's values are left out because they may contain personal data. */
+void storage_log_failure(const char *statement, const PGresult *res);
+/* Routes server notices to the debug log instead of libpq's stderr printer. */
+void storage_notice_to_log(void *arg, const char *message);
+
+/* The ON CONFLICT clause of an INSERT INTO sms_quota AS q that counts one more code
+ * for the phone number. It keeps the send times inside the last window seconds and
+ * appends now() only while fewer than max remain, so a refused upsert returns no row.
+ * max and window are parameter references such as "$13". */
+#define STORAGE_SQL_QUOTA_UPSERT(max, window)                                            \
+    " ON CONFLICT (phone_number) DO UPDATE"                                              \
+    " SET sent_at = ARRAY(SELECT t FROM unnest(q.sent_at) AS t"                          \
+    "   WHERE t > now() - " window "::int * interval '1 second' ORDER BY t) || now()"    \
+    " WHERE (SELECT count(*) FROM unnest(q.sent_at) AS t"                                \
+    "   WHERE t > now() - " window "::int * interval '1 second') < " max "::int"
+
+/* The caller's callback, kept in a pending statement until its result arrives. */
+union storage_cb {
+    storage_done_cb done;
+    storage_client_cb client;
+    storage_user_cb user;
+    storage_poll_cb poll;
+    storage_approval_cb approval;
+    storage_sweep_cb sweep;
+    storage_keys_cb keys;
+};
+
+/* Turns one statement's outcome into the caller's callback. res is the statement's
+ * result when status is STORAGE_OK and NULL otherwise; it is freed after the call. */
+typedef void (*storage_finish_fn)(union storage_cb cb, void *arg,
+                                  enum storage_status status, const PGresult *res);
+
+/* Queues stmt with params on db (preparing it first if this session has not) and calls
+ * finish once with its outcome, later, from the loop. Returns 0, or -1 when nothing was
+ * queued because the connection is not ready or sending failed. */
+int storage_conn_send(struct storage_conn *db, const struct storage_stmt *stmt,
+                      const struct storage_params *params, storage_finish_fn finish,
+                      union storage_cb cb, void *arg) MUST_CHECK;
+
+/* The blocking connection of the command line. */
+struct storage_sync {
+    PGconn *pg;
+};
+
+/* Runs one statement with params (may be NULL) and returns its result, successful or
+ * not, which the caller frees with PQclear. NULL only when libpq could not build a
+ * result at all; storage_status_of and storage_log_failure accept NULL. */
+PGresult *storage_sync_exec(struct storage_sync *s, const char *sql,
+                            const struct storage_params *params);
+
+#endif

@@ -1,0 +1,2437 @@
+/* check_storage.c - tests of storage/ against a real PostgreSQL cluster
+ * SPDX-License-Identifier: MIT
+ *
+ * tests/run.sh starts the cluster and sets CIBAD_TEST_DATABASE_URL (a key=value libpq
+ * string with dbname=), CIBAD_TEST_MIGRATIONS, CIBAD_TEST_PG_DIR and CIBAD_TEST_ROOT.
+ * Check forks per test, so every test opens its own event_base and connections. Tests
+ * share one database and create their own clients and users with random names.
+ */
+#include "check_runner.h"
+
+#include <event2/event.h>
+#include <libpq-fe.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "storage/storage.h"
+#include "util/util.h"
+
+#define WAIT_MS 10000
+
+/* ---- environment, loop and direct SQL -------------------------------------------------
+ */
+
+static const char *env(const char *name)
+{
+    const char *value = getenv(name);
+
+    ck_assert_msg(value != NULL && *value, "%s is not set: run through tests/run.sh",
+                  name);
+    return value;
+}
+
+static struct event_base *base;
+static struct event *tick;
+
+static void on_tick(evutil_socket_t fd, short events, void *arg)
+{
+    (void)fd;
+    (void)events;
+    (void)arg;
+}
+
+/* Opens this test's loop, with a ticking timer so EVLOOP_ONCE always returns. */
+static void loop_open(void)
+{
+    struct timeval tv = {0, 10000};
+
+    base = event_base_new();
+    ck_assert_ptr_nonnull(base);
+    tick = event_new(base, -1, EV_PERSIST, on_tick, NULL);
+    event_add(tick, &tv);
+}
+
+static void loop_close(void)
+{
+    event_free(tick);
+    event_base_free(base);
+    base = NULL;
+}
+
+static void wait_calls(const int *calls, int want)
+{
+    int64_t end = util_mono_ms() + WAIT_MS;
+
+    while (*calls < want) {
+        ck_assert_msg(util_mono_ms() < end, "timed out waiting for %d callbacks, got %d",
+                      want, *calls);
+        event_base_loop(base, EVLOOP_ONCE);
+    }
+}
+
+static void run_loop_ms(int ms)
+{
+    int64_t end = util_mono_ms() + ms;
+
+    while (util_mono_ms() < end)
+        event_base_loop(base, EVLOOP_ONCE);
+}
+
+static void wait_up(struct storage_conn *db, int timeout_ms)
+{
+    int64_t end = util_mono_ms() + timeout_ms;
+
+    while (!storage_conn_is_up(db)) {
+        ck_assert_msg(util_mono_ms() < end, "connection not up after %d ms", timeout_ms);
+        event_base_loop(base, EVLOOP_ONCE);
+    }
+}
+
+static struct storage_conn *conn_open(int timeout_ms)
+{
+    struct storage_conn *db =
+        storage_conn_new(base, env("CIBAD_TEST_DATABASE_URL"), timeout_ms);
+
+    ck_assert_ptr_nonnull(db);
+    wait_up(db, WAIT_MS);
+    return db;
+}
+
+static struct storage_sync *sync_open_url(const char *url)
+{
+    char err[256] = "";
+    struct storage_sync *s = storage_sync_connect(url, err, sizeof(err));
+
+    ck_assert_msg(s != NULL, "connect failed: %s", err);
+    return s;
+}
+
+static struct storage_sync *sync_open(void)
+{
+    return sync_open_url(env("CIBAD_TEST_DATABASE_URL"));
+}
+
+/* Checked fixture: the shared test database has the current schema. */
+static void schema_setup(void)
+{
+    struct storage_sync *s = sync_open();
+
+    ck_assert_int_eq(storage_sync_migrate(s, env("CIBAD_TEST_MIGRATIONS")), 0);
+    storage_sync_close(s);
+}
+
+static PGconn *raw_open_url(const char *url)
+{
+    PGconn *pg = PQconnectdb(url);
+
+    ck_assert_msg(PQstatus(pg) == CONNECTION_OK, "raw connect failed: %s",
+                  PQerrorMessage(pg));
+    return pg;
+}
+
+static PGconn *raw_open(void)
+{
+    return raw_open_url(env("CIBAD_TEST_DATABASE_URL"));
+}
+
+/* Runs sql with up to one text parameter and checks that it succeeded. */
+static PGresult *raw_query(PGconn *pg, const char *sql, const char *param)
+{
+    const char *values[1] = {param};
+    PGresult *res = PQexecParams(pg, sql, param ? 1 : 0, NULL, values, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(res);
+
+    ck_assert_msg(st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK, "%s: %s", sql,
+                  PQresultErrorMessage(res));
+    return res;
+}
+
+static void raw_exec(PGconn *pg, const char *sql, const char *param)
+{
+    PQclear(raw_query(pg, sql, param));
+}
+
+/* Returns the first column of the first row as an integer (-1 for no row or NULL). */
+static long long raw_int(PGconn *pg, const char *sql, const char *param)
+{
+    PGresult *res = raw_query(pg, sql, param);
+    long long value = -1;
+
+    if (PQntuples(res) > 0 && !PQgetisnull(res, 0, 0))
+        value = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    PQclear(res);
+    return value;
+}
+
+/* Returns the first column of the first row as a new string, or NULL. */
+static char *raw_text(PGconn *pg, const char *sql, const char *param)
+{
+    PGresult *res = raw_query(pg, sql, param);
+    char *value = NULL;
+
+    if (PQntuples(res) > 0 && !PQgetisnull(res, 0, 0))
+        value = util_strdup(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return value;
+}
+
+static long long audit_count(PGconn *pg, const char *id_hash, const char *action,
+                             const char *decision)
+{
+    const char *values[3] = {id_hash, action, decision};
+    PGresult *res =
+        PQexecParams(pg,
+                     "SELECT count(*) FROM audit_log WHERE auth_req_id_hash = $1"
+                     " AND action = $2 AND decision = $3",
+                     3, NULL, values, NULL, NULL, 0);
+    long long n;
+
+    ck_assert_int_eq(PQresultStatus(res), PGRES_TUPLES_OK);
+    n = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    PQclear(res);
+    return n;
+}
+
+/* ---- fixtures: people and requests ------------------------------------------------ */
+
+static void random_hex(char *out, size_t bytes)
+{
+    unsigned char buf[32];
+
+    ck_assert_uint_le(bytes, sizeof(buf));
+    util_random_bytes(buf, bytes);
+    for (size_t i = 0; i < bytes; i++)
+        sprintf(out + 2 * i, "%02x", buf[i]);
+}
+
+struct people {
+    char client_id[40];
+    char other_client_id[40];
+    char subject[40];
+    char username[40];
+    char phone[17];
+};
+
+static void client_add(struct storage_sync *s, const char *client_id)
+{
+    struct storage_client_new c = {
+        .client_id = client_id,
+        .client_name = "Test Agent",
+        .secret_hash = "0000000000000000000000000000000000000000000000000000000000000000",
+        .token_endpoint_auth_method = "client_secret_basic",
+        .scope = "openid email",
+        .backchannel_token_delivery_mode = "poll",
+    };
+    char err[256] = "";
+
+    ck_assert_msg(storage_sync_client_create(s, &c, err, sizeof(err)) == 0,
+                  "client create failed: %s", err);
+}
+
+/* Creates two clients and one user with random names. */
+static void people_create(struct people *p)
+{
+    struct storage_sync *s = sync_open();
+    char hex[17];
+    unsigned digits;
+    char err[256] = "";
+
+    random_hex(hex, 8);
+    snprintf(p->client_id, sizeof(p->client_id), "client-%s", hex);
+    snprintf(p->other_client_id, sizeof(p->other_client_id), "other-%s", hex);
+    snprintf(p->subject, sizeof(p->subject), "sub-%s", hex);
+    snprintf(p->username, sizeof(p->username), "user-%s", hex);
+    util_random_bytes(&digits, sizeof(digits));
+    snprintf(p->phone, sizeof(p->phone), "+1555%07u", digits % 10000000u);
+
+    client_add(s, p->client_id);
+    client_add(s, p->other_client_id);
+    ck_assert_msg(storage_sync_user_create(s, p->subject, p->username, p->phone, err,
+                                           sizeof(err)) == 0,
+                  "user create failed: %s", err);
+    storage_sync_close(s);
+}
+
+struct req {
+    char id_hash[65];
+    char ref_hash[65];
+    unsigned char hmac[32];
+    struct storage_auth_req_new in;
+};
+
+/* Fills a request for p with defaults a test may change before creating it. */
+static void req_init(struct req *r, const struct people *p)
+{
+    random_hex(r->id_hash, 32);
+    random_hex(r->ref_hash, 32);
+    util_random_bytes(r->hmac, sizeof(r->hmac));
+    r->in = (struct storage_auth_req_new){
+        .auth_req_id_hash = r->id_hash,
+        .ref_hash = r->ref_hash,
+        .client_id = p->client_id,
+        .subject = p->subject,
+        .phone_number = p->phone,
+        .scope = "openid email custom",
+        .binding_message = "Pay 10 EUR",
+        .acr_values = "urn:test:acr",
+        .expires_in = 120,
+        .interval = 5,
+        .otp_hmac = r->hmac,
+        .otp_hmac_len = sizeof(r->hmac),
+        .otp_lifetime = 60,
+        .sms_per_phone_max = 100,
+        .sms_per_phone_window = 3600,
+        .request_id = "rid-test",
+    };
+}
+
+struct done_res {
+    int calls;
+    enum storage_status status;
+};
+
+static void on_done(void *arg, enum storage_status status)
+{
+    struct done_res *r = arg;
+
+    r->calls++;
+    r->status = status;
+}
+
+static enum storage_status req_create(struct storage_conn *db, struct req *r)
+{
+    struct done_res res = {0};
+
+    ck_assert_int_eq(storage_auth_req_create(db, &r->in, on_done, &res), 0);
+    ck_assert_int_eq(res.calls, 0);
+    wait_calls(&res.calls, 1);
+    return res.status;
+}
+
+struct poll_res {
+    int calls;
+    enum storage_status status;
+    enum storage_poll_outcome outcome;
+    int interval;
+    char subject[64];
+    char scope[128];
+    char acr_values[64];
+    int64_t auth_time;
+};
+
+static void on_poll(void *arg, enum storage_status status,
+                    const struct storage_poll *poll)
+{
+    struct poll_res *r = arg;
+
+    r->calls++;
+    r->status = status;
+    if (poll == NULL)
+        return;
+    r->outcome = poll->outcome;
+    r->interval = poll->interval;
+    r->auth_time = poll->auth_time;
+    snprintf(r->subject, sizeof(r->subject), "%s", poll->subject ? poll->subject : "");
+    snprintf(r->scope, sizeof(r->scope), "%s", poll->scope ? poll->scope : "");
+    snprintf(r->acr_values, sizeof(r->acr_values), "%s",
+             poll->acr_values ? poll->acr_values : "");
+}
+
+static struct poll_res poll_once(struct storage_conn *db, const char *id_hash,
+                                 const char *client_id)
+{
+    struct poll_res res = {0};
+
+    ck_assert_int_eq(
+        storage_auth_req_poll(db, id_hash, client_id, "rid-poll", on_poll, &res), 0);
+    wait_calls(&res.calls, 1);
+    ck_assert_int_eq(res.status, STORAGE_OK);
+    return res;
+}
+
+struct approval_res {
+    int calls;
+    enum storage_status status;
+    bool has_row;
+    enum storage_auth_req_status ar_status;
+    char client_name[64];
+    char subject[64];
+    char phone[20];
+    char scope[128];
+    char binding_message[64];
+    char scope_descriptions[512];
+    int64_t expires_at, otp_expires_at, otp_sent_at, now;
+    int otp_attempts, otp_generation;
+    unsigned char hmac[64];
+    size_t hmac_len;
+};
+
+static void on_approval(void *arg, enum storage_status status,
+                        const struct storage_approval *a)
+{
+    struct approval_res *r = arg;
+
+    r->calls++;
+    r->status = status;
+    r->has_row = a != NULL;
+    if (a == NULL)
+        return;
+    r->ar_status = a->status;
+    snprintf(r->client_name, sizeof(r->client_name), "%s", a->client_name);
+    snprintf(r->subject, sizeof(r->subject), "%s", a->subject);
+    snprintf(r->phone, sizeof(r->phone), "%s", a->phone_number);
+    snprintf(r->scope, sizeof(r->scope), "%s", a->scope);
+    snprintf(r->binding_message, sizeof(r->binding_message), "%s",
+             a->binding_message ? a->binding_message : "");
+    snprintf(r->scope_descriptions, sizeof(r->scope_descriptions), "%s",
+             a->scope_descriptions);
+    r->expires_at = a->expires_at;
+    r->otp_expires_at = a->otp_expires_at;
+    r->otp_sent_at = a->otp_sent_at;
+    r->now = a->now;
+    r->otp_attempts = a->otp_attempts;
+    r->otp_generation = a->otp_generation;
+    r->hmac_len = a->otp_hmac_len < sizeof(r->hmac) ? a->otp_hmac_len : sizeof(r->hmac);
+    memcpy(r->hmac, a->otp_hmac, r->hmac_len);
+}
+
+static struct approval_res approval_get_now(struct storage_conn *db, const char *ref_hash)
+{
+    struct approval_res res = {0};
+
+    ck_assert_int_eq(storage_approval_get(db, ref_hash, on_approval, &res), 0);
+    wait_calls(&res.calls, 1);
+    return res;
+}
+
+static struct approval_res decide_now(struct storage_conn *db, const char *ref_hash,
+                                      int generation, int attempts,
+                                      enum storage_decision decision, int max_attempts)
+{
+    struct approval_res res = {0};
+
+    ck_assert_int_eq(storage_approval_decide(db, ref_hash, generation, attempts, decision,
+                                             max_attempts, "rid-decide", on_approval,
+                                             &res),
+                     0);
+    wait_calls(&res.calls, 1);
+    return res;
+}
+
+static enum storage_status resend_now(struct storage_conn *db, const char *ref_hash,
+                                      const unsigned char *hmac, int cooldown, int max)
+{
+    struct done_res res = {0};
+
+    ck_assert_int_eq(storage_approval_resend(db, ref_hash, hmac, 32, 60, cooldown, max,
+                                             3600, "rid-resend", on_done, &res),
+                     0);
+    wait_calls(&res.calls, 1);
+    return res.status;
+}
+
+/* Creates a request and approves it with the right code. */
+static void req_create_approved(struct storage_conn *db, struct req *r)
+{
+    struct approval_res a;
+
+    ck_assert_int_eq(req_create(db, r), STORAGE_OK);
+    a = decide_now(db, r->ref_hash, 0, 0, STORAGE_DECIDE_APPROVE, 3);
+    ck_assert_int_eq(a.status, STORAGE_OK);
+    ck_assert_int_eq(a.ar_status, STORAGE_AR_APPROVED);
+}
+
+/* ---- migrations
+ * ------------------------------------------------------------------------- */
+
+/* Creates an empty database and returns a connection string for it (a new string). */
+static char *fresh_database(void)
+{
+    const char *url = env("CIBAD_TEST_DATABASE_URL");
+    const char *at = strstr(url, "dbname=");
+    const char *end;
+    char hex[13], name[32];
+    char *sql, *fresh;
+    PGconn *pg;
+
+    ck_assert_msg(at != NULL, "CIBAD_TEST_DATABASE_URL has no dbname=");
+    end = strchr(at, ' ');
+    random_hex(hex, 6);
+    snprintf(name, sizeof(name), "mig_%s", hex);
+    fresh = util_asprintf("%.*sdbname=%s%s", (int)(at - url), url, name, end ? end : "");
+
+    pg = raw_open();
+    sql = util_asprintf("CREATE DATABASE %s", name);
+    raw_exec(pg, sql, NULL);
+    free(sql);
+    PQfinish(pg);
+    return fresh;
+}
+
+static long long count_files(const char *dir)
+{
+    char *cmd = util_asprintf("ls %s | grep -cE '^[0-9]{4}_[a-z0-9_]+\\.sql$'", dir);
+    FILE *f = popen(cmd, "r");
+    long long n = -1;
+
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_eq(fscanf(f, "%lld", &n), 1);
+    pclose(f);
+    free(cmd);
+    return n;
+}
+
+/* Copies the real migrations into a new temporary directory. */
+static char *copy_migrations(void)
+{
+    char tmpl[] = "/tmp/cibad-mig.XXXXXX";
+    char *dir, *cmd;
+
+    ck_assert_ptr_nonnull(mkdtemp(tmpl));
+    dir = util_strdup(tmpl);
+    cmd = util_asprintf("cp %s/*.sql %s/", env("CIBAD_TEST_MIGRATIONS"), dir);
+    ck_assert_int_eq(system(cmd), 0);
+    free(cmd);
+    return dir;
+}
+
+static void write_file(const char *dir, const char *name, const char *text)
+{
+    char *path = util_asprintf("%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+
+    ck_assert_ptr_nonnull(f);
+    fputs(text, f);
+    fclose(f);
+    free(path);
+}
+
+static void remove_dir(char *dir)
+{
+    char *cmd = util_asprintf("rm -rf %s", dir);
+
+    ck_assert_int_eq(system(cmd), 0);
+    free(cmd);
+    free(dir);
+}
+
+START_TEST(migrate_fresh_then_noop)
+{
+    char *url = fresh_database();
+    const char *dir = env("CIBAD_TEST_MIGRATIONS");
+    struct storage_sync *s = sync_open_url(url);
+    PGconn *pg = raw_open_url(url);
+    long long files = count_files(dir);
+    int behind = -1;
+
+    ck_assert_int_eq(storage_sync_schema_behind(s, dir, &behind), 0);
+    ck_assert_int_eq(behind, files);
+    ck_assert_int_eq(storage_sync_migrate(s, dir), 0);
+    ck_assert_int_eq(raw_int(pg, "SELECT count(*) FROM schema_migrations", NULL), files);
+    ck_assert_int_eq(raw_int(pg, "SELECT count(*) FROM scope", NULL), 5);
+    ck_assert_int_eq(storage_sync_schema_behind(s, dir, &behind), 0);
+    ck_assert_int_eq(behind, 0);
+
+    /* A second run applies nothing: the seeded scope rows are not inserted twice. */
+    ck_assert_int_eq(storage_sync_migrate(s, dir), 0);
+    ck_assert_int_eq(raw_int(pg, "SELECT count(*) FROM schema_migrations", NULL), files);
+    ck_assert_int_eq(raw_int(pg, "SELECT count(*) FROM scope", NULL), 5);
+    ck_assert_int_eq(raw_int(pg,
+                             "SELECT count(*) FROM schema_migrations WHERE version = $1",
+                             "0001_initial"),
+                     1);
+    PQfinish(pg);
+    storage_sync_close(s);
+    free(url);
+}
+END_TEST
+
+START_TEST(migrate_two_processes)
+{
+    char *url = fresh_database();
+    const char *dir = env("CIBAD_TEST_MIGRATIONS");
+    pid_t pids[2];
+    PGconn *pg;
+
+    for (int i = 0; i < 2; i++) {
+        pids[i] = fork();
+        ck_assert_int_ge(pids[i], 0);
+        if (pids[i] == 0) {
+            char err[256];
+            struct storage_sync *s = storage_sync_connect(url, err, sizeof(err));
+            int rc = s ? storage_sync_migrate(s, dir) : -1;
+
+            storage_sync_close(s);
+            _exit(rc == 0 ? 0 : 1);
+        }
+    }
+    for (int i = 0; i < 2; i++) {
+        int status = 0;
+
+        ck_assert_int_eq(waitpid(pids[i], &status, 0), pids[i]);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                      "migrator %d failed (status %d)", i, status);
+    }
+    pg = raw_open_url(url);
+    ck_assert_int_eq(raw_int(pg, "SELECT count(*) FROM schema_migrations", NULL),
+                     count_files(dir));
+    ck_assert_int_eq(raw_int(pg, "SELECT count(*) FROM scope", NULL), 5);
+    PQfinish(pg);
+    free(url);
+}
+END_TEST
+
+START_TEST(schema_behind_counts_new_file)
+{
+    char *url = fresh_database();
+    char *dir = copy_migrations();
+    struct storage_sync *s = sync_open_url(url);
+    PGconn *pg = raw_open_url(url);
+    int behind = -1;
+
+    ck_assert_int_eq(storage_sync_migrate(s, dir), 0);
+    write_file(dir, "0099_extra.sql",
+               "CREATE TABLE extra (x int);\n"
+               "INSERT INTO extra VALUES (1), (2);\n");
+    write_file(dir, "README.txt", "not a migration");
+    ck_assert_int_eq(storage_sync_schema_behind(s, dir, &behind), 0);
+    ck_assert_int_eq(behind, 1);
+    ck_assert_int_eq(storage_sync_migrate(s, dir), 0);
+    ck_assert_int_eq(storage_sync_schema_behind(s, dir, &behind), 0);
+    ck_assert_int_eq(behind, 0);
+    ck_assert_int_eq(raw_int(pg, "SELECT count(*) FROM extra", NULL), 2);
+    PQfinish(pg);
+    storage_sync_close(s);
+    remove_dir(dir);
+    free(url);
+}
+END_TEST
+
+START_TEST(migrate_failure_rolls_back)
+{
+    char *url = fresh_database();
+    char *dir = copy_migrations();
+    struct storage_sync *s = sync_open_url(url);
+    PGconn *pg = raw_open_url(url);
+    int behind = -1;
+
+    write_file(dir, "0098_broken.sql", "CREATE TABLE half_done (x int);\nSELEC 1;\n");
+    ck_assert_int_eq(storage_sync_migrate(s, dir), -1);
+    ck_assert_int_eq(raw_int(pg,
+                             "SELECT count(*) FROM schema_migrations WHERE version = $1",
+                             "0098_broken"),
+                     0);
+    ck_assert_int_eq(
+        raw_int(pg, "SELECT count(*) FROM pg_class WHERE relname = $1", "half_done"), 0);
+    /* The files before the broken one stay applied. */
+    ck_assert_int_eq(storage_sync_schema_behind(s, dir, &behind), 0);
+    ck_assert_int_eq(behind, 1);
+    /* The lock was released: another session can take it at once. */
+    ck_assert_int_eq(raw_int(pg, "SELECT pg_try_advisory_lock(426969817444)::int", NULL),
+                     1);
+    PQfinish(pg);
+    storage_sync_close(s);
+    remove_dir(dir);
+    free(url);
+}
+END_TEST
+
+START_TEST(migrate_bad_directory)
+{
+    struct storage_sync *s = sync_open();
+    char *dir = copy_migrations();
+    int behind = -1;
+
+    ck_assert_int_eq(storage_sync_migrate(s, "/nonexistent/migrations"), -1);
+    ck_assert_int_eq(storage_sync_schema_behind(s, "/nonexistent/migrations", &behind),
+                     -1);
+
+    /* Two files with one number have no defined order. */
+    write_file(dir, "0001_again.sql", "SELECT 1;\n");
+    ck_assert_int_eq(storage_sync_migrate(s, dir), -1);
+    ck_assert_int_eq(storage_sync_schema_behind(s, dir, &behind), -1);
+    storage_sync_close(s);
+    remove_dir(dir);
+}
+END_TEST
+
+START_TEST(sync_connect_bad_url)
+{
+    char err[256] = "";
+
+    ck_assert_ptr_null(
+        storage_sync_connect("host=/nonexistent port=1 dbname=x", err, sizeof(err)));
+    ck_assert_msg(err[0] != '\0', "no reason given");
+    err[0] = '\0';
+    ck_assert_ptr_null(storage_sync_connect("not a = valid = string", err, sizeof(err)));
+    ck_assert_msg(err[0] != '\0', "no reason given");
+    ck_assert_ptr_null(storage_sync_connect(NULL, err, sizeof(err)));
+}
+END_TEST
+
+/* ---- clients, users, scopes ----------------------------------------------------------
+ */
+
+struct list_res {
+    int n;
+    char first[64];
+};
+
+static void on_client_row(void *arg, const struct storage_client *c)
+{
+    struct list_res *r = arg;
+
+    if (r->n++ == 0)
+        snprintf(r->first, sizeof(r->first), "%s", c->client_id);
+}
+
+START_TEST(client_create_list_delete)
+{
+    struct storage_sync *s = sync_open();
+    char hex[13], id[32], err[256] = "";
+    struct list_res list = {0};
+    struct storage_client_new c = {
+        .client_name = "Agent",
+        .secret_hash = "ab",
+        .token_endpoint_auth_method = "client_secret_post",
+        .scope = "openid",
+        .backchannel_token_delivery_mode = "ping",
+        .backchannel_client_notification_endpoint = "https://agent.example/cb",
+        .grant_types = "urn:openid:params:grant-type:ciba",
+    };
+
+    random_hex(hex, 6);
+    snprintf(id, sizeof(id), "c-%s", hex);
+    c.client_id = id;
+    ck_assert_int_eq(storage_sync_client_create(s, &c, err, sizeof(err)), 0);
+    ck_assert_int_eq(storage_sync_client_create(s, &c, err, sizeof(err)), -1);
+    ck_assert_msg(strstr(err, "already exists") != NULL, "err: %s", err);
+
+    ck_assert_int_eq(storage_sync_client_each(s, id, on_client_row, &list), 1);
+    ck_assert_str_eq(list.first, id);
+    list.n = 0;
+    ck_assert_int_ge(storage_sync_client_each(s, NULL, on_client_row, &list), 1);
+    ck_assert_int_eq(storage_sync_client_each(s, "no-such-client", on_client_row, &list),
+                     0);
+
+    ck_assert_int_eq(storage_sync_client_delete(s, id), 1);
+    ck_assert_int_eq(storage_sync_client_delete(s, id), 0);
+    storage_sync_close(s);
+}
+END_TEST
+
+START_TEST(client_create_rejects_bad_fields)
+{
+    struct storage_sync *s = sync_open();
+    char hex[13], id[32], err[256] = "";
+    char long_id[200];
+    struct storage_client_new c = {
+        .client_name = "Agent",
+        .secret_hash = "ab",
+        .token_endpoint_auth_method = "private_key_jwt",
+        .scope = "openid",
+    };
+
+    random_hex(hex, 6);
+    snprintf(id, sizeof(id), "c-%s", hex);
+    c.client_id = id;
+    ck_assert_int_eq(storage_sync_client_create(s, &c, err, sizeof(err)), -1);
+    ck_assert_msg(strstr(err, "invalid client field") != NULL, "err: %s", err);
+
+    c.token_endpoint_auth_method = "client_secret_basic";
+    c.backchannel_token_delivery_mode = "email";
+    ck_assert_int_eq(storage_sync_client_create(s, &c, err, sizeof(err)), -1);
+
+    c.backchannel_token_delivery_mode = NULL;
+    c.client_name = NULL;
+    ck_assert_int_eq(storage_sync_client_create(s, &c, err, sizeof(err)), -1);
+    ck_assert_msg(strstr(err, "missing") != NULL, "err: %s", err);
+
+    c.client_name = "Agent";
+    memset(long_id, 'x', sizeof(long_id) - 1);
+    long_id[sizeof(long_id) - 1] = '\0';
+    c.client_id = long_id;
+    ck_assert_int_eq(storage_sync_client_create(s, &c, err, sizeof(err)), -1);
+    c.client_id = "";
+    ck_assert_int_eq(storage_sync_client_create(s, &c, err, sizeof(err)), -1);
+
+    /* Defaults fill the delivery mode and grant types. */
+    c.client_id = id;
+    ck_assert_int_eq(storage_sync_client_create(s, &c, err, sizeof(err)), 0);
+    ck_assert_int_eq(storage_sync_client_delete(s, id), 1);
+    storage_sync_close(s);
+}
+END_TEST
+
+struct client_res {
+    int calls;
+    enum storage_status status;
+    char name[64];
+    char mode[16];
+    char grant_types[64];
+    bool endpoint_null;
+    int64_t created_at;
+};
+
+static void on_client(void *arg, enum storage_status status,
+                      const struct storage_client *c)
+{
+    struct client_res *r = arg;
+
+    r->calls++;
+    r->status = status;
+    if (c == NULL)
+        return;
+    snprintf(r->name, sizeof(r->name), "%s", c->client_name);
+    snprintf(r->mode, sizeof(r->mode), "%s", c->backchannel_token_delivery_mode);
+    snprintf(r->grant_types, sizeof(r->grant_types), "%s", c->grant_types);
+    r->endpoint_null = c->backchannel_client_notification_endpoint == NULL;
+    r->created_at = c->created_at;
+}
+
+START_TEST(client_get_found_and_missing)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct client_res found = {0}, missing = {0};
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+    ck_assert_int_eq(storage_client_get(db, p.client_id, on_client, &found), 0);
+    ck_assert_int_eq(storage_client_get(db, "no-such-client", on_client, &missing), 0);
+    ck_assert_int_eq(storage_client_get(db, NULL, on_client, &missing), -1);
+    wait_calls(&found.calls, 1);
+    wait_calls(&missing.calls, 1);
+
+    ck_assert_int_eq(found.status, STORAGE_OK);
+    ck_assert_str_eq(found.name, "Test Agent");
+    ck_assert_str_eq(found.mode, "poll");
+    ck_assert_str_eq(found.grant_types, "urn:openid:params:grant-type:ciba");
+    ck_assert(found.endpoint_null);
+    ck_assert_int_ge(found.created_at, util_now_s() - 60);
+    ck_assert_int_le(found.created_at, util_now_s() + 60);
+    ck_assert_int_eq(missing.status, STORAGE_NOT_FOUND);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+static void on_user_row(void *arg, const struct storage_user *u)
+{
+    struct list_res *r = arg;
+
+    (void)u;
+    r->n++;
+}
+
+START_TEST(user_create_list_delete)
+{
+    struct storage_sync *s = sync_open();
+    char hex[13], sub[32], name[32], sub2[32], err[256] = "";
+    struct list_res list = {0};
+
+    random_hex(hex, 6);
+    snprintf(sub, sizeof(sub), "s-%s", hex);
+    snprintf(name, sizeof(name), "n-%s", hex);
+    snprintf(sub2, sizeof(sub2), "t-%s", hex);
+    ck_assert_int_eq(
+        storage_sync_user_create(s, sub, name, "+4915112345678", err, sizeof(err)), 0);
+
+    ck_assert_int_eq(
+        storage_sync_user_create(s, sub, "other", "+4915112345679", err, sizeof(err)),
+        -1);
+    ck_assert_msg(strstr(err, "subject already exists") != NULL, "err: %s", err);
+    ck_assert_int_eq(
+        storage_sync_user_create(s, sub2, name, "+4915112345679", err, sizeof(err)), -1);
+    ck_assert_msg(strstr(err, "username") != NULL, "err: %s", err);
+    ck_assert_int_eq(
+        storage_sync_user_create(s, sub2, NULL, "+4915112345678", err, sizeof(err)), -1);
+    ck_assert_msg(strstr(err, "phone number") != NULL, "err: %s", err);
+    ck_assert_int_eq(
+        storage_sync_user_create(s, sub2, NULL, "015112345678", err, sizeof(err)), -1);
+    ck_assert_msg(strstr(err, "invalid phone number") != NULL, "err: %s", err);
+    ck_assert_int_eq(
+        storage_sync_user_create(s, NULL, NULL, "+4915112345670", err, sizeof(err)), -1);
+    /* A username equal to another user's subject would make login_hint ambiguous. */
+    ck_assert_int_eq(
+        storage_sync_user_create(s, sub2, sub, "+4915112345670", err, sizeof(err)), -1);
+    ck_assert_int_eq(
+        storage_sync_user_create(s, name, NULL, "+4915112345670", err, sizeof(err)), -1);
+
+    ck_assert_int_ge(storage_sync_user_each(s, on_user_row, &list), 1);
+
+    ck_assert_int_eq(storage_sync_user_delete(s, name), 1); /* by username */
+    ck_assert_int_eq(storage_sync_user_delete(s, sub), 0);
+    ck_assert_int_eq(
+        storage_sync_user_create(s, sub, NULL, "+4915112345678", err, sizeof(err)), 0);
+    ck_assert_int_eq(storage_sync_user_delete(s, sub), 1); /* by subject */
+    storage_sync_close(s);
+}
+END_TEST
+
+struct user_res {
+    int calls;
+    enum storage_status status;
+    char subject[64];
+    char phone[20];
+};
+
+static void on_user(void *arg, enum storage_status status, const struct storage_user *u)
+{
+    struct user_res *r = arg;
+
+    r->calls++;
+    r->status = status;
+    if (u == NULL)
+        return;
+    snprintf(r->subject, sizeof(r->subject), "%s", u->subject);
+    snprintf(r->phone, sizeof(r->phone), "%s", u->phone_number);
+}
+
+START_TEST(user_find_by_each_hint)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct user_res by_phone = {0}, by_name = {0}, by_sub = {0}, missing = {0},
+                    wrong_kind = {0};
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+    ck_assert_int_eq(
+        storage_user_find(db, STORAGE_HINT_PHONE, p.phone, on_user, &by_phone), 0);
+    ck_assert_int_eq(
+        storage_user_find(db, STORAGE_HINT_NAME_OR_SUB, p.username, on_user, &by_name),
+        0);
+    ck_assert_int_eq(
+        storage_user_find(db, STORAGE_HINT_NAME_OR_SUB, p.subject, on_user, &by_sub), 0);
+    /* A phone number is not a username, and a subject is not a phone number. */
+    ck_assert_int_eq(
+        storage_user_find(db, STORAGE_HINT_NAME_OR_SUB, p.phone, on_user, &missing), 0);
+    ck_assert_int_eq(
+        storage_user_find(db, STORAGE_HINT_PHONE, p.subject, on_user, &wrong_kind), 0);
+    ck_assert_int_eq(
+        storage_user_find(db, (enum storage_hint_kind)7, p.subject, on_user, &wrong_kind),
+        -1);
+    ck_assert_int_eq(
+        storage_user_find(db, STORAGE_HINT_PHONE, NULL, on_user, &wrong_kind), -1);
+    wait_calls(&by_phone.calls, 1);
+    wait_calls(&by_name.calls, 1);
+    wait_calls(&by_sub.calls, 1);
+    wait_calls(&missing.calls, 1);
+    wait_calls(&wrong_kind.calls, 1);
+
+    ck_assert_int_eq(by_phone.status, STORAGE_OK);
+    ck_assert_str_eq(by_phone.subject, p.subject);
+    ck_assert_int_eq(by_name.status, STORAGE_OK);
+    ck_assert_str_eq(by_name.subject, p.subject);
+    ck_assert_str_eq(by_name.phone, p.phone);
+    ck_assert_int_eq(by_sub.status, STORAGE_OK);
+    ck_assert_str_eq(by_sub.subject, p.subject);
+    ck_assert_int_eq(missing.status, STORAGE_NOT_FOUND);
+    ck_assert_int_eq(wrong_kind.status, STORAGE_NOT_FOUND);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+struct scope_res {
+    int n;
+    char description[128];
+    const char *name;
+};
+
+static void on_scope_row(void *arg, const char *name, const char *description)
+{
+    struct scope_res *r = arg;
+
+    r->n++;
+    if (strcmp(name, r->name) == 0)
+        snprintf(r->description, sizeof(r->description), "%s", description);
+}
+
+START_TEST(scope_set_and_list)
+{
+    struct storage_sync *s = sync_open();
+    struct scope_res list = {.name = "payments"};
+
+    ck_assert_int_eq(storage_sync_scope_set(s, "payments", "Make payments"), 0);
+    ck_assert_int_eq(storage_sync_scope_set(s, "payments", "Make payments for you"), 0);
+    ck_assert_int_ge(storage_sync_scope_each(s, on_scope_row, &list), 6);
+    ck_assert_str_eq(list.description, "Make payments for you");
+
+    ck_assert_int_eq(storage_sync_scope_set(s, "two words", "x"), -1);
+    ck_assert_int_eq(storage_sync_scope_set(s, "", "x"), -1);
+    ck_assert_int_eq(storage_sync_scope_set(s, "quo\"te", "x"), -1);
+    ck_assert_int_eq(storage_sync_scope_set(s, NULL, "x"), -1);
+    ck_assert_int_eq(storage_sync_scope_set(s, "empty", ""), -1);
+    ck_assert_int_eq(storage_sync_scope_set(s, "empty", NULL), -1);
+    storage_sync_close(s);
+}
+END_TEST
+
+/* ---- authentication requests --------------------------------------------------------
+ */
+
+START_TEST(create_counts_phone_quota)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct req r[5];
+    PGconn *pg = raw_open();
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+    for (int i = 0; i < 4; i++) {
+        req_init(&r[i], &p);
+        r[i].in.sms_per_phone_max = 3;
+    }
+    ck_assert_int_eq(req_create(db, &r[0]), STORAGE_OK);
+    ck_assert_int_eq(req_create(db, &r[1]), STORAGE_OK);
+    ck_assert_int_eq(req_create(db, &r[2]), STORAGE_OK);
+    ck_assert_int_eq(req_create(db, &r[3]), STORAGE_LIMITED);
+
+    ck_assert_int_eq(raw_int(pg,
+                             "SELECT count(*) FROM auth_req WHERE auth_req_id_hash = $1",
+                             r[3].id_hash),
+                     0);
+    ck_assert_int_eq(raw_int(pg,
+                             "SELECT cardinality(sent_at) FROM sms_quota"
+                             " WHERE phone_number = $1",
+                             p.phone),
+                     3);
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(audit_count(pg, r[i].id_hash, "bc_authorize", "accepted"), 1);
+    ck_assert_int_eq(audit_count(pg, r[3].id_hash, "bc_authorize", "accepted"), 0);
+
+    /* Send times that fell out of the window no longer count. */
+    raw_exec(pg,
+             "UPDATE sms_quota SET sent_at = ARRAY[now() - interval '2 hours',"
+             " now() - interval '2 hours', now() - interval '1 minute']"
+             " WHERE phone_number = $1",
+             p.phone);
+    ck_assert_int_eq(req_create(db, &r[3]), STORAGE_OK);
+    ck_assert_int_eq(raw_int(pg,
+                             "SELECT cardinality(sent_at) FROM sms_quota"
+                             " WHERE phone_number = $1",
+                             p.phone),
+                     2);
+
+    /* A maximum of 0 refuses even the first code of a number. */
+    req_init(&r[4], &p);
+    r[4].in.sms_per_phone_max = 0;
+    ck_assert_int_eq(req_create(db, &r[4]), STORAGE_LIMITED);
+    PQfinish(pg);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+START_TEST(create_rejects_bad_input)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct req r;
+    struct done_res res = {0};
+    char long_hash[300];
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+
+    req_init(&r, &p);
+    r.in.otp_hmac = NULL;
+    ck_assert_int_eq(storage_auth_req_create(db, &r.in, on_done, &res), -1);
+    req_init(&r, &p);
+    r.in.expires_in = 0;
+    ck_assert_int_eq(storage_auth_req_create(db, &r.in, on_done, &res), -1);
+    req_init(&r, &p);
+    r.in.interval = -5;
+    ck_assert_int_eq(storage_auth_req_create(db, &r.in, on_done, &res), -1);
+    ck_assert_int_eq(storage_auth_req_create(db, NULL, on_done, &res), -1);
+    ck_assert_int_eq(storage_auth_req_create(db, &r.in, NULL, &res), -1);
+    ck_assert_int_eq(res.calls, 0);
+
+    /* Unknown client or user: the foreign keys reject the row. */
+    req_init(&r, &p);
+    r.in.client_id = "no-such-client";
+    ck_assert_int_eq(req_create(db, &r), STORAGE_ERROR);
+    req_init(&r, &p);
+    r.in.subject = "no-such-subject";
+    ck_assert_int_eq(req_create(db, &r), STORAGE_ERROR);
+    req_init(&r, &p);
+    r.in.scope = NULL;
+    ck_assert_int_eq(req_create(db, &r), STORAGE_ERROR);
+
+    /* The same auth_req_id hash twice is refused by the primary key. */
+    req_init(&r, &p);
+    ck_assert_int_eq(req_create(db, &r), STORAGE_OK);
+    ck_assert_int_eq(req_create(db, &r), STORAGE_ERROR);
+
+    /* Oversized text is stored as given; the caller limits lengths. */
+    req_init(&r, &p);
+    memset(long_hash, 'a', sizeof(long_hash) - 1);
+    long_hash[sizeof(long_hash) - 1] = '\0';
+    r.in.auth_req_id_hash = long_hash;
+    ck_assert_int_eq(req_create(db, &r), STORAGE_OK);
+
+    /* The connection is still usable after the failed statements. */
+    req_init(&r, &p);
+    ck_assert_int_eq(req_create(db, &r), STORAGE_OK);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+START_TEST(code_sent_and_fail_delivery)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct req r;
+    struct done_res sent = {0}, unknown = {0}, failed = {0}, again = {0};
+    struct poll_res poll;
+    PGconn *pg = raw_open();
+    char *detail;
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+    req_init(&r, &p);
+    ck_assert_int_eq(req_create(db, &r), STORAGE_OK);
+
+    ck_assert_int_eq(storage_auth_req_code_sent(db, r.id_hash, "rid-1", on_done, &sent),
+                     0);
+    ck_assert_int_eq(storage_auth_req_code_sent(db, "feed", "rid-1", on_done, &unknown),
+                     0);
+    wait_calls(&sent.calls, 1);
+    wait_calls(&unknown.calls, 1);
+    ck_assert_int_eq(sent.status, STORAGE_OK);
+    ck_assert_int_eq(unknown.status, STORAGE_NOT_FOUND);
+    ck_assert_int_eq(audit_count(pg, r.id_hash, "send_code", "sent"), 1);
+
+    ck_assert_int_eq(storage_auth_req_fail_delivery(db, r.id_hash, "gateway returned 500",
+                                                    "rid-2", on_done, &failed),
+                     0);
+    wait_calls(&failed.calls, 1);
+    ck_assert_int_eq(failed.status, STORAGE_OK);
+    ck_assert_int_eq(
+        storage_auth_req_fail_delivery(db, r.id_hash, "again", "rid-3", on_done, &again),
+        0);
+    wait_calls(&again.calls, 1);
+    ck_assert_int_eq(again.status, STORAGE_NOT_FOUND);
+    ck_assert_int_eq(audit_count(pg, r.id_hash, "send_code", "failed"), 1);
+    detail = raw_text(pg,
+                      "SELECT detail FROM audit_log WHERE auth_req_id_hash = $1"
+                      " AND decision = 'failed'",
+                      r.id_hash);
+    ck_assert_str_eq(detail, "gateway returned 500");
+    free(detail);
+
+    poll = poll_once(db, r.id_hash, p.client_id);
+    ck_assert_int_eq(poll.outcome, STORAGE_POLL_DENIED);
+    PQfinish(pg);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+/* ---- poll -----------------------------------------------------------------------------
+ */
+
+START_TEST(poll_unknown_and_foreign_id)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct req r;
+    struct poll_res poll;
+    PGconn *pg = raw_open();
+    struct poll_res unused = {0};
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+    req_init(&r, &p);
+    ck_assert_int_eq(req_create(db, &r), STORAGE_OK);
+
+    poll = poll_once(db, "0000", p.client_id);
+    ck_assert_int_eq(poll.outcome, STORAGE_POLL_INVALID);
+    ck_assert_int_eq(raw_int(pg,
+                             "SELECT count(*) FROM audit_log WHERE client_id = $1"
+                             " AND action = 'token' AND detail = 'invalid_grant'",
+                             p.client_id),
+                     1);
+
+    /* Another client's id is invalid_grant, and the poll leaves the row alone. */
+    poll = poll_once(db, r.id_hash, p.other_client_id);
+    ck_assert_int_eq(poll.outcome, STORAGE_POLL_INVALID);
+    ck_assert_int_eq(raw_int(pg,
+                             "SELECT count(*) FROM auth_req WHERE auth_req_id_hash = $1"
+                             " AND last_polled_at IS NULL",
+                             r.id_hash),
+                     1);
+    ck_assert_int_eq(raw_int(pg,
+                             "SELECT count(*) FROM audit_log WHERE client_id = $1"
+                             " AND action = 'token' AND detail = 'invalid_grant'",
+                             p.other_client_id),
+                     1);
+
+    poll = poll_once(db, r.id_hash, p.client_id);
+    ck_assert_int_eq(poll.outcome, STORAGE_POLL_PENDING);
+
+    ck_assert_int_eq(
+        storage_auth_req_poll(db, NULL, p.client_id, "rid", on_poll, &unused), -1);
+    ck_assert_int_eq(storage_auth_req_poll(db, r.id_hash, NULL, "rid", on_poll, &unused),
+                     -1);
+    PQfinish(pg);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+START_TEST(poll_slow_down_grows_interval)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct req r;
+    struct poll_res poll;
+    PGconn *pg = raw_open();
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+    req_init(&r, &p);
+    ck_assert_int_eq(req_create(db, &r), STORAGE_OK);
+
+    poll = poll_once(db, r.id_hash, p.client_id);
+    ck_assert_int_eq(poll.outcome, STORAGE_POLL_PENDING);
+    ck_assert_int_eq(poll.interval, 5);
+    poll = poll_once(db, r.id_hash, p.client_id);
+    ck_assert_int_eq(poll.outcome, STORAGE_POLL_SLOW_DOWN);
+    ck_assert_int_eq(poll.interval, 10);
+    poll = poll_once(db, r.id_hash, p.client_id);
+    ck_assert_int_eq(poll.outcome, STORAGE_POLL_SLOW_DOWN);
+    ck_assert_int_eq(poll.interval, 15);
+
+    /* Once the interval has passed since the last poll, the outcome is pending again and
+     * the grown interval stays. */
+    raw_exec(pg,
+             "UPDATE auth_req SET last_polled_at = now() - interval '16 seconds'"
+             " WHERE auth_req_id_hash = $1",
+             r.id_hash);
+    poll = poll_once(db, r.id_hash, p.client_id);
+    ck_assert_int_eq(poll.outcome, STORAGE_POLL_PENDING);
+    ck_assert_int_eq(poll.interval, 15);
+    raw_exec(pg,
+             "UPDATE auth_req SET last_polled_at = now() - interval '14 seconds'"
+             " WHERE auth_req_id_hash = $1",
+             r.id_hash);
+    poll = poll_once(db, r.id_hash, p.client_id);
+    ck_assert_int_eq(poll.outcome, STORAGE_POLL_SLOW_DOWN);
+    ck_assert_int_eq(poll.interval, 20);
+
+    /* Plain pending polls are not decisions and leave no audit row. */
+    ck_assert_int_eq(raw_int(pg,
+                             "SELECT count(*) FROM audit_log WHERE auth_req_id_hash = $1"
+                             " AND action = 'token'",
+                             r.id_hash),
+                     0);
+    PQfinish(pg);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+START_TEST(poll_approved_redeems_once)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct req r;
+    struct poll_res poll;
+    PGconn *pg = raw_open();
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+    req_init(&r, &p);
+    req_create_approved(db, &r);
+
+    /* A poll right after the previous one is not slowed down once approved. */
+    raw_exec(pg, "UPDATE auth_req SET last_polled_at = now() WHERE auth_req_id_hash = $1",
+             r.id_hash);
+    poll = poll_once(db, r.id_hash, p.client_id);
+    ck_assert_int_eq(poll.outcome, STORAGE_POLL_REDEEMED);
+    ck_assert_str_eq(poll.subject, p.subject);
+    ck_assert_str_eq(poll.scope, "openid email custom");
+    ck_assert_str_eq(poll.acr_values, "urn:test:acr");
+    ck_assert_int_ge(poll.auth_time, util_now_s() - 60);
+    ck_assert_int_le(poll.auth_time, util_now_s() + 60);
+
+    poll = poll_once(db, r.id_hash, p.client_id);
+    ck_assert_int_eq(poll.outcome, STORAGE_POLL_INVALID);
+    ck_assert_str_eq(poll.subject, "");
+
+    ck_assert_int_eq(audit_count(pg, r.id_hash, "token", "issued"), 1);
+    ck_assert_int_eq(audit_count(pg, r.id_hash, "token", "refused"), 1);
+    ck_assert_int_eq(raw_int(pg,
+                             "SELECT count(*) FROM audit_log WHERE auth_req_id_hash = $1"
+                             " AND decision = 'issued' AND attestation = 'sms_otp'",
+                             r.id_hash),
+                     1);
+    ck_assert_int_eq(raw_int(pg,
+                             "SELECT count(*) FROM auth_req WHERE auth_req_id_hash = $1"
+                             " AND status = 'redeemed' AND redeemed_at IS NOT NULL",
+                             r.id_hash),
+                     1);
+    PQfinish(pg);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+#define N_POLLS 50
+#define N_CONNS 5
+
+START_TEST(poll_concurrent_connections)
+{
+    struct people p;
+    struct storage_conn *db[N_CONNS];
+    struct req r;
+    struct poll_res polls[N_POLLS];
+    int calls = 0, redeemed = 0, invalid = 0;
+    PGconn *pg = raw_open();
+
+    people_create(&p);
+    loop_open();
+    for (int i = 0; i < N_CONNS; i++)
+        db[i] = conn_open(10000);
+    req_init(&r, &p);
+    req_create_approved(db[0], &r);
+
+    memset(polls, 0, sizeof(polls));
+    for (int i = 0; i < N_POLLS; i++)
+        ck_assert_int_eq(storage_auth_req_poll(db[i % N_CONNS], r.id_hash, p.client_id,
+                                               "rid-race", on_poll, &polls[i]),
+                         0);
+    ck_assert_uint_eq(storage_conn_pending(db[0]), N_POLLS / N_CONNS);
+    for (int64_t end = util_mono_ms() + WAIT_MS;;) {
+        calls = 0;
+        for (int i = 0; i < N_POLLS; i++)
+            calls += polls[i].calls;
+        if (calls == N_POLLS)
+            break;
+        ck_assert_msg(util_mono_ms() < end, "only %d of %d polls answered", calls,
+                      N_POLLS);
+        event_base_loop(base, EVLOOP_ONCE);
+    }
+    for (int i = 0; i < N_POLLS; i++) {
+        ck_assert_int_eq(polls[i].calls, 1);
+        ck_assert_int_eq(polls[i].status, STORAGE_OK);
+        if (polls[i].outcome == STORAGE_POLL_REDEEMED)
+            redeemed++;
+        else if (polls[i].outcome == STORAGE_POLL_INVALID)
+            invalid++;
+    }
+    ck_assert_int_eq(redeemed, 1);
+    ck_assert_int_eq(invalid, N_POLLS - 1);
+    ck_assert_int_eq(audit_count(pg, r.id_hash, "token", "issued"), 1);
+    ck_assert_int_eq(audit_count(pg, r.id_hash, "token", "refused"), N_POLLS - 1);
+    for (int i = 0; i < N_CONNS; i++) {
+        ck_assert_uint_eq(storage_conn_pending(db[i]), 0);
+        storage_conn_free(db[i]);
+    }
+    PQfinish(pg);
+    loop_close();
+}
+END_TEST
+
+/* One poll from a process of its own: connect, report ready, wait for the start signal
+ * (the parent closing go_fd's other end), poll, and exit with the outcome. */
+static void poll_child(const char *id_hash, const char *client_id, int ready_fd,
+                       int go_fd)
+{
+    struct event_base *child_base = event_base_new();
+    struct storage_conn *db;
+    struct poll_res res = {0};
+    int64_t end = util_mono_ms() + WAIT_MS;
+    char byte = 'r';
+
+    if (child_base == NULL)
+        _exit(100);
+    db = storage_conn_new(child_base, getenv("CIBAD_TEST_DATABASE_URL"), 10000);
+    while (db && !storage_conn_is_up(db) && util_mono_ms() < end)
+        event_base_loop(child_base, EVLOOP_ONCE);
+    if (!storage_conn_is_up(db))
+        _exit(101);
+    if (write(ready_fd, &byte, 1) != 1 || read(go_fd, &byte, 1) != 0)
+        _exit(102);
+    if (storage_auth_req_poll(db, id_hash, client_id, "rid-proc", on_poll, &res) != 0)
+        _exit(103);
+    while (res.calls == 0 && util_mono_ms() < end)
+        event_base_loop(child_base, EVLOOP_ONCE);
+    if (res.calls != 1 || res.status != STORAGE_OK)
+        _exit(104);
+    _exit((int)res.outcome);
+}
+
+START_TEST(poll_concurrent_processes)
+{
+    struct people p;
+    struct req r;
+    pid_t pids[N_POLLS];
+    int ready[2], go[2], redeemed = 0, invalid = 0;
+    char byte;
+
+    people_create(&p);
+    req_init(&r, &p);
+    ck_assert_int_eq(pipe(ready), 0);
+    ck_assert_int_eq(pipe(go), 0);
+    /* Fork before this process opens its loop: a child must not share an epoll set. */
+    for (int i = 0; i < N_POLLS; i++) {
+        pids[i] = fork();
+        ck_assert_int_ge(pids[i], 0);
+        if (pids[i] == 0) {
+            close(ready[0]);
+            close(go[1]);
+            poll_child(r.id_hash, p.client_id, ready[1], go[0]);
+        }
+    }
+    close(ready[1]);
+    close(go[0]);
+
+    loop_open();
+    {
+        struct storage_conn *db = conn_open(5000);
+
+        req_create_approved(db, &r);
+        storage_conn_free(db);
+    }
+    for (int i = 0; i < N_POLLS; i++)
+        ck_assert_int_eq(read(ready[0], &byte, 1), 1);
+    close(go[1]); /* every child's read returns 0: poll now */
+
+    for (int i = 0; i < N_POLLS; i++) {
+        int status = 0;
+
+        ck_assert_int_eq(waitpid(pids[i], &status, 0), pids[i]);
+        ck_assert_msg(WIFEXITED(status), "child %d did not exit", i);
+        if (WEXITSTATUS(status) == STORAGE_POLL_REDEEMED)
+            redeemed++;
+        else if (WEXITSTATUS(status) == STORAGE_POLL_INVALID)
+            invalid++;
+        else
+            ck_abort_msg("child %d exited with %d", i, WEXITSTATUS(status));
+    }
+    ck_assert_int_eq(redeemed, 1);
+    ck_assert_int_eq(invalid, N_POLLS - 1);
+    close(ready[0]);
+    loop_close();
+}
+END_TEST
+
+START_TEST(poll_denied_stays_denied)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct req r;
+    struct approval_res a;
+    struct poll_res poll;
+    PGconn *pg = raw_open();
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+    req_init(&r, &p);
+    ck_assert_int_eq(req_create(db, &r), STORAGE_OK);
+    a = decide_now(db, r.ref_hash, 0, 0, STORAGE_DECIDE_DENY, 3);
+    ck_assert_int_eq(a.status, STORAGE_OK);
+    ck_assert_int_eq(a.ar_status, STORAGE_AR_DENIED);
+
+    poll = poll_once(db, r.id_hash, p.client_id);
+    ck_assert_int_eq(poll.outcome, STORAGE_POLL_DENIED);
+    poll = poll_once(db, r.id_hash, p.client_id);
+    ck_assert_int_eq(poll.outcome, STORAGE_POLL_DENIED);
+    ck_assert_int_eq(audit_count(pg, r.id_hash, "approve", "denied"), 1);
+    ck_assert_int_eq(audit_count(pg, r.id_hash, "token", "refused"), 2);
+    PQfinish(pg);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+struct sweep_res {
+    int calls;
+    enum storage_status status;
+    int expired, purged;
+};
+
+static void on_sweep(void *arg, enum storage_status status, int expired, int purged)
+{
+    struct sweep_res *r = arg;
+
+    r->calls++;
+    r->status = status;
+    r->expired = expired;
+    r->purged = purged;
+}
+
+static struct sweep_res sweep_now(struct storage_conn *db, int tombstone_seconds)
+{
+    struct sweep_res res = {0};
+
+    ck_assert_int_eq(storage_auth_req_sweep(db, tombstone_seconds, on_sweep, &res), 0);
+    wait_calls(&res.calls, 1);
+    ck_assert_int_eq(res.status, STORAGE_OK);
+    return res;
+}
+
+START_TEST(poll_expired_tombstone)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct req r, approved;
+    struct poll_res poll;
+    struct sweep_res sweep;
+    struct approval_res a;
+    PGconn *pg = raw_open();
+    char *status;
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+    req_init(&r, &p);
+    r.in.expires_in = 1;
+    ck_assert_int_eq(req_create(db, &r), STORAGE_OK);
+    req_init(&approved, &p);
+    approved.in.expires_in = 1;
+    req_create_approved(db, &approved);
+    usleep(1200 * 1000);
+
+    poll = poll_once(db, r.id_hash, p.client_id);
+    ck_assert_int_eq(poll.outcome, STORAGE_POLL_EXPIRED);
+    poll = poll_once(db, approved.id_hash, p.client_id);
+    ck_assert_int_eq(poll.outcome, STORAGE_POLL_EXPIRED);
+    a = approval_get_now(db, r.ref_hash);
+    ck_assert_int_eq(a.status, STORAGE_OK);
+    ck_assert_int_eq(a.ar_status, STORAGE_AR_EXPIRED);
+
+    sweep = sweep_now(db, 3600);
+    ck_assert_int_ge(sweep.expired, 2);
+    status = raw_text(pg, "SELECT status FROM auth_req WHERE auth_req_id_hash = $1",
+                      r.id_hash);
+    ck_assert_str_eq(status, "expired");
+    free(status);
+    ck_assert_int_eq(audit_count(pg, r.id_hash, "expire", "expired"), 1);
+    ck_assert_int_eq(audit_count(pg, approved.id_hash, "expire", "expired"), 1);
+
+    /* The tombstone still yields expired_token, and a second sweep leaves it alone. */
+    poll = poll_once(db, r.id_hash, p.client_id);
+    ck_assert_int_eq(poll.outcome, STORAGE_POLL_EXPIRED);
+    sweep_now(db, 3600);
+    ck_assert_int_eq(audit_count(pg, r.id_hash, "expire", "expired"), 1);
+    ck_assert_int_eq(raw_int(pg,
+                             "SELECT count(*) FROM auth_req WHERE auth_req_id_hash = $1",
+                             r.id_hash),
+                     1);
+
+    /* Past the tombstone time the row is purged, and the id is simply unknown. */
+    sweep = sweep_now(db, 0);
+    ck_assert_int_ge(sweep.purged, 2);
+    ck_assert_int_eq(raw_int(pg,
+                             "SELECT count(*) FROM auth_req WHERE auth_req_id_hash = $1",
+                             r.id_hash),
+                     0);
+    poll = poll_once(db, r.id_hash, p.client_id);
+    ck_assert_int_eq(poll.outcome, STORAGE_POLL_INVALID);
+    ck_assert_int_eq(storage_auth_req_sweep(db, -1, on_sweep, &sweep), -1);
+    PQfinish(pg);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+/* ---- approval page ------------------------------------------------------------------
+ */
+
+START_TEST(approval_get_fields)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct req r;
+    struct approval_res a;
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+    req_init(&r, &p);
+    r.in.expires_in = 100;
+    r.in.otp_lifetime = 300; /* longer than the request: capped at expires_at */
+    ck_assert_int_eq(req_create(db, &r), STORAGE_OK);
+
+    a = approval_get_now(db, r.ref_hash);
+    ck_assert_int_eq(a.status, STORAGE_OK);
+    ck_assert_int_eq(a.ar_status, STORAGE_AR_PENDING);
+    ck_assert_str_eq(a.client_name, "Test Agent");
+    ck_assert_str_eq(a.subject, p.subject);
+    ck_assert_str_eq(a.phone, p.phone);
+    ck_assert_str_eq(a.scope, "openid email custom");
+    ck_assert_str_eq(a.binding_message, "Pay 10 EUR");
+    ck_assert_str_eq(a.scope_descriptions, "{ \"email\" : \"See your email address\","
+                                           " \"openid\" : \"Confirm that it is you\" }");
+    ck_assert_int_eq(a.otp_generation, 0);
+    ck_assert_int_eq(a.otp_attempts, 0);
+    ck_assert_uint_eq(a.hmac_len, sizeof(r.hmac));
+    ck_assert_mem_eq(a.hmac, r.hmac, sizeof(r.hmac));
+    ck_assert_int_le(a.now - util_now_s(), 5);
+    ck_assert_int_le(util_now_s() - a.now, 5);
+    ck_assert_int_ge(a.expires_at - a.now, 99);
+    ck_assert_int_le(a.expires_at - a.now, 100);
+    ck_assert_int_eq(a.otp_expires_at, a.expires_at);
+    ck_assert_int_le(a.otp_sent_at, a.now);
+
+    a = approval_get_now(db, "no-such-ref");
+    ck_assert_int_eq(a.status, STORAGE_NOT_FOUND);
+    ck_assert(!a.has_row);
+    ck_assert_int_eq(storage_approval_get(db, NULL, on_approval, &a), -1);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+START_TEST(approval_get_no_known_scope)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct req r;
+    struct approval_res a;
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+    req_init(&r, &p);
+    r.in.scope = "custom";
+    r.in.binding_message = NULL;
+    ck_assert_int_eq(req_create(db, &r), STORAGE_OK);
+    a = approval_get_now(db, r.ref_hash);
+    ck_assert_int_eq(a.status, STORAGE_OK);
+    ck_assert_str_eq(a.scope_descriptions, "{}");
+    ck_assert_str_eq(a.binding_message, "");
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+START_TEST(decide_approve)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct req r;
+    struct approval_res a;
+    PGconn *pg = raw_open();
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+    req_init(&r, &p);
+    ck_assert_int_eq(req_create(db, &r), STORAGE_OK);
+
+    a = decide_now(db, r.ref_hash, 0, 0, STORAGE_DECIDE_APPROVE, 3);
+    ck_assert_int_eq(a.status, STORAGE_OK);
+    ck_assert(a.has_row);
+    ck_assert_int_eq(a.ar_status, STORAGE_AR_APPROVED);
+    ck_assert_str_eq(a.client_name, "Test Agent");
+    ck_assert_int_eq(raw_int(pg,
+                             "SELECT count(*) FROM audit_log WHERE auth_req_id_hash = $1"
+                             " AND action = 'approve' AND decision = 'approved'"
+                             " AND attestation = 'sms_otp' AND request_id = 'rid-decide'",
+                             r.id_hash),
+                     1);
+    ck_assert_int_eq(raw_int(pg,
+                             "SELECT count(*) FROM auth_req WHERE auth_req_id_hash = $1"
+                             " AND decided_at IS NOT NULL",
+                             r.id_hash),
+                     1);
+
+    /* No longer pending: a second decision of any kind finds nothing. */
+    a = decide_now(db, r.ref_hash, 0, 0, STORAGE_DECIDE_APPROVE, 3);
+    ck_assert_int_eq(a.status, STORAGE_NOT_FOUND);
+    ck_assert(!a.has_row);
+    a = decide_now(db, r.ref_hash, 0, 0, STORAGE_DECIDE_DENY, 3);
+    ck_assert_int_eq(a.status, STORAGE_NOT_FOUND);
+    a = decide_now(db, "no-such-ref", 0, 0, STORAGE_DECIDE_APPROVE, 3);
+    ck_assert_int_eq(a.status, STORAGE_NOT_FOUND);
+
+    ck_assert_int_eq(storage_approval_decide(db, r.ref_hash, 0, 0,
+                                             (enum storage_decision)9, 3, "rid",
+                                             on_approval, &a),
+                     -1);
+    ck_assert_int_eq(storage_approval_decide(db, r.ref_hash, 0, 0, STORAGE_DECIDE_APPROVE,
+                                             0, "rid", on_approval, &a),
+                     -1);
+    ck_assert_int_eq(audit_count(pg, r.id_hash, "approve", "approved"), 1);
+    PQfinish(pg);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+START_TEST(decide_wrong_code_three_times)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct req r;
+    struct approval_res a;
+    struct poll_res poll;
+    PGconn *pg = raw_open();
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+    req_init(&r, &p);
+    ck_assert_int_eq(req_create(db, &r), STORAGE_OK);
+
+    a = decide_now(db, r.ref_hash, 0, 0, STORAGE_DECIDE_WRONG_CODE, 3);
+    ck_assert_int_eq(a.status, STORAGE_OK);
+    ck_assert_int_eq(a.ar_status, STORAGE_AR_PENDING);
+    ck_assert_int_eq(a.otp_attempts, 1);
+
+    /* A decision based on the old attempt count is a conflict and counts nothing. */
+    a = decide_now(db, r.ref_hash, 0, 0, STORAGE_DECIDE_WRONG_CODE, 3);
+    ck_assert_int_eq(a.status, STORAGE_CONFLICT);
+    ck_assert(!a.has_row);
+    a = decide_now(db, r.ref_hash, 0, 0, STORAGE_DECIDE_APPROVE, 3);
+    ck_assert_int_eq(a.status, STORAGE_CONFLICT);
+
+    a = decide_now(db, r.ref_hash, 0, 1, STORAGE_DECIDE_WRONG_CODE, 3);
+    ck_assert_int_eq(a.status, STORAGE_OK);
+    ck_assert_int_eq(a.ar_status, STORAGE_AR_PENDING);
+    ck_assert_int_eq(a.otp_attempts, 2);
+    a = decide_now(db, r.ref_hash, 0, 2, STORAGE_DECIDE_WRONG_CODE, 3);
+    ck_assert_int_eq(a.status, STORAGE_OK);
+    ck_assert_int_eq(a.ar_status, STORAGE_AR_DENIED);
+    ck_assert_int_eq(a.otp_attempts, 3);
+
+    a = decide_now(db, r.ref_hash, 0, 3, STORAGE_DECIDE_APPROVE, 3);
+    ck_assert_int_eq(a.status, STORAGE_NOT_FOUND);
+    poll = poll_once(db, r.id_hash, p.client_id);
+    ck_assert_int_eq(poll.outcome, STORAGE_POLL_DENIED);
+
+    ck_assert_int_eq(audit_count(pg, r.id_hash, "approve", "wrong_code"), 2);
+    ck_assert_int_eq(audit_count(pg, r.id_hash, "approve", "denied_too_many_attempts"),
+                     1);
+    ck_assert_int_eq(audit_count(pg, r.id_hash, "approve", "approved"), 0);
+    PQfinish(pg);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+START_TEST(decide_conflict_after_resend)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct req r;
+    struct approval_res before, a;
+    unsigned char new_hmac[32];
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+    req_init(&r, &p);
+    ck_assert_int_eq(req_create(db, &r), STORAGE_OK);
+    before = approval_get_now(db, r.ref_hash);
+    ck_assert_int_eq(before.otp_generation, 0);
+
+    util_random_bytes(new_hmac, sizeof(new_hmac));
+    ck_assert_int_eq(resend_now(db, r.ref_hash, new_hmac, 0, 100), STORAGE_OK);
+
+    /* The page checked the code against generation 0: that check no longer counts. */
+    a = decide_now(db, r.ref_hash, before.otp_generation, before.otp_attempts,
+                   STORAGE_DECIDE_APPROVE, 3);
+    ck_assert_int_eq(a.status, STORAGE_CONFLICT);
+    a = decide_now(db, r.ref_hash, before.otp_generation, before.otp_attempts,
+                   STORAGE_DECIDE_WRONG_CODE, 3);
+    ck_assert_int_eq(a.status, STORAGE_CONFLICT);
+
+    a = approval_get_now(db, r.ref_hash);
+    ck_assert_int_eq(a.otp_generation, 1);
+    ck_assert_int_eq(a.otp_attempts, 0);
+    ck_assert_mem_eq(a.hmac, new_hmac, sizeof(new_hmac));
+    a = decide_now(db, r.ref_hash, 1, 0, STORAGE_DECIDE_APPROVE, 3);
+    ck_assert_int_eq(a.status, STORAGE_OK);
+    ck_assert_int_eq(a.ar_status, STORAGE_AR_APPROVED);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+START_TEST(decide_after_expiry)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct req expired, code_old;
+    struct approval_res a;
+    PGconn *pg = raw_open();
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+    req_init(&expired, &p);
+    expired.in.expires_in = 1;
+    ck_assert_int_eq(req_create(db, &expired), STORAGE_OK);
+    req_init(&code_old, &p);
+    code_old.in.otp_lifetime = 1;
+    ck_assert_int_eq(req_create(db, &code_old), STORAGE_OK);
+    usleep(1200 * 1000);
+
+    a = decide_now(db, expired.ref_hash, 0, 0, STORAGE_DECIDE_APPROVE, 3);
+    ck_assert_int_eq(a.status, STORAGE_NOT_FOUND);
+    a = decide_now(db, expired.ref_hash, 0, 0, STORAGE_DECIDE_DENY, 3);
+    ck_assert_int_eq(a.status, STORAGE_NOT_FOUND);
+
+    /* An expired code cannot approve (LIMITED), but a wrong one still counts and the
+     * user may still deny. */
+    a = decide_now(db, code_old.ref_hash, 0, 0, STORAGE_DECIDE_APPROVE, 3);
+    ck_assert_int_eq(a.status, STORAGE_LIMITED);
+    ck_assert_int_eq(audit_count(pg, code_old.id_hash, "approve", "approved"), 0);
+    a = decide_now(db, code_old.ref_hash, 0, 0, STORAGE_DECIDE_WRONG_CODE, 3);
+    ck_assert_int_eq(a.status, STORAGE_OK);
+    ck_assert_int_eq(a.otp_attempts, 1);
+    a = decide_now(db, code_old.ref_hash, 0, 1, STORAGE_DECIDE_DENY, 3);
+    ck_assert_int_eq(a.status, STORAGE_OK);
+    ck_assert_int_eq(a.ar_status, STORAGE_AR_DENIED);
+    ck_assert_int_eq(audit_count(pg, code_old.id_hash, "approve", "denied"), 1);
+    ck_assert_int_eq(raw_int(pg,
+                             "SELECT count(*) FROM audit_log WHERE auth_req_id_hash = $1"
+                             " AND decision = 'denied' AND attestation = 'none'",
+                             code_old.id_hash),
+                     1);
+    PQfinish(pg);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+START_TEST(resend_cooldown_and_quota)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct req r;
+    struct approval_res a, before;
+    unsigned char hmac[32];
+    struct done_res res = {0};
+    PGconn *pg = raw_open();
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+    req_init(&r, &p);
+    r.in.sms_per_phone_max = 2;
+    ck_assert_int_eq(req_create(db, &r), STORAGE_OK);
+    before = decide_now(db, r.ref_hash, 0, 0, STORAGE_DECIDE_WRONG_CODE, 5);
+    ck_assert_int_eq(before.status, STORAGE_OK);
+    util_random_bytes(hmac, sizeof(hmac));
+
+    /* The first code went out just now. */
+    ck_assert_int_eq(resend_now(db, r.ref_hash, hmac, 60, 2), STORAGE_LIMITED);
+    a = approval_get_now(db, r.ref_hash);
+    ck_assert_int_eq(a.otp_generation, 0);
+
+    ck_assert_int_eq(resend_now(db, r.ref_hash, hmac, 0, 2), STORAGE_OK);
+    a = approval_get_now(db, r.ref_hash);
+    ck_assert_int_eq(a.otp_generation, 1);
+    ck_assert_int_eq(a.otp_attempts, 1); /* wrong codes add up across resends */
+    ck_assert_mem_eq(a.hmac, hmac, sizeof(hmac));
+    ck_assert_int_ge(a.otp_sent_at, before.otp_sent_at);
+    ck_assert_int_ge(a.otp_expires_at - a.now, 59);
+    ck_assert_int_le(a.otp_expires_at - a.now, 60);
+    ck_assert_int_eq(audit_count(pg, r.id_hash, "send_code", "sent"), 1);
+
+    /* The number has had its two codes in the window. */
+    ck_assert_int_eq(resend_now(db, r.ref_hash, hmac, 0, 2), STORAGE_LIMITED);
+    a = approval_get_now(db, r.ref_hash);
+    ck_assert_int_eq(a.otp_generation, 1);
+    ck_assert_int_eq(resend_now(db, r.ref_hash, hmac, 0, 3), STORAGE_OK);
+
+    ck_assert_int_eq(resend_now(db, "no-such-ref", hmac, 0, 100), STORAGE_NOT_FOUND);
+    a = decide_now(db, r.ref_hash, 2, 1, STORAGE_DECIDE_DENY, 5);
+    ck_assert_int_eq(a.status, STORAGE_OK);
+    ck_assert_int_eq(resend_now(db, r.ref_hash, hmac, 0, 100), STORAGE_NOT_FOUND);
+
+    ck_assert_int_eq(storage_approval_resend(db, r.ref_hash, NULL, 0, 60, 0, 3, 3600,
+                                             "rid", on_done, &res),
+                     -1);
+    ck_assert_int_eq(storage_approval_resend(db, r.ref_hash, hmac, 32, 0, 0, 3, 3600,
+                                             "rid", on_done, &res),
+                     -1);
+    ck_assert_int_eq(res.calls, 0);
+    PQfinish(pg);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+START_TEST(resend_capped_at_expiry)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct req r;
+    struct approval_res a;
+    unsigned char hmac[32];
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+    req_init(&r, &p);
+    r.in.expires_in = 30;
+    ck_assert_int_eq(req_create(db, &r), STORAGE_OK);
+    util_random_bytes(hmac, sizeof(hmac));
+    ck_assert_int_eq(resend_now(db, r.ref_hash, hmac, 0, 100), STORAGE_OK);
+    a = approval_get_now(db, r.ref_hash);
+    ck_assert_int_eq(a.otp_expires_at, a.expires_at);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+/* ---- keys
+ * ------------------------------------------------------------------------------ */
+
+struct keys_res {
+    int calls;
+    enum storage_status status;
+    size_t n;
+    char kids[8][32];
+    int64_t retired_at[8];
+    char jwk[128];
+};
+
+static void on_keys(void *arg, enum storage_status status, const struct storage_key *keys,
+                    size_t n)
+{
+    struct keys_res *r = arg;
+
+    r->calls++;
+    r->status = status;
+    r->n = n;
+    for (size_t i = 0; i < n && i < 8; i++) {
+        snprintf(r->kids[i], sizeof(r->kids[i]), "%s", keys[i].kid);
+        r->retired_at[i] = keys[i].retired_at;
+    }
+    if (n > 0)
+        snprintf(r->jwk, sizeof(r->jwk), "%s", keys[0].public_jwk);
+}
+
+static struct keys_res keys_now(struct storage_conn *db, int publish_seconds)
+{
+    struct keys_res res = {0};
+
+    ck_assert_int_eq(storage_keys_load(db, publish_seconds, on_keys, &res), 0);
+    wait_calls(&res.calls, 1);
+    ck_assert_int_eq(res.status, STORAGE_OK);
+    return res;
+}
+
+static void on_key_row(void *arg, const struct storage_key *k)
+{
+    struct list_res *r = arg;
+
+    if (r->n++ == 0)
+        snprintf(r->first, sizeof(r->first), "%s", k->kid);
+}
+
+START_TEST(keys_add_rotate_load)
+{
+    struct storage_sync *s = sync_open();
+    struct storage_conn *db;
+    struct keys_res keys;
+    struct list_res list = {0};
+    PGconn *pg = raw_open();
+
+    loop_open();
+    db = conn_open(5000);
+    keys = keys_now(db, 3600);
+    ck_assert_uint_eq(keys.n, 0);
+
+    ck_assert_int_eq(
+        storage_sync_key_add(s, "k1", "ES256", "sealed-1", "{\"kid\":\"k1\"}"), 0);
+    keys = keys_now(db, 3600);
+    ck_assert_uint_eq(keys.n, 1);
+    ck_assert_str_eq(keys.kids[0], "k1");
+    ck_assert_int_eq(keys.retired_at[0], 0);
+    ck_assert_str_eq(keys.jwk, "{\"kid\": \"k1\"}");
+
+    ck_assert_int_eq(
+        storage_sync_key_add(s, "k2", "ES256", "sealed-2", "{\"kid\":\"k2\"}"), 0);
+    keys = keys_now(db, 3600);
+    ck_assert_uint_eq(keys.n, 2);
+    ck_assert_str_eq(keys.kids[0], "k2");
+    ck_assert_int_eq(keys.retired_at[0], 0);
+    ck_assert_str_eq(keys.kids[1], "k1");
+    ck_assert_int_ge(keys.retired_at[1], util_now_s() - 60);
+
+    /* With no publishing window only the current key is left. */
+    keys = keys_now(db, 0);
+    ck_assert_uint_eq(keys.n, 1);
+    ck_assert_str_eq(keys.kids[0], "k2");
+
+    /* k1 retired two hours ago: out of a one-hour window, still listed with all. */
+    raw_exec(
+        pg,
+        "UPDATE signing_key SET retired_at = now() - interval '2 hours' WHERE kid = $1",
+        "k1");
+    keys = keys_now(db, 3600);
+    ck_assert_uint_eq(keys.n, 1);
+    ck_assert_int_eq(storage_sync_key_each(s, 3600, false, on_key_row, &list), 1);
+    list.n = 0;
+    ck_assert_int_eq(storage_sync_key_each(s, 3600, true, on_key_row, &list), 2);
+    ck_assert_str_eq(list.first, "k2");
+
+    /* A failed addition leaves the current key in place. */
+    ck_assert_int_eq(storage_sync_key_add(s, "k3", "RS256", "sealed-3", "{}"), -1);
+    ck_assert_int_eq(storage_sync_key_add(s, "k3", "ES256", "sealed-3", "not json"), -1);
+    ck_assert_int_eq(storage_sync_key_add(s, "k2", "ES256", "sealed-3", "{}"), -1);
+    keys = keys_now(db, 3600);
+    ck_assert_uint_eq(keys.n, 1);
+    ck_assert_str_eq(keys.kids[0], "k2");
+    ck_assert_int_eq(keys.retired_at[0], 0);
+    ck_assert_int_eq(
+        raw_int(pg, "SELECT count(*) FROM signing_key WHERE retired_at IS NULL", NULL),
+        1);
+    ck_assert_int_eq(storage_keys_load(db, -1, on_keys, &keys), -1);
+
+    PQfinish(pg);
+    storage_conn_free(db);
+    storage_sync_close(s);
+    loop_close();
+}
+END_TEST
+
+/* ---- audit ---------------------------------------------------------------------------
+ */
+
+START_TEST(audit_append_rows)
+{
+    struct storage_conn *db;
+    struct done_res res = {0};
+    char rid[32], hex[13];
+    PGconn *pg = raw_open();
+    struct storage_audit row = {
+        .client_id = "c1",
+        .action = "bc_authorize",
+        .decision = "rejected",
+        .detail = "unknown_user_id",
+    };
+
+    random_hex(hex, 6);
+    snprintf(rid, sizeof(rid), "rid-%s", hex);
+    row.request_id = rid;
+    loop_open();
+    db = conn_open(5000);
+    ck_assert_int_eq(storage_audit_append(db, &row, on_done, &res), 0);
+    row.attestation = "sms_otp";
+    ck_assert_int_eq(storage_audit_append(db, &row, NULL, NULL), 0);
+    wait_calls(&res.calls, 1);
+    ck_assert_int_eq(res.status, STORAGE_OK);
+    /* The second append has no callback; a ping behind it proves it has run. */
+    res.calls = 0;
+    ck_assert_int_eq(storage_ping(db, on_done, &res), 0);
+    wait_calls(&res.calls, 1);
+
+    ck_assert_int_eq(raw_int(pg,
+                             "SELECT count(*) FROM audit_log WHERE request_id = $1"
+                             " AND decision = 'rejected' AND detail = 'unknown_user_id'"
+                             " AND attestation = 'none'",
+                             rid),
+                     1);
+    ck_assert_int_eq(raw_int(pg,
+                             "SELECT count(*) FROM audit_log WHERE request_id = $1"
+                             " AND attestation = 'sms_otp'",
+                             rid),
+                     1);
+
+    row.action = NULL;
+    ck_assert_int_eq(storage_audit_append(db, &row, on_done, &res), -1);
+    ck_assert_int_eq(storage_audit_append(db, NULL, on_done, &res), -1);
+    PQfinish(pg);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+/* ---- the connection
+ * --------------------------------------------------------------------- */
+
+START_TEST(conn_ping_is_deferred)
+{
+    struct storage_conn *db;
+    struct done_res a = {0}, b = {0};
+
+    loop_open();
+    db = conn_open(5000);
+    ck_assert(storage_conn_is_up(db));
+    ck_assert_int_eq(storage_ping(db, on_done, &a), 0);
+    ck_assert_int_eq(storage_ping(db, on_done, &b), 0);
+    ck_assert_int_eq(a.calls, 0);
+    ck_assert_uint_eq(storage_conn_pending(db), 2);
+    wait_calls(&b.calls, 1);
+    ck_assert_int_eq(a.calls, 1);
+    ck_assert_int_eq(a.status, STORAGE_OK);
+    ck_assert_int_eq(b.status, STORAGE_OK);
+    ck_assert_uint_eq(storage_conn_pending(db), 0);
+    storage_conn_free(db);
+    storage_conn_free(NULL);
+    ck_assert(!storage_conn_is_up(NULL));
+    ck_assert_uint_eq(storage_conn_pending(NULL), 0);
+    ck_assert_int_eq(storage_ping(NULL, on_done, &a), -1);
+    loop_close();
+}
+END_TEST
+
+START_TEST(conn_free_fails_pending)
+{
+    struct storage_conn *db;
+    struct done_res a = {0};
+    struct poll_res poll = {0};
+
+    loop_open();
+    db = conn_open(5000);
+    ck_assert_int_eq(storage_ping(db, on_done, &a), 0);
+    ck_assert_int_eq(storage_auth_req_poll(db, "x", "y", "rid", on_poll, &poll), 0);
+    storage_conn_free(db);
+    ck_assert_int_eq(a.calls, 1);
+    ck_assert_int_eq(a.status, STORAGE_UNAVAILABLE);
+    ck_assert_int_eq(poll.calls, 1);
+    ck_assert_int_eq(poll.status, STORAGE_UNAVAILABLE);
+    run_loop_ms(100);
+    ck_assert_int_eq(a.calls, 1);
+    loop_close();
+}
+END_TEST
+
+START_TEST(conn_bad_conninfo)
+{
+    struct storage_conn *db;
+    struct done_res a = {0};
+
+    loop_open();
+    ck_assert_ptr_null(storage_conn_new(base, "host = = nonsense", 1000));
+    ck_assert_ptr_null(storage_conn_new(base, "postgresql://[bad", 1000));
+    ck_assert_ptr_null(storage_conn_new(base, env("CIBAD_TEST_DATABASE_URL"), 0));
+    ck_assert_ptr_null(storage_conn_new(NULL, env("CIBAD_TEST_DATABASE_URL"), 1000));
+
+    /* No server behind the socket: the connection keeps retrying, calls fail at once. */
+    db = storage_conn_new(base, "host=/nonexistent port=1 dbname=x", 1000);
+    ck_assert_ptr_nonnull(db);
+    for (int i = 0; i < 5; i++) {
+        ck_assert(!storage_conn_is_up(db));
+        ck_assert_int_eq(storage_ping(db, on_done, &a), -1);
+        run_loop_ms(150);
+    }
+    ck_assert_int_eq(a.calls, 0);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+/* Waits until a ping succeeds, counting the calls that were rejected or failed. */
+static void wait_recovered(struct storage_conn *db, int timeout_ms, int *rejected,
+                           int *failed_calls)
+{
+    int64_t end = util_mono_ms() + timeout_ms;
+
+    for (;;) {
+        struct done_res res = {0};
+
+        ck_assert_msg(util_mono_ms() < end, "no recovery within %d ms", timeout_ms);
+        if (storage_ping(db, on_done, &res) != 0) {
+            (*rejected)++;
+            run_loop_ms(50);
+            continue;
+        }
+        wait_calls(&res.calls, 1);
+        if (res.status == STORAGE_OK)
+            return;
+        ck_assert_int_eq(res.status, STORAGE_UNAVAILABLE);
+        (*failed_calls)++;
+    }
+}
+
+START_TEST(conn_recovers_after_restart)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct done_res in_flight = {0};
+    struct client_res client = {0};
+    struct user_res user = {0};
+    int rejected = 0, failed_calls = 0;
+    char *cmd;
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+    /* Prepare a statement in this session; it must be prepared again afterwards. */
+    ck_assert_int_eq(storage_client_get(db, p.client_id, on_client, &client), 0);
+    wait_calls(&client.calls, 1);
+    ck_assert_int_eq(client.status, STORAGE_OK);
+
+    ck_assert_int_eq(storage_ping(db, on_done, &in_flight), 0);
+    cmd = util_asprintf("%s/tests/pg.sh restart %s", env("CIBAD_TEST_ROOT"),
+                        env("CIBAD_TEST_PG_DIR"));
+    ck_assert_int_eq(system(cmd), 0);
+    free(cmd);
+
+    /* The ping either completed before the shutdown or failed with it. */
+    wait_calls(&in_flight.calls, 1);
+    ck_assert(in_flight.status == STORAGE_OK || in_flight.status == STORAGE_UNAVAILABLE);
+    wait_recovered(db, 15000, &rejected, &failed_calls);
+    ck_assert_msg(rejected + failed_calls > 0 || in_flight.status == STORAGE_UNAVAILABLE,
+                  "the restart went unnoticed");
+    ck_assert(storage_conn_is_up(db));
+
+    client.calls = 0;
+    ck_assert_int_eq(storage_client_get(db, p.client_id, on_client, &client), 0);
+    ck_assert_int_eq(storage_user_find(db, STORAGE_HINT_PHONE, p.phone, on_user, &user),
+                     0);
+    wait_calls(&client.calls, 1);
+    wait_calls(&user.calls, 1);
+    ck_assert_int_eq(client.status, STORAGE_OK);
+    ck_assert_int_eq(user.status, STORAGE_OK);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+START_TEST(conn_recovers_after_terminate)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct req r;
+    struct poll_res blocked = {0};
+    struct done_res refused_ping = {0};
+    PGconn *locker = raw_open(), *admin = raw_open();
+    int rejected = 0, failed_calls = 0;
+    struct poll_res poll;
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(10000);
+    req_init(&r, &p);
+    ck_assert_int_eq(req_create(db, &r), STORAGE_OK);
+
+    /* Hold the row so the poll waits in the server, then kill the poll's session. */
+    raw_exec(locker, "BEGIN", NULL);
+    raw_exec(locker, "SELECT 1 FROM auth_req WHERE auth_req_id_hash = $1 FOR UPDATE",
+             r.id_hash);
+    ck_assert_int_eq(
+        storage_auth_req_poll(db, r.id_hash, p.client_id, "rid", on_poll, &blocked), 0);
+    run_loop_ms(200);
+    ck_assert_int_eq(blocked.calls, 0);
+    ck_assert_int_eq(
+        raw_int(admin,
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = 'cibad' AND datname ="
+                " current_database() AND wait_event_type = 'Lock'",
+                NULL),
+        1);
+    wait_calls(&blocked.calls, 1);
+    ck_assert_int_eq(blocked.status, STORAGE_UNAVAILABLE);
+    ck_assert(!storage_conn_is_up(db));
+    ck_assert_int_eq(storage_ping(db, on_done, &refused_ping), -1);
+
+    raw_exec(locker, "COMMIT", NULL);
+    wait_recovered(db, 10000, &rejected, &failed_calls);
+    poll = poll_once(db, r.id_hash, p.client_id);
+    ck_assert_int_eq(poll.outcome, STORAGE_POLL_PENDING);
+    ck_assert_int_eq(refused_ping.calls, 0);
+    PQfinish(locker);
+    PQfinish(admin);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+START_TEST(conn_statement_timeout)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct req r;
+    struct poll_res blocked = {0};
+    struct done_res behind = {0};
+    PGconn *locker = raw_open(), *admin = raw_open();
+    int rejected = 0, failed_calls = 0;
+    int64_t started, waited;
+    struct poll_res poll;
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(400);
+    req_init(&r, &p);
+    ck_assert_int_eq(req_create(db, &r), STORAGE_OK);
+
+    raw_exec(locker, "BEGIN", NULL);
+    raw_exec(locker, "SELECT 1 FROM auth_req WHERE auth_req_id_hash = $1 FOR UPDATE",
+             r.id_hash);
+    started = util_mono_ms();
+    ck_assert_int_eq(
+        storage_auth_req_poll(db, r.id_hash, p.client_id, "rid", on_poll, &blocked), 0);
+    ck_assert_int_eq(storage_ping(db, on_done, &behind), 0);
+    wait_calls(&blocked.calls, 1);
+    waited = util_mono_ms() - started;
+    ck_assert_int_eq(blocked.status, STORAGE_UNAVAILABLE);
+    ck_assert_int_ge(waited, 350);
+    ck_assert_int_le(waited, 2000);
+    /* The reset failed everything queued behind the statement too. */
+    ck_assert_int_eq(behind.calls, 1);
+    ck_assert_int_eq(behind.status, STORAGE_UNAVAILABLE);
+
+    /* The abandoned backend is ended by the session's statement_timeout, although the
+     * row is still locked. */
+    {
+        int64_t end = util_mono_ms() + 5000;
+
+        while (raw_int(admin,
+                       "SELECT count(*) FROM pg_stat_activity WHERE application_name ="
+                       " 'cibad' AND datname = current_database()"
+                       " AND wait_event_type = 'Lock'",
+                       NULL) != 0) {
+            ck_assert_msg(util_mono_ms() < end, "the abandoned poll still waits");
+            usleep(50 * 1000);
+        }
+    }
+
+    raw_exec(locker, "COMMIT", NULL);
+    wait_recovered(db, 10000, &rejected, &failed_calls);
+    poll = poll_once(db, r.id_hash, p.client_id);
+    ck_assert_int_eq(poll.outcome, STORAGE_POLL_PENDING);
+    PQfinish(locker);
+    PQfinish(admin);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+/* A callback may queue the next statement on the same connection. */
+struct chain {
+    struct storage_conn *db;
+    int calls;
+    int queued;
+};
+
+static void on_chain_ping(void *arg, enum storage_status status)
+{
+    struct chain *c = arg;
+
+    ck_assert_int_eq(status, STORAGE_OK);
+    c->calls++;
+    if (c->queued < 20) {
+        c->queued++;
+        ck_assert_int_eq(storage_ping(c->db, on_chain_ping, c), 0);
+    }
+}
+
+START_TEST(conn_callback_queues_more)
+{
+    struct chain c = {0};
+
+    loop_open();
+    c.db = conn_open(5000);
+    c.queued = 1;
+    ck_assert_int_eq(storage_ping(c.db, on_chain_ping, &c), 0);
+    wait_calls(&c.calls, 20);
+    ck_assert_int_eq(c.queued, 20);
+    run_loop_ms(50);
+    ck_assert_int_eq(c.calls, 20);
+    storage_conn_free(c.db);
+    loop_close();
+}
+END_TEST
+
+/* ---- suite ----------------------------------------------------------------------------
+ */
+
+static TCase *tcase_new(const char *name, int timeout_s, bool schema)
+{
+    TCase *tc = tcase_create(name);
+
+    tcase_set_timeout(tc, timeout_s);
+    if (schema)
+        tcase_add_checked_fixture(tc, schema_setup, NULL);
+    return tc;
+}
+
+static Suite *storage_suite(void)
+{
+    Suite *s = suite_create("storage");
+    TCase *tc;
+
+    tc = tcase_new("migrations", 60, false);
+    tcase_add_test(tc, migrate_fresh_then_noop);
+    tcase_add_test(tc, migrate_two_processes);
+    tcase_add_test(tc, schema_behind_counts_new_file);
+    tcase_add_test(tc, migrate_failure_rolls_back);
+    tcase_add_test(tc, migrate_bad_directory);
+    tcase_add_test(tc, sync_connect_bad_url);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_new("catalog", 30, true);
+    tcase_add_test(tc, client_create_list_delete);
+    tcase_add_test(tc, client_create_rejects_bad_fields);
+    tcase_add_test(tc, client_get_found_and_missing);
+    tcase_add_test(tc, user_create_list_delete);
+    tcase_add_test(tc, user_find_by_each_hint);
+    tcase_add_test(tc, scope_set_and_list);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_new("auth_req", 30, true);
+    tcase_add_test(tc, create_counts_phone_quota);
+    tcase_add_test(tc, create_rejects_bad_input);
+    tcase_add_test(tc, code_sent_and_fail_delivery);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_new("poll", 60, true);
+    tcase_add_test(tc, poll_unknown_and_foreign_id);
+    tcase_add_test(tc, poll_slow_down_grows_interval);
+    tcase_add_test(tc, poll_approved_redeems_once);
+    tcase_add_test(tc, poll_concurrent_connections);
+    tcase_add_test(tc, poll_concurrent_processes);
+    tcase_add_test(tc, poll_denied_stays_denied);
+    tcase_add_test(tc, poll_expired_tombstone);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_new("approval", 30, true);
+    tcase_add_test(tc, approval_get_fields);
+    tcase_add_test(tc, approval_get_no_known_scope);
+    tcase_add_test(tc, decide_approve);
+    tcase_add_test(tc, decide_wrong_code_three_times);
+    tcase_add_test(tc, decide_conflict_after_resend);
+    tcase_add_test(tc, decide_after_expiry);
+    tcase_add_test(tc, resend_cooldown_and_quota);
+    tcase_add_test(tc, resend_capped_at_expiry);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_new("keys_audit", 30, true);
+    tcase_add_test(tc, keys_add_rotate_load);
+    tcase_add_test(tc, audit_append_rows);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_new("conn", 60, true);
+    tcase_add_test(tc, conn_ping_is_deferred);
+    tcase_add_test(tc, conn_free_fails_pending);
+    tcase_add_test(tc, conn_bad_conninfo);
+    tcase_add_test(tc, conn_callback_queues_more);
+    tcase_add_test(tc, conn_recovers_after_terminate);
+    tcase_add_test(tc, conn_statement_timeout);
+    tcase_add_test(tc, conn_recovers_after_restart);
+    suite_add_tcase(s, tc);
+
+    return s;
+}
+
+CHECK_MAIN(storage_suite)
