@@ -91,8 +91,7 @@ static void deliver_approval(union storage_cb cb, void *arg, const PGresult *res
     PQfreemem(hmac);
 }
 
-/* ---- get ----------------------------------------------------------------------------
- */
+/* ---- get --------------------------------------------------------------------------- */
 
 static const char sql_approval_get[] =
     "SELECT" APPROVAL_COLUMNS
@@ -127,8 +126,7 @@ int storage_approval_get(struct storage_conn *db, const char *ref_hash,
     return storage_conn_send(db, &stmt_approval_get, &p, finish_approval_get, u, arg);
 }
 
-/* ---- decide -------------------------------------------------------------------------
- */
+/* ---- decide ------------------------------------------------------------------------ */
 
 /* cur locks the row and names the verdict: not_found (no longer pending, or expired),
  * conflict (generation or attempts changed since the page read them), code_expired
@@ -174,8 +172,8 @@ static const char sql_approval_decide[] =
     "    CASE WHEN $4::text = 'approve' THEN 'sms_otp' ELSE 'none' END"
     "  FROM decided"
     ")"
-    " SELECT coalesce((SELECT verdict FROM cur), 'not_found'), a.auth_req_id_hash IS NOT "
-    "NULL," APPROVAL_COLUMNS " FROM (SELECT 1) AS one"
+    " SELECT coalesce((SELECT verdict FROM cur), 'not_found'),"
+    "   a.auth_req_id_hash IS NOT NULL," APPROVAL_COLUMNS " FROM (SELECT 1) AS one"
     " LEFT JOIN (decided a JOIN client c ON c.client_id = a.client_id) ON true";
 static const struct storage_stmt stmt_approval_decide = {"approval_decide",
                                                          sql_approval_decide, 6};
@@ -242,13 +240,14 @@ int storage_approval_decide(struct storage_conn *db, const char *ref_hash,
                              arg);
 }
 
-/* ---- resend -------------------------------------------------------------------------
- */
+/* ---- resend ------------------------------------------------------------------------ */
 
 /* cur locks the row and names the verdict: not_found (no longer pending, or expired),
  * cooldown (the previous code went out less than $4 seconds ago) or ok. On ok the code
  * counts against the phone number's quota, and only if the quota allows it is the new
  * code stored. otp_attempts stay as they are, so wrong codes add up across resends. */
+/* clang-format would split the SQL around the macro. */
+/* clang-format off */
 static const char sql_approval_resend[] =
     "WITH cur AS MATERIALIZED ("
     "  SELECT auth_req_id_hash, phone_number,"
@@ -261,28 +260,26 @@ static const char sql_approval_resend[] =
     "  FOR UPDATE"
     "), quota AS ("
     "  INSERT INTO sms_quota AS q (phone_number, sent_at)"
-    "  SELECT phone_number, ARRAY[now()] FROM cur WHERE verdict = 'ok' AND $5::int > "
-    "0" STORAGE_SQL_QUOTA_UPSERT(
-        "$5",
-        "$6") "  RETURNING phone_number"
-              "), resent AS ("
-              "  UPDATE auth_req a SET otp_hmac = $2::bytea,"
-              "    otp_generation = a.otp_generation + 1, otp_sent_at = now(),"
-              "    otp_expires_at = least(now() + $3::int * interval '1 second', "
-              "a.expires_at)"
-              "  FROM cur, quota"
-              "  WHERE a.auth_req_id_hash = cur.auth_req_id_hash AND cur.verdict = 'ok'"
-              "  RETURNING a.auth_req_id_hash, a.client_id, a.subject, a.scope"
-              "), audit AS ("
-              "  INSERT INTO audit_log (request_id, client_id, subject, scope, action, "
-              "decision,"
-              "    detail, auth_req_id_hash)"
-              "  SELECT $7, client_id, subject, scope, 'send_code', 'sent', 'resend',"
-              "    auth_req_id_hash"
-              "  FROM resent"
-              ")"
-              " SELECT coalesce((SELECT verdict FROM cur), 'not_found'),"
-              "   (SELECT count(*) FROM resent)";
+    "  SELECT phone_number, ARRAY[now()] FROM cur WHERE verdict = 'ok' AND $5::int > 0"
+    STORAGE_SQL_QUOTA_UPSERT("$5", "$6")
+    "  RETURNING phone_number"
+    "), resent AS ("
+    "  UPDATE auth_req a SET otp_hmac = $2::bytea,"
+    "    otp_generation = a.otp_generation + 1, otp_sent_at = now(),"
+    "    otp_expires_at = least(now() + $3::int * interval '1 second', a.expires_at)"
+    "  FROM cur, quota"
+    "  WHERE a.auth_req_id_hash = cur.auth_req_id_hash AND cur.verdict = 'ok'"
+    "  RETURNING a.auth_req_id_hash, a.client_id, a.subject, a.scope"
+    "), audit AS ("
+    "  INSERT INTO audit_log (request_id, client_id, subject, scope, action, decision,"
+    "    detail, auth_req_id_hash)"
+    "  SELECT $7, client_id, subject, scope, 'send_code', 'sent', 'resend',"
+    "    auth_req_id_hash"
+    "  FROM resent"
+    ")"
+    " SELECT coalesce((SELECT verdict FROM cur), 'not_found'),"
+    "   (SELECT count(*) FROM resent)";
+/* clang-format on */
 static const struct storage_stmt stmt_approval_resend = {"approval_resend",
                                                          sql_approval_resend, 7};
 

@@ -10,39 +10,36 @@
 
 #include <string.h>
 
-/* ---- create -------------------------------------------------------------------------
- */
+/* ---- create ------------------------------------------------------------------------ */
 
 /* (1) counts a code against the phone number's sms_quota row, (2) inserts the request
  * only when (1) returned a row, and (3) appends the audit row for the inserted request.
  * The first code's otp_expires_at never falls after expires_at. */
+/* clang-format would split the SQL around the macro. */
+/* clang-format off */
 static const char sql_auth_req_create[] =
     "WITH quota AS ("
     "  INSERT INTO sms_quota AS q (phone_number, sent_at)"
-    "  SELECT $5::text, ARRAY[now()] WHERE $13::int > 0" STORAGE_SQL_QUOTA_UPSERT(
-        "$13", "$14") "  RETURNING 1"
-                      "), created AS ("
-                      "  INSERT INTO auth_req (auth_req_id_hash, ref_hash, client_id, "
-                      "subject, phone_number,"
-                      "    scope, binding_message, acr_values, expires_at, "
-                      "poll_interval, otp_hmac,"
-                      "    otp_expires_at, otp_sent_at)"
-                      "  SELECT $1::text, $2::text, $3::text, $4::text, $5::text, "
-                      "$6::text, $7::text,"
-                      "    $8::text, now() + $9::int * interval '1 second', $10::int, "
-                      "$11::bytea,"
-                      "    now() + least($12::int, $9::int) * interval '1 second', now()"
-                      "  FROM quota"
-                      "  RETURNING auth_req_id_hash, client_id, subject, scope"
-                      "), audit AS ("
-                      "  INSERT INTO audit_log (request_id, client_id, subject, scope, "
-                      "action, decision,"
-                      "    auth_req_id_hash)"
-                      "  SELECT $15, client_id, subject, scope, 'bc_authorize', "
-                      "'accepted', auth_req_id_hash"
-                      "  FROM created"
-                      ")"
-                      " SELECT count(*) FROM created";
+    "  SELECT $5::text, ARRAY[now()] WHERE $13::int > 0"
+    STORAGE_SQL_QUOTA_UPSERT("$13", "$14")
+    "  RETURNING 1"
+    "), created AS ("
+    "  INSERT INTO auth_req (auth_req_id_hash, ref_hash, client_id, subject, phone_number,"
+    "    scope, binding_message, acr_values, expires_at, poll_interval, otp_hmac,"
+    "    otp_expires_at, otp_sent_at)"
+    "  SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text,"
+    "    $8::text, now() + $9::int * interval '1 second', $10::int, $11::bytea,"
+    "    now() + least($12::int, $9::int) * interval '1 second', now()"
+    "  FROM quota"
+    "  RETURNING auth_req_id_hash, client_id, subject, scope"
+    "), audit AS ("
+    "  INSERT INTO audit_log (request_id, client_id, subject, scope, action, decision,"
+    "    auth_req_id_hash)"
+    "  SELECT $15, client_id, subject, scope, 'bc_authorize', 'accepted', auth_req_id_hash"
+    "  FROM created"
+    ")"
+    " SELECT count(*) FROM created";
+/* clang-format on */
 static const struct storage_stmt stmt_auth_req_create = {"auth_req_create",
                                                          sql_auth_req_create, 15};
 
@@ -99,8 +96,7 @@ int storage_auth_req_create(struct storage_conn *db,
     return storage_conn_send(db, &stmt_auth_req_create, &p, finish_create, u, arg);
 }
 
-/* ---- SMS delivery -------------------------------------------------------------------
- */
+/* ---- SMS delivery ------------------------------------------------------------------ */
 
 static const char sql_code_sent[] =
     "WITH audit AS ("
@@ -164,8 +160,7 @@ int storage_auth_req_fail_delivery(struct storage_conn *db, const char *auth_req
                              arg);
 }
 
-/* ---- poll (token endpoint)
- * -------------------------------------------------------------- */
+/* ---- poll (token endpoint) --------------------------------------------------------- */
 
 /* cur locks the row, so concurrent polls of one request run one after another, and each
  * sees the status the previous one committed: only the first poll of an approved
@@ -288,8 +283,7 @@ int storage_auth_req_poll(struct storage_conn *db, const char *auth_req_id_hash,
     return storage_conn_send(db, &stmt_poll, &p, finish_poll, u, arg);
 }
 
-/* ---- sweep --------------------------------------------------------------------------
- */
+/* ---- sweep ------------------------------------------------------------------------- */
 
 /* Expires up to 1000 open requests past expires_at, claimed with SKIP LOCKED so several
  * sweepers (one per worker and instance) share the work without waiting on each other

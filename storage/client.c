@@ -25,8 +25,7 @@ static void client_from_row(const PGresult *res, int row, struct storage_client 
     c->created_at = storage_col_int64(res, row, 8);
 }
 
-/* ---- asynchronous lookup ------------------------------------------------------------
- */
+/* ---- asynchronous lookup ----------------------------------------------------------- */
 
 static const char sql_client_get[] =
     "SELECT " CLIENT_COLUMNS " FROM client WHERE client_id = $1";
@@ -61,8 +60,7 @@ int storage_client_get(struct storage_conn *db, const char *client_id,
     return storage_conn_send(db, &stmt_client_get, &p, finish_client_get, u, arg);
 }
 
-/* ---- command line -------------------------------------------------------------------
- */
+/* ---- command line ------------------------------------------------------------------ */
 
 static const char sql_client_create[] =
     "INSERT INTO client (client_id, client_name, secret_hash, token_endpoint_auth_method,"

@@ -83,8 +83,7 @@ struct storage_conn {
 static void conn_start(struct storage_conn *db);
 static void conn_reset(struct storage_conn *db, const char *reason);
 
-/* ---- helpers ------------------------------------------------------------------------
- */
+/* ---- helpers ----------------------------------------------------------------------- */
 
 /* Copies libpq's error text as one line: its line breaks and tabs become spaces. */
 static void copy_error(char *out, size_t out_len, const char *message)
@@ -226,8 +225,7 @@ static int conn_flush(struct storage_conn *db)
     return 0;
 }
 
-/* ---- reading results ------------------------------------------------------------------
- */
+/* ---- reading results --------------------------------------------------------------- */
 
 /* Reads every result libpq has, completing entries at their sync. */
 static void drain_results(struct storage_conn *db)
@@ -423,7 +421,7 @@ broken:
     return -1;
 }
 
-/* ---- connecting ------------------------------------------------------------------- */
+/* ---- connecting -------------------------------------------------------------------- */
 
 static void on_session_ready(struct storage_conn *db, enum storage_status status,
                              const PGresult *res)
@@ -582,8 +580,7 @@ static void conn_reset(struct storage_conn *db, const char *reason)
     fail_all(db);
 }
 
-/* ---- public API ----------------------------------------------------------------------
- */
+/* ---- public API -------------------------------------------------------------------- */
 
 struct storage_conn *storage_conn_new(struct event_base *base, const char *conninfo,
                                       int query_timeout_ms)
@@ -649,8 +646,7 @@ size_t storage_conn_pending(const struct storage_conn *db)
     return db ? db->n_caller : 0;
 }
 
-/* ---- ping ----------------------------------------------------------------------------
- */
+/* ---- ping -------------------------------------------------------------------------- */
 
 static const char sql_ping[] = "SELECT 1";
 static const struct storage_stmt stmt_ping = {"ping", sql_ping, 0};

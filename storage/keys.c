@@ -60,8 +60,7 @@ int storage_keys_load(struct storage_conn *db, int publish_seconds, storage_keys
     return storage_conn_send(db, &stmt_keys_load, &p, finish_keys_load, u, arg);
 }
 
-/* ---- command line -------------------------------------------------------------------
- */
+/* ---- command line ------------------------------------------------------------------ */
 
 /* The table lock makes concurrent key additions take turns, so each one retires the key
  * the previous one added instead of failing on signing_key_one_current. */

@@ -89,8 +89,7 @@ static int exec_command(struct storage_sync *s, const char *what, const char *sq
     return rc;
 }
 
-/* ---- migration files ------------------------------------------------------------------
- */
+/* ---- migration files --------------------------------------------------------------- */
 
 struct file_list {
     char **names;
@@ -201,8 +200,7 @@ static char *read_file(const char *path)
     return buf;
 }
 
-/* ---- applied versions ---------------------------------------------------------------
- */
+/* ---- applied versions -------------------------------------------------------------- */
 
 static const char sql_applied[] = "SELECT version FROM schema_migrations";
 static const char sql_has_table[] = "SELECT to_regclass('schema_migrations') IS NOT NULL";
@@ -268,8 +266,7 @@ out:
     return rc;
 }
 
-/* ---- applying -----------------------------------------------------------------------
- */
+/* ---- applying ---------------------------------------------------------------------- */
 
 static const char sql_lock[] = "SELECT pg_advisory_lock(" MIGRATE_LOCK_KEY ")";
 static const char sql_unlock[] = "SELECT pg_advisory_unlock(" MIGRATE_LOCK_KEY ")";

@@ -10,8 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 
-/* ---- asynchronous lookup ------------------------------------------------------------
- */
+/* ---- asynchronous lookup ----------------------------------------------------------- */
 
 static const char sql_user_by_phone[] =
     "SELECT subject, username, phone_number FROM app_user WHERE phone_number = $1";
@@ -68,8 +67,7 @@ int storage_user_find(struct storage_conn *db, enum storage_hint_kind kind,
     return storage_conn_send(db, stmt, &p, finish_user_find, u, arg);
 }
 
-/* ---- command line -------------------------------------------------------------------
- */
+/* ---- command line ------------------------------------------------------------------ */
 
 /* Inserts nothing (and returns no row) when the new names would collide with another
  * user's subject or username. */
@@ -184,8 +182,7 @@ int storage_sync_user_delete(struct storage_sync *s, const char *subject_or_name
     return rc;
 }
 
-/* ---- scope descriptions -------------------------------------------------------------
- */
+/* ---- scope descriptions ------------------------------------------------------------ */
 
 static const char sql_scope_set[] =
     "INSERT INTO scope (name, description) VALUES ($1, $2)"

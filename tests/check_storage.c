@@ -14,7 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -23,8 +25,7 @@
 
 #define WAIT_MS 10000
 
-/* ---- environment, loop and direct SQL -------------------------------------------------
- */
+/* ---- environment, loop and direct SQL ---------------------------------------------- */
 
 static const char *env(const char *name)
 {
@@ -197,7 +198,7 @@ static long long audit_count(PGconn *pg, const char *id_hash, const char *action
     return n;
 }
 
-/* ---- fixtures: people and requests ------------------------------------------------ */
+/* ---- fixtures: people and requests ------------------------------------------------- */
 
 static void random_hex(char *out, size_t bytes)
 {
@@ -446,8 +447,7 @@ static void req_create_approved(struct storage_conn *db, struct req *r)
     ck_assert_int_eq(a.ar_status, STORAGE_AR_APPROVED);
 }
 
-/* ---- migrations
- * ------------------------------------------------------------------------- */
+/* ---- migrations -------------------------------------------------------------------- */
 
 /* Creates an empty database and returns a connection string for it (a new string). */
 static char *fresh_database(void)
@@ -674,8 +674,7 @@ START_TEST(sync_connect_bad_url)
 }
 END_TEST
 
-/* ---- clients, users, scopes ----------------------------------------------------------
- */
+/* ---- clients, users, scopes -------------------------------------------------------- */
 
 struct list_res {
     int n;
@@ -976,8 +975,7 @@ START_TEST(scope_set_and_list)
 }
 END_TEST
 
-/* ---- authentication requests --------------------------------------------------------
- */
+/* ---- authentication requests ------------------------------------------------------- */
 
 START_TEST(create_counts_phone_quota)
 {
@@ -1142,8 +1140,7 @@ START_TEST(code_sent_and_fail_delivery)
 }
 END_TEST
 
-/* ---- poll -----------------------------------------------------------------------------
- */
+/* ---- poll -------------------------------------------------------------------------- */
 
 START_TEST(poll_unknown_and_foreign_id)
 {
@@ -1340,8 +1337,10 @@ START_TEST(poll_concurrent_connections)
     }
     ck_assert_int_eq(redeemed, 1);
     ck_assert_int_eq(invalid, N_POLLS - 1);
+    ck_assert_int_eq(poll_once(db[1], r.id_hash, p.client_id).outcome,
+                     STORAGE_POLL_INVALID);
     ck_assert_int_eq(audit_count(pg, r.id_hash, "token", "issued"), 1);
-    ck_assert_int_eq(audit_count(pg, r.id_hash, "token", "refused"), N_POLLS - 1);
+    ck_assert_int_eq(audit_count(pg, r.id_hash, "token", "refused"), N_POLLS);
     for (int i = 0; i < N_CONNS; i++) {
         ck_assert_uint_eq(storage_conn_pending(db[i]), 0);
         storage_conn_free(db[i]);
@@ -1556,8 +1555,7 @@ START_TEST(poll_expired_tombstone)
 }
 END_TEST
 
-/* ---- approval page ------------------------------------------------------------------
- */
+/* ---- approval page ----------------------------------------------------------------- */
 
 START_TEST(approval_get_fields)
 {
@@ -1900,8 +1898,7 @@ START_TEST(resend_capped_at_expiry)
 }
 END_TEST
 
-/* ---- keys
- * ------------------------------------------------------------------------------ */
+/* ---- keys -------------------------------------------------------------------------- */
 
 struct keys_res {
     int calls;
@@ -2013,8 +2010,7 @@ START_TEST(keys_add_rotate_load)
 }
 END_TEST
 
-/* ---- audit ---------------------------------------------------------------------------
- */
+/* ---- audit ------------------------------------------------------------------------- */
 
 START_TEST(audit_append_rows)
 {
@@ -2065,8 +2061,7 @@ START_TEST(audit_append_rows)
 }
 END_TEST
 
-/* ---- the connection
- * --------------------------------------------------------------------- */
+/* ---- the connection ---------------------------------------------------------------- */
 
 START_TEST(conn_ping_is_deferred)
 {
@@ -2137,6 +2132,49 @@ START_TEST(conn_bad_conninfo)
     ck_assert_int_eq(a.calls, 0);
     storage_conn_free(db);
     loop_close();
+}
+END_TEST
+
+/* A server that accepts the connection and never replies: the connection gives up
+ * after its 5 s connect timeout and tries again. */
+START_TEST(conn_connect_timeout)
+{
+    char dir[] = "/tmp/cibad-silent.XXXXXX";
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    struct storage_conn *db;
+    char *conninfo;
+    int listener, accepted = 0;
+
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(addr.sun_path, sizeof(addr.sun_path), "%s/.s.PGSQL.5999", dir);
+    listener = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    ck_assert_int_ge(listener, 0);
+    ck_assert_int_eq(bind(listener, (struct sockaddr *)&addr, sizeof(addr)), 0);
+    ck_assert_int_eq(listen(listener, 8), 0);
+
+    loop_open();
+    conninfo = util_asprintf("host=%s port=5999 dbname=x user=x", dir);
+    db = storage_conn_new(base, conninfo, 1000);
+    ck_assert_ptr_nonnull(db);
+    run_loop_ms(4500);
+    while (accept(listener, NULL, NULL) >= 0)
+        accepted++;
+    ck_assert_int_eq(accepted, 1);
+    ck_assert(!storage_conn_is_up(db));
+
+    /* 5 s after the first attempt the timer fires, and the retry follows 100 ms later. */
+    run_loop_ms(1500);
+    while (accept(listener, NULL, NULL) >= 0)
+        accepted++;
+    ck_assert_int_eq(accepted, 2);
+    ck_assert(!storage_conn_is_up(db));
+
+    storage_conn_free(db);
+    loop_close();
+    close(listener);
+    unlink(addr.sun_path);
+    rmdir(dir);
+    free(conninfo);
 }
 END_TEST
 
@@ -2353,8 +2391,7 @@ START_TEST(conn_callback_queues_more)
 }
 END_TEST
 
-/* ---- suite ----------------------------------------------------------------------------
- */
+/* ---- suite ------------------------------------------------------------------------- */
 
 static TCase *tcase_new(const char *name, int timeout_s, bool schema)
 {
@@ -2425,6 +2462,7 @@ static Suite *storage_suite(void)
     tcase_add_test(tc, conn_ping_is_deferred);
     tcase_add_test(tc, conn_free_fails_pending);
     tcase_add_test(tc, conn_bad_conninfo);
+    tcase_add_test(tc, conn_connect_timeout);
     tcase_add_test(tc, conn_callback_queues_more);
     tcase_add_test(tc, conn_recovers_after_terminate);
     tcase_add_test(tc, conn_statement_timeout);
