@@ -45,16 +45,16 @@ enum storage_status {
 
 struct storage_conn;
 
-/* Creates a connection bound to base and starts connecting; reconnects by itself with
- * back-off after a failure (100 ms doubling to 5 s; each retry is logged at warn, the
- * recovery at info). conninfo is a libpq connection string or URI; returns NULL when it
- * does not parse or query_timeout_ms is outside 1 to 3600000. libpq resolves host
- * names with a blocking getaddrinfo(), so give a unix socket directory or hostaddr=.
+/* Creates a connection bound to base and starts connecting. After a failure it
+ * reconnects by itself, with back-off from 100 ms doubling to 5 s, and logs each retry
+ * at warn and the recovery at info. A connection attempt is abandoned after 5 s.
+ * conninfo is a libpq connection string or URI. Returns NULL when conninfo does not
+ * parse or query_timeout_ms is outside 1 to 3600000. Give a unix socket directory or
+ * hostaddr=, because libpq resolves a host name with a blocking getaddrinfo().
  * query_timeout_ms bounds each statement, from queueing to result: past it the statement
  * is failed with STORAGE_UNAVAILABLE and the connection is reset, which fails every
- * other queued statement too. The session's statement_timeout is set 1 s longer, so the
- * server also ends a statement the client gave up on. A connection attempt is abandoned
- * after 5 s. */
+ * other queued statement too. The session's statement_timeout is 1 s longer, so the
+ * server also ends a statement the client gave up on. */
 struct storage_conn *storage_conn_new(struct event_base *base, const char *conninfo,
                                       int query_timeout_ms);
 /* Fails every queued statement with STORAGE_UNAVAILABLE (those callbacks run inside
