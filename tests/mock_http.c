@@ -550,8 +550,7 @@ size_t mock_http_header_count(const struct mock_http_request *r, const char *nam
     return n;
 }
 
-/* ---- throwaway certificates ----------------------------------------------------------
- */
+/* ---- throwaway certificates ------------------------------------------------------- */
 
 static int add_extension(X509 *cert, X509 *issuer, int nid, const char *value)
 {

@@ -100,8 +100,7 @@ const char *mock_http_header(const struct mock_http_request *r, const char *name
 /* Counts the headers called name (case-insensitive), to catch duplicates. */
 size_t mock_http_header_count(const struct mock_http_request *r, const char *name);
 
-/* ---- throwaway certificates ----------------------------------------------------------
- */
+/* ---- throwaway certificates ------------------------------------------------------- */
 
 /* PEM files in a fresh temporary directory. EC P-256 keys, valid from one hour ago
  * for one day. */
