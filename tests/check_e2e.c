@@ -246,6 +246,7 @@ static void prepare_instance(const char *const *extra)
     ck_assert_msg(e2e_cli(&srv, NULL, "scope", "set", "payments", PAYMENTS_DESC, NULL) ==
                       0,
                   "cibad scope set failed");
+    remember_secret("the server secret", E2E_SERVER_SECRET);
     create_client(&c1, "Agent Basic", SCOPE, true);
     create_client(&c2, "Agent Post", SCOPE, false);
     create_user(&u1, NULL, NULL);
@@ -570,11 +571,12 @@ static bool body_has(const struct e2e_response *r, const char *text)
 /* Starts a request for u1 by c1 and approves it with the SMS code. */
 static char *approved_request(const char *binding)
 {
+    size_t sent_before = mock_http_count(sink);
     char *id = start_auth(&c1, u1.phone, binding);
     struct sms sms;
     struct e2e_response r;
 
-    wait_sms(mock_http_count(sink) - 1, &sms);
+    wait_sms(sent_before, &sms);
     r = enter_code(sms.ref, sms.code);
     ck_assert_msg(r.status == 200 && body_has(&r, "Approved"),
                   "approval with the right code failed: %d %s", r.status, r.body);

@@ -692,7 +692,6 @@ int e2e_server_init(struct e2e_server *s, const char *const *settings)
     static unsigned counter;
     const char *db = getenv("CIBAD_TEST_DATABASE_URL");
     const char *migrations = getenv("CIBAD_TEST_MIGRATIONS");
-    char *secret;
     char *value;
 
     memset(s, 0, sizeof(*s));
@@ -720,9 +719,7 @@ int e2e_server_init(struct e2e_server *s, const char *const *settings)
     free(value);
     e2e_server_setenv(s, "CIBAD_DATABASE_URL", db);
     e2e_server_setenv(s, "CIBAD_MIGRATIONS_DIR", migrations);
-    secret = util_random_token(32);
-    e2e_server_setenv(s, "CIBAD_SECRET", secret);
-    free(secret);
+    e2e_server_setenv(s, "CIBAD_SECRET", E2E_SERVER_SECRET);
     e2e_server_setenv(s, "CIBAD_WORKERS", "2");
 
     for (size_t i = 0; settings && settings[i]; i++) {

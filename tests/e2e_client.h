@@ -89,6 +89,10 @@ char *e2e_at_hash(const char *access_token);
 /* ---- the cibad process ----------------------------------------------------------------
  */
 
+/* The server secret of every instance. It is fixed because the signing keys that the
+ * first instance creates in the suite's database are sealed with it. */
+#define E2E_SERVER_SECRET "e2e-test-secret-6f1d0c3b9a8e47d2b5c4a3f2e1d0c9b8"
+
 struct e2e_server {
     pid_t pid; /* 0 while not running */
     int port;
@@ -99,8 +103,8 @@ struct e2e_server {
 };
 
 /* Prepares an instance: picks a free loopback port and builds the environment from the
- * process's own (less any CIBAD_* variable), the test database, the migrations, a
- * random secret, 2 workers, then settings ("NAME=value", NULL-terminated, may be NULL),
+ * process's own (less any CIBAD_* variable), the test database, the migrations,
+ * E2E_SERVER_SECRET, 2 workers, then settings ("NAME=value", NULL-terminated, may be NULL),
  * which override. The binary is $CIBAD_BIN. Returns 0 or -1. */
 int e2e_server_init(struct e2e_server *s, const char *const *settings);
 /* Replaces or adds one "NAME=value" setting for later starts and commands. */
