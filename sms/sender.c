@@ -192,6 +192,27 @@ struct sms_sender *sms_sender_new(struct event_base *base, struct evdns_base *dn
 
 /* ---- one send --------------------------------------------------------------------- */
 
+static const char *state_name(enum send_state state)
+{
+    switch (state) {
+    case SEND_IN_FLIGHT:
+        return "in_flight";
+    case SEND_RETRY_WAIT:
+        return "retry_wait";
+    case SEND_FINISH_WAIT:
+        return "finish_wait";
+    }
+    return "unknown";
+}
+
+/* Every state change goes through here, so a debug log shows each send's steps. */
+static void set_state(struct send_ctx *ctx, enum send_state state)
+{
+    rlog_debug(ctx->rid, NULL, "sms send state %s -> %s", state_name(ctx->state),
+               state_name(state));
+    ctx->state = state;
+}
+
 static void ctx_unlink(struct send_ctx *ctx)
 {
     struct sms_sender *s = ctx->sender;
@@ -249,7 +270,7 @@ static void finish_later(struct send_ctx *ctx)
 {
     struct timeval now = {0, 0};
 
-    ctx->state = SEND_FINISH_WAIT;
+    set_state(ctx, SEND_FINISH_WAIT);
     evtimer_add(ctx->timer, &now);
 }
 
@@ -285,7 +306,7 @@ static int start_attempt(struct send_ctx *ctx)
 
     ctx->attempts++;
     ctx->status = 0;
-    ctx->state = SEND_IN_FLIGHT;
+    set_state(ctx, SEND_IN_FLIGHT);
     ctx->call = sms_http_send(s->base, s->dns, s->tls, &req, on_attempt_done, ctx);
     return ctx->call ? 0 : -1;
 }
@@ -337,7 +358,7 @@ static void on_attempt_done(void *arg, const struct sms_http_response *res)
     rlog_warn(ctx->rid, NULL, "sms attempt %d via %s failed (%s); retrying in %d ms",
               ctx->attempts, driver_name(ctx->sender->cfg.driver), ctx->reason,
               SMS_RETRY_DELAY_MS);
-    ctx->state = SEND_RETRY_WAIT;
+    set_state(ctx, SEND_RETRY_WAIT);
     evtimer_add(ctx->timer, &delay);
 }
 

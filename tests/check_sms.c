@@ -604,7 +604,7 @@ START_TEST(console_driver_logs_message)
     struct event_base *base = event_base_new();
     struct sms_config cfg = {.driver = SMS_DRIVER_CONSOLE};
     struct sms_sender *s = sms_sender_new(base, NULL, &cfg);
-    struct capture cap;
+    struct capture cap = {0};
     struct sent r;
     char *log;
 
@@ -801,6 +801,40 @@ static struct sms_sender *http_sender(struct env *e, int timeout_ms, char **url)
     ck_assert_ptr_nonnull(s);
     return s;
 }
+
+START_TEST(parallel_sends_complete)
+{
+    enum { SENDS = 5 };
+    struct env e;
+    char *url;
+    struct sms_sender *s = http_sender(&e, 3000, &url);
+    struct sent r[SENDS];
+    int total = 0;
+    int64_t deadline;
+
+    memset(r, 0, sizeof(r));
+    mock_http_push(e.mock, 200, "{}", 300);
+    for (int i = 0; i < SENDS; i++)
+        sms_send(s, "rid-parallel", phone, "text", on_sent, &r[i]);
+
+    deadline = util_mono_ms() + 10000;
+    while (total < SENDS && util_mono_ms() < deadline) {
+        run_for(e.base, 50);
+        total = 0;
+        for (int i = 0; i < SENDS; i++)
+            total += r[i].calls;
+    }
+    for (int i = 0; i < SENDS; i++) {
+        ck_assert_int_eq(r[i].calls, 1);
+        ck_assert_msg(r[i].ok, "send %d failed: %s", i, r[i].reason);
+    }
+    ck_assert_uint_eq(mock_http_count(e.mock), SENDS);
+
+    sms_sender_free(s);
+    free(url);
+    env_stop(&e);
+}
+END_TEST
 
 START_TEST(retry_after_500_then_success)
 {
@@ -1085,7 +1119,7 @@ START_TEST(log_masks_number_and_secrets)
     struct env e;
     char *url;
     struct sms_sender *s = http_sender(&e, 3000, &url);
-    struct capture cap;
+    struct capture cap = {0};
     struct sent r;
     char *log;
 
@@ -1417,6 +1451,7 @@ static Suite *sms_suite(void)
     tcase_add_test(sender, console_driver_rejects_bad_number);
     tcase_add_test(sender, http_driver_posts_json);
     tcase_add_test(sender, twilio_driver_posts_form);
+    tcase_add_test(sender, parallel_sends_complete);
     tcase_add_test(sender, retry_after_500_then_success);
     tcase_add_test(sender, retry_only_once_after_5xx);
     tcase_add_test(sender, no_retry_after_400);
