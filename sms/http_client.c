@@ -624,6 +624,8 @@ static struct evhttp_request *request_new(struct sms_http_call *call,
         evhttp_request_free(evreq);
         return NULL;
     }
+    /* NOTE: libevent frees its buffers without wiping them, so the body (for an SMS,
+     * the one-time code) stays in freed heap memory until it is reused. */
     if (req->body_len > 0)
         evbuffer_add(evhttp_request_get_output_buffer(evreq), req->body, req->body_len);
     return evreq;
