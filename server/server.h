@@ -37,11 +37,15 @@ struct server_thread {
     struct event *keys_timer;
     char *keys_fingerprint; /* kid and retired_at of each loaded key */
     bool keys_loading;
-    bool draining;                 /* set on this thread when shutdown starts */
+    struct event *accept_timer; /* runs until the database is up, then starts accepting */
+    int64_t started_ms;         /* when the loop started, for accept_timer */
+    bool draining;              /* set on this thread when shutdown starts */
     struct server_req_state *reqs; /* every live request context */
     /* Requests received and not replied to yet; the main thread reads it while draining.
      */
     atomic_size_t unanswered;
+    atomic_bool
+        accepting; /* the listener accepts; the main thread logs "ready" after all */
 };
 
 /* The evhttp callback for every request: creates the request context, starts its

@@ -35,6 +35,9 @@
 /* Retired keys stay published this long past the longest token lifetime, so a client
  * that fetched the JWKS just before the rotation can still verify. */
 #define KEYS_PUBLISH_MARGIN_S 60
+/* How often a starting worker checks whether its database connection is up, and the
+ * main thread whether every worker accepts. */
+#define ACCEPT_POLL_MS 10
 /* While draining, how often the main thread checks the workers' counters. */
 #define DRAIN_TICK_MS 50
 /* After the last reply is sent, how long the loops keep running so it is written. */
@@ -44,7 +47,7 @@
 struct server_main {
     const struct server_config *cfg;
     struct event_base *base;
-    struct event *sigterm, *sigint, *drain_timer;
+    struct event *sigterm, *sigint, *drain_timer, *ready_timer;
     struct server_thread *threads;
     int n_threads;
     bool draining;
@@ -281,7 +284,8 @@ static int worker_listen(struct server_thread *t, const struct server_config *cf
     }
     listener = evconnlistener_new_bind(t->w.base, NULL, NULL,
                                        LEV_OPT_REUSEABLE | LEV_OPT_REUSEABLE_PORT |
-                                           LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
+                                           LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC |
+                                           LEV_OPT_DISABLED,
                                        -1, (struct sockaddr *)&addr, addr_len);
     if (!listener) {
         log_error("cannot listen on %s: %s", cfg->listen, strerror(errno));
@@ -375,6 +379,8 @@ static void worker_close(struct server_thread *t)
 {
     if (t->keys_timer)
         event_free(t->keys_timer);
+    if (t->accept_timer)
+        event_free(t->accept_timer);
     if (t->bound)
         evhttp_del_accept_socket(t->http, t->bound);
     /* Both call the callbacks still pending, whose handlers reply while evhttp still
@@ -393,16 +399,54 @@ static void worker_close(struct server_thread *t)
         event_base_free(t->w.base);
     /* t->thread stays: the main thread joins it after this returns. */
     t->keys_timer = NULL;
+    t->accept_timer = NULL;
     t->bound = NULL;
     t->http = NULL;
     t->keys_fingerprint = NULL;
     memset(&t->w, 0, sizeof(t->w));
 }
 
+/* Enables the listener once the database connection is up, or after db_timeout_ms
+ * without it. Until then connections wait in the kernel's backlog, so no request that
+ * arrives right after "ready" fails for a database connection still being opened. */
+static void on_accept_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct server_thread *t = arg;
+    bool up = storage_conn_is_up(t->w.db);
+
+    (void)fd;
+    (void)what;
+    if (!up && util_mono_ms() - t->started_ms < server_config->db_timeout_ms)
+        return;
+    if (!up)
+        log_warn("worker %d: no database connection after %d ms; accepting requests "
+                 "anyway, and they get 503 until it connects",
+                 t->w.index, server_config->db_timeout_ms);
+    if (t->bound &&
+        evconnlistener_enable(evhttp_bound_socket_get_listener(t->bound)) != 0)
+        log_error("worker %d: cannot enable its listener", t->w.index);
+    event_free(t->accept_timer);
+    t->accept_timer = NULL;
+    atomic_store(&t->accepting, true);
+}
+
+static void start_accept_timer(struct server_thread *t)
+{
+    struct timeval period = {0, ACCEPT_POLL_MS * 1000};
+
+    t->started_ms = util_mono_ms();
+    t->accept_timer = event_new(t->w.base, -1, EV_PERSIST, on_accept_timer, t);
+    if (!t->accept_timer || event_add(t->accept_timer, &period) != 0) {
+        log_error("worker %d: cannot start the accept timer; exiting", t->w.index);
+        _exit(1);
+    }
+}
+
 static void *worker_main(void *arg)
 {
     struct server_thread *t = arg;
 
+    start_accept_timer(t);
     if (t->w.index == 0)
         ciba_sweeper_start(&t->w);
     if (event_base_loop(t->w.base, EVLOOP_NO_EXIT_ON_EMPTY) < 0)
@@ -556,6 +600,34 @@ static int check_address_free(const char *listen)
     return rc;
 }
 
+static void on_accepting_check(evutil_socket_t fd, short what, void *arg)
+{
+    struct server_main *m = arg;
+
+    (void)fd;
+    (void)what;
+    for (int i = 0; i < m->n_threads; i++) {
+        if (!atomic_load(&m->threads[i].accepting))
+            return;
+    }
+    log_info("ready");
+    event_free(m->ready_timer);
+    m->ready_timer = NULL;
+}
+
+/* Logs "ready" from the main loop once every worker accepts connections. */
+static int main_wait_accepting(struct server_main *m)
+{
+    struct timeval period = {0, ACCEPT_POLL_MS * 1000};
+
+    m->ready_timer = event_new(m->base, -1, EV_PERSIST, on_accepting_check, m);
+    if (!m->ready_timer || event_add(m->ready_timer, &period) != 0) {
+        log_error("cannot start the readiness timer");
+        return -1;
+    }
+    return 0;
+}
+
 static int main_open(struct server_main *m)
 {
     m->base = event_base_new();
@@ -577,6 +649,8 @@ static void main_close(struct server_main *m)
 {
     if (m->drain_timer)
         event_free(m->drain_timer);
+    if (m->ready_timer)
+        event_free(m->ready_timer);
     if (m->sigterm)
         event_free(m->sigterm);
     if (m->sigint)
@@ -640,8 +714,7 @@ int server_run(const struct server_config *cfg)
     }
 
     started = start_threads(&m);
-    if (started == m.n_threads) {
-        log_info("ready");
+    if (started == m.n_threads && main_wait_accepting(&m) == 0) {
         if (event_base_dispatch(m.base) < 0)
             log_error("the main event loop failed");
         rc = 0;
