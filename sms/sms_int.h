@@ -89,9 +89,10 @@ int sms_http_url_check(const char *url, bool allow_http_loopback, bool have_dns,
                        char *err, size_t err_len) MUST_CHECK;
 
 /* Starts one request on base over a new connection, which is freed when the request
- * finishes. dns resolves host names without blocking; it may be NULL only for URLs
- * with an IP literal. tls verifies https servers (see sms_http_tls_ctx_new); it may be
- * NULL only for http URLs. No redirect is followed and no retry is made.
+ * finishes. dns resolves host names without blocking, and the request goes to the
+ * first address returned; dns may be NULL only for URLs with an IP literal. tls verifies
+ * https servers (see sms_http_tls_ctx_new); it may be NULL only for http URLs. No
+ * redirect is followed and no retry is made.
  *
  * Returns a handle for sms_http_cancel; cb then runs exactly once, later, unless the
  * call is canceled first. Returns NULL, with the reason logged, when the request could
