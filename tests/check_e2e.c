@@ -42,7 +42,8 @@ static const char *const base_settings[] = {
     "CIBAD_SMS_DRIVER=http",
     "CIBAD_SMS_HTTP_TOKEN=t",
     "CIBAD_SMS_ALLOW_HTTP_LOOPBACK=true",
-    "CIBAD_LOG_LEVEL=debug", /* the most output, so the log checks see the most */
+    "CIBAD_LOG_LEVEL=debug", /* every log line, so the log checks cover debug output too
+                              */
     "CIBAD_POLL_INTERVAL=1",
     "CIBAD_SMS_PER_PHONE_MAX=20",
     "CIBAD_OTP_RESEND_COOLDOWN=2",
@@ -88,8 +89,7 @@ static struct test_user u1;
 static struct secret secrets[512];
 static size_t n_secrets;
 
-/* ---- small helpers --------------------------------------------------------------------
- */
+/* ---- small helpers ----------------------------------------------------------------- */
 
 static void sleep_ms(int ms)
 {
@@ -177,8 +177,7 @@ static char *form_value(const char *body, const char *name)
     return NULL;
 }
 
-/* ---- the instance ---------------------------------------------------------------------
- */
+/* ---- the instance ------------------------------------------------------------------ */
 
 static void create_client(struct test_client *c, const char *name, const char *scope,
                           bool basic)
@@ -220,7 +219,7 @@ static void create_user(struct test_user *u, const char *phone, const char *user
     free(own_phone);
 }
 
-/* Prepares the environment and the data, without starting serve. extra holds
+/* Prepares the environment and the data, without starting serve. extra contains
  * "NAME=value" settings that override the base ones (NULL-terminated, may be NULL). */
 static void prepare_instance(const char *const *extra)
 {
@@ -329,8 +328,7 @@ static void teardown_instance(void)
     e2e_server_free(&srv);
 }
 
-/* ---- HTTP calls -----------------------------------------------------------------------
- */
+/* ---- HTTP calls -------------------------------------------------------------------- */
 
 /* Sends a request that must get a reply carrying X-Request-Id. */
 static struct e2e_response call(const char *method, const char *path,
@@ -597,8 +595,7 @@ static json_t *fetch_jwks(void)
     return jwks;
 }
 
-/* ---- 1. discovery ---------------------------------------------------------------------
- */
+/* ---- 1. discovery ------------------------------------------------------------------ */
 
 static void check_endpoint_prefix(const json_t *doc, const char *member)
 {
@@ -749,8 +746,7 @@ START_TEST(health_endpoints_answer)
 }
 END_TEST
 
-/* ---- 2. the whole poll flow
- * ------------------------------------------------------------ */
+/* ---- 2. the whole poll flow -------------------------------------------------------- */
 
 static bool aud_has(const json_t *claims, const char *value)
 {
@@ -969,8 +965,7 @@ START_TEST(unknown_parameter_is_ignored)
 }
 END_TEST
 
-/* ---- 3. deny
- * ---------------------------------------------------------------------------- */
+/* ---- 3. deny ----------------------------------------------------------------------- */
 
 START_TEST(deny_flow_access_denied)
 {
@@ -1002,8 +997,7 @@ START_TEST(deny_flow_access_denied)
 }
 END_TEST
 
-/* ---- 4. every error of the poll flow -------------------------------------------------
- */
+/* ---- 4. every error of the poll flow ----------------------------------------------- */
 
 START_TEST(bc_missing_scope)
 {
@@ -1281,6 +1275,144 @@ START_TEST(bc_duplicated_parameter)
 }
 END_TEST
 
+/* Percent-encodes every byte, as RFC 6749 appendix B allows a client to do. */
+static char *encode_every_byte(const char *s)
+{
+    size_t len = strlen(s);
+    char *out = util_malloc(len * 3 + 1);
+
+    for (size_t i = 0; i < len; i++)
+        snprintf(out + i * 3, 4, "%%%02X", (unsigned char)s[i]);
+    out[len * 3] = '\0';
+    return out;
+}
+
+static void remember_auth_req_id(const struct e2e_response *r)
+{
+    json_t *body = e2e_json(r);
+
+    remember_secret("an auth_req_id", jstr(body, "auth_req_id"));
+    json_decref(body);
+}
+
+START_TEST(basic_credentials_are_form_decoded)
+{
+    struct test_client odd;
+    json_t *out;
+    char *id_enc = encode_every_byte(c1.client_id);
+    char *secret_enc = encode_every_byte(c1.secret);
+    char *joined = util_asprintf("%s:%s", id_enc, secret_enc);
+    char *b64 = util_b64_encode_new(joined, strlen(joined));
+    char *auth = util_asprintf("Authorization: Basic %s", b64);
+    const char *headers[] = {FORM_TYPE, auth, NULL};
+    char *form = e2e_form("scope", SCOPE, "login_hint", u1.phone, NULL);
+    struct e2e_response r = call("POST", "/bc-authorize", headers, form);
+
+    /* Every byte percent-encoded: the server decodes before comparing. */
+    ck_assert_msg(r.status == 200, "fully percent-encoded Basic credentials: %d %s",
+                  r.status, r.body);
+    remember_auth_req_id(&r);
+    e2e_response_free(&r);
+
+    /* A client_id with ":" and "+" works once form-encoded, as e2e_basic_header does. */
+    out = e2e_cli_json(&srv, "client", "create", "--name", "Odd Id", "--scope", SCOPE,
+                       "--client-id", "odd:id+1", "--json", NULL);
+    ck_assert_msg(out && jstr(out, "client_secret"),
+                  "client create --client-id odd:id+1");
+    odd.client_id = "odd:id+1";
+    odd.secret = (char *)jstr(out, "client_secret");
+    odd.basic = true;
+    remember_secret("a client secret", odd.secret);
+    r = bc_authorize(&odd, e2e_form("scope", SCOPE, "login_hint", u1.phone, NULL));
+    ck_assert_msg(r.status == 200, "client_id odd:id+1 by Basic: %d %s", r.status,
+                  r.body);
+    remember_auth_req_id(&r);
+    e2e_response_free(&r);
+    json_decref(out);
+    free(form);
+    free(auth);
+    free(b64);
+    free(joined);
+    free(id_enc);
+    free(secret_enc);
+}
+END_TEST
+
+START_TEST(malformed_authorization_rejected)
+{
+    char *no_colon_b64 = util_b64_encode_new(c1.client_id, strlen(c1.client_id));
+    char *no_colon = util_asprintf("Authorization: Basic %s", no_colon_b64);
+    char *bad_escape_b64 = util_b64_encode_new("%zz:%zz", 7);
+    char *bad_escape = util_asprintf("Authorization: Basic %s", bad_escape_b64);
+    const char *lines[] = {
+        "Authorization: Basic !!!not-base64!!!",
+        "Authorization: Basic",
+        "Authorization: Basic ====",
+        "Authorization: Bearer abc",
+        "Authorization: basicx abc",
+        no_colon,
+        bad_escape,
+    };
+    char *form = e2e_form("scope", SCOPE, "login_hint", u1.phone, NULL);
+
+    for (size_t i = 0; i < ARRAY_LEN(lines); i++) {
+        const char *headers[] = {FORM_TYPE, lines[i], NULL};
+        struct e2e_response r = call("POST", "/bc-authorize", headers, form);
+        json_t *body = e2e_json(&r);
+        const char *error = jstr(body, "error");
+
+        ck_assert_msg(r.status == 401 || r.status == 400, "header %zu: status %d", i,
+                      r.status);
+        ck_assert_msg(error && (strcmp(error, "invalid_client") == 0 ||
+                                strcmp(error, "invalid_request") == 0),
+                      "header %zu: %s", i, r.body);
+        json_decref(body);
+        e2e_response_free(&r);
+    }
+    free(form);
+    free(no_colon);
+    free(no_colon_b64);
+    free(bad_escape);
+    free(bad_escape_b64);
+}
+END_TEST
+
+START_TEST(long_values_rejected)
+{
+    char *long_text = util_malloc(10001);
+    struct e2e_response r;
+    json_t *body;
+
+    memset(long_text, '7', 10000);
+    long_text[10000] = '\0';
+    r = bc_authorize(&c1, e2e_form("scope", SCOPE, "login_hint", long_text, NULL));
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+
+    memset(long_text, 'a', 10000);
+    memcpy(long_text, "openid ", 7);
+    r = bc_authorize(&c1, e2e_form("scope", long_text, "login_hint", u1.phone, NULL));
+    assert_error(&r, 400, "invalid_scope");
+    e2e_response_free(&r);
+
+    r = bc_authorize(&c1,
+                     e2e_form("scope", "openid  payments", "login_hint", u1.phone, NULL));
+    assert_error(&r, 400, "invalid_scope");
+    e2e_response_free(&r);
+
+    r = poll_token(&c1, long_text);
+    body = e2e_json(&r);
+    ck_assert_msg(r.status == 400, "a 10000-character auth_req_id: %d", r.status);
+    ck_assert_msg(jstr(body, "error") &&
+                      (strcmp(jstr(body, "error"), "invalid_grant") == 0 ||
+                       strcmp(jstr(body, "error"), "invalid_request") == 0),
+                  "a 10000-character auth_req_id: %s", r.body);
+    json_decref(body);
+    e2e_response_free(&r);
+    free(long_text);
+}
+END_TEST
+
 START_TEST(token_unsupported_grant_type)
 {
     struct e2e_response r =
@@ -1438,8 +1570,7 @@ START_TEST(token_expired_token)
 }
 END_TEST
 
-/* ---- 5. login_hint forms
- * ----------------------------------------------------------------- */
+/* ---- 5. login_hint forms ----------------------------------------------------------- */
 
 START_TEST(login_hint_forms_find_user)
 {
@@ -1483,8 +1614,7 @@ START_TEST(login_hint_forms_find_user)
 }
 END_TEST
 
-/* ---- 6. concurrent polls
- * ----------------------------------------------------------------- */
+/* ---- 6. concurrent polls ----------------------------------------------------------- */
 
 #define N_POLLERS 50
 
@@ -1559,8 +1689,7 @@ START_TEST(concurrent_polls_redeem_once)
 }
 END_TEST
 
-/* ---- 7. codes
- * ------------------------------------------------------------------------------ */
+/* ---- 7. codes ---------------------------------------------------------------------- */
 
 START_TEST(wrong_code_shows_attempts_left)
 {
@@ -1640,6 +1769,44 @@ START_TEST(three_wrong_codes_deny)
     e2e_response_free(&r);
     sms_free(&sms);
     free(id);
+}
+END_TEST
+
+START_TEST(code_bound_to_its_request)
+{
+    char *first_id = start_auth(&c1, u1.phone, "First");
+    char *second_id;
+    struct sms first;
+    struct sms second;
+    struct e2e_response r;
+
+    wait_sms(0, &first);
+    second_id = start_auth(&c1, u1.phone, "Second");
+    wait_sms(1, &second);
+
+    /* The first request's code on the second request's page is a wrong code. */
+    if (strcmp(first.code, second.code) != 0) {
+        r = enter_code(second.ref, first.code);
+        ck_assert_msg(body_has(&r, "Wrong code"), "a code approved another request: %s",
+                      r.body);
+        e2e_response_free(&r);
+    }
+    r = enter_code(first.ref, first.code);
+    ck_assert_msg(body_has(&r, "Approved"), "the first code on its own page: %s", r.body);
+    e2e_response_free(&r);
+
+    /* Only the first request got approved. */
+    r = poll_token(&c1, second_id);
+    assert_error(&r, 400, "authorization_pending");
+    e2e_response_free(&r);
+    r = poll_token(&c1, first_id);
+    ck_assert_int_eq(r.status, 200);
+    remember_tokens(&r);
+    e2e_response_free(&r);
+    sms_free(&first);
+    sms_free(&second);
+    free(first_id);
+    free(second_id);
 }
 END_TEST
 
@@ -1750,8 +1917,7 @@ START_TEST(per_phone_limit_counts_resends)
 }
 END_TEST
 
-/* ---- 8. the approval page
- * ----------------------------------------------------------------- */
+/* ---- 8. the approval page ---------------------------------------------------------- */
 
 START_TEST(page_escapes_hostile_values)
 {
@@ -1837,6 +2003,22 @@ START_TEST(page_security_headers)
     r = poll_token(&c1, id);
     assert_error(&r, 400, "authorization_pending");
     e2e_response_free(&r);
+
+    /* The page's own origin is accepted. */
+    {
+        char *origin = util_asprintf("Origin: %s", srv.issuer);
+        const char *headers[] = {FORM_TYPE, origin, NULL};
+        char *path = approve_path(sms.ref);
+        char *form = e2e_form("action", "deny", NULL);
+
+        r = call("POST", path, headers, form);
+        ck_assert_msg(r.status == 200 && body_has(&r, "Denied"),
+                      "same-origin deny: %d %s", r.status, r.body);
+        e2e_response_free(&r);
+        free(origin);
+        free(path);
+        free(form);
+    }
     sms_free(&sms);
     free(id);
 }
@@ -1929,8 +2111,7 @@ START_TEST(expired_request_rejects_code)
 }
 END_TEST
 
-/* ---- 9. SMS drivers
- * ---------------------------------------------------------------------- */
+/* ---- 9. SMS drivers ---------------------------------------------------------------- */
 
 START_TEST(http_driver_request)
 {
@@ -2052,8 +2233,7 @@ START_TEST(failing_gateway_denies)
 }
 END_TEST
 
-/* ---- 10. malformed input
- * ------------------------------------------------------------------ */
+/* ---- 10. malformed input ----------------------------------------------------------- */
 
 static void assert_server_healthy(const char *after)
 {
@@ -2258,28 +2438,50 @@ START_TEST(oversized_header_rejected)
 }
 END_TEST
 
+/* A raw request and the reply it must get: 0 means none or any 4xx (closing the
+ * connection without a reply is fine for input that is not HTTP). */
+struct raw_case {
+    const char *bytes;
+    int status;
+};
+
 START_TEST(raw_garbage_survived)
 {
-    static const char *const requests[] = {
-        "GARBAGE\r\n\r\n",
-        "GET / HTTP/9.9\r\n\r\n",
-        "POST /token HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
-        "POST /token HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 50\r\n"
-        "Content-Type: application/x-www-form-urlencoded\r\n\r\nabcde",
-        "POST /token HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\n",
-        "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", /* a TLS ClientHello start */
+    static const struct raw_case cases[] = {
+        {"GARBAGE\r\n\r\n", 0},
+        {"GET / HTTP/9.9\r\n\r\n", 0},
+        {"GET /healthz\r\n\r\n", 0},
+        {"POST /token HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 0},
+        /* Two lengths: request smuggling unless refused (RFC 9112 section 6.3). */
+        {"POST /token HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 50\r\n"
+         "Content-Type: application/x-www-form-urlencoded\r\n\r\nabcde",
+         400},
+        {"POST /token HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+         "Content-Length: 3\r\nContent-Type: application/x-www-form-urlencoded\r\n\r\n"
+         "3\r\nabc\r\n0\r\n\r\n",
+         400},
+        {"POST /token HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: "
+         "chunked\r\n\r\nzz\r\n\r\n",
+         0},
+        {"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 0}, /* a TLS ClientHello start */
     };
 
-    for (size_t i = 0; i < ARRAY_LEN(requests); i++) {
-        struct e2e_response r;
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        const struct raw_case *c = &cases[i];
         char *after = util_asprintf("raw request %zu", i);
+        struct e2e_response r;
+        int rc = e2e_raw(srv.port, c->bytes, strlen(c->bytes), true, &r);
 
-        /* No reply at all (the server closed) is fine; a reply must not be 2xx or 5xx. */
-        if (e2e_raw(srv.port, requests[i], strlen(requests[i]), true, &r) == 0) {
+        if (c->status != 0) {
+            ck_assert_msg(rc == 0, "%s: no reply", after);
+            ck_assert_msg(r.status == c->status, "%s: status %d, expected %d", after,
+                          r.status, c->status);
+        } else if (rc == 0) {
             ck_assert_msg(r.status >= 400 && r.status < 500, "%s: status %d", after,
                           r.status);
-            e2e_response_free(&r);
         }
+        if (rc == 0)
+            e2e_response_free(&r);
         assert_server_healthy(after);
         free(after);
     }
@@ -2310,8 +2512,7 @@ START_TEST(credentials_in_query_rejected)
 }
 END_TEST
 
-/* ---- 11, 12. log hygiene and shutdown
- * ----------------------------------------------------- */
+/* ---- 11, 12. log hygiene and shutdown ---------------------------------------------- */
 
 START_TEST(log_holds_no_secrets)
 {
@@ -2357,8 +2558,125 @@ START_TEST(sigterm_stops_cleanly)
 }
 END_TEST
 
-/* ---- suite
- * ------------------------------------------------------------------------------ */
+START_TEST(cli_rejects_bad_input)
+{
+    char *out = NULL;
+    char *id;
+
+    ck_assert_int_ne(e2e_cli(&srv, NULL, "client", "create", "--scope", SCOPE, NULL), 0);
+    ck_assert_int_ne(e2e_cli(&srv, NULL, "client", "create", "--name", "X", NULL), 0);
+    ck_assert_int_ne(e2e_cli(&srv, NULL, "client", "create", "--name", "X", "--scope",
+                             SCOPE, "--auth-method", "none", NULL),
+                     0);
+    ck_assert_int_ne(
+        e2e_cli(&srv, NULL, "client", "create", "--name", "", "--scope", SCOPE, NULL), 0);
+    ck_assert_int_ne(e2e_cli(&srv, NULL, "client", "create", "--name", "X", "--scope",
+                             SCOPE, "--client-id", c1.client_id, NULL),
+                     0);
+    ck_assert_int_ne(e2e_cli(&srv, NULL, "user", "create", NULL), 0);
+    ck_assert_int_ne(
+        e2e_cli(&srv, NULL, "user", "create", "--phone", "not a phone", NULL), 0);
+    ck_assert_int_ne(e2e_cli(&srv, NULL, "user", "create", "--phone", u1.phone, NULL), 0);
+    ck_assert_int_ne(e2e_cli(&srv, NULL, "scope", "set", "payments", NULL), 0);
+    ck_assert_int_ne(e2e_cli(&srv, NULL, "frobnicate", NULL), 0);
+
+    /* The refused duplicate did not replace the first client or print its secret. */
+    ck_assert_int_eq(e2e_cli(&srv, &out, "client", "show", c1.client_id, "--json", NULL),
+                     0);
+    ck_assert_msg(out && !strstr(out, c1.secret), "client show prints the secret");
+    free(out);
+    id = start_auth(&c1, u1.phone, NULL);
+    free(id);
+}
+END_TEST
+
+START_TEST(key_rotation_keeps_old_tokens_valid)
+{
+    char *first_id = approved_request(NULL);
+    char *second_id;
+    struct e2e_response r;
+    json_t *first;
+    json_t *second;
+    json_t *old_header = NULL;
+    json_t *new_header = NULL;
+    json_t *jwks;
+    char err[256];
+
+    r = poll_token(&c1, first_id);
+    ck_assert_int_eq(r.status, 200);
+    first = e2e_json(&r);
+    remember_tokens(&r);
+    e2e_response_free(&r);
+
+    /* Rotate, then restart so every worker loads the new key at once. */
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "keys", "rotate", NULL), 0);
+    ck_assert_int_eq(e2e_server_stop(&srv), 0);
+    start_server();
+
+    second_id = approved_request(NULL);
+    r = poll_token(&c1, second_id);
+    ck_assert_int_eq(r.status, 200);
+    second = e2e_json(&r);
+    remember_tokens(&r);
+    e2e_response_free(&r);
+
+    jwks = fetch_jwks();
+    ck_assert_msg(json_array_size(json_object_get(jwks, "keys")) >= 2,
+                  "the JWKS dropped the previous key right after a rotation");
+    ck_assert_msg(e2e_jwt_verify(jstr(first, "access_token"), jwks, &old_header, NULL,
+                                 err, sizeof(err)) == 0,
+                  "a token from before the rotation no longer verifies: %s", err);
+    ck_assert_msg(e2e_jwt_verify(jstr(second, "access_token"), jwks, &new_header, NULL,
+                                 err, sizeof(err)) == 0,
+                  "a token from after the rotation does not verify: %s", err);
+    ck_assert_msg(strcmp(jstr(new_header, "kid"), jstr(old_header, "kid")) != 0,
+                  "the token after the rotation is signed with the old key");
+    json_decref(old_header);
+    json_decref(new_header);
+    json_decref(jwks);
+    json_decref(first);
+    json_decref(second);
+    free(first_id);
+    free(second_id);
+}
+END_TEST
+
+START_TEST(database_restart_recovers)
+{
+    const char *root = getenv("CIBAD_TEST_ROOT");
+    const char *pg_dir = getenv("CIBAD_TEST_PG_DIR");
+    char *cmd;
+    bool recovered = false;
+
+    ck_assert_msg(root && pg_dir, "CIBAD_TEST_ROOT or CIBAD_TEST_PG_DIR is not set");
+    cmd = util_asprintf("'%s/tests/pg.sh' restart '%s'", root, pg_dir);
+    ck_assert_msg(system(cmd) == 0, "restarting PostgreSQL failed");
+    free(cmd);
+
+    /* Every worker's connection broke. Until they reconnect, requests may get 503 with
+     * Retry-After, never another 5xx, and within 15 s they work again. */
+    for (int i = 0; i < 60 && !recovered; i++) {
+        struct e2e_response r =
+            bc_authorize(&c1, e2e_form("scope", SCOPE, "login_hint", u1.phone, NULL));
+
+        if (r.status == 200) {
+            recovered = true;
+            remember_auth_req_id(&r);
+        } else {
+            ck_assert_msg(r.status == 503, "bc-authorize after a database restart: %d %s",
+                          r.status, r.body);
+            ck_assert_msg(e2e_header(&r, "Retry-After") != NULL,
+                          "503 without Retry-After");
+            sleep_ms(250);
+        }
+        e2e_response_free(&r);
+    }
+    ck_assert_msg(recovered, "cibad did not recover within 15 s of a database restart");
+    assert_server_healthy("a database restart");
+}
+END_TEST
+
+/* ---- suite ------------------------------------------------------------------------- */
 
 static TCase *new_tcase(const char *name, void (*setup)(void))
 {
@@ -2406,6 +2724,9 @@ static Suite *e2e_suite(void)
     tcase_add_test(tc, bc_wrong_auth_method);
     tcase_add_test(tc, bc_basic_and_post_together);
     tcase_add_test(tc, bc_duplicated_parameter);
+    tcase_add_test(tc, basic_credentials_are_form_decoded);
+    tcase_add_test(tc, malformed_authorization_rejected);
+    tcase_add_test(tc, long_values_rejected);
     tcase_add_test(tc, token_unsupported_grant_type);
     tcase_add_test(tc, token_missing_auth_req_id);
     tcase_add_test(tc, token_duplicated_parameter);
@@ -2424,6 +2745,7 @@ static Suite *e2e_suite(void)
     tcase_add_test(tc, wrong_code_shows_attempts_left);
     tcase_add_test(tc, three_wrong_codes_deny);
     tcase_add_test(tc, resend_respects_cooldown);
+    tcase_add_test(tc, code_bound_to_its_request);
     suite_add_tcase(s, tc);
 
     tc = new_tcase("phone_limit", setup_phone_limit);
@@ -2461,6 +2783,9 @@ static Suite *e2e_suite(void)
     tc = new_tcase("process", setup_default);
     tcase_add_test(tc, log_holds_no_secrets);
     tcase_add_test(tc, sigterm_stops_cleanly);
+    tcase_add_test(tc, cli_rejects_bad_input);
+    tcase_add_test(tc, key_rotation_keeps_old_tokens_valid);
+    tcase_add_test(tc, database_restart_recovers);
     suite_add_tcase(s, tc);
 
     return s;

@@ -39,8 +39,7 @@ extern char **environ;
 #define STOP_TIMEOUT_S  15
 #define CLI_TIMEOUT_S   30
 
-/* ---- HTTP client ----------------------------------------------------------------------
- */
+/* ---- HTTP client ------------------------------------------------------------------- */
 
 /* A growing byte buffer. */
 struct buf {
@@ -332,8 +331,7 @@ void e2e_response_free(struct e2e_response *r)
     memset(r, 0, sizeof(*r));
 }
 
-/* ---- request builders -----------------------------------------------------------------
- */
+/* ---- request builders -------------------------------------------------------------- */
 
 char *e2e_form_encode(const char *s)
 {
@@ -394,8 +392,7 @@ char *e2e_basic_header(const char *client_id, const char *secret)
     return line;
 }
 
-/* ---- JWT ------------------------------------------------------------------------------
- */
+/* ---- JWT --------------------------------------------------------------------------- */
 
 static json_t *decode_b64url_json(const char *text, size_t len)
 {
@@ -630,11 +627,10 @@ char *e2e_at_hash(const char *access_token)
     return util_b64url_encode_new(digest, sizeof(digest) / 2);
 }
 
-/* ---- the cibad process ----------------------------------------------------------------
- */
+/* ---- the cibad process ------------------------------------------------------------- */
 
-/* Asks the kernel for a free loopback port. Another process could take it before cibad
- * binds; the start then fails visibly. */
+/* Asks the kernel for a free loopback port. Another process could take it before
+ * cibad binds; the start then fails visibly. */
 static int pick_port(void)
 {
     struct sockaddr_in addr = {.sin_family = AF_INET};

@@ -15,8 +15,7 @@
 
 #include <jansson.h>
 
-/* ---- HTTP client ----------------------------------------------------------------------
- */
+/* ---- HTTP client ------------------------------------------------------------------- */
 
 struct e2e_header {
     char *name;
@@ -54,8 +53,7 @@ const char *e2e_header(const struct e2e_response *r, const char *name);
 json_t *e2e_json(const struct e2e_response *r);
 void e2e_response_free(struct e2e_response *r);
 
-/* ---- request builders -----------------------------------------------------------------
- */
+/* ---- request builders -------------------------------------------------------------- */
 
 /* Percent-encodes s as application/x-www-form-urlencoded does: unreserved characters
  * stay, space becomes "+", everything else becomes %XX. Returns a new string. */
@@ -68,8 +66,7 @@ char *e2e_form(const char *name, ...) __attribute__((sentinel));
  * New string. */
 char *e2e_basic_header(const char *client_id, const char *secret);
 
-/* ---- JWT ------------------------------------------------------------------------------
- */
+/* ---- JWT --------------------------------------------------------------------------- */
 
 /* Splits a compact JWS and decodes its header and claims without checking anything.
  * Returns 0 and two new references, or -1. */
@@ -86,8 +83,7 @@ int e2e_jwt_verify(const char *jwt, const json_t *jwks, json_t **header, json_t 
  * string. */
 char *e2e_at_hash(const char *access_token);
 
-/* ---- the cibad process ----------------------------------------------------------------
- */
+/* ---- the cibad process ------------------------------------------------------------- */
 
 /* The server secret of every instance. It is fixed because the signing keys that the
  * first instance creates in the suite's database are sealed with it. */
@@ -104,8 +100,8 @@ struct e2e_server {
 
 /* Prepares an instance: picks a free loopback port and builds the environment from the
  * process's own (less any CIBAD_* variable), the test database, the migrations,
- * E2E_SERVER_SECRET, 2 workers, then settings ("NAME=value", NULL-terminated, may be NULL),
- * which override. The binary is $CIBAD_BIN. Returns 0 or -1. */
+ * E2E_SERVER_SECRET, 2 workers, then settings ("NAME=value", NULL-terminated, may be
+ * NULL), which override. The binary is $CIBAD_BIN. Returns 0 or -1. */
 int e2e_server_init(struct e2e_server *s, const char *const *settings);
 /* Replaces or adds one "NAME=value" setting for later starts and commands. */
 void e2e_server_setenv(struct e2e_server *s, const char *name, const char *value);
