@@ -42,8 +42,8 @@ static const char *const base_settings[] = {
     "CIBAD_SMS_DRIVER=http",
     "CIBAD_SMS_HTTP_TOKEN=t",
     "CIBAD_SMS_ALLOW_HTTP_LOOPBACK=true",
-    "CIBAD_LOG_LEVEL=debug", /* every log line, so the log checks cover debug output too
-                              */
+    /* Every log line, so the log checks cover debug output too. */
+    "CIBAD_LOG_LEVEL=debug",
     "CIBAD_POLL_INTERVAL=1",
     "CIBAD_SMS_PER_PHONE_MAX=20",
     "CIBAD_OTP_RESEND_COOLDOWN=2",
@@ -1611,6 +1611,9 @@ START_TEST(login_hint_forms_find_user)
                       "login_hint \"%s\" sent the code to %s", hints[i], jstr(sms, "to"));
         json_decref(sms);
     }
+    free(alice.subject);
+    free(alice.phone);
+    free(alice.username);
 }
 END_TEST
 
