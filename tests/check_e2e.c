@@ -20,6 +20,9 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <jansson.h>
 
@@ -306,6 +309,13 @@ static void setup_twilio(void)
     mock_http_set_default(sink, 201, "{\"sid\":\"SM0001\",\"status\":\"queued\"}");
     remember_secret("the Twilio auth token", "twilio-token-0001");
     start_server();
+}
+
+static void setup_gateway_timeout(void)
+{
+    static const char *const extra[] = {"CIBAD_SMS_TIMEOUT_MS=500", NULL};
+
+    start_instance(extra);
 }
 
 /* Stops the server, expects a clean exit, and checks the log for every secret seen. */
@@ -962,6 +972,104 @@ START_TEST(unknown_parameter_is_ignored)
 
     ck_assert_msg(r.status == 200, "an unknown parameter: %d %s", r.status, r.body);
     e2e_response_free(&r);
+}
+END_TEST
+
+START_TEST(unicode_binding_message_shown)
+{
+    static const char *const message = "Zahlung 42 \xe2\x82\xac an M\xc3\xbcller";
+    char *id = start_auth(&c1, u1.phone, message);
+    struct sms sms;
+    struct e2e_response r;
+
+    wait_sms(0, &sms);
+    ck_assert_msg(strstr(sms.text, message), "the SMS changed the message: %s", sms.text);
+    r = approve_get(sms.ref);
+    ck_assert_msg(body_has(&r, message), "the page changed the message");
+    ck_assert_msg(strstr(e2e_header(&r, "Content-Type"), "utf-8") ||
+                      strstr(e2e_header(&r, "Content-Type"), "UTF-8"),
+                  "the page does not declare UTF-8");
+    e2e_response_free(&r);
+    sms_free(&sms);
+    free(id);
+}
+END_TEST
+
+START_TEST(acr_values_are_voluntary)
+{
+    struct e2e_response r =
+        bc_authorize(&c1, e2e_form("scope", SCOPE, "login_hint", u1.phone, "acr_values",
+                                   "urn:example:unknown " ACR_SMS_OTP, NULL));
+    json_t *body = e2e_json(&r);
+    char *id;
+    struct sms sms;
+    json_t *header = NULL;
+    json_t *claims = NULL;
+    json_t *tokens;
+
+    /* Unsupported values are no error; the ID token tells what was achieved. */
+    ck_assert_msg(r.status == 200, "acr_values: %d %s", r.status, r.body);
+    id = util_strdup(jstr(body, "auth_req_id"));
+    remember_secret("an auth_req_id", id);
+    json_decref(body);
+    e2e_response_free(&r);
+
+    wait_sms(0, &sms);
+    r = enter_code(sms.ref, sms.code);
+    e2e_response_free(&r);
+    r = poll_token(&c1, id);
+    ck_assert_int_eq(r.status, 200);
+    remember_tokens(&r);
+    tokens = e2e_json(&r);
+    ck_assert_int_eq(e2e_jwt_decode(jstr(tokens, "id_token"), &header, &claims), 0);
+    ck_assert_str_eq(jstr(claims, "acr"), ACR_SMS_OTP);
+    json_decref(header);
+    json_decref(claims);
+    json_decref(tokens);
+    e2e_response_free(&r);
+    sms_free(&sms);
+    free(id);
+}
+END_TEST
+
+START_TEST(deleted_client_and_user_lose_access)
+{
+    char *client_request = start_auth(&c1, u1.phone, NULL);
+    char *user_request;
+    struct test_user other;
+    struct sms client_sms;
+    struct sms user_sms;
+    struct e2e_response r;
+
+    wait_sms(0, &client_sms);
+    create_user(&other, NULL, NULL);
+    user_request = start_auth(&c2, other.phone, NULL);
+    wait_sms(1, &user_sms);
+
+    /* Deleting the client ends its credentials and its pending requests. */
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "client", "delete", c1.client_id, NULL), 0);
+    r = poll_token(&c1, client_request);
+    assert_error(&r, 401, "invalid_client");
+    e2e_response_free(&r);
+    r = approve_get(client_sms.ref);
+    ck_assert_msg(r.status == 404, "page of a deleted client's request: %d", r.status);
+    e2e_response_free(&r);
+
+    /* Deleting the user ends the requests that name them. */
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "user", "delete", other.subject, NULL), 0);
+    r = enter_code(user_sms.ref, user_sms.code);
+    ck_assert_msg(r.status == 404, "approving a deleted user's request: %d", r.status);
+    e2e_response_free(&r);
+    r = poll_token(&c2, user_request);
+    assert_error(&r, 400, "invalid_grant");
+    e2e_response_free(&r);
+
+    sms_free(&client_sms);
+    sms_free(&user_sms);
+    free(client_request);
+    free(user_request);
+    free(other.subject);
+    free(other.phone);
 }
 END_TEST
 
@@ -1813,6 +1921,100 @@ START_TEST(code_bound_to_its_request)
 }
 END_TEST
 
+#define N_GUESSERS 20
+
+struct guesser {
+    pthread_t thread;
+    const char *ref;
+    char code[7];
+    pthread_barrier_t *start;
+    int status; /* -1: no reply */
+};
+
+static void *run_guesser(void *arg)
+{
+    struct guesser *g = arg;
+    const char *headers[] = {FORM_TYPE, NULL};
+    char *path = approve_path(g->ref);
+    char *form = e2e_form("code", g->code, "action", "approve", NULL);
+    struct e2e_response r;
+
+    pthread_barrier_wait(g->start);
+    g->status = -1;
+    if (e2e_request(srv.port, "POST", path, headers, form, strlen(form), &r) == 0) {
+        g->status = r.status;
+        e2e_response_free(&r);
+    }
+    free(form);
+    free(path);
+    return NULL;
+}
+
+START_TEST(parallel_wrong_codes_deny)
+{
+    char *id = start_auth(&c1, u1.phone, NULL);
+    static struct guesser guessers[N_GUESSERS];
+    pthread_barrier_t start;
+    struct sms sms;
+    struct e2e_response r;
+
+    /* 20 different wrong codes at once: however they interleave, the attempt limit
+     * holds and the request ends denied. */
+    wait_sms(0, &sms);
+    pthread_barrier_init(&start, NULL, N_GUESSERS);
+    for (int i = 0; i < N_GUESSERS; i++) {
+        unsigned guess = ((unsigned)atoi(sms.code) + 1u + (unsigned)i) % 1000000u;
+
+        guessers[i].ref = sms.ref;
+        snprintf(guessers[i].code, sizeof(guessers[i].code), "%06u", guess);
+        guessers[i].start = &start;
+        ck_assert_int_eq(
+            pthread_create(&guessers[i].thread, NULL, run_guesser, &guessers[i]), 0);
+    }
+    for (int i = 0; i < N_GUESSERS; i++)
+        pthread_join(guessers[i].thread, NULL);
+    pthread_barrier_destroy(&start);
+    for (int i = 0; i < N_GUESSERS; i++) {
+        ck_assert_msg(guessers[i].status != -1, "guess %d got no reply", i);
+        ck_assert_msg(guessers[i].status < 500, "guess %d got %d", i, guessers[i].status);
+    }
+
+    r = approve_get(sms.ref);
+    ck_assert_msg(body_has(&r, "Denied") && !page_has_form(&r),
+                  "after 20 parallel wrong codes the request is not denied: %s", r.body);
+    e2e_response_free(&r);
+    r = enter_code(sms.ref, sms.code);
+    ck_assert_msg(!body_has(&r, "Approved"), "the right code approved after the limit");
+    e2e_response_free(&r);
+    r = poll_token(&c1, id);
+    assert_error(&r, 400, "access_denied");
+    e2e_response_free(&r);
+    sms_free(&sms);
+    free(id);
+}
+END_TEST
+
+START_TEST(resend_after_approval_sends_nothing)
+{
+    char *id = approved_request(NULL);
+    struct sms sms;
+    struct e2e_response r;
+
+    wait_sms(0, &sms);
+    sleep_ms(2200);
+    r = approve_post(sms.ref, e2e_form("action", "resend", NULL));
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_msg(!body_has(&r, "A new code was sent"),
+                  "a resend after approval was sent");
+    ck_assert_msg(!page_has_form(&r), "page after approval shows a form");
+    e2e_response_free(&r);
+    sleep_ms(500);
+    ck_assert_int_eq(mock_http_count(sink), 1);
+    sms_free(&sms);
+    free(id);
+}
+END_TEST
+
 /* Code expiry is not tested end to end: CIBAD_OTP_LIFETIME has a minimum of 30 s, and a
  * test that sleeps that long is not worth its time. The request expiry (which ends the
  * code with it) is covered by expired_request_rejects_code. */
@@ -2236,6 +2438,88 @@ START_TEST(failing_gateway_denies)
 }
 END_TEST
 
+START_TEST(gateway_retry_after_500)
+{
+    char *id;
+    struct sms sms;
+    struct e2e_response r;
+
+    /* One 500, then the default 200: the retry delivers the code. */
+    mock_http_push(sink, 500, "{\"error\":\"busy\"}", 0);
+    id = start_auth(&c1, u1.phone, NULL);
+    wait_sms(1, &sms);
+    r = enter_code(sms.ref, sms.code);
+    ck_assert_msg(body_has(&r, "Approved"), "code from the retried SMS: %s", r.body);
+    e2e_response_free(&r);
+    r = poll_token(&c1, id);
+    ck_assert_int_eq(r.status, 200);
+    remember_tokens(&r);
+    e2e_response_free(&r);
+    sms_free(&sms);
+    free(id);
+}
+END_TEST
+
+/* Polls until the request leaves authorization_pending; returns the error code. */
+static char *poll_until_decided(const char *id)
+{
+    char *error = NULL;
+
+    for (int i = 0; i < 12 && !error; i++) {
+        struct e2e_response r;
+        json_t *body;
+
+        sleep_ms(POLL_GAP_MS);
+        r = poll_token(&c1, id);
+        body = e2e_json(&r);
+        ck_assert_msg(r.status == 400 && jstr(body, "error"), "poll: %d %s", r.status,
+                      r.body);
+        if (strcmp(jstr(body, "error"), "authorization_pending") != 0)
+            error = util_strdup(jstr(body, "error"));
+        json_decref(body);
+        e2e_response_free(&r);
+    }
+    ck_assert_msg(error != NULL, "the request stayed pending for 15 s");
+    return error;
+}
+
+START_TEST(gateway_4xx_not_retried)
+{
+    char *id;
+    char *error;
+
+    /* A 4xx means the gateway refused the message itself: no retry, denied. */
+    mock_http_set_default(sink, 400, "{\"error\":\"invalid number\"}");
+    id = start_auth(&c1, u1.phone, NULL);
+    error = poll_until_decided(id);
+    ck_assert_str_eq(error, "access_denied");
+    ck_assert_int_eq(mock_http_count(sink), 1);
+    free(error);
+    free(id);
+}
+END_TEST
+
+START_TEST(hanging_gateway_times_out)
+{
+    static const struct mock_http_reply slow = {
+        .status = 200, .body = "{}", .delay_ms = 4000};
+    int64_t started = util_mono_ms();
+    char *id;
+    char *error;
+
+    /* CIBAD_SMS_TIMEOUT_MS=500: both attempts time out and the request ends denied. */
+    mock_http_push_reply(sink, &slow);
+    mock_http_push_reply(sink, &slow);
+    id = start_auth(&c1, u1.phone, NULL);
+    error = poll_until_decided(id);
+    ck_assert_str_eq(error, "access_denied");
+    ck_assert_msg(util_mono_ms() - started < 8000, "the timeouts took %lld ms",
+                  (long long)(util_mono_ms() - started));
+    free(error);
+    free(id);
+}
+END_TEST
+
 /* ---- 10. malformed input ----------------------------------------------------------- */
 
 static void assert_server_healthy(const char *after)
@@ -2491,6 +2775,30 @@ START_TEST(raw_garbage_survived)
 }
 END_TEST
 
+START_TEST(idle_connections_do_not_block)
+{
+    enum { N_IDLE = 200 };
+    static int fds[N_IDLE];
+    struct sockaddr_in addr = {.sin_family = AF_INET,
+                               .sin_port = htons((uint16_t)srv.port)};
+    char *id;
+
+    /* Connections that never send a byte must not starve the others. */
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    for (int i = 0; i < N_IDLE; i++) {
+        fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+        ck_assert_int_ge(fds[i], 0);
+        ck_assert_int_eq(connect(fds[i], (struct sockaddr *)&addr, sizeof(addr)), 0);
+    }
+    assert_server_healthy("200 idle connections");
+    id = start_auth(&c1, u1.phone, NULL);
+    for (int i = 0; i < N_IDLE; i++)
+        close(fds[i]);
+    assert_server_healthy("closing 200 idle connections");
+    free(id);
+}
+END_TEST
+
 START_TEST(credentials_in_query_rejected)
 {
     char *id = start_auth(&c1, u1.phone, NULL);
@@ -2708,6 +3016,9 @@ static Suite *e2e_suite(void)
     tcase_add_test(tc, scope_order_does_not_matter);
     tcase_add_test(tc, unknown_parameter_is_ignored);
     tcase_add_test(tc, deny_flow_access_denied);
+    tcase_add_test(tc, unicode_binding_message_shown);
+    tcase_add_test(tc, acr_values_are_voluntary);
+    tcase_add_test(tc, deleted_client_and_user_lose_access);
     tcase_add_test(tc, login_hint_forms_find_user);
     tcase_add_test(tc, concurrent_polls_redeem_once);
     suite_add_tcase(s, tc);
@@ -2749,6 +3060,8 @@ static Suite *e2e_suite(void)
     tcase_add_test(tc, three_wrong_codes_deny);
     tcase_add_test(tc, resend_respects_cooldown);
     tcase_add_test(tc, code_bound_to_its_request);
+    tcase_add_test(tc, parallel_wrong_codes_deny);
+    tcase_add_test(tc, resend_after_approval_sends_nothing);
     suite_add_tcase(s, tc);
 
     tc = new_tcase("phone_limit", setup_phone_limit);
@@ -2766,6 +3079,12 @@ static Suite *e2e_suite(void)
     tc = new_tcase("http_driver", setup_default);
     tcase_add_test(tc, http_driver_request);
     tcase_add_test(tc, failing_gateway_denies);
+    tcase_add_test(tc, gateway_retry_after_500);
+    tcase_add_test(tc, gateway_4xx_not_retried);
+    suite_add_tcase(s, tc);
+
+    tc = new_tcase("gateway_timeout", setup_gateway_timeout);
+    tcase_add_test(tc, hanging_gateway_times_out);
     suite_add_tcase(s, tc);
 
     tc = new_tcase("twilio_driver", setup_twilio);
@@ -2781,6 +3100,7 @@ static Suite *e2e_suite(void)
     tcase_add_test(tc, oversized_header_rejected);
     tcase_add_test(tc, raw_garbage_survived);
     tcase_add_test(tc, credentials_in_query_rejected);
+    tcase_add_test(tc, idle_connections_do_not_block);
     suite_add_tcase(s, tc);
 
     tc = new_tcase("process", setup_default);
