@@ -2635,6 +2635,10 @@ START_TEST(empty_bodies_rejected)
 }
 END_TEST
 
+/* NOTE: libevent 2.1 itself answers a body over CIBAD_MAX_BODY (413) and a header
+ * block over CIBAD_MAX_HEADERS (400) with its own HTML page, before any cibad code runs,
+ * so these replies carry no JSON error and no X-Request-Id. The tests below check only
+ * the status and that the server lives on. */
 START_TEST(oversized_body_rejected)
 {
     char *basic = e2e_basic_header(c1.client_id, c1.secret);
