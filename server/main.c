@@ -703,15 +703,6 @@ static int cmd_user_delete(struct cli *cli, int argc, char **argv)
 /* ---- signing keys ---------------------------------------------------------------------
  */
 
-static int publish_seconds(const struct server_config *cfg)
-{
-    int longest = cfg->access_token_lifetime > cfg->id_token_lifetime
-                      ? cfg->access_token_lifetime
-                      : cfg->id_token_lifetime;
-
-    return longest + 60;
-}
-
 static int cmd_keys_rotate(struct cli *cli, int argc, char **argv)
 {
     char *kid = NULL, *sealed = NULL, *jwk = NULL;
@@ -737,9 +728,9 @@ static int cmd_keys_rotate(struct cli *cli, int argc, char **argv)
         goto out;
     }
     printf(
-        "%s is the signing key now; running servers switch within 30 s, and the previous "
+        "%s is published now and signs in %d s, once JWKS caches know it; the previous "
         "key stays published for %d s\n",
-        kid, publish_seconds(&cli->cfg));
+        kid, OAUTH_KEY_PREPUBLISH_S, server_keys_publish_seconds(&cli->cfg));
     rc = 0;
 out:
     storage_sync_close(s);
@@ -776,7 +767,7 @@ static int cmd_keys_list(struct cli *cli, int argc, char **argv)
     if (!s)
         return 1;
     list = json_array();
-    rc = storage_sync_key_each(s, publish_seconds(&cli->cfg), all, collect_key, list);
+    rc = storage_sync_key_each(s, server_keys_publish_seconds(&cli->cfg), all, collect_key, list);
     storage_sync_close(s);
     if (rc < 0) {
         fprintf(stderr, "cibad: cannot list the signing keys\n");

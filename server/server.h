@@ -20,6 +20,11 @@
  * Returns 0 after a clean stop, or 1 when startup failed (the reason is logged). */
 int server_run(const struct server_config *cfg);
 
+/* Seconds a retired signing key stays in the JWKS: the longest token lifetime, plus the
+ * time it may still sign while its successor is pre-published, plus a margin for JWKS
+ * caches. */
+int server_keys_publish_seconds(const struct server_config *cfg);
+
 /* ---- shared between the files of server/ only ---------------------------------------
  */
 

@@ -61,13 +61,15 @@ struct key_rows {
     size_t n;
 };
 
-static int keys_publish_seconds(const struct server_config *cfg)
+int server_keys_publish_seconds(const struct server_config *cfg)
 {
     int longest = cfg->access_token_lifetime > cfg->id_token_lifetime
                       ? cfg->access_token_lifetime
                       : cfg->id_token_lifetime;
 
-    return longest + KEYS_PUBLISH_MARGIN_S;
+    /* A retired key may still sign for OAUTH_KEY_PREPUBLISH_S after its retirement,
+     * while its successor is being published. */
+    return longest + KEYS_PUBLISH_MARGIN_S + OAUTH_KEY_PREPUBLISH_S;
 }
 
 /* ---- libevent hooks
@@ -148,7 +150,7 @@ static int prepare_database(const struct server_config *cfg, struct key_rows *ro
 {
     char err[256];
     struct storage_sync *s = storage_sync_connect(cfg->database_url, err, sizeof(err));
-    int behind = 0, publish = keys_publish_seconds(cfg), rc = -1;
+    int behind = 0, publish = server_keys_publish_seconds(cfg), rc = -1;
 
     if (!s) {
         log_error("cannot connect to the database: %s", err);
@@ -242,7 +244,7 @@ static void on_keys_timer(evutil_socket_t fd, short what, void *arg)
     (void)what;
     if (t->keys_loading || t->draining)
         return;
-    if (storage_keys_load(t->w.db, keys_publish_seconds(server_config), on_keys_loaded,
+    if (storage_keys_load(t->w.db, server_keys_publish_seconds(server_config), on_keys_loaded,
                           t) != 0) {
         log_warn("worker %d: database unavailable; signing keys not reloaded",
                  t->w.index);
