@@ -54,10 +54,14 @@ static char *issue_access_token(struct token_ctx *ctx, const struct storage_poll
     json_t *claims;
     char *token;
 
-    /* TODO: aud is the issuer until resource indicators (RFC 8707) let a client name
-     * the resource server. */
+    /* One configured audience for every token: RFC 9068 section 3 asks for a default
+     * resource when the request names none, and resource indicators (RFC 8707) are
+     * not supported yet. */
+    const char *audience = cfg->access_token_audience ? cfg->access_token_audience
+                                                      : cfg->issuer;
+
     claims = json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:s, s:I, s:s, s:o}", "iss",
-                       cfg->issuer, "sub", poll->subject, "aud", cfg->issuer, "client_id",
+                       cfg->issuer, "sub", poll->subject, "aud", audience, "client_id",
                        ctx->client->client_id, "scope", poll->scope, "iat", (json_int_t)now,
                        "exp", (json_int_t)(now + cfg->access_token_lifetime), "jti", jti,
                        "auth_time", (json_int_t)poll->auth_time, "acr", OAUTH_ACR_SMS_OTP,
