@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
     build-essential pkg-config
-    libevent-dev libjansson-dev libjwt-dev libssl-dev libpq-dev check libsubunit-dev
+    libevent-dev libjansson-dev libssl-dev libpq-dev check libsubunit-dev
     postgresql-15 postgresql-client-15 openssl curl wrk
 )
 
