@@ -284,18 +284,19 @@ static int key_open(struct oauth_key *k, const struct storage_key *row,
 }
 
 /* Picks the key that signs: the current one once it has been published for
- * OAUTH_KEY_PREPUBLISH_S, and until then the key it replaced, so a resource server
- * that cached the JWKS before the rotation never sees a token with an unknown kid.
- * The very first key signs at once, since there is nothing to fall back to. */
+ * prepublish_seconds, and until then the key it replaced, so a resource server that
+ * cached the JWKS before the rotation never sees a token with an unknown kid. The very
+ * first key signs at once, since there is nothing to fall back to. */
 static struct oauth_key *choose_signing_key(struct oauth_keyset *ks,
-                                            const struct storage_key *keys, size_t n)
+                                            const struct storage_key *keys, size_t n,
+                                            int prepublish_seconds)
 {
     int64_t now = util_now_s();
 
     for (size_t i = 0; i < n; i++) {
         if (keys[i].retired_at != 0)
             continue;
-        if (keys[i].created_at > now - OAUTH_KEY_PREPUBLISH_S && i + 1 < n &&
+        if (keys[i].created_at > now - prepublish_seconds && i + 1 < n &&
             keys[i + 1].retired_at != 0)
             return &ks->keys[i + 1];
         return &ks->keys[i];
@@ -304,7 +305,7 @@ static struct oauth_key *choose_signing_key(struct oauth_keyset *ks,
 }
 
 struct oauth_keyset *oauth_keyset_new(const struct storage_key *keys, size_t n,
-                                      const char *secret)
+                                      const char *secret, int prepublish_seconds)
 {
     struct oauth_keyset *ks = util_calloc(1, sizeof(*ks));
 
@@ -329,7 +330,7 @@ struct oauth_keyset *oauth_keyset_new(const struct storage_key *keys, size_t n,
             }
         }
     }
-    ks->signing = choose_signing_key(ks, keys, n);
+    ks->signing = choose_signing_key(ks, keys, n, prepublish_seconds);
     return ks;
 }
 

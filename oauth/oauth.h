@@ -133,19 +133,16 @@ struct oauth_keyset;
 int oauth_key_generate(const char *secret, char **kid, char **sealed_private,
                        char **public_jwk) MUST_CHECK;
 
-/* Seconds a new key is published in the JWKS before it signs: the JWKS max-age (60 s)
- * plus the workers' key refresh period (30 s), with a margin. */
-#define OAUTH_KEY_PREPUBLISH_S 120
-
 /* Builds a keyset from rows loaded by storage (newest first). The key whose retired_at
- * is 0 signs once it is OAUTH_KEY_PREPUBLISH_S old; until then the key it replaced
- * signs. Unseals every private key once with secret and keeps the
- * parsed keys, so signing never parses a key again. Also checks that each row's kid and
- * public_jwk match its private key. Returns NULL and logs when a key cannot be opened.
- * A keyset is used by one thread only: each worker builds its own copy, and the cached
- * OpenSSL objects inside are not locked. */
+ * is 0 signs once it is prepublish_seconds old; until then the key it replaced signs,
+ * so resource servers that cache the JWKS learn a new key before they meet it. Unseals
+ * every private key once with secret and keeps the parsed keys, so signing never parses a
+ * key again. Also checks that each row's kid and public_jwk match its private key.
+ * Returns NULL and logs when a key cannot be opened. A keyset is used by one thread only:
+ * each worker builds its own copy, and the cached OpenSSL objects inside are not locked.
+ */
 struct oauth_keyset *oauth_keyset_new(const struct storage_key *keys, size_t n,
-                                      const char *secret);
+                                      const char *secret, int prepublish_seconds);
 void oauth_keyset_free(struct oauth_keyset *ks);
 /* The JWKS document {"keys":[...]} with public parts only (new reference). */
 json_t *oauth_keyset_jwks(const struct oauth_keyset *ks);

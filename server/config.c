@@ -84,6 +84,8 @@ static const struct setting settings[] = {
      "Wrong codes allowed before the request is denied"},
     {"otp_resend_cooldown", "CIBAD_OTP_RESEND_COOLDOWN", SETTING_INT, FIELD(otp_resend_cooldown), "30", 0, 3600, false,
      "Seconds before the user may ask for a new code"},
+    {"key_prepublish_seconds", "CIBAD_KEY_PREPUBLISH_SECONDS", SETTING_INT, FIELD(key_prepublish_seconds), "120", 0, 86400, false,
+     "Seconds a new signing key is in the JWKS before it signs, so JWKS caches learn it first"},
     {"access_token_audience", "CIBAD_ACCESS_TOKEN_AUDIENCE", SETTING_STRING, FIELD(access_token_audience), NULL, 0, 0, false,
      "aud claim of access tokens: the resource server's identifier (default: the issuer)"},
     {"access_token_lifetime", "CIBAD_ACCESS_TOKEN_LIFETIME", SETTING_INT, FIELD(access_token_lifetime), "300", 30, 86400, false,

@@ -39,6 +39,7 @@ struct server_config {
     int otp_max_attempts;
     int otp_resend_cooldown; /* seconds */
 
+    int key_prepublish_seconds; /* a new key signs only after this long in the JWKS */
     char *access_token_audience; /* aud of access tokens; NULL means the issuer */
     int access_token_lifetime; /* seconds */
     int id_token_lifetime;     /* seconds */

@@ -730,7 +730,7 @@ static int cmd_keys_rotate(struct cli *cli, int argc, char **argv)
     printf(
         "%s is published now and signs in %d s, once JWKS caches know it; the previous "
         "key stays published for %d s\n",
-        kid, OAUTH_KEY_PREPUBLISH_S, server_keys_publish_seconds(&cli->cfg));
+        kid, cli->cfg.key_prepublish_seconds, server_keys_publish_seconds(&cli->cfg));
     rc = 0;
 out:
     storage_sync_close(s);

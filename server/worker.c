@@ -67,9 +67,9 @@ int server_keys_publish_seconds(const struct server_config *cfg)
                       ? cfg->access_token_lifetime
                       : cfg->id_token_lifetime;
 
-    /* A retired key may still sign for OAUTH_KEY_PREPUBLISH_S after its retirement,
+    /* A retired key may still sign for key_prepublish_seconds after its retirement,
      * while its successor is being published. */
-    return longest + KEYS_PUBLISH_MARGIN_S + OAUTH_KEY_PREPUBLISH_S;
+    return longest + KEYS_PUBLISH_MARGIN_S + cfg->key_prepublish_seconds;
 }
 
 /* ---- libevent hooks
@@ -218,7 +218,8 @@ static void on_keys_loaded(void *arg, enum storage_status status,
         return;
     }
 
-    ks = oauth_keyset_new(keys, n_keys, server_config->secret);
+    ks = oauth_keyset_new(keys, n_keys, server_config->secret,
+                          server_config->key_prepublish_seconds);
     if (!ks) {
         log_error("worker %d: cannot open the reloaded signing keys; keeping the current "
                   "ones",
@@ -244,8 +245,8 @@ static void on_keys_timer(evutil_socket_t fd, short what, void *arg)
     (void)what;
     if (t->keys_loading || t->draining)
         return;
-    if (storage_keys_load(t->w.db, server_keys_publish_seconds(server_config), on_keys_loaded,
-                          t) != 0) {
+    if (storage_keys_load(t->w.db, server_keys_publish_seconds(server_config),
+                          on_keys_loaded, t) != 0) {
         log_warn("worker %d: database unavailable; signing keys not reloaded",
                  t->w.index);
         return;
@@ -360,7 +361,8 @@ static int worker_open(struct server_thread *t, int index,
                   cfg->sms_driver);
         return -1;
     }
-    t->w.keys = oauth_keyset_new(rows->keys, rows->n, cfg->secret);
+    t->w.keys =
+        oauth_keyset_new(rows->keys, rows->n, cfg->secret, cfg->key_prepublish_seconds);
     if (!t->w.keys) {
         log_error(
             "cannot open the signing keys: is `secret` the one they were sealed with?");

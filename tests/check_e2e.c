@@ -2905,54 +2905,74 @@ START_TEST(cli_rejects_bad_input)
 }
 END_TEST
 
-START_TEST(key_rotation_keeps_old_tokens_valid)
+/* Issues one token for a fresh approved request and returns the body (new reference). */
+static json_t *issue_tokens(void)
 {
-    char *first_id = approved_request(NULL);
-    char *second_id;
-    struct e2e_response r;
-    json_t *first;
-    json_t *second;
-    json_t *old_header = NULL;
-    json_t *new_header = NULL;
-    json_t *jwks;
-    char err[256];
+    char *id = approved_request(NULL);
+    struct e2e_response r = poll_token(&c1, id);
+    json_t *body;
 
-    r = poll_token(&c1, first_id);
     ck_assert_int_eq(r.status, 200);
-    first = e2e_json(&r);
+    body = e2e_json(&r);
     remember_tokens(&r);
     e2e_response_free(&r);
+    free(id);
+    return body;
+}
 
-    /* Rotate, then restart so every worker loads the new key at once. */
+/* Verifies the access token of body against jwks and returns its kid (new string). */
+static char *verified_kid(json_t *body, json_t *jwks, const char *when)
+{
+    json_t *header = NULL;
+    char err[256], *kid;
+
+    ck_assert_msg(e2e_jwt_verify(jstr(body, "access_token"), jwks, &header, NULL, err,
+                                 sizeof(err)) == 0,
+                  "the token %s does not verify against the JWKS: %s", when, err);
+    kid = util_strdup(jstr(header, "kid"));
+    json_decref(header);
+    return kid;
+}
+
+START_TEST(key_rotation_keeps_old_tokens_valid)
+{
+    json_t *first = issue_tokens(), *second, *third, *jwks;
+    char *first_kid, *second_kid, *third_kid;
+
+    /* Rotate, then restart so every worker loads the new key at once. With the default
+     * pre-publication delay the new key is published but the old one still signs. */
     ck_assert_int_eq(e2e_cli(&srv, NULL, "keys", "rotate", NULL), 0);
     ck_assert_int_eq(e2e_server_stop(&srv), 0);
     start_server();
-
-    second_id = approved_request(NULL);
-    r = poll_token(&c1, second_id);
-    ck_assert_int_eq(r.status, 200);
-    second = e2e_json(&r);
-    remember_tokens(&r);
-    e2e_response_free(&r);
+    second = issue_tokens();
 
     jwks = fetch_jwks();
     ck_assert_msg(json_array_size(json_object_get(jwks, "keys")) >= 2,
-                  "the JWKS dropped the previous key right after a rotation");
-    ck_assert_msg(e2e_jwt_verify(jstr(first, "access_token"), jwks, &old_header, NULL,
-                                 err, sizeof(err)) == 0,
-                  "a token from before the rotation no longer verifies: %s", err);
-    ck_assert_msg(e2e_jwt_verify(jstr(second, "access_token"), jwks, &new_header, NULL,
-                                 err, sizeof(err)) == 0,
-                  "a token from after the rotation does not verify: %s", err);
-    ck_assert_msg(strcmp(jstr(new_header, "kid"), jstr(old_header, "kid")) != 0,
+                  "the JWKS does not hold both the previous and the new key");
+    first_kid = verified_kid(first, jwks, "from before the rotation");
+    second_kid = verified_kid(second, jwks, "issued during pre-publication");
+    ck_assert_msg(strcmp(first_kid, second_kid) == 0,
+                  "the new key signed before its pre-publication delay passed");
+    json_decref(jwks);
+
+    /* Without the delay the new key signs, and the old tokens still verify. */
+    ck_assert_int_eq(e2e_server_stop(&srv), 0);
+    e2e_server_setenv(&srv, "CIBAD_KEY_PREPUBLISH_SECONDS", "0");
+    start_server();
+    third = issue_tokens();
+    jwks = fetch_jwks();
+    third_kid = verified_kid(third, jwks, "from after the rotation");
+    free(verified_kid(first, jwks, "from before the rotation, after the switch"));
+    ck_assert_msg(strcmp(third_kid, first_kid) != 0,
                   "the token after the rotation is signed with the old key");
-    json_decref(old_header);
-    json_decref(new_header);
+
     json_decref(jwks);
     json_decref(first);
     json_decref(second);
-    free(first_id);
-    free(second_id);
+    json_decref(third);
+    free(first_kid);
+    free(second_kid);
+    free(third_kid);
 }
 END_TEST
 

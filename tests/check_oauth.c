@@ -1118,7 +1118,7 @@ static void key_setup(void)
     setup();
     gk = key_new();
     row = key_row(&gk, 0);
-    ks = oauth_keyset_new(&row, 1, SECRET);
+    ks = oauth_keyset_new(&row, 1, SECRET, 0);
     ck_assert_ptr_nonnull(ks);
     gk_pkey = test_unseal(SECRET, gk.sealed);
     ck_assert_ptr_nonnull(gk_pkey);
@@ -1238,7 +1238,7 @@ START_TEST(key_known_p256_key)
     json_decref(jwk);
     sealed = test_seal(SECRET, pkey);
     row = (struct storage_key){kid, "ES256", sealed, jwk_text, 1700000000, 0};
-    known = oauth_keyset_new(&row, 1, SECRET);
+    known = oauth_keyset_new(&row, 1, SECRET, 0);
     ck_assert_ptr_nonnull(known);
     ck_assert_str_eq(oauth_keyset_signing_kid(known), kid);
 
@@ -1268,8 +1268,8 @@ START_TEST(keyset_wrong_secret)
 {
     struct storage_key row = key_row(&gk, 0);
 
-    ck_assert_ptr_null(oauth_keyset_new(&row, 1, "another secret"));
-    ck_assert_ptr_null(oauth_keyset_new(&row, 1, ""));
+    ck_assert_ptr_null(oauth_keyset_new(&row, 1, "another secret", 0));
+    ck_assert_ptr_null(oauth_keyset_new(&row, 1, "", 0));
     ck_assert_ptr_null(test_unseal("another secret", gk.sealed));
 }
 END_TEST
@@ -1285,29 +1285,29 @@ START_TEST(keyset_damaged_rows)
     sealed[last] = sealed[last] == 'A' ? 'B' : 'A';
     row = key_row(&gk, 0);
     row.private_key = sealed;
-    ck_assert_ptr_null(oauth_keyset_new(&row, 1, SECRET));
+    ck_assert_ptr_null(oauth_keyset_new(&row, 1, SECRET, 0));
 
     row = key_row(&gk, 0);
     row.private_key = "v2.abc.def";
-    ck_assert_ptr_null(oauth_keyset_new(&row, 1, SECRET));
+    ck_assert_ptr_null(oauth_keyset_new(&row, 1, SECRET, 0));
     row.private_key = "v1.abc";
-    ck_assert_ptr_null(oauth_keyset_new(&row, 1, SECRET));
+    ck_assert_ptr_null(oauth_keyset_new(&row, 1, SECRET, 0));
 
     row = key_row(&gk, 0);
     row.kid = other.kid;
-    ck_assert_ptr_null(oauth_keyset_new(&row, 1, SECRET));
+    ck_assert_ptr_null(oauth_keyset_new(&row, 1, SECRET, 0));
 
     row = key_row(&gk, 0);
     row.public_jwk = other.jwk;
-    ck_assert_ptr_null(oauth_keyset_new(&row, 1, SECRET));
+    ck_assert_ptr_null(oauth_keyset_new(&row, 1, SECRET, 0));
 
     row = key_row(&gk, 0);
     row.public_jwk = "not json";
-    ck_assert_ptr_null(oauth_keyset_new(&row, 1, SECRET));
+    ck_assert_ptr_null(oauth_keyset_new(&row, 1, SECRET, 0));
 
     row = key_row(&gk, 0);
     row.alg = "RS256";
-    ck_assert_ptr_null(oauth_keyset_new(&row, 1, SECRET));
+    ck_assert_ptr_null(oauth_keyset_new(&row, 1, SECRET, 0));
     key_free(&other);
     free(sealed);
 }
@@ -1317,7 +1317,7 @@ START_TEST(keyset_duplicate_kid)
 {
     struct storage_key rows[2] = {key_row(&gk, 0), key_row(&gk, 1)};
 
-    ck_assert_ptr_null(oauth_keyset_new(rows, 2, SECRET));
+    ck_assert_ptr_null(oauth_keyset_new(rows, 2, SECRET, 0));
 }
 END_TEST
 
@@ -1326,7 +1326,7 @@ START_TEST(keyset_signing_choice)
     struct gen_key older = key_new(), oldest = key_new();
     struct storage_key rows[3] = {key_row(&gk, 1700000100), key_row(&older, 0),
                                   key_row(&oldest, 1700000000)};
-    struct oauth_keyset *set = oauth_keyset_new(rows, 3, SECRET);
+    struct oauth_keyset *set = oauth_keyset_new(rows, 3, SECRET, 0);
     json_t *claims = json_pack("{s:s}", "sub", "u1");
     char *token;
 
@@ -1340,7 +1340,7 @@ START_TEST(keyset_signing_choice)
 
     /* Every key retired: nothing signs, but tokens from retired keys still verify. */
     rows[1].retired_at = 1700000050;
-    set = oauth_keyset_new(rows, 3, SECRET);
+    set = oauth_keyset_new(rows, 3, SECRET, 0);
     ck_assert_ptr_nonnull(set);
     ck_assert_ptr_null(oauth_keyset_signing_kid(set));
     ck_assert_ptr_null(oauth_jws_sign(set, "JWT", claims));
@@ -1352,7 +1352,7 @@ START_TEST(keyset_signing_choice)
     free(token);
     oauth_keyset_free(set);
 
-    set = oauth_keyset_new(NULL, 0, SECRET);
+    set = oauth_keyset_new(NULL, 0, SECRET, 0);
     ck_assert_ptr_nonnull(set);
     ck_assert_ptr_null(oauth_keyset_signing_kid(set));
     claims = oauth_keyset_jwks(set);
@@ -1364,11 +1364,45 @@ START_TEST(keyset_signing_choice)
 }
 END_TEST
 
+START_TEST(keyset_prepublishes_new_key)
+{
+    struct gen_key fresh = key_new();
+    int64_t now = util_now_s();
+    struct storage_key rows[2] = {key_row(&fresh, 0), key_row(&gk, now - 5)};
+    struct oauth_keyset *set;
+
+    /* Added 10 s ago: published, but the key it replaced still signs. */
+    rows[0].created_at = now - 10;
+    set = oauth_keyset_new(rows, 2, SECRET, 120);
+    ck_assert_ptr_nonnull(set);
+    ck_assert_str_eq(oauth_keyset_signing_kid(set), gk.kid);
+    oauth_keyset_free(set);
+
+    /* Old enough: the new key signs. */
+    rows[0].created_at = now - 121;
+    set = oauth_keyset_new(rows, 2, SECRET, 120);
+    ck_assert_str_eq(oauth_keyset_signing_kid(set), fresh.kid);
+    oauth_keyset_free(set);
+
+    /* No delay configured: the new key signs at once. */
+    rows[0].created_at = now;
+    set = oauth_keyset_new(rows, 2, SECRET, 0);
+    ck_assert_str_eq(oauth_keyset_signing_kid(set), fresh.kid);
+    oauth_keyset_free(set);
+
+    /* The very first key has no predecessor, so it signs at once. */
+    set = oauth_keyset_new(rows, 1, SECRET, 120);
+    ck_assert_str_eq(oauth_keyset_signing_kid(set), fresh.kid);
+    oauth_keyset_free(set);
+    key_free(&fresh);
+}
+END_TEST
+
 START_TEST(jwks_public_members_only)
 {
     struct gen_key second = key_new();
     struct storage_key rows[2] = {key_row(&second, 0), key_row(&gk, 1700000000)};
-    struct oauth_keyset *set = oauth_keyset_new(rows, 2, SECRET);
+    struct oauth_keyset *set = oauth_keyset_new(rows, 2, SECRET, 0);
     json_t *jwks = oauth_keyset_jwks(set), *keys = json_object_get(jwks, "keys"), *k;
     size_t i;
 
@@ -1846,7 +1880,7 @@ START_TEST(jws_retired_key_verifies)
 {
     struct gen_key next = key_new();
     struct storage_key rows[2] = {key_row(&next, 0), key_row(&gk, 1700000000)};
-    struct oauth_keyset *rotated = oauth_keyset_new(rows, 2, SECRET);
+    struct oauth_keyset *rotated = oauth_keyset_new(rows, 2, SECRET, 0);
     json_t *claims = json_pack("{s:s}", "sub", "u1"), *got;
     char *old_token = oauth_jws_sign(ks, "JWT", claims);
 
@@ -2064,6 +2098,7 @@ static Suite *oauth_suite(void)
     tcase_add_test(keys, keyset_damaged_rows);
     tcase_add_test(keys, keyset_duplicate_kid);
     tcase_add_test(keys, keyset_signing_choice);
+    tcase_add_test(keys, keyset_prepublishes_new_key);
     tcase_add_test(keys, jwks_public_members_only);
     suite_add_tcase(s, keys);
 

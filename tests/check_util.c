@@ -14,8 +14,8 @@ START_TEST(b64url_rfc4648_vectors)
 {
     /* RFC 4648 section 10, in the URL-safe alphabet without padding. */
     static const char *const plain[] = {"", "f", "fo", "foo", "foob", "fooba", "foobar"};
-    static const char *const coded[] = {"", "Zg", "Zm8", "Zm9v", "Zm9vYg", "Zm9vYmE",
-                                        "Zm9vYmFy"};
+    static const char *const coded[] = {"",       "Zg",      "Zm8",     "Zm9v",
+                                        "Zm9vYg", "Zm9vYmE", "Zm9vYmFy"};
 
     for (size_t i = 0; i < ARRAY_LEN(plain); i++) {
         char *out = util_b64url_encode_new(plain[i], strlen(plain[i]));
@@ -48,7 +48,13 @@ START_TEST(b64url_decode_rejects_bad_input)
     size_t len;
     /* padding, standard-alphabet characters, a space, an impossible length, non-zero
      * trailing bits (so one byte string has one encoding only) */
-    static const char *const bad[] = {"Zg==", "Zm+v", "Zm/v", "Zm9 v", "Z", "Zh", "Zm9"
+    static const char *const bad[] = {"Zg==",
+                                      "Zm+v",
+                                      "Zm/v",
+                                      "Zm9 v",
+                                      "Z",
+                                      "Zh",
+                                      "Zm9"
                                       "w\x01"};
 
     for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
@@ -95,7 +101,8 @@ START_TEST(sha256_hex_known_vector)
     char hex[65];
 
     util_sha256_hex("abc", 3, hex);
-    ck_assert_str_eq(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    ck_assert_str_eq(hex,
+                     "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 }
 END_TEST
 
@@ -133,8 +140,17 @@ START_TEST(parse_int64_strict)
     ck_assert_int_eq(util_parse_int64("-5", -10, 10, &v), 0);
     ck_assert_int_eq(v, -5);
 
-    static const char *const bad[] = {"", " 1", "1 ", "+1", "1.5", "abc", "0x10",
-                                      "-5", "0", "1001", "99999999999999999999"};
+    static const char *const bad[] = {"",
+                                      " 1",
+                                      "1 ",
+                                      "+1",
+                                      "1.5",
+                                      "abc",
+                                      "0x10",
+                                      "-5",
+                                      "0",
+                                      "1001",
+                                      "99999999999999999999"};
     for (size_t i = 0; i < ARRAY_LEN(bad); i++)
         ck_assert_msg(util_parse_int64(bad[i], 1, 1000, &v) != 0, "accepted \"%s\"",
                       bad[i]);
@@ -143,10 +159,9 @@ END_TEST
 
 START_TEST(phone_normalize_common_forms)
 {
-    static const char *const same[] = {"+15555550100",    "+1 555 555 0100",
-                                       "+1 (555) 555-0100", "15555550100",
-                                       "555-555-0100",      "555.555.0100",
-                                       "(555) 555 0100",    "0015555550100"};
+    static const char *const same[] = {
+        "+15555550100", "+1 555 555 0100", "+1 (555) 555-0100", "15555550100",
+        "555-555-0100", "555.555.0100",    "(555) 555 0100",    "0015555550100"};
     char out[17];
 
     for (size_t i = 0; i < ARRAY_LEN(same); i++) {
@@ -163,9 +178,10 @@ END_TEST
 
 START_TEST(phone_normalize_rejects_non_numbers)
 {
-    static const char *const bad[] = {"alice", "sub:123", "+1 555 555 0100 ext 1",
-                                      "+1234", "+1234567890123456", "+0123456789",
-                                      "", "++15555550100", "+1\n5555550100"};
+    static const char *const bad[] = {
+        "alice", "sub:123",           "+1 555 555 0100 ext 1",
+        "+1234", "+1234567890123456", "+0123456789",
+        "",      "++15555550100",     "+1\n5555550100"};
     char out[17];
 
     for (size_t i = 0; i < ARRAY_LEN(bad); i++)
@@ -197,7 +213,8 @@ START_TEST(log_line_shape_and_escaping)
 {
     char *line = capture_log("0123456789abcdef", "agent\n1", "a\nforged line\r");
 
-    ck_assert_ptr_nonnull(strstr(line, " warn [0123456789abcdef] client_id=agent\\x0a1 "));
+    ck_assert_ptr_nonnull(
+        strstr(line, " warn [0123456789abcdef] client_id=agent\\x0a1 "));
     ck_assert_ptr_nonnull(strstr(line, "a\\x0aforged line\\x0d\n"));
     /* exactly one newline: the one that ends the line */
     ck_assert_ptr_eq(strchr(line, '\n'), line + strlen(line) - 1);
