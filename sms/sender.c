@@ -36,7 +36,7 @@ struct send_ctx {
     char rid[40];
     char masked_to[SMS_PHONE_MASK_LEN];
     struct sms_gateway_request gw; /* empty for the console driver */
-    struct sms_http_call *call;    /* the running attempt, or NULL */
+    struct util_http_call *call;   /* the running attempt, or NULL */
     struct event *timer;
     int attempts;
     int status; /* HTTP status of the last attempt, 0 when none arrived */
@@ -98,8 +98,8 @@ static int config_check(const struct sms_config *cfg, bool have_dns, char *err,
                  SMS_MIN_TIMEOUT_MS, SMS_MAX_TIMEOUT_MS);
         return -1;
     }
-    if (sms_http_url_check(url, cfg->allow_http_loopback, have_dns, url_err,
-                           sizeof(url_err)) != 0) {
+    if (util_http_url_check(url, cfg->allow_http_loopback, have_dns, url_err,
+                            sizeof(url_err)) != 0) {
         snprintf(err, err_len, "invalid %s: %s",
                  cfg->driver == SMS_DRIVER_HTTP ? "http_url" : "twilio_base_url",
                  url_err);
@@ -177,7 +177,7 @@ struct sms_sender *sms_sender_new(struct event_base *base, struct evdns_base *dn
     s->dns = dns;
     config_copy(&s->cfg, cfg);
     if (cfg->driver != SMS_DRIVER_CONSOLE) {
-        s->tls = sms_http_tls_ctx_new(cfg->ca_file);
+        s->tls = util_http_tls_ctx_new(cfg->ca_file);
         if (!s->tls) {
             log_error("SMS sender not created: driver %s: the TLS setup failed",
                       driver_name(cfg->driver));
@@ -228,7 +228,7 @@ static void ctx_unlink(struct send_ctx *ctx)
 
 static void ctx_free(struct send_ctx *ctx)
 {
-    sms_http_cancel(ctx->call);
+    util_http_cancel(ctx->call);
     event_free(ctx->timer);
     sms_gateway_request_clear(&ctx->gw);
     free(ctx);
@@ -281,19 +281,19 @@ static void fail_later(struct send_ctx *ctx, const char *reason)
     finish_later(ctx);
 }
 
-static void on_attempt_done(void *arg, const struct sms_http_response *res);
+static void on_attempt_done(void *arg, const struct util_http_response *res);
 
 /* Starts the next HTTP attempt. Returns 0, or -1 when it could not start. */
 static int start_attempt(struct send_ctx *ctx)
 {
     struct sms_sender *s = ctx->sender;
-    const struct sms_http_header headers[] = {
+    const struct util_http_header headers[] = {
         {"Content-Type", ctx->gw.content_type},
         {"Authorization", ctx->gw.authorization},
         {"Accept", "application/json"},
         {"User-Agent", "cibad"},
     };
-    const struct sms_http_request req = {
+    const struct util_http_request req = {
         .method = EVHTTP_REQ_POST,
         .url = ctx->gw.url,
         .headers = headers,
@@ -307,27 +307,27 @@ static int start_attempt(struct send_ctx *ctx)
     ctx->attempts++;
     ctx->status = 0;
     set_state(ctx, SEND_IN_FLIGHT);
-    ctx->call = sms_http_send(s->base, s->dns, s->tls, &req, on_attempt_done, ctx);
+    ctx->call = util_http_send(s->base, s->dns, s->tls, &req, on_attempt_done, ctx);
     return ctx->call ? 0 : -1;
 }
 
 /* A timeout, a failed or dropped connection and a 5xx may be passing problems, so
  * they get one retry. A TLS failure, a 3xx or 4xx, or an unreadable response would
  * fail the same way again. */
-static bool is_retryable(const struct sms_http_response *res)
+static bool is_retryable(const struct util_http_response *res)
 {
     switch (res->error) {
-    case SMS_HTTP_ERR_TIMEOUT:
-    case SMS_HTTP_ERR_CONNECT:
+    case UTIL_HTTP_ERR_TIMEOUT:
+    case UTIL_HTTP_ERR_CONNECT:
         return true;
-    case SMS_HTTP_OK:
+    case UTIL_HTTP_OK:
         return res->status >= 500 && res->status <= 599;
     default:
         return false;
     }
 }
 
-static void on_attempt_done(void *arg, const struct sms_http_response *res)
+static void on_attempt_done(void *arg, const struct util_http_response *res)
 {
     struct send_ctx *ctx = arg;
     struct timeval delay = {SMS_RETRY_DELAY_MS / 1000,
@@ -335,13 +335,13 @@ static void on_attempt_done(void *arg, const struct sms_http_response *res)
 
     ctx->call = NULL; /* the HTTP client frees it after this callback */
     ctx->status = res->status;
-    if (res->error == SMS_HTTP_OK && res->status >= 200 && res->status <= 299) {
+    if (res->error == UTIL_HTTP_OK && res->status >= 200 && res->status <= 299) {
         ctx->ok = true;
         finish(ctx);
         return;
     }
 
-    if (res->error != SMS_HTTP_OK)
+    if (res->error != UTIL_HTTP_OK)
         snprintf(ctx->reason, sizeof(ctx->reason), "gateway request failed: %s",
                  res->reason);
     else if (res->status >= 300 && res->status <= 399)
@@ -429,7 +429,7 @@ void sms_sender_free(struct sms_sender *s)
     while (s->active) {
         struct send_ctx *ctx = s->active;
 
-        sms_http_cancel(ctx->call);
+        util_http_cancel(ctx->call);
         ctx->call = NULL;
         ctx->ok = false;
         snprintf(ctx->reason, sizeof(ctx->reason),

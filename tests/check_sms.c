@@ -1014,11 +1014,11 @@ START_TEST(oversized_response_fails)
     struct env e;
     char *url;
     struct sms_sender *s = http_sender(&e, 3000, &url);
-    char *big = util_malloc(SMS_HTTP_MAX_RESPONSE_BODY + 2);
+    char *big = util_malloc(UTIL_HTTP_MAX_RESPONSE_BODY + 2);
     struct sent r;
 
-    memset(big, 'x', SMS_HTTP_MAX_RESPONSE_BODY + 1);
-    big[SMS_HTTP_MAX_RESPONSE_BODY + 1] = '\0';
+    memset(big, 'x', UTIL_HTTP_MAX_RESPONSE_BODY + 1);
+    big[UTIL_HTTP_MAX_RESPONSE_BODY + 1] = '\0';
     mock_http_push(e.mock, 200, big, 0);
     send_and_wait(s, e.base, &r, phone, "text");
     ck_assert_int_eq(r.calls, 1);
@@ -1273,12 +1273,12 @@ END_TEST
 
 struct http_result {
     int calls;
-    enum sms_http_error error;
+    enum util_http_error error;
     int status;
     char body[64];
 };
 
-static void on_http_done(void *arg, const struct sms_http_response *res)
+static void on_http_done(void *arg, const struct util_http_response *res)
 {
     struct http_result *r = arg;
 
@@ -1292,8 +1292,8 @@ START_TEST(http_client_get_with_headers)
 {
     struct env e;
     char *url;
-    const struct sms_http_header headers[] = {{"X-Test", "value 1"}};
-    struct sms_http_request req = {
+    const struct util_http_header headers[] = {{"X-Test", "value 1"}};
+    struct util_http_request req = {
         .method = EVHTTP_REQ_GET,
         .headers = headers,
         .header_count = 1,
@@ -1307,12 +1307,12 @@ START_TEST(http_client_get_with_headers)
     url = mock_http_url(e.mock, "127.0.0.1", "/ping?x=1");
     req.url = url;
     mock_http_push(e.mock, 201, "hello", 0);
-    ck_assert_ptr_nonnull(sms_http_send(e.base, NULL, NULL, &req, on_http_done, &r));
+    ck_assert_ptr_nonnull(util_http_send(e.base, NULL, NULL, &req, on_http_done, &r));
     ck_assert_int_eq(r.calls, 0);
     run_until(e.base, &r.calls, 5000);
 
     ck_assert_int_eq(r.calls, 1);
-    ck_assert_int_eq(r.error, SMS_HTTP_OK);
+    ck_assert_int_eq(r.error, UTIL_HTTP_OK);
     ck_assert_int_eq(r.status, 201);
     ck_assert_str_eq(r.body, "hello");
     seen = mock_http_request_get(e.mock, 0);
@@ -1328,8 +1328,8 @@ END_TEST
 START_TEST(http_client_rejects_bad_headers)
 {
     struct event_base *base = event_base_new();
-    struct sms_http_header headers[1];
-    struct sms_http_request req = {
+    struct util_http_header headers[1];
+    struct util_http_request req = {
         .method = EVHTTP_REQ_POST,
         .url = "http://127.0.0.1:9/x",
         .headers = headers,
@@ -1337,7 +1337,7 @@ START_TEST(http_client_rejects_bad_headers)
         .timeout_ms = 1000,
         .allow_http_loopback = true,
     };
-    static const struct sms_http_header bad[] = {
+    static const struct util_http_header bad[] = {
         {"X-Test", "a\r\nX-Injected: 1"},
         {"X-Test", "a\r\n b"},
         {"X Test", "a"},
@@ -1349,16 +1349,16 @@ START_TEST(http_client_rejects_bad_headers)
 
     for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
         headers[0] = bad[i];
-        ck_assert_msg(sms_http_send(base, NULL, NULL, &req, on_http_done, &r) == NULL,
+        ck_assert_msg(util_http_send(base, NULL, NULL, &req, on_http_done, &r) == NULL,
                       "header case %zu was accepted", i);
     }
     /* An https URL needs a TLS context; an http URL needs allow_http_loopback. */
     req.header_count = 0;
     req.url = "https://127.0.0.1:9/x";
-    ck_assert_ptr_null(sms_http_send(base, NULL, NULL, &req, on_http_done, &r));
+    ck_assert_ptr_null(util_http_send(base, NULL, NULL, &req, on_http_done, &r));
     req.url = "http://127.0.0.1:9/x";
     req.allow_http_loopback = false;
-    ck_assert_ptr_null(sms_http_send(base, NULL, NULL, &req, on_http_done, &r));
+    ck_assert_ptr_null(util_http_send(base, NULL, NULL, &req, on_http_done, &r));
     run_for(base, 100);
     ck_assert_int_eq(r.calls, 0);
     event_base_free(base);
@@ -1369,7 +1369,7 @@ START_TEST(http_client_cancel_skips_callback)
 {
     struct env e;
     char *url;
-    struct sms_http_request req = {
+    struct util_http_request req = {
         .method = EVHTTP_REQ_POST,
         .body = "{}",
         .body_len = 2,
@@ -1377,17 +1377,17 @@ START_TEST(http_client_cancel_skips_callback)
         .allow_http_loopback = true,
     };
     struct http_result r = {0};
-    struct sms_http_call *call;
+    struct util_http_call *call;
 
     env_start(&e, MOCK_PLAIN);
     url = mock_http_url(e.mock, "127.0.0.1", "/slow");
     req.url = url;
     mock_http_push(e.mock, 200, "{}", 1000);
-    call = sms_http_send(e.base, NULL, NULL, &req, on_http_done, &r);
+    call = util_http_send(e.base, NULL, NULL, &req, on_http_done, &r);
     ck_assert_ptr_nonnull(call);
     run_for(e.base, 200);
     ck_assert_int_eq(mock_http_wait(e.mock, 1, 2000), 0);
-    sms_http_cancel(call);
+    util_http_cancel(call);
     run_for(e.base, 1300);
     ck_assert_int_eq(r.calls, 0);
     ck_assert_str_eq(mock_http_request_get(e.mock, 0)->body, "{}");
@@ -1401,20 +1401,21 @@ START_TEST(http_client_url_check)
 {
     char err[160];
 
-    ck_assert_int_eq(sms_http_url_check("https://a.example/x", false, true, err, 160), 0);
-    ck_assert_int_eq(
-        sms_http_url_check("https://[2001:db8::1]:8443/", false, false, err, 160), 0);
-    ck_assert_int_eq(sms_http_url_check("http://127.0.0.2:80/", true, false, err, 160),
+    ck_assert_int_eq(util_http_url_check("https://a.example/x", false, true, err, 160),
                      0);
-    ck_assert_int_eq(sms_http_url_check("http://[::1]/", true, false, err, 160), 0);
-    ck_assert_int_eq(sms_http_url_check("http://[::2]/", true, false, err, 160), -1);
-    ck_assert_int_eq(sms_http_url_check("http://10.0.0.1/", true, false, err, 160), -1);
-    ck_assert_int_eq(sms_http_url_check("https://a_b.example/", false, true, err, 160),
+    ck_assert_int_eq(
+        util_http_url_check("https://[2001:db8::1]:8443/", false, false, err, 160), 0);
+    ck_assert_int_eq(util_http_url_check("http://127.0.0.2:80/", true, false, err, 160),
+                     0);
+    ck_assert_int_eq(util_http_url_check("http://[::1]/", true, false, err, 160), 0);
+    ck_assert_int_eq(util_http_url_check("http://[::2]/", true, false, err, 160), -1);
+    ck_assert_int_eq(util_http_url_check("http://10.0.0.1/", true, false, err, 160), -1);
+    ck_assert_int_eq(util_http_url_check("https://a_b.example/", false, true, err, 160),
                      -1);
-    ck_assert_int_eq(sms_http_url_check("https://a.example/", false, false, err, 160),
+    ck_assert_int_eq(util_http_url_check("https://a.example/", false, false, err, 160),
                      -1);
-    ck_assert_int_eq(sms_http_url_check("//a.example/", false, true, err, 160), -1);
-    ck_assert_int_eq(sms_http_url_check(NULL, false, true, err, 160), -1);
+    ck_assert_int_eq(util_http_url_check("//a.example/", false, true, err, 160), -1);
+    ck_assert_int_eq(util_http_url_check(NULL, false, true, err, 160), -1);
 }
 END_TEST
 

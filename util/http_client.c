@@ -9,7 +9,7 @@
  * fresh event. libevent may still touch the connection after our request callback
  * returns, so freeing it there would be a use after free.
  */
-#include "sms/sms_int.h"
+#include "util/http_client.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -37,10 +37,10 @@
 /* A pending DNS lookup. evdns reports a canceled lookup later, from the loop, so the
  * lookup gets its own small struct that outlives a canceled call. */
 struct lookup {
-    struct sms_http_call *call; /* NULL once the call no longer waits for it */
+    struct util_http_call *call; /* NULL once the call no longer waits for it */
 };
 
-struct sms_http_call {
+struct util_http_call {
     struct event_base *base;
     SSL_CTX *tls; /* a reference of our own; NULL on plain HTTP */
     bool is_tls;
@@ -60,13 +60,13 @@ struct sms_http_call {
     struct event *deadline;
     struct event *finish_ev;
 
-    sms_http_done_cb cb;
+    util_http_done_cb cb;
     void *arg;
     bool completed; /* the outcome is recorded; later events are ignored */
     int64_t started_ms;
     enum evhttp_request_error libevent_error; /* from on_request_error */
     bool have_libevent_error;
-    struct sms_http_response res;
+    struct util_http_response res;
     char *body;
     char reason[200];
 };
@@ -129,8 +129,8 @@ static bool is_valid_host(const char *host)
     return *host != '\0';
 }
 
-int sms_http_url_check(const char *url, bool allow_http_loopback, bool have_dns,
-                       char *err, size_t err_len)
+int util_http_url_check(const char *url, bool allow_http_loopback, bool have_dns,
+                        char *err, size_t err_len)
 {
     struct evhttp_uri *uri = url ? evhttp_uri_parse(url) : NULL;
     const char *scheme, *raw_host;
@@ -178,7 +178,7 @@ static const char *openssl_error_text(unsigned long e)
     return text ? text : "unknown error";
 }
 
-SSL_CTX *sms_http_tls_ctx_new(const char *ca_file)
+SSL_CTX *util_http_tls_ctx_new(const char *ca_file)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
     int loaded;
@@ -244,7 +244,7 @@ static struct bufferevent *tls_bufferevent_new(struct event_base *base, SSL_CTX 
 /* Stops whatever the call is still doing: the DNS lookup, the connection and the
  * request not yet handed to a connection. Safe only outside libevent's callbacks for
  * this connection. */
-static void stop_activity(struct sms_http_call *call)
+static void stop_activity(struct util_http_call *call)
 {
     if (call->lookup) {
         call->lookup->call = NULL;
@@ -264,13 +264,13 @@ static void stop_activity(struct sms_http_call *call)
     }
 }
 
-static void finish(struct sms_http_call *call)
+static void finish(struct util_http_call *call)
 {
     call->res.elapsed_ms = util_mono_ms() - call->started_ms;
     call->res.body = call->body ? call->body : "";
     stop_activity(call);
     call->cb(call->arg, &call->res);
-    sms_http_cancel(call);
+    util_http_cancel(call);
 }
 
 static void on_finish(evutil_socket_t fd, short what, void *arg)
@@ -281,10 +281,10 @@ static void on_finish(evutil_socket_t fd, short what, void *arg)
 }
 
 /* Records a failure, unless an outcome is already recorded, and schedules finish(). */
-static void fail(struct sms_http_call *call, enum sms_http_error error, const char *fmt,
+static void fail(struct util_http_call *call, enum util_http_error error, const char *fmt,
                  ...) __attribute__((format(printf, 3, 4)));
 
-static void fail(struct sms_http_call *call, enum sms_http_error error, const char *fmt,
+static void fail(struct util_http_call *call, enum util_http_error error, const char *fmt,
                  ...)
 {
     va_list ap;
@@ -305,7 +305,7 @@ static void fail(struct sms_http_call *call, enum sms_http_error error, const ch
 /* Explains a failed TLS connection: the certificate check result when there is one,
  * otherwise the first OpenSSL error the bufferevent saw. Returns false when TLS was
  * not the cause. */
-static bool describe_tls_failure(struct sms_http_call *call, char *out, size_t out_len)
+static bool describe_tls_failure(struct util_http_call *call, char *out, size_t out_len)
 {
     SSL *ssl = call->bev ? bufferevent_openssl_get_ssl(call->bev) : NULL;
     unsigned long e;
@@ -329,34 +329,34 @@ static bool describe_tls_failure(struct sms_http_call *call, char *out, size_t o
 
 /* A request that ended without a response: name the cause as precisely as libevent
  * lets us. */
-static void fail_without_response(struct sms_http_call *call)
+static void fail_without_response(struct util_http_call *call)
 {
     char tls_reason[160];
 
     if (call->is_tls && describe_tls_failure(call, tls_reason, sizeof(tls_reason))) {
-        fail(call, SMS_HTTP_ERR_TLS, "%s", tls_reason);
+        fail(call, UTIL_HTTP_ERR_TLS, "%s", tls_reason);
         return;
     }
     if (!call->have_libevent_error) {
         /* libevent reports a failed connect or DNS lookup without an error code. */
-        fail(call, SMS_HTTP_ERR_CONNECT, "connection failed");
+        fail(call, UTIL_HTTP_ERR_CONNECT, "connection failed");
         return;
     }
     switch (call->libevent_error) {
     case EVREQ_HTTP_TIMEOUT:
-        fail(call, SMS_HTTP_ERR_TIMEOUT, "timed out (no activity)");
+        fail(call, UTIL_HTTP_ERR_TIMEOUT, "timed out (no activity)");
         break;
     case EVREQ_HTTP_DATA_TOO_LONG:
-        fail(call, SMS_HTTP_ERR_TOO_LARGE, "response body over the limit or malformed");
+        fail(call, UTIL_HTTP_ERR_TOO_LARGE, "response body over the limit or malformed");
         break;
     case EVREQ_HTTP_INVALID_HEADER:
-        fail(call, SMS_HTTP_ERR_PROTOCOL, "invalid or oversized response header");
+        fail(call, UTIL_HTTP_ERR_PROTOCOL, "invalid or oversized response header");
         break;
     case EVREQ_HTTP_EOF:
-        fail(call, SMS_HTTP_ERR_CONNECT, "connection closed before a complete response");
+        fail(call, UTIL_HTTP_ERR_CONNECT, "connection closed before a complete response");
         break;
     default:
-        fail(call, SMS_HTTP_ERR_CONNECT, "connection failed (libevent error %d)",
+        fail(call, UTIL_HTTP_ERR_CONNECT, "connection failed (libevent error %d)",
              (int)call->libevent_error);
         break;
     }
@@ -365,7 +365,7 @@ static void fail_without_response(struct sms_http_call *call)
 /* libevent calls this before on_request_done(NULL) when a request fails. */
 static void on_request_error(enum evhttp_request_error error, void *arg)
 {
-    struct sms_http_call *call = arg;
+    struct util_http_call *call = arg;
 
     call->libevent_error = error;
     call->have_libevent_error = true;
@@ -373,7 +373,7 @@ static void on_request_error(enum evhttp_request_error error, void *arg)
 
 static void on_request_done(struct evhttp_request *req, void *arg)
 {
-    struct sms_http_call *call = arg;
+    struct util_http_call *call = arg;
     struct evbuffer *input;
     size_t len;
 
@@ -393,7 +393,7 @@ static void on_request_done(struct evhttp_request *req, void *arg)
 
     call->completed = true;
     evtimer_del(call->deadline);
-    call->res.error = SMS_HTTP_OK;
+    call->res.error = UTIL_HTTP_OK;
     call->res.status = evhttp_request_get_response_code(req);
     call->res.body_len = len;
     event_active(call->finish_ev, EV_TIMEOUT, 0);
@@ -404,14 +404,14 @@ static void on_request_done(struct evhttp_request *req, void *arg)
  * callback. */
 static void on_deadline(evutil_socket_t fd, short what, void *arg)
 {
-    struct sms_http_call *call = arg;
+    struct util_http_call *call = arg;
 
     (void)fd;
     (void)what;
     if (call->completed)
         return;
     stop_activity(call);
-    fail(call, SMS_HTTP_ERR_TIMEOUT, "timed out");
+    fail(call, UTIL_HTTP_ERR_TIMEOUT, "timed out");
 }
 
 /* ---- starting a request ----------------------------------------------------------- */
@@ -446,7 +446,7 @@ static bool is_reserved_header(const char *name)
     return false;
 }
 
-static int add_headers(struct evhttp_request *evreq, const struct sms_http_request *req,
+static int add_headers(struct evhttp_request *evreq, const struct util_http_request *req,
                        const char *host_header)
 {
     struct evkeyvalq *out = evhttp_request_get_output_headers(evreq);
@@ -462,7 +462,7 @@ static int add_headers(struct evhttp_request *evreq, const struct sms_http_reque
             return -1;
     }
     for (size_t i = 0; i < req->header_count; i++) {
-        const struct sms_http_header *h = &req->headers[i];
+        const struct util_http_header *h = &req->headers[i];
 
         if (!is_valid_header(h->name, h->value) || is_reserved_header(h->name) ||
             evhttp_add_header(out, h->name, h->value) != 0)
@@ -473,7 +473,7 @@ static int add_headers(struct evhttp_request *evreq, const struct sms_http_reque
 
 /* Fills the call's scheme, host, port and target from a checked URL, and returns the
  * Host header value (owned by the caller), or NULL when the URL does not parse. */
-static char *url_split(struct sms_http_call *call, const char *url)
+static char *url_split(struct util_http_call *call, const char *url)
 {
     struct evhttp_uri *uri = evhttp_uri_parse(url);
     const char *path, *query, *raw_host;
@@ -511,7 +511,7 @@ static char *url_split(struct sms_http_call *call, const char *url)
 /* Sets the connection limits: no libevent-level retry (a POST must not be repeated
  * behind the caller's back), an inactivity timeout as a backstop for the deadline
  * timer, and caps on the response headers and body. */
-static void connection_configure(struct sms_http_call *call)
+static void connection_configure(struct util_http_call *call)
 {
     evhttp_connection_set_retries(call->conn, 0);
     evhttp_connection_set_timeout_tv(call->conn, &call->timeout);
@@ -521,14 +521,14 @@ static void connection_configure(struct sms_http_call *call)
 
 /* Connects to address (an IP literal, so evhttp never resolves anything) and sends
  * the request. TLS checks the certificate against the URL host, not the address. */
-static void start_connection(struct sms_http_call *call, const char *address)
+static void start_connection(struct util_http_call *call, const char *address)
 {
     struct evhttp_request *evreq;
 
     if (call->is_tls) {
         call->bev = tls_bufferevent_new(call->base, call->tls, call->host);
         if (!call->bev) {
-            fail(call, SMS_HTTP_ERR_TLS, "TLS setup failed: %s",
+            fail(call, UTIL_HTTP_ERR_TLS, "TLS setup failed: %s",
                  openssl_error_text(ERR_get_error()));
             return;
         }
@@ -539,7 +539,7 @@ static void start_connection(struct sms_http_call *call, const char *address)
         if (call->bev)
             bufferevent_free(call->bev);
         call->bev = NULL;
-        fail(call, SMS_HTTP_ERR_CONNECT, "creating the connection failed");
+        fail(call, UTIL_HTTP_ERR_CONNECT, "creating the connection failed");
         return;
     }
     connection_configure(call);
@@ -550,13 +550,13 @@ static void start_connection(struct sms_http_call *call, const char *address)
     evreq = call->evreq;
     call->evreq = NULL;
     if (evhttp_make_request(call->conn, evreq, call->method, call->target) != 0)
-        fail(call, SMS_HTTP_ERR_CONNECT, "starting the request failed");
+        fail(call, UTIL_HTTP_ERR_CONNECT, "starting the request failed");
 }
 
 static void on_resolved(int result, struct evutil_addrinfo *res, void *arg)
 {
     struct lookup *lookup = arg;
-    struct sms_http_call *call = lookup->call;
+    struct util_http_call *call = lookup->call;
     char address[INET6_ADDRSTRLEN];
     const void *raw;
 
@@ -571,8 +571,9 @@ static void on_resolved(int result, struct evutil_addrinfo *res, void *arg)
     call->dns_req = NULL;
 
     if (result != 0 || !res) {
-        fail(call, SMS_HTTP_ERR_CONNECT, "connection failed: DNS lookup of %s failed: %s",
-             call->host, evutil_gai_strerror(result));
+        fail(call, UTIL_HTTP_ERR_CONNECT,
+             "connection failed: DNS lookup of %s failed: %s", call->host,
+             evutil_gai_strerror(result));
     } else {
         /* Only the first address is tried, as libevent's own connect does. */
         if (res->ai_family == AF_INET6)
@@ -580,7 +581,7 @@ static void on_resolved(int result, struct evutil_addrinfo *res, void *arg)
         else
             raw = &((const struct sockaddr_in *)res->ai_addr)->sin_addr;
         if (!evutil_inet_ntop(res->ai_family, raw, address, sizeof(address)))
-            fail(call, SMS_HTTP_ERR_CONNECT, "DNS lookup of %s returned a bad address",
+            fail(call, UTIL_HTTP_ERR_CONNECT, "DNS lookup of %s returned a bad address",
                  call->host);
         else
             start_connection(call, address);
@@ -592,7 +593,7 @@ static void on_resolved(int result, struct evutil_addrinfo *res, void *arg)
 /* Resolves the URL host through evdns. We resolve it ourselves instead of letting
  * evhttp do it, because a TLS bufferevent in libevent 2.1.12 does not cancel its DNS
  * lookup when freed, so a timed-out attempt would stay allocated until DNS answers. */
-static void start_lookup(struct sms_http_call *call, struct evdns_base *dns)
+static void start_lookup(struct util_http_call *call, struct evdns_base *dns)
 {
     struct evutil_addrinfo hints = {0};
     struct evdns_getaddrinfo_request *handle;
@@ -613,8 +614,8 @@ static void start_lookup(struct sms_http_call *call, struct evdns_base *dns)
 
 /* Builds the request with its headers and body. Returns NULL when a header is
  * invalid. */
-static struct evhttp_request *request_new(struct sms_http_call *call,
-                                          const struct sms_http_request *req,
+static struct evhttp_request *request_new(struct util_http_call *call,
+                                          const struct util_http_request *req,
                                           const char *host_header)
 {
     struct evhttp_request *evreq = evhttp_request_new(on_request_done, call);
@@ -631,16 +632,16 @@ static struct evhttp_request *request_new(struct sms_http_call *call,
     return evreq;
 }
 
-struct sms_http_call *sms_http_send(struct event_base *base, struct evdns_base *dns,
-                                    SSL_CTX *tls, const struct sms_http_request *req,
-                                    sms_http_done_cb cb, void *arg)
+struct util_http_call *util_http_send(struct event_base *base, struct evdns_base *dns,
+                                      SSL_CTX *tls, const struct util_http_request *req,
+                                      util_http_done_cb cb, void *arg)
 {
-    struct sms_http_call *call;
+    struct util_http_call *call;
     char *host_header;
     char err[160];
 
-    if (sms_http_url_check(req->url, req->allow_http_loopback, dns != NULL, err,
-                           sizeof(err)) != 0) {
+    if (util_http_url_check(req->url, req->allow_http_loopback, dns != NULL, err,
+                            sizeof(err)) != 0) {
         log_error("outbound HTTP request not started: %s", err);
         return NULL;
     }
@@ -658,13 +659,13 @@ struct sms_http_call *sms_http_send(struct event_base *base, struct evdns_base *
     call->timeout.tv_sec = req->timeout_ms / 1000;
     call->timeout.tv_usec = (req->timeout_ms % 1000) * 1000;
     call->max_response_body =
-        req->max_response_body ? req->max_response_body : SMS_HTTP_MAX_RESPONSE_BODY;
+        req->max_response_body ? req->max_response_body : UTIL_HTTP_MAX_RESPONSE_BODY;
     host_header = url_split(call, req->url);
     if (!host_header || (call->is_tls && !tls)) {
         log_error("outbound HTTP request not started: %s",
                   host_header ? "https needs a TLS context" : "the URL does not parse");
         free(host_header);
-        sms_http_cancel(call);
+        util_http_cancel(call);
         return NULL;
     }
     if (call->is_tls) {
@@ -675,7 +676,7 @@ struct sms_http_call *sms_http_send(struct event_base *base, struct evdns_base *
     free(host_header);
     if (!call->evreq) {
         log_error("outbound HTTP request not started: invalid request header");
-        sms_http_cancel(call);
+        util_http_cancel(call);
         return NULL;
     }
 
@@ -690,7 +691,7 @@ struct sms_http_call *sms_http_send(struct event_base *base, struct evdns_base *
     return call;
 }
 
-void sms_http_cancel(struct sms_http_call *call)
+void util_http_cancel(struct util_http_call *call)
 {
     if (!call)
         return;
