@@ -1,11 +1,13 @@
-/* jose.c - compact JWS signing and strict verification with ES256 (RFC 7515, RFC 7518)
+/* jose.c - compact JWS signing with ES256 and strict verification with ES256, PS256,
+ * RS256 and HS256 (RFC 7515, RFC 7518)
  * SPDX-License-Identifier: MIT
  *
  * Built on OpenSSL 3 EVP and jansson rather than libjwt 1.10.2. That libjwt lets the
  * token choose the algorithm and verifies nothing without a key. It also always writes
  * typ "JWT", so it cannot emit RFC 9068 "at+jwt" tokens, and it parses a PEM key on
  * every call. Here the key is parsed once per keyset, and the algorithm comes from the
- * key.
+ * key. The same strict parsing serves cibad's own tokens (oauth_jws_verify) and tokens
+ * that clients sign (oauth_jws_verify_with, with the keys of oauth/jwk.c).
  */
 #include "oauth/oauth_int.h"
 
@@ -13,6 +15,7 @@
 
 #include <openssl/crypto.h>
 #include <openssl/ec.h>
+#include <openssl/rsa.h>
 #include <openssl/sha.h>
 
 /* Signs input with the P-256 key and writes the JOSE form of the signature: r and s as
@@ -168,21 +171,25 @@ static const struct oauth_key *header_key(const struct oauth_keyset *ks,
     return key;
 }
 
-json_t *oauth_jws_verify(const struct oauth_keyset *ks, const char *token,
-                         json_t **header)
-{
-    size_t len, dot1 = 0, dot2 = 0, dots = 0, sig_len;
-    unsigned char sig[OAUTH_ES256_SIG_LEN + 3];
-    const struct oauth_key *key;
-    json_t *hdr = NULL, *claims = NULL;
+/* The parts of a compact JWS that passed the structural checks. */
+struct jws_parts {
+    size_t len, dot1, dot2; /* token length and the positions of its two dots */
+    json_t *header;         /* decoded protected header */
+};
 
-    if (!ks || !token)
-        return NULL;
+/* Checks the structure of a compact JWS and decodes its header: at most
+ * OAUTH_JWS_MAX_LEN characters, exactly three non-empty base64url segments (no padding,
+ * no whitespace), and a header that is a JSON object without duplicate members.
+ * Returns 0, or -1. */
+static int jws_split(const char *token, struct jws_parts *parts)
+{
+    size_t len, dot1 = 0, dot2 = 0, dots = 0;
+
+    if (!token)
+        return -1;
     len = strnlen(token, OAUTH_JWS_MAX_LEN + 1);
     if (len > OAUTH_JWS_MAX_LEN)
-        return NULL;
-
-    /* Exactly three non-empty base64url segments; no padding, no whitespace. */
+        return -1;
     for (size_t i = 0; i < len; i++) {
         char c = token[i];
 
@@ -193,36 +200,227 @@ json_t *oauth_jws_verify(const struct oauth_keyset *ks, const char *token,
                 dot2 = i;
         } else if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
                      (c >= '0' && c <= '9') || c == '-' || c == '_')) {
-            return NULL;
+            return -1;
         }
     }
     if (dots != 2 || dot1 == 0 || dot2 == dot1 + 1 || dot2 + 1 == len)
-        return NULL;
+        return -1;
 
-    hdr = segment_json(token, dot1);
-    key = hdr ? header_key(ks, hdr) : NULL;
+    parts->len = len;
+    parts->dot1 = dot1;
+    parts->dot2 = dot2;
+    parts->header = segment_json(token, dot1);
+    return parts->header ? 0 : -1;
+}
+
+/* Decodes the signature segment into a new buffer of at most max bytes. */
+static unsigned char *jws_signature(const char *token, const struct jws_parts *parts,
+                                    size_t max, size_t *sig_len)
+{
+    unsigned char *sig = util_malloc(max + 3);
+
+    *sig_len = max + 3;
+    if (util_b64url_decode(token + parts->dot2 + 1, parts->len - parts->dot2 - 1, sig,
+                           sig_len) != 0 ||
+        *sig_len > max) {
+        free(sig);
+        return NULL;
+    }
+    return sig;
+}
+
+/* Returns the claims of a token whose signature checked out, or NULL. */
+static json_t *jws_claims(const char *token, const struct jws_parts *parts)
+{
+    return segment_json(token + parts->dot1 + 1, parts->dot2 - parts->dot1 - 1);
+}
+
+json_t *oauth_jws_verify(const struct oauth_keyset *ks, const char *token,
+                         json_t **header)
+{
+    struct jws_parts parts = {0};
+    const struct oauth_key *key;
+    unsigned char *sig = NULL;
+    size_t sig_len = 0;
+    json_t *claims = NULL;
+
+    if (!ks || jws_split(token, &parts) != 0)
+        goto out;
+    key = header_key(ks, parts.header);
     if (!key)
-        goto fail;
+        goto out;
 
     /* The signature is checked before the payload is parsed at all. */
-    sig_len = sizeof(sig);
-    if (util_b64url_decode(token + dot2 + 1, len - dot2 - 1, sig, &sig_len) != 0 ||
-        !es256_verify(key->pkey, token, dot2, sig, sig_len))
-        goto fail;
+    sig = jws_signature(token, &parts, OAUTH_ES256_SIG_LEN, &sig_len);
+    if (!sig || !es256_verify(key->pkey, token, parts.dot2, sig, sig_len))
+        goto out;
+    claims = jws_claims(token, &parts);
 
-    claims = segment_json(token + dot1 + 1, dot2 - dot1 - 1);
-    if (!claims)
-        goto fail;
-
-    if (header)
-        *header = hdr;
-    else
-        json_decref(hdr);
+out:
+    free(sig);
+    if (claims && header) {
+        *header = parts.header;
+        parts.header = NULL;
+    }
+    json_decref(parts.header);
     return claims;
+}
 
-fail:
-    json_decref(hdr);
-    return NULL;
+int oauth_jws_peek(const char *token, json_t **header, json_t **claims)
+{
+    struct jws_parts parts = {0};
+    json_t *payload;
+
+    if (jws_split(token, &parts) != 0)
+        return -1;
+    payload = jws_claims(token, &parts);
+    if (!payload) {
+        json_decref(parts.header);
+        return -1;
+    }
+    *header = parts.header;
+    *claims = payload;
+    return 0;
+}
+
+/* Verifies an RSA signature with SHA-256: PSS with MGF1-SHA-256 and a salt as long as
+ * the hash for PS256 (RFC 7518 section 3.5), PKCS #1 v1.5 for RS256. The signature must
+ * be exactly as long as the modulus. */
+static bool rsa_verify(EVP_PKEY *pkey, bool pss, const char *input, size_t input_len,
+                       const unsigned char *sig, size_t sig_len)
+{
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    EVP_PKEY_CTX *pctx = NULL;
+    bool ok = false;
+
+    if (!md || sig_len != (size_t)EVP_PKEY_get_size(pkey) ||
+        EVP_DigestVerifyInit(md, &pctx, EVP_sha256(), NULL, pkey) != 1)
+        goto out;
+    if (pss && (EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) != 1 ||
+                EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) != 1 ||
+                EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, EVP_sha256()) != 1))
+        goto out;
+    if (!pss && EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING) != 1)
+        goto out;
+    ok = EVP_DigestVerify(md, sig, sig_len, (const unsigned char *)input, input_len) == 1;
+
+out:
+    EVP_MD_CTX_free(md);
+    return ok;
+}
+
+/* Verifies an HS256 MAC, comparing in constant time. */
+static bool hs256_verify(const struct oauth_jwk *key, const char *input, size_t input_len,
+                         const unsigned char *sig, size_t sig_len)
+{
+    unsigned char mac[32];
+    bool ok;
+
+    if (sig_len != sizeof(mac))
+        return false;
+    util_hmac_sha256(key->secret, key->secret_len, input, input_len, mac);
+    ok = CRYPTO_memcmp(mac, sig, sizeof(mac)) == 0;
+    OPENSSL_cleanse(mac, sizeof(mac));
+    return ok;
+}
+
+static bool jwk_verify(const struct oauth_jwk *key, const char *input, size_t input_len,
+                       const unsigned char *sig, size_t sig_len)
+{
+    switch (key->alg) {
+    case OAUTH_ALG_ES256:
+        return es256_verify(key->pkey, input, input_len, sig, sig_len);
+    case OAUTH_ALG_PS256:
+        return rsa_verify(key->pkey, true, input, input_len, sig, sig_len);
+    case OAUTH_ALG_RS256:
+        return rsa_verify(key->pkey, false, input, input_len, sig, sig_len);
+    case OAUTH_ALG_HS256:
+        return hs256_verify(key, input, input_len, sig, sig_len);
+    default:
+        return false;
+    }
+}
+
+/* Picks the key of set that the header names and checks the header's alg against it.
+ * Returns the key, or NULL with *reason set. */
+static const struct oauth_jwk *set_key(const struct oauth_jwk_set *set,
+                                       const json_t *header, unsigned allowed_algs,
+                                       const char **reason)
+{
+    const json_t *alg = json_object_get(header, "alg");
+    const json_t *kid = json_object_get(header, "kid");
+    const struct oauth_jwk *key = NULL;
+
+    if (!json_is_string(alg) || (kid && !json_is_string(kid))) {
+        *reason = "the header's alg or kid is missing or not a string";
+        return NULL;
+    }
+    if (json_object_get(header, "crit")) {
+        *reason = "the header has crit";
+        return NULL;
+    }
+    for (size_t i = 0; kid && i < set->n; i++) {
+        if (set->keys[i]->kid && strcmp(set->keys[i]->kid, json_string_value(kid)) == 0)
+            key = set->keys[i];
+    }
+    if (!kid && set->n == 1)
+        key = set->keys[0];
+    if (!key) {
+        *reason = kid ? "unknown kid" : "no kid, and the client has several keys";
+        return NULL;
+    }
+    /* Exact comparison with the key's own algorithm: "none", "es256" and HS256 over an
+     * RSA or EC key all fail here. */
+    if (strcmp(json_string_value(alg), oauth_jws_alg_name(key->alg)) != 0) {
+        *reason = "the header's alg is not the key's alg";
+        return NULL;
+    }
+    if (!(key->alg & allowed_algs)) {
+        *reason = "the key's alg is not allowed here";
+        return NULL;
+    }
+    return key;
+}
+
+/* The longest signature of any algorithm: RSA with an 8192-bit modulus. */
+#define SIG_MAX 1024
+
+json_t *oauth_jws_verify_with(const struct oauth_jwk_set *set, const char *token,
+                              unsigned allowed_algs, json_t **header, const char **reason)
+{
+    struct jws_parts parts = {0};
+    const struct oauth_jwk *key;
+    unsigned char *sig = NULL;
+    size_t sig_len = 0;
+    json_t *claims = NULL;
+    const char *why = "the token is not a well-formed compact JWS";
+
+    if (!set || jws_split(token, &parts) != 0)
+        goto out;
+    key = set_key(set, parts.header, allowed_algs, &why);
+    if (!key)
+        goto out;
+
+    /* The signature is checked before the payload is parsed at all. */
+    sig = jws_signature(token, &parts, SIG_MAX, &sig_len);
+    if (!sig || !jwk_verify(key, token, parts.dot2, sig, sig_len)) {
+        why = "the signature does not verify";
+        goto out;
+    }
+    claims = jws_claims(token, &parts);
+    if (!claims)
+        why = "the payload is not a JSON object";
+
+out:
+    free(sig);
+    if (claims && header) {
+        *header = parts.header;
+        parts.header = NULL;
+    }
+    json_decref(parts.header);
+    if (!claims && reason)
+        *reason = why;
+    return claims;
 }
 
 char *oauth_half_hash(const char *token)

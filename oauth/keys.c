@@ -5,7 +5,8 @@
  * A private key is stored sealed: "v1." base64url(12-byte nonce) "."
  * base64url(AES-256-GCM ciphertext || 16-byte tag) of its PKCS#8 DER form. The AES key is
  * HMAC-SHA-256(server secret, "cibad signing key seal v1"), so changing the secret makes
- * every stored key unreadable and a wrong secret is detected by the GCM tag.
+ * every stored key unreadable and a wrong secret is detected by the GCM tag. The secrets
+ * of client_secret_jwt clients are sealed the same way under another label.
  */
 #include "oauth/oauth_int.h"
 
@@ -25,13 +26,13 @@
 /* A sealed P-256 PKCS#8 key is about 200 characters; this leaves room to spare. */
 #define SEAL_MAX_LEN 2048
 
-static void seal_key_derive(const char *secret, unsigned char key[32])
+static void seal_key_derive(const char *secret, const char *label, unsigned char key[32])
 {
-    util_hmac_sha256(secret, strlen(secret), SEAL_LABEL, strlen(SEAL_LABEL), key);
+    util_hmac_sha256(secret, strlen(secret), label, strlen(label), key);
 }
 
-/* Encrypts der under the key derived from secret. Returns the sealed text or NULL. */
-static char *seal(const char *secret, const unsigned char *der, size_t der_len)
+char *oauth_seal(const char *secret, const char *label, const unsigned char *der,
+                 size_t der_len)
 {
     unsigned char key[32], nonce[SEAL_NONCE_LEN];
     unsigned char *ct = util_malloc(der_len + SEAL_TAG_LEN);
@@ -39,7 +40,7 @@ static char *seal(const char *secret, const unsigned char *der, size_t der_len)
     EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
     int len = 0, fin = 0;
 
-    seal_key_derive(secret, key);
+    seal_key_derive(secret, label, key);
     util_random_bytes(nonce, sizeof(nonce));
     if (!ctx || der_len > INT_MAX / 2 ||
         EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key, nonce) != 1 ||
@@ -47,7 +48,7 @@ static char *seal(const char *secret, const unsigned char *der, size_t der_len)
         EVP_EncryptFinal_ex(ctx, ct + len, &fin) != 1 ||
         EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, SEAL_TAG_LEN, ct + len + fin) !=
             1) {
-        log_error("sealing a signing key failed: AES-256-GCM encryption error");
+        log_error("sealing with the server secret failed: AES-256-GCM encryption error");
         goto out;
     }
 
@@ -64,10 +65,8 @@ out:
     return out;
 }
 
-/* Decrypts a sealed key into *der (new buffer; the caller cleanses and frees it).
- * Returns 0, or -1 for a malformed text or a wrong secret. */
-static int unseal(const char *secret, const char *sealed, unsigned char **der,
-                  size_t *der_len)
+int oauth_unseal(const char *secret, const char *label, const char *sealed,
+                 unsigned char **der, size_t *der_len)
 {
     unsigned char key[32], nonce[SEAL_NONCE_LEN], buf[SEAL_MAX_LEN];
     size_t sealed_len = strnlen(sealed, SEAL_MAX_LEN + 1);
@@ -87,7 +86,7 @@ static int unseal(const char *secret, const char *sealed, unsigned char **der,
         buf_len <= SEAL_TAG_LEN)
         return -1;
 
-    seal_key_derive(secret, key);
+    seal_key_derive(secret, label, key);
     ctx = EVP_CIPHER_CTX_new();
     pt = util_malloc(buf_len);
     if (!ctx || EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key, nonce) != 1 ||
@@ -185,7 +184,7 @@ int oauth_key_generate(const char *secret, char **kid, char **sealed_private,
         goto out;
     }
     jwk = public_jwk(pkey, &new_kid);
-    sealed = seal(secret, der, (size_t)der_len);
+    sealed = oauth_seal(secret, SEAL_LABEL, der, (size_t)der_len);
     if (!jwk || !sealed)
         goto out;
     jwk_text = json_dumps(jwk, JSON_COMPACT);
@@ -220,7 +219,8 @@ static EVP_PKEY *open_private_key(const char *secret, const char *sealed)
     PKCS8_PRIV_KEY_INFO *p8 = NULL;
     EVP_PKEY *pkey = NULL;
 
-    if (unseal(secret, sealed, &der, &der_len) != 0 || der_len > LONG_MAX)
+    if (oauth_unseal(secret, SEAL_LABEL, sealed, &der, &der_len) != 0 ||
+        der_len > LONG_MAX)
         return NULL;
     p = der;
     p8 = d2i_PKCS8_PRIV_KEY_INFO(NULL, &p, (long)der_len);

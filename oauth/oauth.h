@@ -161,6 +161,85 @@ char *oauth_jws_sign(const struct oauth_keyset *ks, const char *typ, json_t *cla
 json_t *oauth_jws_verify(const struct oauth_keyset *ks, const char *token,
                          json_t **header);
 
+/* ---- client keys (RFC 7517 JWK) and client-signed JWS ------------------------------ */
+
+/* The JWS algorithms cibad verifies in tokens that clients sign, as bits, so a caller
+ * can pass a set of allowed algorithms. */
+enum oauth_jws_alg {
+    OAUTH_ALG_ES256 = 1 << 0, /* ECDSA P-256 with SHA-256, raw r||s signature */
+    OAUTH_ALG_PS256 = 1 << 1, /* RSASSA-PSS with SHA-256, MGF1-SHA-256, 32-byte salt */
+    OAUTH_ALG_RS256 = 1 << 2, /* RSASSA-PKCS1-v1_5 with SHA-256 */
+    OAUTH_ALG_HS256 = 1 << 3, /* HMAC-SHA-256 under a shared secret */
+};
+
+/* The largest number of keys accepted in one client JWKS. */
+#define OAUTH_JWKS_MAX_KEYS 20
+
+/* Returns the bit of an algorithm name ("ES256", ...; case-sensitive), or 0 for any
+ * other name, "none" included. */
+unsigned oauth_jws_alg_parse(const char *name);
+/* Returns the name of one algorithm bit, or NULL. */
+const char *oauth_jws_alg_name(unsigned alg);
+
+/* One public verification key, parsed once into an OpenSSL key, with the one algorithm
+ * it may verify. */
+struct oauth_jwk;
+/* The verification keys of one client. */
+struct oauth_jwk_set;
+
+/* Imports one public JWK: an RSA key of 2048 to 8192 bits (alg PS256 or RS256) or an
+ * EC key on P-256 (alg ES256). Rejects private members (d, p, q, dp, dq, qi, oth, k)
+ * and every other kty and crv. Also rejects a "use" other than "sig", "key_ops"
+ * without "verify", and a JWK alg that does not fit the key or differs from
+ * registered_alg (one OAUTH_ALG_* bit, or 0 when the client registered none). The key's
+ * algorithm is the JWK's alg, else registered_alg, else ES256 for EC and PS256 for RSA.
+ * Returns NULL with the reason in err. */
+struct oauth_jwk *oauth_jwk_import(const json_t *jwk, unsigned registered_alg, char *err,
+                                   size_t err_len);
+void oauth_jwk_free(struct oauth_jwk *key);
+/* The key's kid, or NULL when its JWK had none. */
+const char *oauth_jwk_kid(const struct oauth_jwk *key);
+/* The one OAUTH_ALG_* bit the key verifies. */
+unsigned oauth_jwk_alg(const struct oauth_jwk *key);
+
+/* Builds a key set from a JWKS document {"keys":[...]} (RFC 7517 section 5). With
+ * strict, every key must import (a JWKS given at registration). Without it, keys that
+ * cannot import are skipped, because a published JWKS may also hold encryption keys or
+ * key types cibad does not verify. A key with private members still fails the whole
+ * set. Fails on a missing keys array, more than OAUTH_JWKS_MAX_KEYS keys, two keys with
+ * one kid, or no usable key. Returns NULL with the reason in err. */
+struct oauth_jwk_set *oauth_jwk_set_parse(const json_t *jwks, unsigned registered_alg,
+                                          bool strict, char *err, size_t err_len);
+/* Builds a set of one HS256 key from a shared secret (client_secret_jwt). The secret
+ * is copied. Returns NULL when it is shorter than 32 bytes, as RFC 7518 section 3.2
+ * requires of an HS256 key. */
+struct oauth_jwk_set *oauth_jwk_set_hmac(const void *secret, size_t len);
+void oauth_jwk_set_free(struct oauth_jwk_set *set);
+size_t oauth_jwk_set_count(const struct oauth_jwk_set *set);
+/* Returns the i-th key of the set (i < oauth_jwk_set_count). */
+const struct oauth_jwk *oauth_jwk_set_get(const struct oauth_jwk_set *set, size_t i);
+/* True when a key of the set has this kid. */
+bool oauth_jwk_set_has_kid(const struct oauth_jwk_set *set, const char *kid);
+
+/* Decodes a compact JWS without verifying it, under the structural rules of
+ * oauth_jws_verify (length cap, base64url charset, three segments, JSON objects without
+ * duplicate members). Used only to learn which client and key a token names before its
+ * keys are loaded: nothing read here may be trusted. Returns 0 and two new references,
+ * or -1. */
+int oauth_jws_peek(const char *token, json_t **header, json_t **claims) MUST_CHECK;
+
+/* Verifies a compact JWS signed by a client with one of its keys. The header's kid
+ * picks the key; without a kid the set must hold exactly one key (OpenID Connect Core
+ * 1.0 section 10.1). The header's alg must be exactly that key's algorithm and in
+ * allowed_algs (OAUTH_ALG_* bits): the key fixes the algorithm, never the token, so
+ * "none" or HS256 over a public key never verifies. A "crit" header fails. On success
+ * returns the claims (new reference) and, if header is not NULL, the header (new
+ * reference). Checks no claim. On failure returns NULL and, if reason is not NULL, sets
+ * it to a static text for the log (never for the client). */
+json_t *oauth_jws_verify_with(const struct oauth_jwk_set *set, const char *token,
+                              unsigned allowed_algs, json_t **header,
+                              const char **reason);
+
 /* The left half of SHA-256 of token, base64url: at_hash for ID tokens. new string. */
 char *oauth_half_hash(const char *token);
 

@@ -1,4 +1,5 @@
-/* oauth_int.h - declarations shared inside oauth/ only: the parsed signing keys
+/* oauth_int.h - declarations shared inside oauth/ only: the parsed signing keys, client
+ * verification keys and sealing
  * SPDX-License-Identifier: MIT
  */
 #ifndef CIBAD_OAUTH_INT_H
@@ -33,5 +34,31 @@ struct oauth_keyset {
 
 /* Returns the key named kid, or NULL. */
 const struct oauth_key *oauth_keyset_find(const struct oauth_keyset *ks, const char *kid);
+
+/* One client verification key: an OpenSSL public key, or an HMAC secret for HS256. */
+struct oauth_jwk {
+    char *kid;             /* NULL when the JWK had none */
+    unsigned alg;          /* exactly one OAUTH_ALG_* bit */
+    EVP_PKEY *pkey;        /* NULL for HS256 */
+    unsigned char *secret; /* HS256 only */
+    size_t secret_len;
+};
+
+struct oauth_jwk_set {
+    struct oauth_jwk **keys;
+    size_t n;
+};
+
+/* Seals data with AES-256-GCM under HMAC-SHA-256(secret, label), as
+ * "v1." base64url(nonce) "." base64url(ciphertext || tag). The label separates the uses
+ * of the server secret, so a value sealed for one use never opens as another. Returns a
+ * new string or NULL. */
+char *oauth_seal(const char *secret, const char *label, const unsigned char *data,
+                 size_t len);
+/* Opens a value sealed with the same secret and label into *data (new buffer; the
+ * caller cleanses and frees it). Returns 0, or -1 for a malformed text, a wrong secret
+ * or a wrong label. */
+int oauth_unseal(const char *secret, const char *label, const char *sealed,
+                 unsigned char **data, size_t *len) MUST_CHECK;
 
 #endif

@@ -23,6 +23,7 @@
 #include <openssl/param_build.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
+#include <openssl/rsa.h>
 #include <openssl/sha.h>
 #include <openssl/x509.h>
 
@@ -1911,6 +1912,734 @@ END_TEST
 
 /* ---- discovery and JWKS endpoints -------------------------------------------------- */
 
+/* ---- client keys: JWK import and oauth_jws_verify_with -------------------------------
+ */
+
+/* Builds the public JWK of an EC or RSA key with OpenSSL parameter getters, without
+ * oauth/ code. kid and alg may be NULL. New reference. */
+static json_t *public_jwk_of(EVP_PKEY *pkey, const char *kid, const char *alg)
+{
+    json_t *jwk = json_object();
+    BIGNUM *a = NULL, *b = NULL;
+    unsigned char buf[1024];
+    char *text;
+    bool ec = EVP_PKEY_is_a(pkey, "EC");
+    const char *names[2] = {ec ? OSSL_PKEY_PARAM_EC_PUB_X : OSSL_PKEY_PARAM_RSA_N,
+                            ec ? OSSL_PKEY_PARAM_EC_PUB_Y : OSSL_PKEY_PARAM_RSA_E};
+    const char *members[2] = {ec ? "x" : "n", ec ? "y" : "e"};
+    BIGNUM **bns[2] = {&a, &b};
+
+    json_object_set_new(jwk, "kty", json_string(ec ? "EC" : "RSA"));
+    if (ec) {
+        char group[32];
+        size_t coord = 32;
+
+        ck_assert_int_eq(EVP_PKEY_get_group_name(pkey, group, sizeof(group), NULL), 1);
+        if (strcmp(group, "secp384r1") == 0)
+            coord = 48;
+        json_object_set_new(jwk, "crv", json_string(coord == 48 ? "P-384" : "P-256"));
+        for (int i = 0; i < 2; i++) {
+            ck_assert_int_eq(EVP_PKEY_get_bn_param(pkey, names[i], bns[i]), 1);
+            ck_assert_int_eq(BN_bn2binpad(*bns[i], buf, (int)coord), (int)coord);
+            text = util_b64url_encode_new(buf, coord);
+            json_object_set_new(jwk, members[i], json_string(text));
+            free(text);
+        }
+    } else {
+        for (int i = 0; i < 2; i++) {
+            int len;
+
+            ck_assert_int_eq(EVP_PKEY_get_bn_param(pkey, names[i], bns[i]), 1);
+            len = BN_bn2bin(*bns[i], buf);
+            text = util_b64url_encode_new(buf, (size_t)len);
+            json_object_set_new(jwk, members[i], json_string(text));
+            free(text);
+        }
+    }
+    if (kid)
+        json_object_set_new(jwk, "kid", json_string(kid));
+    if (alg)
+        json_object_set_new(jwk, "alg", json_string(alg));
+    BN_free(a);
+    BN_free(b);
+    return jwk;
+}
+
+/* Signs header.claims with pkey under alg ("ES256", "PS256", "RS256") or with an HMAC
+ * secret ("HS256"), all with OpenSSL directly. New string. */
+static char *sign_token(const char *alg, EVP_PKEY *pkey, const void *secret,
+                        size_t secret_len, const char *header, const char *claims)
+{
+    char *h = util_b64url_encode_new(header, strlen(header));
+    char *p = util_b64url_encode_new(claims, strlen(claims));
+    char *input = util_asprintf("%s.%s", h, p), *s, *token;
+    unsigned char sig[1024];
+    size_t sig_len = sizeof(sig);
+
+    if (strcmp(alg, "ES256") == 0) {
+        token = forge_segments(pkey, h, p, 64);
+        free(h);
+        free(p);
+        free(input);
+        return token;
+    }
+    if (strcmp(alg, "HS256") == 0) {
+        unsigned int mac_len = 0;
+
+        HMAC(EVP_sha256(), secret, (int)secret_len, (unsigned char *)input, strlen(input),
+             sig, &mac_len);
+        sig_len = mac_len;
+    } else {
+        EVP_MD_CTX *md = EVP_MD_CTX_new();
+        EVP_PKEY_CTX *pctx = NULL;
+
+        ck_assert_int_eq(EVP_DigestSignInit(md, &pctx, EVP_sha256(), NULL, pkey), 1);
+        if (strcmp(alg, "PS256") == 0) {
+            ck_assert_int_eq(EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING),
+                             1);
+            ck_assert_int_eq(EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, 32), 1);
+        }
+        ck_assert_int_eq(
+            EVP_DigestSign(md, sig, &sig_len, (unsigned char *)input, strlen(input)), 1);
+        EVP_MD_CTX_free(md);
+    }
+    s = util_b64url_encode_new(sig, sig_len);
+    token = util_asprintf("%s.%s", input, s);
+    free(h);
+    free(p);
+    free(input);
+    free(s);
+    return token;
+}
+
+static EVP_PKEY *ec_key;             /* P-256 */
+static EVP_PKEY *ec_key2;            /* another P-256 key, "another client's" */
+static EVP_PKEY *rsa_key;            /* 2048 bits */
+static struct oauth_jwk_set *ec_set; /* ec_key as kid "k1", ES256 */
+
+static struct oauth_jwk_set *set_of(json_t *jwk_stolen, unsigned alg)
+{
+    json_t *jwks = json_pack("{s:[o]}", "keys", jwk_stolen);
+    char err[200] = "";
+    struct oauth_jwk_set *set = oauth_jwk_set_parse(jwks, alg, true, err, sizeof(err));
+
+    ck_assert_msg(set != NULL, "set rejected: %s", err);
+    json_decref(jwks);
+    return set;
+}
+
+static void jwk_setup(void)
+{
+    setup();
+    ec_key = EVP_EC_gen("P-256");
+    ec_key2 = EVP_EC_gen("P-256");
+    rsa_key = EVP_RSA_gen(2048);
+    ck_assert_ptr_nonnull(ec_key);
+    ck_assert_ptr_nonnull(ec_key2);
+    ck_assert_ptr_nonnull(rsa_key);
+    ec_set = set_of(public_jwk_of(ec_key, "k1", NULL), 0);
+}
+
+static void jwk_teardown(void)
+{
+    oauth_jwk_set_free(ec_set);
+    EVP_PKEY_free(ec_key);
+    EVP_PKEY_free(ec_key2);
+    EVP_PKEY_free(rsa_key);
+    teardown();
+}
+
+#define CLAIMS "{\"iss\":\"c\",\"sub\":\"c\"}"
+
+/* True when token verifies against set with the algorithms allowed; stores the reason
+ * of a failure in last_reason. */
+static const char *last_reason;
+
+static bool verifies_with(const struct oauth_jwk_set *set, const char *token,
+                          unsigned allowed)
+{
+    json_t *header = NULL;
+    json_t *claims = oauth_jws_verify_with(set, token, allowed, &header, &last_reason);
+    bool ok = claims != NULL;
+
+    if (ok) {
+        ck_assert_ptr_nonnull(header);
+        ck_assert_str_eq(json_string_value(json_object_get(claims, "iss")), "c");
+    } else {
+        ck_assert_ptr_null(header);
+        ck_assert_ptr_nonnull(last_reason);
+    }
+    json_decref(header);
+    json_decref(claims);
+    return ok;
+}
+
+/* Imports jwk (stolen) with registered alg, expecting a failure whose message holds
+ * fragment. */
+static void import_fails(json_t *jwk, unsigned registered, const char *fragment)
+{
+    char err[200] = "";
+    struct oauth_jwk *key = oauth_jwk_import(jwk, registered, err, sizeof(err));
+    char *text = json_dumps(jwk, JSON_COMPACT);
+
+    ck_assert_msg(key == NULL, "accepted %s", text);
+    ck_assert_msg(strstr(err, fragment) != NULL, "error \"%s\" lacks \"%s\" for %s", err,
+                  fragment, text);
+    free(text);
+    json_decref(jwk);
+}
+
+START_TEST(jws_alg_names)
+{
+    ck_assert_uint_eq(oauth_jws_alg_parse("ES256"), OAUTH_ALG_ES256);
+    ck_assert_uint_eq(oauth_jws_alg_parse("PS256"), OAUTH_ALG_PS256);
+    ck_assert_uint_eq(oauth_jws_alg_parse("RS256"), OAUTH_ALG_RS256);
+    ck_assert_uint_eq(oauth_jws_alg_parse("HS256"), OAUTH_ALG_HS256);
+    ck_assert_uint_eq(oauth_jws_alg_parse("none"), 0);
+    ck_assert_uint_eq(oauth_jws_alg_parse("es256"), 0);
+    ck_assert_uint_eq(oauth_jws_alg_parse(NULL), 0);
+    ck_assert_str_eq(oauth_jws_alg_name(OAUTH_ALG_PS256), "PS256");
+    ck_assert_ptr_null(oauth_jws_alg_name(OAUTH_ALG_ES256 | OAUTH_ALG_PS256));
+}
+END_TEST
+
+START_TEST(jwk_import_ec)
+{
+    char err[200];
+    json_t *jwk = public_jwk_of(ec_key, "k1", NULL);
+    struct oauth_jwk *key;
+
+    json_object_set_new(jwk, "use", json_string("sig"));
+    json_object_set_new(jwk, "key_ops", json_pack("[s]", "verify"));
+    key = oauth_jwk_import(jwk, 0, err, sizeof(err));
+    ck_assert_msg(key != NULL, "%s", err);
+    ck_assert_str_eq(oauth_jwk_kid(key), "k1");
+    ck_assert_uint_eq(oauth_jwk_alg(key), OAUTH_ALG_ES256);
+    oauth_jwk_free(key);
+
+    /* The registered alg fits an EC key only when it is ES256. */
+    key = oauth_jwk_import(jwk, OAUTH_ALG_ES256, err, sizeof(err));
+    ck_assert_ptr_nonnull(key);
+    oauth_jwk_free(key);
+    json_decref(jwk);
+}
+END_TEST
+
+START_TEST(jwk_import_rsa)
+{
+    char err[200];
+    json_t *jwk = public_jwk_of(rsa_key, NULL, NULL);
+    struct oauth_jwk *key = oauth_jwk_import(jwk, 0, err, sizeof(err));
+
+    /* Without any alg an RSA key verifies PS256, never RS256. */
+    ck_assert_msg(key != NULL, "%s", err);
+    ck_assert_ptr_null(oauth_jwk_kid(key));
+    ck_assert_uint_eq(oauth_jwk_alg(key), OAUTH_ALG_PS256);
+    oauth_jwk_free(key);
+
+    key = oauth_jwk_import(jwk, OAUTH_ALG_RS256, err, sizeof(err));
+    ck_assert_ptr_nonnull(key);
+    ck_assert_uint_eq(oauth_jwk_alg(key), OAUTH_ALG_RS256);
+    oauth_jwk_free(key);
+
+    json_object_set_new(jwk, "alg", json_string("RS256"));
+    key = oauth_jwk_import(jwk, 0, err, sizeof(err));
+    ck_assert_ptr_nonnull(key);
+    ck_assert_uint_eq(oauth_jwk_alg(key), OAUTH_ALG_RS256);
+    oauth_jwk_free(key);
+    json_decref(jwk);
+}
+END_TEST
+
+START_TEST(jwk_import_rejects_private_keys)
+{
+    json_t *jwk;
+
+    jwk = public_jwk_of(ec_key, "k1", NULL);
+    json_object_set_new(jwk, "d", json_string("AAAA"));
+    import_fails(jwk, 0, "private member \"d\"");
+    for (size_t i = 0; i < 6; i++) {
+        static const char *const members[] = {"d", "p", "q", "dp", "dq", "qi"};
+
+        jwk = public_jwk_of(rsa_key, "r1", NULL);
+        json_object_set_new(jwk, members[i], json_string("AQAB"));
+        import_fails(jwk, 0, "private member");
+    }
+    /* A symmetric key is never imported: HS256 keys come only from a client secret. */
+    import_fails(
+        json_pack("{s:s, s:s, s:s}", "kty", "oct", "k", "c2VjcmV0", "alg", "HS256"), 0,
+        "private member \"k\"");
+    import_fails(json_pack("{s:s, s:s}", "kty", "oct", "alg", "HS256"), 0,
+                 "unsupported kty oct");
+}
+END_TEST
+
+START_TEST(jwk_import_rejects_bad_keys)
+{
+    EVP_PKEY *p384 = EVP_EC_gen("P-384");
+    EVP_PKEY *rsa1024 = EVP_RSA_gen(1024);
+    json_t *jwk;
+    char *x;
+
+    import_fails(public_jwk_of(p384, "k384", NULL), 0, "unsupported EC curve P-384");
+    import_fails(public_jwk_of(rsa1024, "small", NULL), 0, "1024 bits");
+    import_fails(json_pack("{s:s, s:s, s:s}", "kty", "OKP", "crv", "Ed25519", "x",
+                           "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"),
+                 0, "unsupported kty OKP");
+    import_fails(json_pack("{s:s}", "crv", "P-256"), 0, "unsupported kty (missing)");
+    import_fails(json_string("not an object"), 0, "not a JSON object");
+
+    /* A point with a wrong x is not on the curve. */
+    jwk = public_jwk_of(ec_key, "k1", NULL);
+    x = util_strdup(json_string_value(json_object_get(jwk, "x")));
+    x[5] = x[5] == 'A' ? 'B' : 'A';
+    json_object_set_new(jwk, "x", json_string(x));
+    free(x);
+    import_fails(jwk, 0, "not on P-256");
+
+    jwk = public_jwk_of(ec_key, "k1", NULL);
+    json_object_set_new(jwk, "x", json_string("AAAA"));
+    import_fails(jwk, 0, "32-byte");
+    jwk = public_jwk_of(ec_key, "k1", NULL);
+    json_object_del(jwk, "y");
+    import_fails(jwk, 0, "32-byte");
+    jwk = public_jwk_of(rsa_key, "r1", NULL);
+    json_object_set_new(jwk, "n", json_string("not base64url!"));
+    import_fails(jwk, 0, "base64url");
+
+    jwk = public_jwk_of(ec_key, "k1", NULL);
+    json_object_set_new(jwk, "use", json_string("enc"));
+    import_fails(jwk, 0, "use is not");
+    jwk = public_jwk_of(ec_key, "k1", NULL);
+    json_object_set_new(jwk, "key_ops", json_pack("[s]", "sign"));
+    import_fails(jwk, 0, "key_ops");
+    jwk = public_jwk_of(ec_key, NULL, NULL);
+    json_object_set_new(jwk, "kid", json_integer(7));
+    import_fails(jwk, 0, "kid must be a string");
+    jwk = public_jwk_of(ec_key, "", NULL);
+    import_fails(jwk, 0, "kid must be a string");
+
+    EVP_PKEY_free(p384);
+    EVP_PKEY_free(rsa1024);
+}
+END_TEST
+
+START_TEST(jwk_import_rejects_wrong_alg)
+{
+    import_fails(public_jwk_of(ec_key, "k1", "PS256"), 0,
+                 "cannot be used with an EC key");
+    import_fails(public_jwk_of(ec_key, "k1", "HS256"), 0,
+                 "cannot be used with an EC key");
+    import_fails(public_jwk_of(ec_key, "k1", "ES384"), 0, "unsupported alg ES384");
+    import_fails(public_jwk_of(ec_key, "k1", "none"), 0, "unsupported alg none");
+    import_fails(public_jwk_of(rsa_key, "r1", "ES256"), 0, "cannot be used with an RSA");
+    import_fails(public_jwk_of(rsa_key, "r1", "RS256"), OAUTH_ALG_PS256,
+                 "differs from the registered alg PS256");
+    import_fails(public_jwk_of(ec_key, "k1", NULL), OAUTH_ALG_PS256,
+                 "cannot be used with an EC key");
+    import_fails(public_jwk_of(rsa_key, "r1", NULL), OAUTH_ALG_HS256,
+                 "cannot be used with an RSA key");
+}
+END_TEST
+
+START_TEST(jwk_set_rules)
+{
+    char err[200];
+    json_t *enc = public_jwk_of(ec_key2, "enc1", NULL);
+    json_t *jwks;
+    struct oauth_jwk_set *set;
+
+    json_object_set_new(enc, "use", json_string("enc"));
+
+    /* A published set may hold an encryption key; a registered one may not. */
+    jwks = json_pack("{s:[o, O]}", "keys", public_jwk_of(ec_key, "k1", NULL), enc);
+    set = oauth_jwk_set_parse(jwks, 0, false, err, sizeof(err));
+    ck_assert_msg(set != NULL, "%s", err);
+    ck_assert_uint_eq(oauth_jwk_set_count(set), 1);
+    ck_assert(oauth_jwk_set_has_kid(set, "k1"));
+    ck_assert(!oauth_jwk_set_has_kid(set, "enc1"));
+    oauth_jwk_set_free(set);
+    ck_assert_ptr_null(oauth_jwk_set_parse(jwks, 0, true, err, sizeof(err)));
+    ck_assert_msg(strstr(err, "key 1: the key's use") != NULL, "%s", err);
+    json_decref(jwks);
+
+    /* Only the enc key: nothing left. */
+    jwks = json_pack("{s:[O]}", "keys", enc);
+    ck_assert_ptr_null(oauth_jwk_set_parse(jwks, 0, false, err, sizeof(err)));
+    ck_assert_msg(strstr(err, "no key usable") != NULL, "%s", err);
+    json_decref(jwks);
+
+    /* A private key in a published set fails the whole set. */
+    jwks =
+        json_pack("{s:[o, {s:s, s:s, s:s}]}", "keys", public_jwk_of(ec_key, "k1", NULL),
+                  "kty", "oct", "k", "c2VjcmV0c2VjcmV0", "kid", "h");
+    ck_assert_ptr_null(oauth_jwk_set_parse(jwks, 0, false, err, sizeof(err)));
+    ck_assert_msg(strstr(err, "private member") != NULL, "%s", err);
+    json_decref(jwks);
+
+    jwks = json_pack("{s:[o, o]}", "keys", public_jwk_of(ec_key, "same", NULL),
+                     public_jwk_of(ec_key2, "same", NULL));
+    ck_assert_ptr_null(oauth_jwk_set_parse(jwks, 0, false, err, sizeof(err)));
+    ck_assert_msg(strstr(err, "two keys have the kid") != NULL, "%s", err);
+    json_decref(jwks);
+
+    jwks = json_pack("{s:[]}", "keys");
+    ck_assert_ptr_null(oauth_jwk_set_parse(jwks, 0, true, err, sizeof(err)));
+    json_decref(jwks);
+    jwks = json_pack("{s:{}}", "keys");
+    ck_assert_ptr_null(oauth_jwk_set_parse(jwks, 0, true, err, sizeof(err)));
+    ck_assert_msg(strstr(err, "\"keys\" array") != NULL, "%s", err);
+    json_decref(jwks);
+    jwks = json_pack("[]");
+    ck_assert_ptr_null(oauth_jwk_set_parse(jwks, 0, true, err, sizeof(err)));
+    json_decref(jwks);
+
+    jwks = json_pack("{s:[]}", "keys");
+    for (int i = 0; i <= OAUTH_JWKS_MAX_KEYS; i++) {
+        char kid[16];
+
+        snprintf(kid, sizeof(kid), "k%d", i);
+        json_array_append_new(json_object_get(jwks, "keys"),
+                              public_jwk_of(ec_key, kid, NULL));
+    }
+    ck_assert_ptr_null(oauth_jwk_set_parse(jwks, 0, false, err, sizeof(err)));
+    ck_assert_msg(strstr(err, "at most 20") != NULL, "%s", err);
+    json_decref(jwks);
+    json_decref(enc);
+}
+END_TEST
+
+START_TEST(verify_with_es256)
+{
+    char *good = sign_token("ES256", ec_key, NULL, 0,
+                            "{\"alg\":\"ES256\",\"kid\":\"k1\"}", CLAIMS);
+    char *no_kid = sign_token("ES256", ec_key, NULL, 0, "{\"alg\":\"ES256\"}", CLAIMS);
+    char *other = sign_token("ES256", ec_key2, NULL, 0,
+                             "{\"alg\":\"ES256\",\"kid\":\"k1\"}", CLAIMS);
+    char *unknown = sign_token("ES256", ec_key, NULL, 0,
+                               "{\"alg\":\"ES256\",\"kid\":\"k2\"}", CLAIMS);
+
+    ck_assert(verifies_with(ec_set, good, OAUTH_ALG_ES256));
+    /* Without a kid, a set of one key is enough (OpenID Connect Core section 10.1). */
+    ck_assert(verifies_with(ec_set, no_kid, OAUTH_ALG_ES256));
+    /* Another client's key under the same kid. */
+    ck_assert(!verifies_with(ec_set, other, OAUTH_ALG_ES256));
+    ck_assert_str_eq(last_reason, "the signature does not verify");
+    ck_assert(!verifies_with(ec_set, unknown, OAUTH_ALG_ES256));
+    ck_assert_str_eq(last_reason, "unknown kid");
+    /* ES256 not allowed here. */
+    ck_assert(!verifies_with(ec_set, good, OAUTH_ALG_PS256));
+    ck_assert_ptr_null(oauth_jws_verify_with(NULL, good, OAUTH_ALG_ES256, NULL, NULL));
+    ck_assert_ptr_null(oauth_jws_verify_with(ec_set, NULL, OAUTH_ALG_ES256, NULL, NULL));
+    free(good);
+    free(no_kid);
+    free(other);
+    free(unknown);
+}
+END_TEST
+
+START_TEST(verify_with_needs_kid_among_several)
+{
+    json_t *jwks = json_pack("{s:[o, o]}", "keys", public_jwk_of(ec_key, "a", NULL),
+                             public_jwk_of(ec_key2, "b", NULL));
+    char err[200];
+    struct oauth_jwk_set *set;
+    char *no_kid = sign_token("ES256", ec_key, NULL, 0, "{\"alg\":\"ES256\"}", CLAIMS);
+    char *kid_a =
+        sign_token("ES256", ec_key, NULL, 0, "{\"alg\":\"ES256\",\"kid\":\"a\"}", CLAIMS);
+
+    set = oauth_jwk_set_parse(jwks, 0, true, err, sizeof(err));
+    ck_assert_msg(set != NULL, "%s", err);
+    ck_assert(!verifies_with(set, no_kid, OAUTH_ALG_ES256));
+    ck_assert_str_eq(last_reason, "no kid, and the client has several keys");
+    ck_assert(verifies_with(set, kid_a, OAUTH_ALG_ES256));
+    oauth_jwk_set_free(set);
+    json_decref(jwks);
+    free(no_kid);
+    free(kid_a);
+}
+END_TEST
+
+/* Runs the openssl command-line tool on the signing input with the PSS options given,
+ * so PS256 is checked against an implementation other than ours. Returns the token. */
+static char *openssl_cli_ps256(EVP_PKEY *pkey, const char *header, const char *claims,
+                               const char *sigopts)
+{
+    char dir[] = "/tmp/check_oauth_pss.XXXXXX";
+    char *key_path, *in_path, *sig_path, *cmd, *h, *p, *input, *s, *token;
+    unsigned char sig[1024];
+    size_t sig_len;
+    FILE *f;
+
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    key_path = util_asprintf("%s/key.pem", dir);
+    in_path = util_asprintf("%s/input", dir);
+    sig_path = util_asprintf("%s/sig", dir);
+    f = fopen(key_path, "w");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_eq(PEM_write_PrivateKey(f, pkey, NULL, NULL, 0, NULL, NULL), 1);
+    fclose(f);
+    h = util_b64url_encode_new(header, strlen(header));
+    p = util_b64url_encode_new(claims, strlen(claims));
+    input = util_asprintf("%s.%s", h, p);
+    f = fopen(in_path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(input, f);
+    fclose(f);
+    cmd = util_asprintf("openssl dgst -sha256 -sign '%s' %s -out '%s' '%s'", key_path,
+                        sigopts, sig_path, in_path);
+    ck_assert_msg(system(cmd) == 0, "%s failed", cmd);
+    f = fopen(sig_path, "r");
+    ck_assert_ptr_nonnull(f);
+    sig_len = fread(sig, 1, sizeof(sig), f);
+    fclose(f);
+    ck_assert_uint_eq(sig_len, 256);
+    s = util_b64url_encode_new(sig, sig_len);
+    token = util_asprintf("%s.%s", input, s);
+
+    unlink(key_path);
+    unlink(in_path);
+    unlink(sig_path);
+    rmdir(dir);
+    free(key_path);
+    free(in_path);
+    free(sig_path);
+    free(cmd);
+    free(h);
+    free(p);
+    free(input);
+    free(s);
+    return token;
+}
+
+START_TEST(verify_with_ps256_openssl_cli)
+{
+    struct oauth_jwk_set *set = set_of(public_jwk_of(rsa_key, "r1", "PS256"), 0);
+    const char *header = "{\"alg\":\"PS256\",\"kid\":\"r1\"}";
+    char *good = openssl_cli_ps256(rsa_key, header, CLAIMS,
+                                   "-sigopt rsa_padding_mode:pss -sigopt "
+                                   "rsa_pss_saltlen:32 -sigopt rsa_mgf1_md:sha256");
+    char *salt20 = openssl_cli_ps256(rsa_key, header, CLAIMS,
+                                     "-sigopt rsa_padding_mode:pss -sigopt "
+                                     "rsa_pss_saltlen:20 -sigopt rsa_mgf1_md:sha256");
+    char *mgf1_sha1 = openssl_cli_ps256(rsa_key, header, CLAIMS,
+                                        "-sigopt rsa_padding_mode:pss -sigopt "
+                                        "rsa_pss_saltlen:32 -sigopt rsa_mgf1_md:sha1");
+    char *pkcs1 = openssl_cli_ps256(rsa_key, header, CLAIMS, "");
+    char *ours = sign_token("PS256", rsa_key, NULL, 0, header, CLAIMS);
+
+    ck_assert_msg(verifies_with(set, good, OAUTH_ALG_PS256), "%s", last_reason);
+    ck_assert(verifies_with(set, ours, OAUTH_ALG_PS256));
+    /* PS256 fixes the salt to the hash length and MGF1 to SHA-256 (RFC 7518 3.5). */
+    ck_assert(!verifies_with(set, salt20, OAUTH_ALG_PS256));
+    ck_assert(!verifies_with(set, mgf1_sha1, OAUTH_ALG_PS256));
+    /* A PKCS #1 v1.5 signature is not a PSS signature. */
+    ck_assert(!verifies_with(set, pkcs1, OAUTH_ALG_PS256));
+    oauth_jwk_set_free(set);
+    free(good);
+    free(salt20);
+    free(mgf1_sha1);
+    free(pkcs1);
+    free(ours);
+}
+END_TEST
+
+START_TEST(verify_with_rs256_only_if_allowed)
+{
+    struct oauth_jwk_set *rs = set_of(public_jwk_of(rsa_key, "r1", "RS256"), 0);
+    struct oauth_jwk_set *ps = set_of(public_jwk_of(rsa_key, "r1", "PS256"), 0);
+    char *token = sign_token("RS256", rsa_key, NULL, 0,
+                             "{\"alg\":\"RS256\",\"kid\":\"r1\"}", CLAIMS);
+    char *ps_header = sign_token("RS256", rsa_key, NULL, 0,
+                                 "{\"alg\":\"PS256\",\"kid\":\"r1\"}", CLAIMS);
+    char *cut;
+
+    ck_assert(verifies_with(rs, token, OAUTH_ALG_RS256));
+    ck_assert(!verifies_with(rs, token, OAUTH_ALG_ES256 | OAUTH_ALG_PS256));
+    ck_assert_str_eq(last_reason, "the key's alg is not allowed here");
+    /* The key is PS256, so an RS256 header fails, and a PKCS #1 signature under a
+     * PS256 header too. */
+    ck_assert(!verifies_with(ps, token, OAUTH_ALG_PS256 | OAUTH_ALG_RS256));
+    ck_assert(!verifies_with(ps, ps_header, OAUTH_ALG_PS256 | OAUTH_ALG_RS256));
+    /* A signature one byte short of the modulus size. */
+    cut = util_strdup(token);
+    cut[strlen(cut) - 2] = '\0';
+    ck_assert(!verifies_with(rs, cut, OAUTH_ALG_RS256));
+    oauth_jwk_set_free(rs);
+    oauth_jwk_set_free(ps);
+    free(token);
+    free(ps_header);
+    free(cut);
+}
+END_TEST
+
+START_TEST(verify_with_alg_none_and_confusion)
+{
+    json_t *jwk = public_jwk_of(ec_key, "k1", NULL);
+    char *jwk_text = json_dumps(jwk, JSON_COMPACT);
+    BIO *bio = BIO_new(BIO_s_mem());
+    char *pem;
+    long pem_len;
+    const char *hs = "{\"alg\":\"HS256\",\"kid\":\"k1\"}";
+    char *h = util_b64url_encode_new("{\"alg\":\"none\",\"kid\":\"k1\"}", 27);
+    char *p = util_b64url_encode_new(CLAIMS, strlen(CLAIMS));
+    char *none = util_asprintf("%s.%s.", h, p);
+    char *none_signed =
+        sign_token("ES256", ec_key, NULL, 0, "{\"alg\":\"none\",\"kid\":\"k1\"}", CLAIMS);
+    char *lower = sign_token("ES256", ec_key, NULL, 0,
+                             "{\"alg\":\"es256\",\"kid\":\"k1\"}", CLAIMS);
+    char *mac_jwk, *mac_pem, *mac_x;
+    const char *x = json_string_value(json_object_get(jwk, "x"));
+
+    ck_assert_int_eq(PEM_write_bio_PUBKEY(bio, ec_key), 1);
+    pem_len = BIO_get_mem_data(bio, &pem);
+    /* HS256 MACs keyed with every public form of the client's key. */
+    mac_jwk = sign_token("HS256", NULL, jwk_text, strlen(jwk_text), hs, CLAIMS);
+    mac_pem = sign_token("HS256", NULL, pem, (size_t)pem_len, hs, CLAIMS);
+    mac_x = sign_token("HS256", NULL, x, strlen(x), hs, CLAIMS);
+
+    ck_assert(!verifies_with(ec_set, none, ~0u));
+    ck_assert(!verifies_with(ec_set, none_signed, ~0u));
+    ck_assert(!verifies_with(ec_set, lower, ~0u));
+    ck_assert(!verifies_with(ec_set, mac_jwk, ~0u));
+    ck_assert_str_eq(last_reason, "the header's alg is not the key's alg");
+    ck_assert(!verifies_with(ec_set, mac_pem, ~0u));
+    ck_assert(!verifies_with(ec_set, mac_x, ~0u));
+
+    BIO_free(bio);
+    json_decref(jwk);
+    free(jwk_text);
+    free(h);
+    free(p);
+    free(none);
+    free(none_signed);
+    free(lower);
+    free(mac_jwk);
+    free(mac_pem);
+    free(mac_x);
+}
+END_TEST
+
+/* An ES256 header over a signature by a P-384 key: the P-384 key cannot be registered,
+ * and its signature does not verify with the registered P-256 key. */
+START_TEST(verify_with_wrong_curve)
+{
+    EVP_PKEY *p384 = EVP_EC_gen("P-384");
+    char *h = util_b64url_encode_new("{\"alg\":\"ES256\",\"kid\":\"k1\"}", 26);
+    char *p = util_b64url_encode_new(CLAIMS, strlen(CLAIMS));
+    char *input = util_asprintf("%s.%s", h, p), *s, *token;
+    unsigned char der[120], raw[96];
+    const unsigned char *dp = der;
+    size_t der_len = sizeof(der);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    ECDSA_SIG *sig;
+
+    ck_assert_int_eq(EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, p384), 1);
+    ck_assert_int_eq(
+        EVP_DigestSign(md, der, &der_len, (unsigned char *)input, strlen(input)), 1);
+    sig = d2i_ECDSA_SIG(NULL, &dp, (long)der_len);
+    BN_bn2binpad(ECDSA_SIG_get0_r(sig), raw, 48);
+    BN_bn2binpad(ECDSA_SIG_get0_s(sig), raw + 48, 48);
+    for (size_t len = 64; len <= 96; len += 32) {
+        s = util_b64url_encode_new(raw, len);
+        token = util_asprintf("%s.%s", input, s);
+        ck_assert(!verifies_with(ec_set, token, OAUTH_ALG_ES256));
+        free(s);
+        free(token);
+    }
+    ECDSA_SIG_free(sig);
+    EVP_MD_CTX_free(md);
+    EVP_PKEY_free(p384);
+    free(h);
+    free(p);
+    free(input);
+}
+END_TEST
+
+START_TEST(verify_with_hs256_secret)
+{
+    const char *secret = "0123456789abcdef0123456789abcdef-secret";
+    struct oauth_jwk_set *set = oauth_jwk_set_hmac(secret, strlen(secret));
+    char *good =
+        sign_token("HS256", NULL, secret, strlen(secret), "{\"alg\":\"HS256\"}", CLAIMS);
+    char *wrong = sign_token("HS256", NULL, "another secret of more than 32 bytes", 36,
+                             "{\"alg\":\"HS256\"}", CLAIMS);
+    char *es = sign_token("ES256", ec_key, NULL, 0, "{\"alg\":\"ES256\"}", CLAIMS);
+
+    ck_assert_ptr_nonnull(set);
+    ck_assert(verifies_with(set, good, OAUTH_ALG_HS256));
+    ck_assert(!verifies_with(set, good, OAUTH_ALG_ES256));
+    ck_assert(!verifies_with(set, wrong, OAUTH_ALG_HS256));
+    ck_assert(!verifies_with(set, es, ~0u));
+    /* RFC 7518 section 3.2: an HS256 key has at least 256 bits. */
+    ck_assert_ptr_null(oauth_jwk_set_hmac("short", 5));
+    ck_assert_ptr_null(oauth_jwk_set_hmac(NULL, 40));
+    oauth_jwk_set_free(set);
+    free(good);
+    free(wrong);
+    free(es);
+}
+END_TEST
+
+START_TEST(verify_with_structure)
+{
+    char *good = sign_token("ES256", ec_key, NULL, 0,
+                            "{\"alg\":\"ES256\",\"kid\":\"k1\"}", CLAIMS);
+    char *crit =
+        sign_token("ES256", ec_key, NULL, 0,
+                   "{\"alg\":\"ES256\",\"kid\":\"k1\",\"crit\":[\"x\"],\"x\":1}", CLAIMS);
+    char *dup = sign_token("ES256", ec_key, NULL, 0,
+                           "{\"alg\":\"ES256\",\"kid\":\"k1\",\"kid\":\"k1\"}", CLAIMS);
+    char *dup_claim =
+        sign_token("ES256", ec_key, NULL, 0, "{\"alg\":\"ES256\",\"kid\":\"k1\"}",
+                   "{\"iss\":\"c\",\"iss\":\"c\"}");
+    char *array =
+        sign_token("ES256", ec_key, NULL, 0, "{\"alg\":\"ES256\",\"kid\":\"k1\"}", "[1]");
+    char *kid_number =
+        sign_token("ES256", ec_key, NULL, 0, "{\"alg\":\"ES256\",\"kid\":1}", CLAIMS);
+    char *extra = util_asprintf("%s.x", good);
+    char *space = util_asprintf(" %s", good);
+    char *huge = util_calloc(1, 20000);
+    json_t *header = NULL, *claims = NULL;
+
+    ck_assert(verifies_with(ec_set, good, OAUTH_ALG_ES256));
+    ck_assert(!verifies_with(ec_set, crit, OAUTH_ALG_ES256));
+    ck_assert_str_eq(last_reason, "the header has crit");
+    ck_assert(!verifies_with(ec_set, dup, OAUTH_ALG_ES256));
+    ck_assert(!verifies_with(ec_set, dup_claim, OAUTH_ALG_ES256));
+    ck_assert(!verifies_with(ec_set, array, OAUTH_ALG_ES256));
+    ck_assert(!verifies_with(ec_set, kid_number, OAUTH_ALG_ES256));
+    ck_assert(!verifies_with(ec_set, extra, OAUTH_ALG_ES256));
+    ck_assert(!verifies_with(ec_set, space, OAUTH_ALG_ES256));
+    memset(huge, 'A', 19999);
+    huge[100] = '.';
+    huge[200] = '.';
+    ck_assert(!verifies_with(ec_set, huge, OAUTH_ALG_ES256));
+
+    /* oauth_jws_peek reads without verifying, under the same structural rules. */
+    ck_assert_int_eq(oauth_jws_peek(good, &header, &claims), 0);
+    ck_assert_str_eq(json_string_value(json_object_get(header, "kid")), "k1");
+    ck_assert_str_eq(json_string_value(json_object_get(claims, "sub")), "c");
+    json_decref(header);
+    json_decref(claims);
+    ck_assert_int_eq(oauth_jws_peek(dup, &header, &claims), -1);
+    ck_assert_int_eq(oauth_jws_peek(dup_claim, &header, &claims), -1);
+    ck_assert_int_eq(oauth_jws_peek(extra, &header, &claims), -1);
+    ck_assert_int_eq(oauth_jws_peek(huge, &header, &claims), -1);
+    ck_assert_int_eq(oauth_jws_peek("a.b.c", &header, &claims), -1);
+
+    free(good);
+    free(crit);
+    free(dup);
+    free(dup_claim);
+    free(array);
+    free(kid_number);
+    free(extra);
+    free(space);
+    free(huge);
+}
+END_TEST
+
 static const struct server_config test_config = {.issuer = "https://as.example.test"};
 
 static void assert_string_array(const json_t *doc, const char *name,
@@ -2041,6 +2770,7 @@ static Suite *oauth_suite(void)
     TCase *keys = tcase_create("keys");
     TCase *jws = tcase_create("jws");
     TCase *endpoints = tcase_create("endpoints");
+    TCase *client_keys = tcase_create("client_keys");
 
     tcase_add_checked_fixture(errors, setup, teardown);
     tcase_add_test(errors, error_table_statuses);
@@ -2127,6 +2857,24 @@ static Suite *oauth_suite(void)
     tcase_add_test(jws, jws_retired_key_verifies);
     tcase_add_test(jws, half_hash_vector);
     suite_add_tcase(s, jws);
+
+    tcase_add_checked_fixture(client_keys, jwk_setup, jwk_teardown);
+    tcase_add_test(client_keys, jws_alg_names);
+    tcase_add_test(client_keys, jwk_import_ec);
+    tcase_add_test(client_keys, jwk_import_rsa);
+    tcase_add_test(client_keys, jwk_import_rejects_private_keys);
+    tcase_add_test(client_keys, jwk_import_rejects_bad_keys);
+    tcase_add_test(client_keys, jwk_import_rejects_wrong_alg);
+    tcase_add_test(client_keys, jwk_set_rules);
+    tcase_add_test(client_keys, verify_with_es256);
+    tcase_add_test(client_keys, verify_with_needs_kid_among_several);
+    tcase_add_test(client_keys, verify_with_ps256_openssl_cli);
+    tcase_add_test(client_keys, verify_with_rs256_only_if_allowed);
+    tcase_add_test(client_keys, verify_with_alg_none_and_confusion);
+    tcase_add_test(client_keys, verify_with_wrong_curve);
+    tcase_add_test(client_keys, verify_with_hs256_secret);
+    tcase_add_test(client_keys, verify_with_structure);
+    suite_add_tcase(s, client_keys);
 
     tcase_add_checked_fixture(endpoints, key_setup, key_teardown);
     tcase_add_test(endpoints, discovery_document);
