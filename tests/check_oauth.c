@@ -2481,7 +2481,8 @@ START_TEST(verify_with_alg_none_and_confusion)
     char *pem;
     long pem_len;
     const char *hs = "{\"alg\":\"HS256\",\"kid\":\"k1\"}";
-    char *h = util_b64url_encode_new("{\"alg\":\"none\",\"kid\":\"k1\"}", 27);
+    const char *none_header = "{\"alg\":\"none\",\"kid\":\"k1\"}";
+    char *h = util_b64url_encode_new(none_header, strlen(none_header));
     char *p = util_b64url_encode_new(CLAIMS, strlen(CLAIMS));
     char *none = util_asprintf("%s.%s.", h, p);
     char *none_signed =
@@ -2525,7 +2526,8 @@ END_TEST
 START_TEST(verify_with_wrong_curve)
 {
     EVP_PKEY *p384 = EVP_EC_gen("P-384");
-    char *h = util_b64url_encode_new("{\"alg\":\"ES256\",\"kid\":\"k1\"}", 26);
+    const char *header = "{\"alg\":\"ES256\",\"kid\":\"k1\"}";
+    char *h = util_b64url_encode_new(header, strlen(header));
     char *p = util_b64url_encode_new(CLAIMS, strlen(CLAIMS));
     char *input = util_asprintf("%s.%s", h, p), *s, *token;
     unsigned char der[120], raw[96];
