@@ -74,6 +74,7 @@ union storage_cb {
     storage_approval_cb approval;
     storage_sweep_cb sweep;
     storage_keys_cb keys;
+    storage_count_cb count;
 };
 
 /* Turns one statement's outcome into the caller's callback. res is the statement's

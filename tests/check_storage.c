@@ -2391,6 +2391,302 @@ START_TEST(conn_callback_queues_more)
 }
 END_TEST
 
+/* ---- signed-JWT client authentication ---------------------------------------------- */
+
+#define TEST_JWKS                                                                        \
+    "{\"keys\": [{\"kty\": \"EC\", \"crv\": \"P-256\", \"x\": \"x\", \"y\": \"y\"}]}"
+
+struct jwt_client_res {
+    int calls;
+    enum storage_status status;
+    char method[32];
+    char jwks[256];
+    char jwks_uri[128];
+    char alg[8];
+    char sealed[64];
+    bool secret_hash_null, jwks_null, jwks_uri_null, sealed_null;
+};
+
+static void on_jwt_client(void *arg, enum storage_status status,
+                          const struct storage_client *c)
+{
+    struct jwt_client_res *r = arg;
+
+    r->calls++;
+    r->status = status;
+    if (!c)
+        return;
+    snprintf(r->method, sizeof(r->method), "%s", c->token_endpoint_auth_method);
+    snprintf(r->jwks, sizeof(r->jwks), "%s", c->jwks ? c->jwks : "");
+    snprintf(r->jwks_uri, sizeof(r->jwks_uri), "%s", c->jwks_uri ? c->jwks_uri : "");
+    snprintf(r->alg, sizeof(r->alg), "%s",
+             c->token_endpoint_auth_signing_alg ? c->token_endpoint_auth_signing_alg
+                                                : "");
+    snprintf(r->sealed, sizeof(r->sealed), "%s",
+             c->client_secret_sealed ? c->client_secret_sealed : "");
+    r->secret_hash_null = c->secret_hash == NULL;
+    r->jwks_null = c->jwks == NULL;
+    r->jwks_uri_null = c->jwks_uri == NULL;
+    r->sealed_null = c->client_secret_sealed == NULL;
+}
+
+static struct jwt_client_res jwt_client_get(const char *client_id)
+{
+    struct storage_conn *db;
+    struct jwt_client_res r = {0};
+
+    loop_open();
+    db = conn_open(5000);
+    ck_assert_int_eq(storage_client_get(db, client_id, on_jwt_client, &r), 0);
+    wait_calls(&r.calls, 1);
+    ck_assert_int_eq(r.status, STORAGE_OK);
+    storage_conn_free(db);
+    loop_close();
+    return r;
+}
+
+START_TEST(client_jwt_methods_stored)
+{
+    struct storage_sync *s = sync_open();
+    char hex[13], inline_id[32], uri_id[32], hmac_id[32], err[256] = "";
+    struct storage_client_new c = {
+        .client_name = "Agent",
+        .token_endpoint_auth_method = "private_key_jwt",
+        .scope = "openid",
+        .jwks = TEST_JWKS,
+        .token_endpoint_auth_signing_alg = "ES256",
+    };
+    struct jwt_client_res r;
+
+    random_hex(hex, 6);
+    snprintf(inline_id, sizeof(inline_id), "pkj-%s", hex);
+    snprintf(uri_id, sizeof(uri_id), "uri-%s", hex);
+    snprintf(hmac_id, sizeof(hmac_id), "csj-%s", hex);
+    c.client_id = inline_id;
+    ck_assert_msg(storage_sync_client_create(s, &c, err, sizeof(err)) == 0, "%s", err);
+    c.client_id = uri_id;
+    c.jwks = NULL;
+    c.jwks_uri = "https://agent.example/jwks";
+    c.token_endpoint_auth_signing_alg = "PS256";
+    ck_assert_msg(storage_sync_client_create(s, &c, err, sizeof(err)) == 0, "%s", err);
+    c.client_id = hmac_id;
+    c.jwks_uri = NULL;
+    c.token_endpoint_auth_method = "client_secret_jwt";
+    c.token_endpoint_auth_signing_alg = "HS256";
+    c.client_secret_sealed = "v1.sealed";
+    ck_assert_msg(storage_sync_client_create(s, &c, err, sizeof(err)) == 0, "%s", err);
+
+    r = jwt_client_get(inline_id);
+    ck_assert_str_eq(r.method, "private_key_jwt");
+    ck_assert_msg(strstr(r.jwks, "\"keys\"") && strstr(r.jwks, "P-256"), "%s", r.jwks);
+    ck_assert_str_eq(r.alg, "ES256");
+    ck_assert(r.secret_hash_null);
+    ck_assert(r.jwks_uri_null);
+    ck_assert(r.sealed_null);
+    r = jwt_client_get(uri_id);
+    ck_assert(r.jwks_null);
+    ck_assert_str_eq(r.jwks_uri, "https://agent.example/jwks");
+    ck_assert_str_eq(r.alg, "PS256");
+    r = jwt_client_get(hmac_id);
+    ck_assert_str_eq(r.method, "client_secret_jwt");
+    ck_assert_str_eq(r.sealed, "v1.sealed");
+    ck_assert_str_eq(r.alg, "HS256");
+    ck_assert(r.secret_hash_null);
+
+    ck_assert_int_eq(storage_sync_client_delete(s, inline_id), 1);
+    ck_assert_int_eq(storage_sync_client_delete(s, uri_id), 1);
+    ck_assert_int_eq(storage_sync_client_delete(s, hmac_id), 1);
+    storage_sync_close(s);
+}
+END_TEST
+
+/* Each method must carry exactly its own credentials. */
+START_TEST(client_jwt_credentials_checked)
+{
+    struct storage_sync *s = sync_open();
+    char hex[13], id[32], err[256];
+    const char *hash = "0000000000000000000000000000000000000000000000000000000000000000";
+    const struct {
+        const char *method, *secret_hash, *jwks, *jwks_uri, *alg, *sealed;
+    } bad[] = {
+        {"private_key_jwt", NULL, NULL, NULL, "ES256", NULL},
+        {"private_key_jwt", NULL, TEST_JWKS, "https://a.example/j", "ES256", NULL},
+        {"private_key_jwt", hash, TEST_JWKS, NULL, "ES256", NULL},
+        {"private_key_jwt", NULL, TEST_JWKS, NULL, NULL, NULL},
+        {"private_key_jwt", NULL, TEST_JWKS, NULL, "HS256", NULL},
+        {"private_key_jwt", NULL, TEST_JWKS, NULL, "none", NULL},
+        {"private_key_jwt", NULL, TEST_JWKS, NULL, "ES256", "v1.x"},
+        {"client_secret_jwt", NULL, NULL, NULL, "HS256", NULL},
+        {"client_secret_jwt", NULL, NULL, NULL, "ES256", "v1.x"},
+        {"client_secret_jwt", hash, NULL, NULL, "HS256", "v1.x"},
+        {"client_secret_jwt", NULL, TEST_JWKS, NULL, "HS256", "v1.x"},
+        {"client_secret_basic", NULL, NULL, NULL, NULL, NULL},
+        {"client_secret_basic", hash, TEST_JWKS, NULL, NULL, NULL},
+        {"client_secret_post", hash, NULL, NULL, "ES256", NULL},
+        {"tls_client_auth", hash, NULL, NULL, NULL, NULL},
+    };
+
+    random_hex(hex, 6);
+    snprintf(id, sizeof(id), "bad-%s", hex);
+    for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
+        struct storage_client_new c = {
+            .client_id = id,
+            .client_name = "Agent",
+            .secret_hash = bad[i].secret_hash,
+            .token_endpoint_auth_method = bad[i].method,
+            .scope = "openid",
+            .jwks = bad[i].jwks,
+            .jwks_uri = bad[i].jwks_uri,
+            .token_endpoint_auth_signing_alg = bad[i].alg,
+            .client_secret_sealed = bad[i].sealed,
+        };
+
+        err[0] = '\0';
+        ck_assert_msg(storage_sync_client_create(s, &c, err, sizeof(err)) == -1,
+                      "case %zu accepted", i);
+        ck_assert_msg(strstr(err, "invalid client field") != NULL, "case %zu: %s", i,
+                      err);
+    }
+
+    /* jwks must be JSON. */
+    {
+        struct storage_client_new c = {
+            .client_id = id,
+            .client_name = "Agent",
+            .token_endpoint_auth_method = "private_key_jwt",
+            .scope = "openid",
+            .jwks = "{not json",
+            .token_endpoint_auth_signing_alg = "ES256",
+        };
+
+        ck_assert_int_eq(storage_sync_client_create(s, &c, err, sizeof(err)), -1);
+    }
+    ck_assert_int_eq(storage_sync_client_delete(s, id), 0);
+    storage_sync_close(s);
+}
+END_TEST
+
+static enum storage_status jti_record(struct storage_conn *db, const char *client_id,
+                                      const char *jti, int64_t expires_at)
+{
+    struct done_res r = {0};
+
+    ck_assert_int_eq(
+        storage_client_assertion_record(db, client_id, jti, expires_at, on_done, &r),
+        0);
+    wait_calls(&r.calls, 1);
+    return r.status;
+}
+
+struct count_res {
+    int calls;
+    enum storage_status status;
+    int count;
+};
+
+static void on_count(void *arg, enum storage_status status, int count)
+{
+    struct count_res *r = arg;
+
+    r->calls++;
+    r->status = status;
+    r->count = count;
+}
+
+START_TEST(assertion_jti_single_use)
+{
+    struct people p;
+    struct storage_conn *db;
+    PGconn *pg;
+    int64_t later = util_now_s() + 120;
+    char long_jti[300];
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+    pg = raw_open();
+
+    ck_assert_int_eq(jti_record(db, p.client_id, "jti-1", later), STORAGE_OK);
+    ck_assert_int_eq(jti_record(db, p.client_id, "jti-1", later), STORAGE_CONFLICT);
+    ck_assert_int_eq(jti_record(db, p.client_id, "jti-1", later + 500), STORAGE_CONFLICT);
+    /* The jti is per client. */
+    ck_assert_int_eq(jti_record(db, p.other_client_id, "jti-1", later), STORAGE_OK);
+    ck_assert_int_eq(jti_record(db, p.client_id, "JTI-1", later), STORAGE_OK);
+
+    /* Once its assertion has expired, a jti may be used again. */
+    raw_exec(pg,
+             "UPDATE client_assertion_jti SET expires_at = now() - interval '1 second'"
+             " WHERE client_id = $1 AND jti = 'jti-1'",
+             p.client_id);
+    ck_assert_int_eq(jti_record(db, p.client_id, "jti-1", later), STORAGE_OK);
+    ck_assert_int_eq(jti_record(db, p.client_id, "jti-1", later), STORAGE_CONFLICT);
+
+    memset(long_jti, 'j', sizeof(long_jti) - 1);
+    long_jti[sizeof(long_jti) - 1] = '\0';
+    ck_assert_int_eq(jti_record(db, p.client_id, long_jti, later), STORAGE_ERROR);
+    ck_assert_int_eq(jti_record(db, "no-such-client", "jti-x", later), STORAGE_ERROR);
+    ck_assert_int_eq(
+        storage_client_assertion_record(db, NULL, "j", later, on_done, NULL), -1);
+    ck_assert_int_eq(
+        storage_client_assertion_record(db, p.client_id, NULL, later, on_done, NULL),
+        -1);
+
+    /* Deleting the client deletes its jti values. */
+    ck_assert_int_eq(raw_int(pg,
+                             "SELECT count(*) FROM client_assertion_jti"
+                             " WHERE client_id = $1",
+                             p.other_client_id),
+                     1);
+    raw_exec(pg, "DELETE FROM client WHERE client_id = $1", p.other_client_id);
+    ck_assert_int_eq(raw_int(pg,
+                             "SELECT count(*) FROM client_assertion_jti"
+                             " WHERE client_id = $1",
+                             p.other_client_id),
+                     0);
+    PQfinish(pg);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+START_TEST(assertion_jti_purge)
+{
+    struct people p;
+    struct storage_conn *db;
+    PGconn *pg;
+    struct count_res purge = {0};
+    int64_t now = util_now_s();
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+    pg = raw_open();
+    ck_assert_int_eq(jti_record(db, p.client_id, "old-1", now + 60), STORAGE_OK);
+    ck_assert_int_eq(jti_record(db, p.client_id, "old-2", now + 60), STORAGE_OK);
+    ck_assert_int_eq(jti_record(db, p.client_id, "live", now + 60), STORAGE_OK);
+    raw_exec(pg,
+             "UPDATE client_assertion_jti SET expires_at = now() - interval '1 second'"
+             " WHERE client_id = $1 AND jti LIKE 'old-%'",
+             p.client_id);
+
+    ck_assert_int_eq(storage_client_assertion_purge(db, on_count, &purge), 0);
+    wait_calls(&purge.calls, 1);
+    ck_assert_int_eq(purge.status, STORAGE_OK);
+    /* Other tests share the database, so at least this test's two rows went. */
+    ck_assert_int_ge(purge.count, 2);
+    ck_assert_int_eq(raw_int(pg,
+                             "SELECT count(*) FROM client_assertion_jti"
+                             " WHERE client_id = $1",
+                             p.client_id),
+                     1);
+    ck_assert_int_eq(jti_record(db, p.client_id, "live", now + 60), STORAGE_CONFLICT);
+    ck_assert_int_eq(storage_client_assertion_purge(db, NULL, NULL), -1);
+    PQfinish(pg);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
 /* ---- suite ------------------------------------------------------------------------- */
 
 static TCase *tcase_new(const char *name, int timeout_s, bool schema)
@@ -2421,6 +2717,10 @@ static Suite *storage_suite(void)
     tcase_add_test(tc, client_create_list_delete);
     tcase_add_test(tc, client_create_rejects_bad_fields);
     tcase_add_test(tc, client_get_found_and_missing);
+    tcase_add_test(tc, client_jwt_methods_stored);
+    tcase_add_test(tc, client_jwt_credentials_checked);
+    tcase_add_test(tc, assertion_jti_single_use);
+    tcase_add_test(tc, assertion_jti_purge);
     tcase_add_test(tc, user_create_list_delete);
     tcase_add_test(tc, user_find_by_each_hint);
     tcase_add_test(tc, scope_set_and_list);
