@@ -1,4 +1,5 @@
-/* sweeper.c - periodic expiry of authentication requests
+/* sweeper.c - periodic expiry of authentication requests, and purge of used client
+ * assertion jti values
  * SPDX-License-Identifier: MIT
  *
  * Polls already answer expired_token from expires_at alone; the sweep exists so an
@@ -18,6 +19,7 @@
 /* One sweeper per process, on worker 0's loop. */
 static struct event *sweep_timer;
 static bool sweep_running;
+static bool jti_purge_running;
 
 static void on_swept(void *arg, enum storage_status status, int expired, int purged)
 {
@@ -33,12 +35,27 @@ static void on_swept(void *arg, enum storage_status status, int expired, int pur
                  purged);
 }
 
+/* The jti values of expired client assertions are no longer needed to stop replays. */
+static void on_jti_purged(void *arg, enum storage_status status, int count)
+{
+    (void)arg;
+    jti_purge_running = false;
+    if (status != STORAGE_OK)
+        log_warn("purging used client assertion jti values failed (storage status %d)",
+                 (int)status);
+    else if (count > 0)
+        log_debug("expiry sweep: %d expired client assertion jti values deleted", count);
+}
+
 static void on_sweep_timer(evutil_socket_t fd, short events, void *arg)
 {
     struct server_worker *w = arg;
 
     (void)fd;
     (void)events;
+    if (!jti_purge_running &&
+        storage_client_assertion_purge(w->db, on_jti_purged, NULL) == 0)
+        jti_purge_running = true;
     if (sweep_running)
         return;
     if (storage_auth_req_sweep(w->db, server_config->tombstone_seconds, on_swept, NULL) ==

@@ -1,7 +1,15 @@
-/* client_auth.c - client authentication by client_secret_basic or client_secret_post
+/* client_auth.c - client authentication by client_secret_basic, client_secret_post,
+ * private_key_jwt or client_secret_jwt
  * SPDX-License-Identifier: MIT
+ *
+ * A JWT client assertion (RFC 7523) runs: read the form, peek at the unverified claims
+ * to learn which client it claims to be, load that client, get its keys (its inline
+ * jwks, its jwks_uri through the worker's cache, or its sealed secret), verify the
+ * signature with the alg registered for the client, check the claims, and record the
+ * jti so the assertion cannot be used twice. Every failure after the form is read
+ * gives the client the same invalid_client text, and the log line says why.
  */
-#include "oauth/oauth.h"
+#include "oauth/oauth_int.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +18,7 @@
 #include <event2/event.h>
 #include <openssl/crypto.h>
 
+#include "server/config.h"
 #include "server/http.h"
 #include "storage/storage.h"
 
@@ -33,8 +42,11 @@ static const char DESC_MALFORMED[] = "The Authorization header is malformed";
 static const char DESC_TOO_LONG[] = "The Authorization header is too long";
 static const char DESC_SCHEME[] =
     "Unsupported authentication scheme: use Basic or client_secret_post";
-static const char DESC_ASSERTION[] =
-    "client_assertion is not supported: use client_secret_basic or client_secret_post";
+static const char DESC_ASSERTION_PAIR[] =
+    "client_assertion and client_assertion_type must be sent together";
+static const char DESC_ASSERTION_TYPE[] =
+    "Unsupported client_assertion_type: use "
+    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 static const char DESC_WRONG_METHOD[] =
     "The client must use its registered token_endpoint_auth_method";
 static const char DESC_UNAVAILABLE[] = "The client registry is unavailable, retry later";
@@ -42,11 +54,13 @@ static const char DESC_UNAVAILABLE[] = "The client registry is unavailable, retr
 enum auth_method {
     METHOD_BASIC,
     METHOD_POST,
+    METHOD_ASSERTION, /* private_key_jwt or client_secret_jwt, as registered */
 };
 
 static const char *const method_names[] = {
     [METHOD_BASIC] = "client_secret_basic",
     [METHOD_POST] = "client_secret_post",
+    [METHOD_ASSERTION] = "client_assertion",
 };
 
 /* State of one authentication, from the request until the callback. */
@@ -59,6 +73,12 @@ struct auth_ctx {
     char secret_hash[65];
     enum oauth_err err; /* a failure found before the lookup, sent from the loop */
     const char *description;
+    /* METHOD_ASSERTION only: */
+    char *assertion;             /* the compact JWS */
+    char *kid;                   /* its header's kid, or NULL */
+    unsigned alg;                /* the OAUTH_ALG_* bit registered for the client */
+    struct oauth_client *client; /* the loaded client, until the end */
+    json_t *claims;              /* verified claims, until the jti is recorded */
 };
 
 void oauth_secret_hash(const char *secret, char out[65])
@@ -122,6 +142,11 @@ static void finish(struct auth_ctx *ctx, enum oauth_err err, const char *descrip
     void *arg = ctx->arg;
 
     OPENSSL_cleanse(ctx->secret_hash, sizeof(ctx->secret_hash));
+    if (ctx->client != client)
+        oauth_client_free(ctx->client);
+    json_decref(ctx->claims);
+    free(ctx->assertion);
+    free(ctx->kid);
     free(ctx);
     cb(arg, err, description, client);
 }
@@ -291,6 +316,59 @@ out:
     return err;
 }
 
+/* Reads client_assertion and client_assertion_type, and takes the client_id from the
+ * assertion's iss without trusting it yet: the lookup only finds the keys that will
+ * verify it. A client_id parameter, when sent, must name the same client (RFC 7521
+ * section 4.2). */
+static enum oauth_err read_assertion(struct auth_ctx *ctx, const struct server_form *form,
+                                     const char *client_id, const char **description)
+{
+    const char *type = server_form_get(form, "client_assertion_type");
+    const char *assertion = server_form_get(form, "client_assertion");
+    json_t *header = NULL, *claims = NULL;
+    const char *iss, *sub, *kid, *why = NULL;
+    enum oauth_err err = OAUTH_ERR_INVALID_CLIENT;
+
+    *description = DESC_FAILED;
+    if (!type || !assertion) {
+        *description = DESC_ASSERTION_PAIR;
+        return OAUTH_ERR_INVALID_REQUEST;
+    }
+    if (strcmp(type, OAUTH_ASSERTION_TYPE_JWT) != 0) {
+        *description = DESC_ASSERTION_TYPE;
+        return OAUTH_ERR_INVALID_CLIENT;
+    }
+    if (oauth_jws_peek(assertion, &header, &claims) != 0) {
+        rlog_info(ctx->sr->rid, NULL,
+                  "client authentication failed: client_assertion is not a JWS");
+        return err;
+    }
+    iss = json_string_value(json_object_get(claims, "iss"));
+    sub = json_string_value(json_object_get(claims, "sub"));
+    kid = json_string_value(json_object_get(header, "kid"));
+    if (!iss || !*iss || strlen(iss) > CLIENT_ID_MAX || !utf8_valid(iss))
+        why = "the assertion has no usable iss";
+    else if (!sub || strcmp(sub, iss) != 0)
+        why = "the assertion's sub differs from its iss";
+    else if (client_id && strcmp(client_id, iss) != 0)
+        why = "the client_id parameter differs from the assertion's iss";
+    if (iss && !why)
+        strcpy(ctx->client_id, iss);
+    else if (client_id && strlen(client_id) <= CLIENT_ID_MAX && utf8_valid(client_id))
+        strcpy(ctx->client_id, client_id);
+    if (why) {
+        rlog_info(ctx->sr->rid, ctx->client_id[0] ? ctx->client_id : NULL,
+                  "client authentication failed: %s", why);
+    } else {
+        ctx->assertion = util_strdup(assertion);
+        ctx->kid = kid ? util_strdup(kid) : NULL;
+        err = OAUTH_OK;
+    }
+    json_decref(header);
+    json_decref(claims);
+    return err;
+}
+
 /* Finds the one authentication method the request uses and reads its credentials. */
 static enum oauth_err read_credentials(struct auth_ctx *ctx,
                                        const struct server_form *form,
@@ -316,8 +394,12 @@ static enum oauth_err read_credentials(struct auth_ctx *ctx,
     }
 
     if (assertion) {
-        *description = DESC_ASSERTION;
-        return OAUTH_ERR_INVALID_CLIENT;
+        if (secret) {
+            *description = DESC_TWO_METHODS;
+            return OAUTH_ERR_INVALID_REQUEST;
+        }
+        ctx->method = METHOD_ASSERTION;
+        return read_assertion(ctx, form, client_id, description);
     }
     if (!client_id && !secret) {
         *description = DESC_NONE;
@@ -325,6 +407,153 @@ static enum oauth_err read_credentials(struct auth_ctx *ctx,
     }
     ctx->method = METHOD_POST;
     return take_credentials(ctx, client_id, secret, description);
+}
+
+/* ---- client assertions ------------------------------------------------------------ */
+
+/* Fails an assertion: the client learns only DESC_FAILED, the log the reason. */
+static void assertion_fail(struct auth_ctx *ctx, const char *reason)
+{
+    rlog_info(ctx->sr->rid, ctx->client_id, "client authentication failed: %s", reason);
+    finish(ctx, OAUTH_ERR_INVALID_CLIENT, DESC_FAILED, NULL);
+}
+
+static void on_jti_recorded(void *arg, enum storage_status status)
+{
+    struct auth_ctx *ctx = arg;
+    struct oauth_client *client = ctx->client;
+
+    switch (status) {
+    case STORAGE_OK:
+        rlog_debug(ctx->sr->rid, ctx->client_id, "client authenticated by %s",
+                   client->token_endpoint_auth_method);
+        finish(ctx, OAUTH_OK, NULL, client);
+        return;
+    case STORAGE_CONFLICT:
+        assertion_fail(ctx, "the assertion's jti was used before (replay)");
+        return;
+    case STORAGE_UNAVAILABLE:
+        finish(ctx, OAUTH_ERR_TEMPORARILY_UNAVAILABLE, DESC_UNAVAILABLE, NULL);
+        return;
+    default:
+        rlog_error(ctx->sr->rid, ctx->client_id,
+                   "recording the assertion's jti failed (storage status %d)",
+                   (int)status);
+        finish(ctx, OAUTH_ERR_SERVER_ERROR, oauth_err_description(OAUTH_ERR_SERVER_ERROR),
+               NULL);
+    }
+}
+
+/* Verifies the assertion with the client's keys, checks its claims and records its
+ * jti. set may be NULL, with error saying why there are no keys. */
+static void assertion_verify(struct auth_ctx *ctx, const struct oauth_jwk_set *set,
+                             const char *error)
+{
+    struct oauth_assertion_claims out;
+    const char *reason = error;
+
+    if (set)
+        ctx->claims = oauth_jws_verify_with(set, ctx->assertion, ctx->alg, NULL, &reason);
+    if (!ctx->claims) {
+        assertion_fail(ctx, reason ? reason : "no keys");
+        return;
+    }
+    reason = oauth_assertion_check(ctx->claims, ctx->client_id, server_config->issuer,
+                                   util_now_s(), &out);
+    if (reason) {
+        assertion_fail(ctx, reason);
+        return;
+    }
+    if (storage_client_assertion_record(ctx->sr->worker->db, ctx->client_id, out.jti,
+                                        out.jti_expires_at, on_jti_recorded, ctx) != 0)
+        finish(ctx, OAUTH_ERR_TEMPORARILY_UNAVAILABLE, DESC_UNAVAILABLE, NULL);
+}
+
+static void on_remote_keys(void *arg, const struct oauth_jwk_set *set, const char *error)
+{
+    assertion_verify(arg, set, error);
+}
+
+/* Verifies with the client's secret, opened with the server secret. */
+static void verify_with_secret(struct auth_ctx *ctx, const char *sealed)
+{
+    unsigned char *secret = NULL;
+    size_t len = 0;
+    struct oauth_jwk_set *set = NULL;
+
+    if (sealed && oauth_unseal(server_config->secret, OAUTH_CLIENT_SECRET_SEAL_LABEL,
+                               sealed, &secret, &len) == 0) {
+        set = oauth_jwk_set_hmac(secret, len);
+        OPENSSL_cleanse(secret, len);
+        free(secret);
+    }
+    if (!set) {
+        rlog_error(ctx->sr->rid, ctx->client_id,
+                   "the client's sealed secret cannot be opened: wrong server secret?");
+        finish(ctx, OAUTH_ERR_SERVER_ERROR, oauth_err_description(OAUTH_ERR_SERVER_ERROR),
+               NULL);
+        return;
+    }
+    assertion_verify(ctx, set, NULL);
+    oauth_jwk_set_free(set);
+}
+
+/* The algorithms this server verifies in client assertions: RS256 only when the
+ * allow_rs256 setting is on. */
+static unsigned algs_enabled(void)
+{
+    unsigned algs = OAUTH_ALG_ES256 | OAUTH_ALG_PS256 | OAUTH_ALG_HS256;
+
+    if (server_config->allow_rs256)
+        algs |= OAUTH_ALG_RS256;
+    return algs;
+}
+
+/* Continues an assertion once its client is loaded: the registered method must be a
+ * JWT method, and the keys come from the registration. */
+static void assertion_start(struct auth_ctx *ctx, const struct storage_client *row)
+{
+    const char *method = row->token_endpoint_auth_method;
+    bool secret_jwt = method && strcmp(method, "client_secret_jwt") == 0;
+    struct oauth_jwks_cache *cache = ctx->sr->worker->jwks;
+    const struct oauth_jwk_set *set;
+    char err[200];
+
+    if (!secret_jwt && (!method || strcmp(method, "private_key_jwt") != 0)) {
+        assertion_fail(ctx, "the client is registered for a method without assertions");
+        return;
+    }
+    ctx->alg = oauth_jws_alg_parse(row->token_endpoint_auth_signing_alg) & algs_enabled();
+    if (!ctx->alg) {
+        assertion_fail(ctx,
+                       "the client's token_endpoint_auth_signing_alg is not enabled");
+        return;
+    }
+    ctx->client = client_copy(row);
+    if (secret_jwt) {
+        verify_with_secret(ctx, row->client_secret_sealed);
+        return;
+    }
+    if (!cache) {
+        finish(ctx, OAUTH_ERR_TEMPORARILY_UNAVAILABLE, DESC_UNAVAILABLE, NULL);
+        return;
+    }
+    if (row->jwks) {
+        set = oauth_jwks_cache_inline(cache, row->jwks, ctx->alg, err, sizeof(err));
+        assertion_verify(ctx, set, set ? NULL : err);
+        return;
+    }
+    if (!row->jwks_uri) {
+        assertion_fail(ctx, "the client has neither jwks nor jwks_uri");
+        return;
+    }
+    /* Cached keys verify at once; otherwise the fetch continues in on_remote_keys. */
+    set = oauth_jwks_cache_peek(cache, row->jwks_uri, ctx->alg, ctx->kid);
+    if (set)
+        assertion_verify(ctx, set, NULL);
+    else
+        oauth_jwks_cache_get(cache, row->jwks_uri, ctx->alg, ctx->kid, on_remote_keys,
+                             ctx);
 }
 
 static void on_client_loaded(void *arg, enum storage_status status,
@@ -351,6 +580,10 @@ static void on_client_loaded(void *arg, enum storage_status status,
         return;
     }
 
+    if (ctx->method == METHOD_ASSERTION) {
+        assertion_start(ctx, row);
+        return;
+    }
     if (!row->secret_hash || strlen(row->secret_hash) != 64 ||
         !util_ct_equal(row->secret_hash, ctx->secret_hash, 64)) {
         /* TODO: nothing slows down repeated wrong secrets for one client_id yet, so

@@ -29,13 +29,14 @@ static json_t *string_array(const char *const *values, size_t n)
                  sizeof((const char *const[]){__VA_ARGS__}) / sizeof(const char *))
 
 /* Builds the metadata from the issuer. Lists only what cibad implements: no signed
- * authentication requests, no user_code, no ping or push delivery, no
- * private_key_jwt. response_types_supported is omitted along with
+ * authentication requests, no user_code, no ping or push delivery, and RS256 for client
+ * assertions only with allow_rs256. response_types_supported is omitted along with
  * authorization_endpoint, because cibad has no authorization endpoint (RFC 8414
  * section 2 lets a server without one omit both, and CIBA needs neither). */
-static json_t *discovery_document(const char *issuer)
+static json_t *discovery_document(const char *issuer, bool allow_rs256)
 {
     json_t *doc = json_object();
+    json_t *auth_algs = STRING_ARRAY("ES256", "PS256");
 
     json_object_set_new(doc, "issuer", json_string(issuer));
     json_object_set_new(doc, "token_endpoint", json_sprintf("%s/token", issuer));
@@ -48,7 +49,14 @@ static json_t *discovery_document(const char *issuer)
     json_object_set_new(doc, "grant_types_supported",
                         STRING_ARRAY(OAUTH_GRANT_TYPE_CIBA));
     json_object_set_new(doc, "token_endpoint_auth_methods_supported",
-                        STRING_ARRAY("client_secret_basic", "client_secret_post"));
+                        STRING_ARRAY("private_key_jwt", "client_secret_jwt",
+                                     "client_secret_basic", "client_secret_post"));
+    /* The algorithms client assertions may use; HS256 is for client_secret_jwt only. */
+    if (allow_rs256)
+        json_array_append_new(auth_algs, json_string("RS256"));
+    json_array_append_new(auth_algs, json_string("HS256"));
+    json_object_set_new(doc, "token_endpoint_auth_signing_alg_values_supported",
+                        auth_algs);
     json_object_set_new(doc, "subject_types_supported", STRING_ARRAY("public"));
     json_object_set_new(doc, "id_token_signing_alg_values_supported",
                         STRING_ARRAY("ES256"));
@@ -83,7 +91,8 @@ void oauth_discovery_handle(struct server_req *sr)
         return;
     }
     server_req_add_header(sr, "Cache-Control", DISCOVERY_CACHE_CONTROL);
-    server_reply_json(sr, 200, discovery_document(server_config->issuer));
+    server_reply_json(
+        sr, 200, discovery_document(server_config->issuer, server_config->allow_rs256));
 }
 
 void oauth_jwks_handle(struct server_req *sr)

@@ -123,6 +123,41 @@ void oauth_client_authenticate(struct server_req *sr, const struct server_form *
 /* Hashes a client secret for storage (SHA-256 hex). */
 void oauth_secret_hash(const char *secret, char out[65]);
 
+/* ---- client registration ----------------------------------------------------------- */
+
+/* The client authentication options of `cibad client create`. */
+struct oauth_client_auth_options {
+    const char *method;        /* token_endpoint_auth_method */
+    const char *jwks;          /* JSON text starting with "{", or a file name; or NULL */
+    const char *jwks_uri;      /* or NULL */
+    const char *signing_alg;   /* token_endpoint_auth_signing_alg, or NULL */
+    const char *server_secret; /* seals a client_secret_jwt secret */
+    bool allow_rs256;
+    bool allow_http_loopback; /* accept an http:// jwks_uri on a loopback address */
+};
+
+/* What is stored for a new client's authentication; strings are owned. */
+struct oauth_client_credentials {
+    char *secret;        /* generated secret to show once; NULL for private_key_jwt */
+    char *secret_hash;   /* client_secret_basic and client_secret_post */
+    char *secret_sealed; /* client_secret_jwt */
+    char *jwks;          /* compact JSON of the registered jwks */
+    char *jwks_uri;
+    const char *signing_alg; /* static name, or NULL for secret methods */
+};
+
+/* Checks the options and prepares the credentials. private_key_jwt needs exactly one of
+ * jwks and jwks_uri. Its keys must be public and fit the signing alg, which is
+ * otherwise taken from the keys (required with jwks_uri). RS256 needs allow_rs256.
+ * client_secret_jwt takes HS256 only and seals its new secret with server_secret. The
+ * secret methods take none of these options. Returns 0, or -1 with a message for the
+ * operator in err. */
+int oauth_client_credentials_new(const struct oauth_client_auth_options *options,
+                                 struct oauth_client_credentials *out, char *err,
+                                 size_t err_len) MUST_CHECK;
+/* Frees the strings, wiping the secret first. */
+void oauth_client_credentials_clear(struct oauth_client_credentials *c);
+
 /* ---- JWS signing keys -------------------------------------------------------------- */
 
 struct oauth_keyset;
@@ -239,6 +274,58 @@ int oauth_jws_peek(const char *token, json_t **header, json_t **claims) MUST_CHE
 json_t *oauth_jws_verify_with(const struct oauth_jwk_set *set, const char *token,
                               unsigned allowed_algs, json_t **header,
                               const char **reason);
+
+/* ---- client key sets of one worker ------------------------------------------------- */
+
+struct event_base;
+struct evdns_base;
+
+/* A worker's cache of client key sets: inline jwks documents parsed once, and remote
+ * ones fetched from jwks_uri without blocking the loop. Used by one thread only. */
+struct oauth_jwks_cache;
+
+struct oauth_jwks_cache_config {
+    const char *ca_file;      /* CA bundle for https jwks_uri; NULL: the system store */
+    int timeout_ms;           /* one fetch: DNS, connect, TLS and response */
+    int ttl_seconds;          /* a fetched set is used this long */
+    int refetch_seconds;      /* one URI is fetched at most once in this time */
+    bool allow_http_loopback; /* accept http:// on a loopback IP literal (tests) */
+};
+
+/* Creates a cache on base. dns resolves jwks_uri host names; without it only IP
+ * literals can be fetched. Returns NULL when libevent fails. */
+struct oauth_jwks_cache *oauth_jwks_cache_new(struct event_base *base,
+                                              struct evdns_base *dns,
+                                              const struct oauth_jwks_cache_config *cfg);
+/* Cancels fetches in flight, calls every waiting callback with an error (inside this
+ * call), then frees the cache. NULL is a no-op. */
+void oauth_jwks_cache_free(struct oauth_jwks_cache *c);
+
+/* Returns the key set of an inline jwks document (JSON text), imported for the
+ * registered alg (an OAUTH_ALG_* bit) and parsed at most once per document. The set
+ * stays valid until the next call on this cache. Returns NULL with the reason in err. */
+const struct oauth_jwk_set *oauth_jwks_cache_inline(struct oauth_jwks_cache *c,
+                                                    const char *jwks_text, unsigned alg,
+                                                    char *err, size_t err_len);
+
+/* Returns the cached set of uri when it is fresh and fits kid (has that kid, or for a
+ * NULL kid exactly one key), without any fetch; otherwise NULL. The set stays valid
+ * until the next call on this cache. */
+const struct oauth_jwk_set *oauth_jwks_cache_peek(struct oauth_jwks_cache *c,
+                                                  const char *uri, unsigned alg,
+                                                  const char *kid);
+
+/* Completion of oauth_jwks_cache_get: set is borrowed until the callback returns, or
+ * NULL with error, a static text for the log. */
+typedef void (*oauth_jwks_cb)(void *arg, const struct oauth_jwk_set *set,
+                              const char *error);
+
+/* Gets the key set published at uri, imported for alg. Fetches it when it is not
+ * cached, older than the TTL, or lacks kid (NULL: a token without kid), but at most
+ * once per refetch_seconds per URI. cb runs exactly once, later, on the loop thread,
+ * never inside this call. */
+void oauth_jwks_cache_get(struct oauth_jwks_cache *c, const char *uri, unsigned alg,
+                          const char *kid, oauth_jwks_cb cb, void *arg);
 
 /* The left half of SHA-256 of token, base64url: at_hash for ID tokens. new string. */
 char *oauth_half_hash(const char *token);

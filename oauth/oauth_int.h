@@ -49,6 +49,34 @@ struct oauth_jwk_set {
     size_t n;
 };
 
+/* ---- client assertions (RFC 7523) ---------------------------------------------------
+ */
+
+/* client_assertion_type of a JWT client assertion (RFC 7523 section 2.2). */
+#define OAUTH_ASSERTION_TYPE_JWT "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+/* Clock difference tolerated on exp, nbf and iat, in seconds. */
+#define OAUTH_ASSERTION_SKEW_S 30
+/* Longest lifetime of an assertion: exp at most this far after now and after iat. */
+#define OAUTH_ASSERTION_MAX_LIFETIME_S 300
+/* The label that seals client_secret_jwt secrets apart from signing keys. */
+#define OAUTH_CLIENT_SECRET_SEAL_LABEL "cibad client secret seal v1"
+
+/* What the caller needs from an assertion that passed oauth_assertion_check. */
+struct oauth_assertion_claims {
+    const char *jti;        /* borrowed from the claims */
+    int64_t jti_expires_at; /* Unix seconds until which the jti must stay unused */
+};
+
+/* Checks the claims of a verified client assertion for client_id at this server
+ * (issuer): iss and sub equal client_id, aud names the issuer or its token or
+ * backchannel endpoint (a string or an array), exp is present, not past and at most
+ * OAUTH_ASSERTION_MAX_LIFETIME_S ahead, nbf and iat are honoured when present, and jti
+ * is a string of 1 to 256 characters. now is Unix seconds. Returns NULL and fills out,
+ * or returns a static reason for the log. */
+const char *oauth_assertion_check(const json_t *claims, const char *client_id,
+                                  const char *issuer, int64_t now,
+                                  struct oauth_assertion_claims *out);
+
 /* Seals data with AES-256-GCM under HMAC-SHA-256(secret, label), as
  * "v1." base64url(nonce) "." base64url(ciphertext || tag). The label separates the uses
  * of the server secret, so a value sealed for one use never opens as another. Returns a

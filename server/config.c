@@ -114,6 +114,18 @@ static const struct setting settings[] = {
      "Largest request body accepted, in bytes"},
     {"max_headers", "CIBAD_MAX_HEADERS", SETTING_INT, FIELD(max_headers), "8192", 1024, 1048576, false,
      "Largest request line plus headers accepted, in bytes"},
+    {"allow_rs256", "CIBAD_ALLOW_RS256", SETTING_BOOL, FIELD(allow_rs256), "false", 0, 0, false,
+     "Accept RS256 client assertions (FAPI allows only PS256 and ES256)"},
+    {"jwks_uri_ca_file", "CIBAD_JWKS_URI_CA_FILE", SETTING_STRING, FIELD(jwks_uri_ca_file), NULL, 0, 0, false,
+     "CA bundle for the HTTPS certificates of client jwks_uri; the system store when unset"},
+    {"jwks_uri_timeout_ms", "CIBAD_JWKS_URI_TIMEOUT_MS", SETTING_INT, FIELD(jwks_uri_timeout_ms), "2000", 100, 30000, false,
+     "Milliseconds for one fetch of a client's jwks_uri"},
+    {"jwks_uri_cache_seconds", "CIBAD_JWKS_URI_CACHE_SECONDS", SETTING_INT, FIELD(jwks_uri_cache_seconds), "300", 1, 86400, false,
+     "Seconds a fetched client JWKS is used before it is fetched again"},
+    {"jwks_uri_refetch_seconds", "CIBAD_JWKS_URI_REFETCH_SECONDS", SETTING_INT, FIELD(jwks_uri_refetch_seconds), "30", 1, 3600, false,
+     "Least seconds between two fetches of one jwks_uri (on an unknown kid or after a failure)"},
+    {"jwks_uri_allow_http_loopback", "CIBAD_JWKS_URI_ALLOW_HTTP_LOOPBACK", SETTING_BOOL, FIELD(jwks_uri_allow_http_loopback), "false", 0, 0, false,
+     "Accept a plain http:// jwks_uri on a loopback address (tests and local use)"},
 };
 // clang-format on
 

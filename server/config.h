@@ -55,6 +55,13 @@ struct server_config {
     int db_timeout_ms;
     int max_body;            /* bytes */
     int max_headers;         /* bytes */
+
+    bool allow_rs256;        /* accept RS256 in client assertions */
+    char *jwks_uri_ca_file;  /* CA bundle for client jwks_uri fetches */
+    int jwks_uri_timeout_ms;
+    int jwks_uri_cache_seconds;
+    int jwks_uri_refetch_seconds;
+    bool jwks_uri_allow_http_loopback;
 };
 // clang-format on
 

@@ -278,20 +278,28 @@ static int cmd_migrate(struct cli *cli, int argc, char **argv)
 static json_t *client_json(const struct storage_client *c)
 {
     const char *endpoint = c->backchannel_client_notification_endpoint;
+    json_t *out =
+        json_pack("{s:s, s:s, s:s, s:s, s:s, s:o, s:s, s:I}", "client_id", c->client_id,
+                  "client_name", c->client_name, "token_endpoint_auth_method",
+                  c->token_endpoint_auth_method, "scope", c->scope,
+                  "backchannel_token_delivery_mode", c->backchannel_token_delivery_mode,
+                  "backchannel_client_notification_endpoint",
+                  endpoint ? json_string(endpoint) : json_null(), "grant_types",
+                  c->grant_types, "created_at", (json_int_t)c->created_at);
 
-    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:o, s:s, s:I}", "client_id",
-                     c->client_id, "client_name", c->client_name,
-                     "token_endpoint_auth_method", c->token_endpoint_auth_method, "scope",
-                     c->scope, "backchannel_token_delivery_mode",
-                     c->backchannel_token_delivery_mode,
-                     "backchannel_client_notification_endpoint",
-                     endpoint ? json_string(endpoint) : json_null(), "grant_types",
-                     c->grant_types, "created_at", (json_int_t)c->created_at);
+    /* The JWT method's metadata; a client_secret_jwt secret is never shown. */
+    if (c->token_endpoint_auth_signing_alg)
+        json_object_set_new(out, "token_endpoint_auth_signing_alg",
+                            json_string(c->token_endpoint_auth_signing_alg));
+    if (c->jwks_uri)
+        json_object_set_new(out, "jwks_uri", json_string(c->jwks_uri));
+    if (c->jwks)
+        json_object_set_new(out, "jwks", json_loads(c->jwks, 0, NULL));
+    return out;
 }
 
 /* Checks the options of `client create`; prints why and returns EXIT_USAGE on error. */
-static int client_create_check(const char *name, const char *client_id,
-                               const char *method, const char *mode)
+static int client_create_check(const char *name, const char *client_id, const char *mode)
 {
     if (!text_ok(name, CLIENT_NAME_MAX)) {
         fprintf(stderr,
@@ -305,14 +313,6 @@ static int client_create_check(const char *name, const char *client_id,
                 "cibad: --client-id must have 1 to %d printable ASCII characters "
                 "and no space\n",
                 ID_MAX);
-        return EXIT_USAGE;
-    }
-    if (strcmp(method, "client_secret_basic") != 0 &&
-        strcmp(method, "client_secret_post") != 0) {
-        fprintf(stderr,
-                "cibad: invalid --auth-method \"%s\": expected client_secret_basic "
-                "or client_secret_post\n",
-                method);
         return EXIT_USAGE;
     }
     if (strcmp(mode, "ping") == 0 || strcmp(mode, "push") == 0) {
@@ -330,14 +330,21 @@ static int client_create_check(const char *name, const char *client_id,
 static int cmd_client_create(struct cli *cli, int argc, char **argv)
 {
     const char *name = NULL, *scope = NULL, *client_id = NULL, *method = NULL,
-               *mode = NULL;
+               *mode = NULL, *jwks = NULL, *jwks_uri = NULL, *signing_alg = NULL;
     bool as_json = false;
     struct cli_opt opts[] = {
-        {"--name", &name, NULL},           {"--scope", &scope, NULL},
-        {"--client-id", &client_id, NULL}, {"--auth-method", &method, NULL},
-        {"--delivery-mode", &mode, NULL},  {"--json", NULL, &as_json},
+        {"--name", &name, NULL},
+        {"--scope", &scope, NULL},
+        {"--client-id", &client_id, NULL},
+        {"--auth-method", &method, NULL},
+        {"--delivery-mode", &mode, NULL},
+        {"--json", NULL, &as_json},
+        {"--jwks", &jwks, NULL},
+        {"--jwks-uri", &jwks_uri, NULL},
+        {"--auth-signing-alg", &signing_alg, NULL},
     };
-    char *scope_list = NULL, *id = NULL, *secret = NULL, hash[65], err[512];
+    char *scope_list = NULL, *id = NULL, err[512];
+    struct oauth_client_credentials cred = {0};
     struct storage_sync *s = NULL;
     int rc = parse_args(cli->cmd, argc, argv, opts, ARRAY_LEN(opts), NULL, 0);
 
@@ -350,17 +357,31 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
     }
     method = method ? method : "client_secret_basic";
     mode = mode ? mode : "poll";
-    rc = client_create_check(name, client_id, method, mode);
+    rc = client_create_check(name, client_id, mode);
     if (rc != 0)
         return rc;
-    scope_list = scope_normalize(scope);
-    if (!scope_list)
+    if (oauth_client_credentials_new(
+            &(struct oauth_client_auth_options){
+                .method = method,
+                .jwks = jwks,
+                .jwks_uri = jwks_uri,
+                .signing_alg = signing_alg,
+                .server_secret = cli->cfg.secret,
+                .allow_rs256 = cli->cfg.allow_rs256,
+                .allow_http_loopback = cli->cfg.jwks_uri_allow_http_loopback,
+            },
+            &cred, err, sizeof(err)) != 0) {
+        fprintf(stderr, "cibad: %s\n", err);
         return EXIT_USAGE;
+    }
+    scope_list = scope_normalize(scope);
+    if (!scope_list) {
+        oauth_client_credentials_clear(&cred);
+        return EXIT_USAGE;
+    }
 
     rc = 1;
     id = client_id ? util_strdup(client_id) : util_random_token(16);
-    secret = util_random_token(32);
-    oauth_secret_hash(secret, hash);
     s = open_db(cli);
     if (!s)
         goto out;
@@ -368,34 +389,49 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
     struct storage_client_new c = {
         .client_id = id,
         .client_name = name,
-        .secret_hash = hash,
+        .secret_hash = cred.secret_hash,
         .token_endpoint_auth_method = method,
         .scope = scope_list,
         .backchannel_token_delivery_mode = mode,
         .grant_types = CIBA_GRANT_TYPE,
+        .jwks = cred.jwks,
+        .jwks_uri = cred.jwks_uri,
+        .token_endpoint_auth_signing_alg = cred.signing_alg,
+        .client_secret_sealed = cred.secret_sealed,
     };
     if (storage_sync_client_create(s, &c, err, sizeof(err)) != 0) {
         fprintf(stderr, "cibad: cannot create client %s: %s\n", id, err);
         goto out;
     }
     if (as_json) {
-        print_json(json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "client_id", id,
-                             "client_secret", secret, "client_name", name,
-                             "token_endpoint_auth_method", method, "scope", scope_list,
-                             "backchannel_token_delivery_mode", mode, "grant_types",
-                             CIBA_GRANT_TYPE));
+        json_t *out = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "client_id", id,
+                                "client_name", name, "token_endpoint_auth_method", method,
+                                "scope", scope_list, "backchannel_token_delivery_mode",
+                                mode, "grant_types", CIBA_GRANT_TYPE);
+
+        if (cred.secret)
+            json_object_set_new(out, "client_secret", json_string(cred.secret));
+        if (cred.signing_alg)
+            json_object_set_new(out, "token_endpoint_auth_signing_alg",
+                                json_string(cred.signing_alg));
+        if (cred.jwks_uri)
+            json_object_set_new(out, "jwks_uri", json_string(cred.jwks_uri));
+        if (cred.jwks)
+            json_object_set_new(out, "jwks", json_loads(cred.jwks, 0, NULL));
+        print_json(out);
     } else {
-        printf("client_id:     %s\nclient_secret: %s\n", id, secret);
-        printf(
-            "Store the secret now: cibad keeps only its SHA-256 hash and cannot show it "
-            "again.\n");
+        printf("client_id:     %s\n", id);
+    }
+    if (!as_json && cred.secret) {
+        printf("client_secret: %s\n", cred.secret);
+        printf("Store the secret now: cibad cannot show it again.\n");
     }
     rc = 0;
 out:
     storage_sync_close(s);
     free(scope_list);
     free(id);
-    free(secret);
+    oauth_client_credentials_clear(&cred);
     return rc;
 }
 
@@ -767,7 +803,8 @@ static int cmd_keys_list(struct cli *cli, int argc, char **argv)
     if (!s)
         return 1;
     list = json_array();
-    rc = storage_sync_key_each(s, server_keys_publish_seconds(&cli->cfg), all, collect_key, list);
+    rc = storage_sync_key_each(s, server_keys_publish_seconds(&cli->cfg), all,
+                               collect_key, list);
     storage_sync_close(s);
     if (rc < 0) {
         fprintf(stderr, "cibad: cannot list the signing keys\n");
@@ -882,8 +919,10 @@ static const struct command commands[] = {
     {NULL, "migrate", "migrate", "Apply the database migrations not applied yet.", cmd_migrate},
     {"client", "create",
      "client create --name NAME --scope \"openid ...\" [--client-id ID]\n"
-     "         [--auth-method client_secret_basic|client_secret_post] [--delivery-mode poll] [--json]",
-     "Register a client and print its secret, once.", cmd_client_create},
+     "         [--auth-method private_key_jwt|client_secret_jwt|client_secret_basic|client_secret_post]\n"
+     "         [--jwks FILE_OR_JSON | --jwks-uri URL] [--auth-signing-alg ES256|PS256|RS256|HS256]\n"
+     "         [--delivery-mode poll] [--json]",
+     "Register a client and print its secret, if it has one, once.", cmd_client_create},
     {"client", "list", "client list [--json]", "List the registered clients.", cmd_client_list},
     {"client", "show", "client show ID [--json]", "Show one client.", cmd_client_show},
     {"client", "delete", "client delete ID", "Delete a client and its requests.", cmd_client_delete},

@@ -361,6 +361,17 @@ static int worker_open(struct server_thread *t, int index,
                   cfg->sms_driver);
         return -1;
     }
+    t->w.jwks =
+        oauth_jwks_cache_new(t->w.base, t->w.dns,
+                             &(struct oauth_jwks_cache_config){
+                                 .ca_file = cfg->jwks_uri_ca_file,
+                                 .timeout_ms = cfg->jwks_uri_timeout_ms,
+                                 .ttl_seconds = cfg->jwks_uri_cache_seconds,
+                                 .refetch_seconds = cfg->jwks_uri_refetch_seconds,
+                                 .allow_http_loopback = cfg->jwks_uri_allow_http_loopback,
+                             });
+    if (!t->w.jwks)
+        return -1;
     t->w.keys =
         oauth_keyset_new(rows->keys, rows->n, cfg->secret, cfg->key_prepublish_seconds);
     if (!t->w.keys) {
@@ -391,6 +402,8 @@ static void worker_close(struct server_thread *t)
      * exists. The SMS sender goes first because a send's callback queues a statement,
      * which storage_conn_free then fails; a failed statement starts no SMS. */
     sms_sender_free(t->w.sms);
+    /* Fails requests still waiting for a jwks_uri; they reply while evhttp exists. */
+    oauth_jwks_cache_free(t->w.jwks);
     storage_conn_free(t->w.db);
     server_http_abandon_all(t);
     if (t->http)

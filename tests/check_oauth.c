@@ -32,6 +32,7 @@
 #include "server/config.h"
 #include "server/http.h"
 #include "storage/storage.h"
+#include "tests/mock_http.h"
 
 #define SECRET "test server secret"
 
@@ -148,6 +149,17 @@ static const struct fake_client fake_clients[] = {
     {"a:b", "x y", "client_secret_basic"},
 };
 
+/* Clients that authenticate by JWT, filled by the assertion tests. */
+struct fake_jwt_client {
+    const char *client_id;
+    const char *method;
+    const char *jwks;
+    const char *jwks_uri;
+    const char *alg;
+    const char *sealed;
+};
+static struct fake_jwt_client jwt_clients[4];
+
 static enum {
     FAKE_ANSWER,      /* look the client up */
     FAKE_QUEUE_FAILS, /* return -1, as while the database is down */
@@ -189,6 +201,23 @@ static void on_fake_lookup(evutil_socket_t fd, short what, void *arg)
         row.grant_types = OAUTH_GRANT_TYPE_CIBA;
         status = STORAGE_OK;
     }
+    for (size_t i = 0; fake_mode == FAKE_ANSWER && i < ARRAY_LEN(jwt_clients); i++) {
+        const struct fake_jwt_client *j = &jwt_clients[i];
+
+        if (!j->client_id || strcmp(j->client_id, lookup->client_id) != 0)
+            continue;
+        row.client_id = j->client_id;
+        row.client_name = "JWT agent";
+        row.token_endpoint_auth_method = j->method;
+        row.scope = "openid";
+        row.backchannel_token_delivery_mode = "poll";
+        row.grant_types = OAUTH_GRANT_TYPE_CIBA;
+        row.jwks = j->jwks;
+        row.jwks_uri = j->jwks_uri;
+        row.token_endpoint_auth_signing_alg = j->alg;
+        row.client_secret_sealed = j->sealed;
+        status = STORAGE_OK;
+    }
     lookup->cb(lookup->arg, status, status == STORAGE_OK ? &row : NULL);
     free(lookup->client_id);
     free(lookup);
@@ -210,6 +239,59 @@ int storage_client_get(struct storage_conn *db, const char *client_id,
     lookup->client_id = util_strdup(client_id);
     ck_assert_int_eq(
         event_base_once(test_base, -1, EV_TIMEOUT, on_fake_lookup, lookup, &now), 0);
+    return 0;
+}
+
+/* ---- storage_client_assertion_record double ---------------------------------------- */
+
+/* The jti values recorded, as "client_id jti" lines. */
+static char *used_jti[64];
+static size_t n_used_jti;
+static enum storage_status jti_status_override; /* STORAGE_OK: behave normally */
+
+struct fake_record {
+    storage_done_cb cb;
+    void *arg;
+    enum storage_status status;
+};
+
+static void on_fake_record(evutil_socket_t fd, short what, void *arg)
+{
+    struct fake_record *r = arg;
+
+    (void)fd;
+    (void)what;
+    r->cb(r->arg, r->status);
+    free(r);
+}
+
+int storage_client_assertion_record(struct storage_conn *db, const char *client_id,
+                                    const char *jti, int64_t expires_at,
+                                    storage_done_cb cb, void *arg)
+{
+    const struct timeval now = {0, 0};
+    struct fake_record *r;
+    char *line;
+
+    ck_assert_ptr_nonnull(db);
+    ck_assert_int_gt(expires_at, util_now_s());
+    if (fake_mode == FAKE_QUEUE_FAILS)
+        return -1;
+    r = util_calloc(1, sizeof(*r));
+    r->cb = cb;
+    r->arg = arg;
+    r->status = jti_status_override;
+    line = util_asprintf("%s %s", client_id, jti);
+    for (size_t i = 0; r->status == STORAGE_OK && i < n_used_jti; i++) {
+        if (strcmp(used_jti[i], line) == 0)
+            r->status = STORAGE_CONFLICT;
+    }
+    if (r->status == STORAGE_OK && n_used_jti < ARRAY_LEN(used_jti))
+        used_jti[n_used_jti++] = line;
+    else
+        free(line);
+    ck_assert_int_eq(event_base_once(test_base, -1, EV_TIMEOUT, on_fake_record, r, &now),
+                     0);
     return 0;
 }
 
@@ -2028,24 +2110,35 @@ static struct oauth_jwk_set *set_of(json_t *jwk_stolen, unsigned alg)
     return set;
 }
 
-static void jwk_setup(void)
+/* Generates the keys once per test case, in the runner, so each forked test inherits
+ * them: RSA key generation is slow enough to matter under load. */
+static void keys_generate(void)
 {
-    setup();
     ec_key = EVP_EC_gen("P-256");
     ec_key2 = EVP_EC_gen("P-256");
     rsa_key = EVP_RSA_gen(2048);
     ck_assert_ptr_nonnull(ec_key);
     ck_assert_ptr_nonnull(ec_key2);
     ck_assert_ptr_nonnull(rsa_key);
+}
+
+static void keys_free(void)
+{
+    EVP_PKEY_free(ec_key);
+    EVP_PKEY_free(ec_key2);
+    EVP_PKEY_free(rsa_key);
+    ec_key = ec_key2 = rsa_key = NULL;
+}
+
+static void jwk_setup(void)
+{
+    setup();
     ec_set = set_of(public_jwk_of(ec_key, "k1", NULL), 0);
 }
 
 static void jwk_teardown(void)
 {
     oauth_jwk_set_free(ec_set);
-    EVP_PKEY_free(ec_key);
-    EVP_PKEY_free(ec_key2);
-    EVP_PKEY_free(rsa_key);
     teardown();
 }
 
@@ -2642,6 +2735,743 @@ START_TEST(verify_with_structure)
 }
 END_TEST
 
+/* ---- client authentication by JWT assertion ---------------------------------------- */
+
+#define ISSUER         "https://as.example.test"
+#define ASSERTION_TYPE "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+#define HMAC_SECRET    "hmac-client-secret-0123456789abcdef-0123456789"
+
+static struct server_config assertion_config = {
+    .issuer = ISSUER,
+    .secret = SECRET,
+};
+static char *inline_jwks; /* ec_key as "k1" */
+static char *rsa_jwks;    /* rsa_key as "r1" */
+static char *sealed_secret;
+static struct mock_http *jwks_server;
+static char *jwks_url;
+
+/* Seals a client secret as oauth/ stores it, without oauth/ code. */
+static char *test_seal_secret(const char *server_secret, const char *secret)
+{
+    unsigned char key[32], nonce[12], ct[256];
+    int len, fin;
+    char *nonce_text, *ct_text, *out;
+    EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+    const char *label = "cibad client secret seal v1";
+
+    RAND_bytes(nonce, sizeof(nonce));
+    HMAC(EVP_sha256(), server_secret, (int)strlen(server_secret),
+         (const unsigned char *)label, strlen(label), key, NULL);
+    EVP_EncryptInit_ex(c, EVP_aes_256_gcm(), NULL, key, nonce);
+    EVP_EncryptUpdate(c, ct, &len, (const unsigned char *)secret, (int)strlen(secret));
+    EVP_EncryptFinal_ex(c, ct + len, &fin);
+    EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, 16, ct + len + fin);
+    EVP_CIPHER_CTX_free(c);
+    nonce_text = util_b64url_encode_new(nonce, sizeof(nonce));
+    ct_text = util_b64url_encode_new(ct, (size_t)(len + fin) + 16);
+    out = util_asprintf("v1.%s.%s", nonce_text, ct_text);
+    free(nonce_text);
+    free(ct_text);
+    return out;
+}
+
+static void assertion_setup(void)
+{
+    json_t *jwks;
+
+    jwk_setup();
+    jwks = json_pack("{s:[o]}", "keys", public_jwk_of(ec_key, "k1", NULL));
+    inline_jwks = json_dumps(jwks, JSON_COMPACT);
+    json_decref(jwks);
+    jwks = json_pack("{s:[o]}", "keys", public_jwk_of(rsa_key, "r1", NULL));
+    rsa_jwks = json_dumps(jwks, JSON_COMPACT);
+    json_decref(jwks);
+    sealed_secret = test_seal_secret(SECRET, HMAC_SECRET);
+
+    assertion_config.allow_rs256 = false;
+    server_config = &assertion_config;
+    worker.jwks = oauth_jwks_cache_new(test_base, NULL,
+                                       &(struct oauth_jwks_cache_config){
+                                           .timeout_ms = 1000,
+                                           .ttl_seconds = 300,
+                                           .refetch_seconds = 1,
+                                           .allow_http_loopback = true,
+                                       });
+    ck_assert_ptr_nonnull(worker.jwks);
+    jwks_server = mock_http_start(NULL, NULL);
+    ck_assert_ptr_nonnull(jwks_server);
+    jwks_url = mock_http_url(jwks_server, "127.0.0.1", "/jwks");
+
+    memset(jwt_clients, 0, sizeof(jwt_clients));
+    jwt_clients[0] = (struct fake_jwt_client){"c-pkj", "private_key_jwt", inline_jwks,
+                                              NULL,    "ES256",           NULL};
+    jwt_clients[1] = (struct fake_jwt_client){"c-uri",  "private_key_jwt", NULL,
+                                              jwks_url, "ES256",           NULL};
+    jwt_clients[2] = (struct fake_jwt_client){"c-csj", "client_secret_jwt", NULL, NULL,
+                                              "HS256", sealed_secret};
+    jwt_clients[3] = (struct fake_jwt_client){"c-rsa", "private_key_jwt", rsa_jwks,
+                                              NULL,    "RS256",           NULL};
+    jti_status_override = STORAGE_OK;
+}
+
+static void assertion_teardown(void)
+{
+    oauth_jwks_cache_free(worker.jwks);
+    worker.jwks = NULL;
+    mock_http_free(jwks_server);
+    free(jwks_url);
+    for (size_t i = 0; i < n_used_jti; i++)
+        free(used_jti[i]);
+    n_used_jti = 0;
+    free(inline_jwks);
+    free(rsa_jwks);
+    free(sealed_secret);
+    server_config = NULL;
+    jwk_teardown();
+}
+
+/* Builds the claims of a good assertion by client_id, then applies changes: each
+ * member of changes replaces the claim, and a null member removes it. */
+static char *assertion_claims(const char *client_id, const char *changes)
+{
+    int64_t now = util_now_s();
+    char *jti = util_random_token(12);
+    json_t *claims = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s}", "iss", client_id, "sub",
+                               client_id, "aud", ISSUER, "iat", (json_int_t)now, "exp",
+                               (json_int_t)(now + 60), "jti", jti);
+    json_t *edit = changes ? json_loads(changes, 0, NULL) : NULL;
+    const char *key;
+    json_t *value;
+    char *text;
+
+    ck_assert(!changes || edit);
+    json_object_foreach(edit, key, value)
+    {
+        if (json_is_null(value))
+            json_object_del(claims, key);
+        else
+            json_object_set(claims, key, value);
+    }
+    text = json_dumps(claims, JSON_COMPACT);
+    json_decref(claims);
+    json_decref(edit);
+    free(jti);
+    return text;
+}
+
+/* An ES256 assertion of client_id signed with pkey under kid, with claim changes. */
+static char *es256_assertion(const char *client_id, EVP_PKEY *pkey, const char *kid,
+                             const char *changes)
+{
+    char *claims = assertion_claims(client_id, changes);
+    char *header = util_asprintf("{\"alg\":\"ES256\",\"kid\":\"%s\"}", kid);
+    char *token = sign_token("ES256", pkey, NULL, 0, header, claims);
+
+    free(claims);
+    free(header);
+    return token;
+}
+
+/* Authenticates with the assertion alone, or with a client_id parameter too. */
+static void authenticate_assertion(const char *assertion, const char *client_id)
+{
+    const char *const form[] = {"client_assertion_type",
+                                ASSERTION_TYPE,
+                                "client_assertion",
+                                assertion,
+                                client_id ? "client_id" : NULL,
+                                client_id,
+                                NULL};
+
+    authenticate(NULL, form);
+}
+
+static void expect_ok(const char *client_id)
+{
+    ck_assert_msg(auth.err == OAUTH_OK, "got %s: %s", oauth_err_code(auth.err),
+                  auth.description);
+    ck_assert_str_eq(auth.client->client_id, client_id);
+    oauth_client_free(auth.client);
+    auth.client = NULL;
+}
+
+/* The failure the client sees says nothing about which check failed. */
+static void expect_invalid_client(void)
+{
+    assert_auth_failed(OAUTH_ERR_INVALID_CLIENT);
+    ck_assert_str_eq(auth.description, "Client authentication failed");
+}
+
+START_TEST(assertion_inline_jwks_ok)
+{
+    char *token = es256_assertion("c-pkj", ec_key, "k1", NULL);
+
+    authenticate_assertion(token, NULL);
+    expect_ok("c-pkj");
+    ck_assert_str_eq(sr.client_id, "c-pkj");
+    free(token);
+
+    /* A client_id parameter naming the same client is fine. */
+    token = es256_assertion("c-pkj", ec_key, "k1", NULL);
+    authenticate_assertion(token, "c-pkj");
+    expect_ok("c-pkj");
+    free(token);
+}
+END_TEST
+
+START_TEST(assertion_aud_values)
+{
+    static const char *const good[] = {
+        "{\"aud\":\"" ISSUER "\"}",
+        "{\"aud\":\"" ISSUER "/token\"}",
+        "{\"aud\":\"" ISSUER "/bc-authorize\"}",
+        "{\"aud\":[\"https://other.example\",\"" ISSUER "/token\"]}",
+    };
+    static const char *const bad[] = {
+        "{\"aud\":\"https://evil.example\"}",
+        "{\"aud\":\"" ISSUER "/\"}",
+        "{\"aud\":\"" ISSUER "/jwks\"}",
+        "{\"aud\":\"" ISSUER ".evil.example\"}",
+        "{\"aud\":\"https://AS.example.test\"}",
+        "{\"aud\":[\"https://other.example\"]}",
+        "{\"aud\":[]}",
+        "{\"aud\":7}",
+        "{\"aud\":null}",
+    };
+
+    for (size_t i = 0; i < ARRAY_LEN(good); i++) {
+        char *token = es256_assertion("c-pkj", ec_key, "k1", good[i]);
+
+        authenticate_assertion(token, NULL);
+        ck_assert_msg(auth.err == OAUTH_OK, "rejected %s", good[i]);
+        oauth_client_free(auth.client);
+        free(token);
+    }
+    for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
+        char *token = es256_assertion("c-pkj", ec_key, "k1", bad[i]);
+
+        authenticate_assertion(token, NULL);
+        ck_assert_msg(auth.err == OAUTH_ERR_INVALID_CLIENT, "accepted %s", bad[i]);
+        expect_invalid_client();
+        free(token);
+    }
+}
+END_TEST
+
+START_TEST(assertion_time_claims)
+{
+    int64_t now = util_now_s();
+    char buf[16][96];
+    size_t n = 0;
+    const char *bad[16];
+
+    /* Expired, beyond the 30 s skew. */
+    snprintf(buf[n], sizeof(buf[n]), "{\"exp\":%lld}", (long long)(now - 60));
+    bad[n] = buf[n], n++;
+    /* Far in the future: more than 5 minutes ahead. */
+    snprintf(buf[n], sizeof(buf[n]), "{\"exp\":%lld,\"iat\":null}",
+             (long long)(now + 3600));
+    bad[n] = buf[n], n++;
+    snprintf(buf[n], sizeof(buf[n]), "{\"exp\":%lld}", (long long)(now + 400));
+    bad[n] = buf[n], n++;
+    /* Not yet valid. */
+    snprintf(buf[n], sizeof(buf[n]), "{\"nbf\":%lld}", (long long)(now + 600));
+    bad[n] = buf[n], n++;
+    snprintf(buf[n], sizeof(buf[n]), "{\"iat\":%lld}", (long long)(now + 600));
+    bad[n] = buf[n], n++;
+    /* A lifetime longer than 5 minutes, though exp itself is near. */
+    snprintf(buf[n], sizeof(buf[n]), "{\"iat\":%lld}", (long long)(now - 1000));
+    bad[n] = buf[n], n++;
+    bad[n++] = "{\"exp\":null}";
+    bad[n++] = "{\"exp\":\"tomorrow\"}";
+    bad[n++] = "{\"exp\":1e300}";
+    bad[n++] = "{\"exp\":-5}";
+    bad[n++] = "{\"nbf\":\"now\"}";
+    bad[n++] = "{\"iat\":true}";
+
+    for (size_t i = 0; i < n; i++) {
+        char *token = es256_assertion("c-pkj", ec_key, "k1", bad[i]);
+
+        authenticate_assertion(token, NULL);
+        ck_assert_msg(auth.err == OAUTH_ERR_INVALID_CLIENT, "accepted %s", bad[i]);
+        expect_invalid_client();
+        free(token);
+    }
+
+    /* Within the skew, and with nbf and a fractional exp, it passes. */
+    snprintf(buf[0], sizeof(buf[0]), "{\"exp\":%lld,\"nbf\":%lld}", (long long)(now - 10),
+             (long long)(now + 10));
+    snprintf(buf[1], sizeof(buf[1]), "{\"exp\":%lld.5,\"iat\":null}",
+             (long long)(now + 100));
+    for (size_t i = 0; i < 2; i++) {
+        char *token = es256_assertion("c-pkj", ec_key, "k1", buf[i]);
+
+        authenticate_assertion(token, NULL);
+        ck_assert_msg(auth.err == OAUTH_OK, "rejected %s", buf[i]);
+        oauth_client_free(auth.client);
+        free(token);
+    }
+}
+END_TEST
+
+START_TEST(assertion_jti_single_use)
+{
+    char *token = es256_assertion("c-pkj", ec_key, "k1", NULL);
+    char *no_jti = es256_assertion("c-pkj", ec_key, "k1", "{\"jti\":null}");
+    char *empty_jti = es256_assertion("c-pkj", ec_key, "k1", "{\"jti\":\"\"}");
+    char *number_jti = es256_assertion("c-pkj", ec_key, "k1", "{\"jti\":12}");
+    char long_claim[400];
+    char *long_jti;
+
+    authenticate_assertion(token, NULL);
+    expect_ok("c-pkj");
+    /* The same assertion again: a replay. */
+    authenticate_assertion(token, NULL);
+    expect_invalid_client();
+    ck_assert_uint_eq(n_used_jti, 1);
+
+    authenticate_assertion(no_jti, NULL);
+    expect_invalid_client();
+    authenticate_assertion(empty_jti, NULL);
+    expect_invalid_client();
+    authenticate_assertion(number_jti, NULL);
+    expect_invalid_client();
+    memset(long_claim, 0, sizeof(long_claim));
+    strcpy(long_claim, "{\"jti\":\"");
+    memset(long_claim + 8, 'j', 257);
+    strcat(long_claim, "\"}");
+    long_jti = es256_assertion("c-pkj", ec_key, "k1", long_claim);
+    authenticate_assertion(long_jti, NULL);
+    expect_invalid_client();
+    ck_assert_uint_eq(n_used_jti, 1);
+    free(token);
+    free(no_jti);
+    free(empty_jti);
+    free(number_jti);
+    free(long_jti);
+}
+END_TEST
+
+START_TEST(assertion_names_the_client)
+{
+    char *other_sub = es256_assertion("c-pkj", ec_key, "k1", "{\"sub\":\"c-uri\"}");
+    char *no_sub = es256_assertion("c-pkj", ec_key, "k1", "{\"sub\":null}");
+    char *no_iss = es256_assertion("c-pkj", ec_key, "k1", "{\"iss\":null}");
+    char *unknown = es256_assertion("c-nobody", ec_key, "k1", NULL);
+    char *good = es256_assertion("c-pkj", ec_key, "k1", NULL);
+
+    authenticate_assertion(other_sub, NULL);
+    expect_invalid_client();
+    authenticate_assertion(no_sub, NULL);
+    expect_invalid_client();
+    authenticate_assertion(no_iss, NULL);
+    expect_invalid_client();
+    ck_assert_int_eq(fake_calls, 0);
+    /* An unknown client fails like a bad signature. */
+    authenticate_assertion(unknown, NULL);
+    expect_invalid_client();
+    ck_assert_int_eq(fake_calls, 1);
+    /* A client_id parameter naming another client. */
+    authenticate_assertion(good, "c-uri");
+    expect_invalid_client();
+    ck_assert_int_eq(fake_calls, 1);
+    free(other_sub);
+    free(no_sub);
+    free(no_iss);
+    free(unknown);
+    free(good);
+}
+END_TEST
+
+START_TEST(assertion_signature_checks)
+{
+    json_t *jwk = public_jwk_of(ec_key, "k1", NULL);
+    char *jwk_text = json_dumps(jwk, JSON_COMPACT);
+    char *claims = assertion_claims("c-pkj", NULL);
+    char *other_key = es256_assertion("c-pkj", ec_key2, "k1", NULL);
+    char *unknown_kid = es256_assertion("c-pkj", ec_key, "k9", NULL);
+    char *hs = sign_token("HS256", NULL, jwk_text, strlen(jwk_text),
+                          "{\"alg\":\"HS256\",\"kid\":\"k1\"}", claims);
+    char *h = util_b64url_encode_new("{\"alg\":\"none\"}", 14);
+    char *p = util_b64url_encode_new(claims, strlen(claims));
+    char *none = util_asprintf("%s.%s.", h, p);
+    char *ps = sign_token("PS256", rsa_key, NULL, 0, "{\"alg\":\"PS256\",\"kid\":\"k1\"}",
+                          claims);
+
+    /* Another client's key, an unknown kid, alg none, an HS256 MAC keyed with the
+     * client's public key, and an RSA signature for an EC client. */
+    authenticate_assertion(other_key, NULL);
+    expect_invalid_client();
+    authenticate_assertion(unknown_kid, NULL);
+    expect_invalid_client();
+    authenticate_assertion(hs, NULL);
+    expect_invalid_client();
+    authenticate_assertion(none, NULL);
+    expect_invalid_client();
+    authenticate_assertion(ps, NULL);
+    expect_invalid_client();
+    authenticate_assertion("a.b.c", NULL);
+    expect_invalid_client();
+    ck_assert_uint_eq(n_used_jti, 0);
+    json_decref(jwk);
+    free(jwk_text);
+    free(claims);
+    free(other_key);
+    free(unknown_kid);
+    free(hs);
+    free(h);
+    free(p);
+    free(none);
+    free(ps);
+}
+END_TEST
+
+START_TEST(assertion_method_rules)
+{
+    char *token = es256_assertion("c-pkj", ec_key, "k1", NULL);
+    char *as_basic = es256_assertion("c-basic", ec_key, "k1", NULL);
+    const char *const with_secret[] = {"client_assertion_type",
+                                       ASSERTION_TYPE,
+                                       "client_assertion",
+                                       token,
+                                       "client_secret",
+                                       "x",
+                                       NULL};
+    const char *const no_type[] = {"client_assertion", token, NULL};
+    const char *const no_assertion[] = {"client_assertion_type", ASSERTION_TYPE, NULL};
+    const char *const wrong_type[] = {"client_assertion_type", "urn:example:saml",
+                                      "client_assertion", token, NULL};
+    const char *const post[] = {"client_id", "c-pkj", "client_secret", "anything", NULL};
+
+    /* Two methods at once. */
+    authenticate(basic("c-pkj:anything"), with_secret + 2 * 0);
+    assert_auth_failed(OAUTH_ERR_INVALID_REQUEST);
+    authenticate(NULL, with_secret);
+    assert_auth_failed(OAUTH_ERR_INVALID_REQUEST);
+    authenticate(NULL, no_type);
+    assert_auth_failed(OAUTH_ERR_INVALID_REQUEST);
+    authenticate(NULL, no_assertion);
+    assert_auth_failed(OAUTH_ERR_INVALID_REQUEST);
+    authenticate(NULL, wrong_type);
+    assert_auth_failed(OAUTH_ERR_INVALID_CLIENT);
+    ck_assert_int_eq(fake_calls, 0);
+
+    /* A secret client may not use an assertion, and a private_key_jwt client may not
+     * use a secret. */
+    authenticate_assertion(as_basic, NULL);
+    expect_invalid_client();
+    authenticate(NULL, post);
+    expect_invalid_client();
+    authenticate(basic("c-pkj:anything"), NULL);
+    expect_invalid_client();
+    free(token);
+    free(as_basic);
+}
+END_TEST
+
+START_TEST(assertion_client_secret_jwt)
+{
+    char *claims = assertion_claims("c-csj", NULL);
+    char *good = sign_token("HS256", NULL, HMAC_SECRET, strlen(HMAC_SECRET),
+                            "{\"alg\":\"HS256\"}", claims);
+    char *wrong = sign_token("HS256", NULL, "another secret that is long enough!!", 36,
+                             "{\"alg\":\"HS256\"}", claims);
+    char *es = sign_token("ES256", ec_key, NULL, 0, "{\"alg\":\"ES256\"}", claims);
+
+    authenticate_assertion(good, NULL);
+    expect_ok("c-csj");
+    free(claims);
+    claims = assertion_claims("c-csj", NULL);
+    authenticate_assertion(wrong, NULL);
+    expect_invalid_client();
+    authenticate_assertion(es, NULL);
+    expect_invalid_client();
+
+    /* A sealed secret that the server secret cannot open is a server fault. */
+    jwt_clients[2].sealed = "v1.AAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    free(good);
+    good = sign_token("HS256", NULL, HMAC_SECRET, strlen(HMAC_SECRET),
+                      "{\"alg\":\"HS256\"}", claims);
+    authenticate_assertion(good, NULL);
+    assert_auth_failed(OAUTH_ERR_SERVER_ERROR);
+    free(claims);
+    free(good);
+    free(wrong);
+    free(es);
+}
+END_TEST
+
+START_TEST(assertion_rs256_needs_setting)
+{
+    char *claims = assertion_claims("c-rsa", NULL);
+    char *token = sign_token("RS256", rsa_key, NULL, 0,
+                             "{\"alg\":\"RS256\",\"kid\":\"r1\"}", claims);
+
+    authenticate_assertion(token, NULL);
+    expect_invalid_client();
+    assertion_config.allow_rs256 = true;
+    free(token);
+    free(claims);
+    claims = assertion_claims("c-rsa", NULL);
+    token = sign_token("RS256", rsa_key, NULL, 0, "{\"alg\":\"RS256\",\"kid\":\"r1\"}",
+                       claims);
+    authenticate_assertion(token, NULL);
+    expect_ok("c-rsa");
+    free(token);
+    free(claims);
+}
+END_TEST
+
+START_TEST(assertion_storage_failures)
+{
+    char *token = es256_assertion("c-pkj", ec_key, "k1", NULL);
+
+    jti_status_override = STORAGE_UNAVAILABLE;
+    authenticate_assertion(token, NULL);
+    assert_auth_failed(OAUTH_ERR_TEMPORARILY_UNAVAILABLE);
+    jti_status_override = STORAGE_ERROR;
+    authenticate_assertion(token, NULL);
+    assert_auth_failed(OAUTH_ERR_SERVER_ERROR);
+    jti_status_override = STORAGE_OK;
+    fake_mode = FAKE_UNAVAILABLE;
+    authenticate_assertion(token, NULL);
+    assert_auth_failed(OAUTH_ERR_TEMPORARILY_UNAVAILABLE);
+    fake_mode = FAKE_ANSWER;
+    authenticate_assertion(token, NULL);
+    expect_ok("c-pkj");
+    free(token);
+}
+END_TEST
+
+START_TEST(assertion_logs_reason_not_token)
+{
+    int fd = capture_log();
+    char *expired = es256_assertion("c-pkj", ec_key, "k1", "{\"exp\":1000}");
+    char *log;
+
+    authenticate_assertion(expired, NULL);
+    expect_invalid_client();
+    log = read_log(fd);
+    ck_assert_msg(strstr(log, "client authentication failed: the assertion has expired"),
+                  "%s", log);
+    ck_assert_ptr_nonnull(strstr(log, "client_id=c-pkj"));
+    ck_assert_ptr_nonnull(strstr(log, sr.rid));
+    ck_assert_ptr_null(strstr(log, expired));
+    ck_assert_ptr_null(strstr(log, strrchr(expired, '.') + 1));
+    free(expired);
+}
+END_TEST
+
+/* ---- jwks_uri ---------------------------------------------------------------------- */
+
+static char *jwks_doc(EVP_PKEY *a, const char *kid_a, EVP_PKEY *b, const char *kid_b)
+{
+    json_t *jwks = json_pack("{s:[o]}", "keys", public_jwk_of(a, kid_a, NULL));
+    char *text;
+
+    if (b)
+        json_array_append_new(json_object_get(jwks, "keys"),
+                              public_jwk_of(b, kid_b, NULL));
+    text = json_dumps(jwks, JSON_COMPACT);
+    json_decref(jwks);
+    return text;
+}
+
+START_TEST(jwks_uri_fetched_and_cached)
+{
+    char *doc = jwks_doc(ec_key, "k1", NULL, NULL);
+    char *token;
+    const struct mock_http_request *r;
+
+    mock_http_set_default(jwks_server, 200, doc);
+    for (int i = 0; i < 3; i++) {
+        token = es256_assertion("c-uri", ec_key, "k1", NULL);
+        authenticate_assertion(token, NULL);
+        expect_ok("c-uri");
+        free(token);
+    }
+    /* One fetch served all three. */
+    ck_assert_uint_eq(mock_http_count(jwks_server), 1);
+    r = mock_http_request_get(jwks_server, 0);
+    ck_assert_str_eq(r->method, "GET");
+    ck_assert_str_eq(r->path, "/jwks");
+
+    /* The cached set still rejects another client's key. */
+    token = es256_assertion("c-uri", ec_key2, "k1", NULL);
+    authenticate_assertion(token, NULL);
+    expect_invalid_client();
+    free(token);
+    free(doc);
+}
+END_TEST
+
+START_TEST(jwks_uri_down_slow_or_garbage)
+{
+    static const char *const garbage[] = {
+        "not json", "{\"keys\":\"x\"}", "[]",
+        "{\"keys\":[{\"kty\":\"oct\",\"k\":\"AAAA\"}]}"};
+    char *doc = jwks_doc(ec_key, "k1", NULL, NULL);
+    char *token;
+    int64_t started;
+
+    /* Garbage, one reply each; the refetch interval is 1 s. */
+    for (size_t i = 0; i < ARRAY_LEN(garbage); i++) {
+        mock_http_push(jwks_server, 200, garbage[i], 0);
+        token = es256_assertion("c-uri", ec_key, "k1", NULL);
+        authenticate_assertion(token, NULL);
+        ck_assert_msg(auth.err == OAUTH_ERR_INVALID_CLIENT, "accepted JWKS %s",
+                      garbage[i]);
+        free(token);
+        usleep(1100 * 1000);
+    }
+    mock_http_push(jwks_server, 500, doc, 0);
+    token = es256_assertion("c-uri", ec_key, "k1", NULL);
+    authenticate_assertion(token, NULL);
+    expect_invalid_client();
+    free(token);
+    usleep(1100 * 1000);
+
+    /* Slow: the fetch times out after 1 s, and the request fails, not hangs. */
+    mock_http_push(jwks_server, 200, doc, 5000);
+    started = util_mono_ms();
+    token = es256_assertion("c-uri", ec_key, "k1", NULL);
+    authenticate_assertion(token, NULL);
+    expect_invalid_client();
+    ck_assert_int_lt(util_mono_ms() - started, 3000);
+    free(token);
+    usleep(1100 * 1000);
+
+    /* Down: nothing listens at the address any more. */
+    mock_http_free(jwks_server);
+    jwks_server = NULL;
+    token = es256_assertion("c-uri", ec_key, "k1", NULL);
+    authenticate_assertion(token, NULL);
+    expect_invalid_client();
+    free(token);
+
+    /* A failed fetch is not repeated within the refetch interval. */
+    token = es256_assertion("c-uri", ec_key, "k1", NULL);
+    authenticate_assertion(token, NULL);
+    expect_invalid_client();
+    free(token);
+    free(doc);
+}
+END_TEST
+
+START_TEST(jwks_uri_rotation_on_unknown_kid)
+{
+    char *old_doc = jwks_doc(ec_key, "k1", NULL, NULL);
+    char *new_doc = jwks_doc(ec_key, "k1", ec_key2, "k2");
+    char *token;
+
+    mock_http_set_default(jwks_server, 200, old_doc);
+    token = es256_assertion("c-uri", ec_key, "k1", NULL);
+    authenticate_assertion(token, NULL);
+    expect_ok("c-uri");
+    free(token);
+
+    /* The client publishes a new key and signs with it at once. Within the refetch
+     * interval the cached set answers, so the unknown kid fails. */
+    mock_http_set_default(jwks_server, 200, new_doc);
+    token = es256_assertion("c-uri", ec_key2, "k2", NULL);
+    authenticate_assertion(token, NULL);
+    expect_invalid_client();
+    free(token);
+    ck_assert_uint_eq(mock_http_count(jwks_server), 1);
+
+    /* Once the interval passed, the unknown kid triggers one refetch, and only one for
+     * a burst of unknown kids. */
+    usleep(1100 * 1000);
+    token = es256_assertion("c-uri", ec_key2, "k2", NULL);
+    authenticate_assertion(token, NULL);
+    expect_ok("c-uri");
+    free(token);
+    ck_assert_uint_eq(mock_http_count(jwks_server), 2);
+    for (int i = 0; i < 5; i++) {
+        char kid[32];
+
+        snprintf(kid, sizeof(kid), "flood-%d", i);
+        token = es256_assertion("c-uri", ec_key2, kid, NULL);
+        authenticate_assertion(token, NULL);
+        expect_invalid_client();
+        free(token);
+    }
+    ck_assert_uint_le(mock_http_count(jwks_server), 3);
+    free(old_doc);
+    free(new_doc);
+}
+END_TEST
+
+static int shared_fetch_ok;
+
+static void on_shared_fetch_done(void *arg, enum oauth_err err, const char *description,
+                                 struct oauth_client *client)
+{
+    (void)description;
+    ck_assert_ptr_eq(arg, &auth);
+    auth.calls++;
+    if (err == OAUTH_OK)
+        shared_fetch_ok++;
+    oauth_client_free(client);
+}
+
+START_TEST(jwks_uri_waiters_share_fetch)
+{
+    char *doc = jwks_doc(ec_key, "k1", NULL, NULL);
+    char *tokens[3];
+    struct server_form_param params[3][2];
+    struct server_form forms[3];
+
+    mock_http_push(jwks_server, 200, doc, 200);
+    /* Three requests start before the first fetch returns. */
+    for (int i = 0; i < 3; i++) {
+        tokens[i] = es256_assertion("c-uri", ec_key, "k1", NULL);
+        params[i][0] =
+            (struct server_form_param){"client_assertion_type", (char *)ASSERTION_TYPE};
+        params[i][1] = (struct server_form_param){"client_assertion", tokens[i]};
+        forms[i] = (struct server_form){2, params[i]};
+    }
+    auth.calls = 0;
+    for (int i = 0; i < 3; i++)
+        oauth_client_authenticate(&sr, &forms[i], on_shared_fetch_done, &auth);
+    ck_assert_int_eq(event_base_dispatch(test_base), 1);
+    ck_assert_int_eq(auth.calls, 3);
+    ck_assert_int_eq(shared_fetch_ok, 3);
+    ck_assert_uint_eq(mock_http_count(jwks_server), 1);
+    for (int i = 0; i < 3; i++)
+        free(tokens[i]);
+    free(doc);
+}
+END_TEST
+
+/* Freeing the cache with a fetch in flight fails its waiter at once. */
+START_TEST(jwks_cache_free_fails_waiters)
+{
+    char *doc = jwks_doc(ec_key, "k1", NULL, NULL);
+    char *token = es256_assertion("c-uri", ec_key, "k1", NULL);
+    const char *const form[] = {"client_assertion_type", ASSERTION_TYPE,
+                                "client_assertion", token, NULL};
+    struct server_form_param params[2] = {{(char *)form[0], (char *)form[1]},
+                                          {(char *)form[2], (char *)form[3]}};
+    struct server_form f = {2, params};
+
+    mock_http_push(jwks_server, 200, doc, 2000);
+    auth.calls = 0;
+    oauth_client_authenticate(&sr, &f, on_authenticated, &auth);
+    /* Run until the fetch has started and waits for the slow reply. */
+    for (int i = 0; i < 50 && mock_http_count(jwks_server) == 0; i++)
+        event_base_loop(test_base, EVLOOP_ONCE | EVLOOP_NONBLOCK), usleep(10000);
+    ck_assert_int_eq(auth.calls, 0);
+    oauth_jwks_cache_free(worker.jwks);
+    worker.jwks = NULL;
+    ck_assert_int_eq(auth.calls, 1);
+    expect_invalid_client();
+    free(doc);
+    free(token);
+}
+END_TEST
+
 static const struct server_config test_config = {.issuer = "https://as.example.test"};
 
 static void assert_string_array(const json_t *doc, const char *name,
@@ -2683,8 +3513,10 @@ START_TEST(discovery_document)
         json_object_get(sent.body, "backchannel_user_code_parameter_supported")));
     ASSERT_ARRAY(sent.body, "backchannel_token_delivery_modes_supported", "poll");
     ASSERT_ARRAY(sent.body, "grant_types_supported", "urn:openid:params:grant-type:ciba");
-    ASSERT_ARRAY(sent.body, "token_endpoint_auth_methods_supported",
-                 "client_secret_basic", "client_secret_post");
+    ASSERT_ARRAY(sent.body, "token_endpoint_auth_methods_supported", "private_key_jwt",
+                 "client_secret_jwt", "client_secret_basic", "client_secret_post");
+    ASSERT_ARRAY(sent.body, "token_endpoint_auth_signing_alg_values_supported", "ES256",
+                 "PS256", "HS256");
     ASSERT_ARRAY(sent.body, "subject_types_supported", "public");
     ASSERT_ARRAY(sent.body, "id_token_signing_alg_values_supported", "ES256");
     ASSERT_ARRAY(sent.body, "scopes_supported", "openid");
@@ -2693,7 +3525,7 @@ START_TEST(discovery_document)
                  "auth_time", "acr", "amr", "urn:openid:params:jwt:claim:auth_req_id");
     ck_assert_ptr_null(json_object_get(sent.body, "response_types_supported"));
     ck_assert_ptr_null(json_object_get(sent.body, "authorization_endpoint"));
-    ck_assert_uint_eq(json_object_size(sent.body), 13);
+    ck_assert_uint_eq(json_object_size(sent.body), 14);
 
     /* RFC 8414 section 3.2: no empty arrays; every URL is under the issuer. */
     json_object_foreach(sent.body, key, value)
@@ -2705,6 +3537,21 @@ START_TEST(discovery_document)
             ck_assert(strncmp(json_string_value(value), "https://as.example.test/", 24) ==
                       0);
     }
+}
+END_TEST
+
+START_TEST(discovery_rs256_when_allowed)
+{
+    static const struct server_config rs256_config = {
+        .issuer = "https://as.example.test",
+        .allow_rs256 = true,
+    };
+
+    server_config = &rs256_config;
+    oauth_discovery_handle(&sr);
+    ck_assert_int_eq(sent.status, 200);
+    ASSERT_ARRAY(sent.body, "token_endpoint_auth_signing_alg_values_supported", "ES256",
+                 "PS256", "RS256", "HS256");
 }
 END_TEST
 
@@ -2773,6 +3620,7 @@ static Suite *oauth_suite(void)
     TCase *jws = tcase_create("jws");
     TCase *endpoints = tcase_create("endpoints");
     TCase *client_keys = tcase_create("client_keys");
+    TCase *assertion = tcase_create("assertion");
 
     tcase_add_checked_fixture(errors, setup, teardown);
     tcase_add_test(errors, error_table_statuses);
@@ -2860,6 +3708,7 @@ static Suite *oauth_suite(void)
     tcase_add_test(jws, half_hash_vector);
     suite_add_tcase(s, jws);
 
+    tcase_add_unchecked_fixture(client_keys, keys_generate, keys_free);
     tcase_add_checked_fixture(client_keys, jwk_setup, jwk_teardown);
     tcase_add_test(client_keys, jws_alg_names);
     tcase_add_test(client_keys, jwk_import_ec);
@@ -2878,8 +3727,30 @@ static Suite *oauth_suite(void)
     tcase_add_test(client_keys, verify_with_structure);
     suite_add_tcase(s, client_keys);
 
+    tcase_add_unchecked_fixture(assertion, keys_generate, keys_free);
+    tcase_add_checked_fixture(assertion, assertion_setup, assertion_teardown);
+    tcase_set_timeout(assertion, 30);
+    tcase_add_test(assertion, assertion_inline_jwks_ok);
+    tcase_add_test(assertion, assertion_aud_values);
+    tcase_add_test(assertion, assertion_time_claims);
+    tcase_add_test(assertion, assertion_jti_single_use);
+    tcase_add_test(assertion, assertion_names_the_client);
+    tcase_add_test(assertion, assertion_signature_checks);
+    tcase_add_test(assertion, assertion_method_rules);
+    tcase_add_test(assertion, assertion_client_secret_jwt);
+    tcase_add_test(assertion, assertion_rs256_needs_setting);
+    tcase_add_test(assertion, assertion_storage_failures);
+    tcase_add_test(assertion, assertion_logs_reason_not_token);
+    tcase_add_test(assertion, jwks_uri_fetched_and_cached);
+    tcase_add_test(assertion, jwks_uri_down_slow_or_garbage);
+    tcase_add_test(assertion, jwks_uri_rotation_on_unknown_kid);
+    tcase_add_test(assertion, jwks_uri_waiters_share_fetch);
+    tcase_add_test(assertion, jwks_cache_free_fails_waiters);
+    suite_add_tcase(s, assertion);
+
     tcase_add_checked_fixture(endpoints, key_setup, key_teardown);
     tcase_add_test(endpoints, discovery_document);
+    tcase_add_test(endpoints, discovery_rs256_when_allowed);
     tcase_add_test(endpoints, discovery_head_and_post);
     tcase_add_test(endpoints, discovery_without_issuer);
     tcase_add_test(endpoints, jwks_endpoint);

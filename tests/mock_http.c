@@ -407,6 +407,13 @@ fail:
     return NULL;
 }
 
+static void on_break(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    event_base_loopbreak(arg);
+}
+
 void mock_http_free(struct mock_http *m)
 {
     struct script_reply *r, *next_reply;
@@ -414,7 +421,12 @@ void mock_http_free(struct mock_http *m)
 
     if (!m)
         return;
-    event_base_loopbreak(m->base);
+    /* An event, not event_base_loopbreak from here: a loop that has not started yet
+     * clears the break flag when it starts, and would then never stop. */
+    if (event_base_once(m->base, -1, EV_TIMEOUT, on_break, m->base, NULL) != 0) {
+        fprintf(stderr, "mock_http: cannot schedule the server's stop\n");
+        abort();
+    }
     pthread_join(m->thread, NULL);
 
     /* The loop has stopped: drop delayed replies, then the connections and the
