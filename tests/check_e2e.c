@@ -25,6 +25,7 @@
 #include <sys/socket.h>
 
 #include <jansson.h>
+#include <openssl/evp.h>
 
 #include "tests/check_runner.h"
 #include "tests/e2e_client.h"
@@ -61,6 +62,9 @@ struct test_client {
     char *secret;
     char *name;
     bool basic; /* client_secret_basic; otherwise client_secret_post */
+    /* private_key_jwt clients: */
+    struct evp_pkey_st *key;
+    const char *kid;
 };
 
 struct test_user {
@@ -3011,6 +3015,521 @@ START_TEST(database_restart_recovers)
 }
 END_TEST
 
+/* ---- 14. private_key_jwt and client_secret_jwt ------------------------------------- */
+
+#define ASSERTION_TYPE "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+static struct test_client pk1;      /* private_key_jwt, inline jwks, key "a1" */
+static struct test_client pk2;      /* private_key_jwt, jwks_uri on jwks_mock, key "b1" */
+static struct mock_http *jwks_mock; /* serves pk2's JWKS */
+static EVP_PKEY *rotated_key;       /* "b2", published later at pk2's jwks_uri */
+
+/* Registers a private_key_jwt client with a new key: inline when uri is NULL, else
+ * published at uri. */
+static void create_jwt_client(struct test_client *c, const char *name, const char *kid,
+                              const char *uri)
+{
+    json_t *out;
+    char *jwks;
+
+    c->key = e2e_key_new();
+    ck_assert_ptr_nonnull(c->key);
+    c->kid = util_strdup(kid);
+    jwks = e2e_jwks_text(&c->key, &kid, 1);
+    if (uri)
+        out = e2e_cli_json(&srv, "client", "create", "--name", name, "--scope", SCOPE,
+                           "--auth-method", "private_key_jwt", "--jwks-uri", uri,
+                           "--auth-signing-alg", "ES256", "--json", NULL);
+    else
+        out = e2e_cli_json(&srv, "client", "create", "--name", name, "--scope", SCOPE,
+                           "--auth-method", "private_key_jwt", "--jwks", jwks, "--json",
+                           NULL);
+    ck_assert_msg(out != NULL, "cibad client create (private_key_jwt) printed no JSON");
+    ck_assert_msg(jstr(out, "client_id") != NULL, "client create: no client_id");
+    ck_assert_msg(jstr(out, "client_secret") == NULL,
+                  "a private_key_jwt client got a secret");
+    ck_assert_str_eq(jstr(out, "token_endpoint_auth_method"), "private_key_jwt");
+    ck_assert_str_eq(jstr(out, "token_endpoint_auth_signing_alg"), "ES256");
+    c->client_id = util_strdup(jstr(out, "client_id"));
+    c->name = util_strdup(name);
+    json_decref(out);
+    free(jwks);
+}
+
+static void setup_private_key_jwt(void)
+{
+    static const char *const extra[] = {
+        "CIBAD_JWKS_URI_ALLOW_HTTP_LOOPBACK=true",
+        "CIBAD_JWKS_URI_TIMEOUT_MS=500",
+        "CIBAD_JWKS_URI_REFETCH_SECONDS=1",
+        NULL,
+    };
+    char *url, *doc;
+
+    prepare_instance(extra);
+    jwks_mock = mock_http_start(NULL, NULL);
+    ck_assert_msg(jwks_mock != NULL, "the JWKS mock did not start");
+    url = mock_http_url(jwks_mock, "127.0.0.1", "/agent/jwks.json");
+    create_jwt_client(&pk1, "Agent Inline Key", "a1", NULL);
+    create_jwt_client(&pk2, "Agent Key URL", "b1", url);
+    doc = e2e_jwks_text(&pk2.key, (const char *const[]){"b1"}, 1);
+    mock_http_set_default(jwks_mock, 200, doc);
+    rotated_key = e2e_key_new();
+    free(doc);
+    free(url);
+    start_server();
+}
+
+static void teardown_private_key_jwt(void)
+{
+    teardown_instance();
+    mock_http_free(jwks_mock);
+    jwks_mock = NULL;
+    EVP_PKEY_free(rotated_key);
+}
+
+/* A fresh assertion of c for aud, remembered as a secret of the log check. */
+static char *assertion_for(const struct test_client *c, const char *aud,
+                           const char *changes)
+{
+    char *token = e2e_client_assertion(c->key, c->kid, "ES256", c->client_id,
+                                       aud ? aud : srv.issuer, changes);
+
+    ck_assert_ptr_nonnull(token);
+    remember_secret("a client assertion", token);
+    return token;
+}
+
+/* POSTs form (freed here) with the assertion given as the only credential. */
+static struct e2e_response post_assertion(const char *path, char *form,
+                                          const char *assertion)
+{
+    const char *headers[] = {FORM_TYPE, NULL};
+    char *creds = e2e_form("client_assertion_type", ASSERTION_TYPE, "client_assertion",
+                           assertion, NULL);
+    char *body = util_asprintf("%s&%s", form, creds);
+    struct e2e_response r = call("POST", path, headers, body);
+
+    free(creds);
+    free(form);
+    free(body);
+    return r;
+}
+
+static char *bc_form(void)
+{
+    return e2e_form("scope", SCOPE, "login_hint", u1.phone, NULL);
+}
+
+/* Runs the whole poll flow as c: bc-authorize, a pending poll, approval, tokens. Each
+ * call carries a new assertion, with aud set to the endpoint URL at the token
+ * endpoint. */
+static void poll_flow_with_assertions(const struct test_client *c)
+{
+    char *bc_aud = util_asprintf("%s/bc-authorize", srv.issuer);
+    char *token_aud = util_asprintf("%s/token", srv.issuer);
+    size_t sent_before = mock_http_count(sink);
+    char *assertion = assertion_for(c, bc_aud, NULL);
+    struct e2e_response r = post_assertion("/bc-authorize", bc_form(), assertion);
+    json_t *body = e2e_json(&r);
+    char *id, *access_token;
+    struct sms sms;
+
+    ck_assert_msg(r.status == 200, "bc-authorize by assertion: %d %s", r.status, r.body);
+    id = util_strdup(jstr(body, "auth_req_id"));
+    remember_secret("an auth_req_id", id);
+    json_decref(body);
+    e2e_response_free(&r);
+    free(assertion);
+
+    assertion = assertion_for(c, token_aud, NULL);
+    r = post_assertion(
+        "/token", e2e_form("grant_type", CIBA_GRANT, "auth_req_id", id, NULL), assertion);
+    assert_error(&r, 400, "authorization_pending");
+    e2e_response_free(&r);
+    free(assertion);
+
+    wait_sms(sent_before, &sms);
+    ck_assert_msg(strstr(sms.text, c->name), "SMS does not name the client");
+    r = enter_code(sms.ref, sms.code);
+    ck_assert_msg(body_has(&r, "Approved"), "page after the right code: %s", r.body);
+    e2e_response_free(&r);
+
+    sleep_ms(POLL_GAP_MS);
+    assertion = assertion_for(c, NULL, NULL);
+    r = post_assertion(
+        "/token", e2e_form("grant_type", CIBA_GRANT, "auth_req_id", id, NULL), assertion);
+    access_token = check_token_reply(&r, c->client_id, id);
+    e2e_response_free(&r);
+    free(assertion);
+    free(access_token);
+    sms_free(&sms);
+    free(id);
+    free(bc_aud);
+    free(token_aud);
+}
+
+START_TEST(pkjwt_poll_flow_inline_jwks)
+{
+    poll_flow_with_assertions(&pk1);
+}
+END_TEST
+
+START_TEST(pkjwt_poll_flow_jwks_uri)
+{
+    poll_flow_with_assertions(&pk2);
+    ck_assert_msg(mock_http_count(jwks_mock) >= 1 && mock_http_count(jwks_mock) <= 2,
+                  "the jwks_uri was fetched %zu times for one flow (2 workers)",
+                  mock_http_count(jwks_mock));
+    ck_assert_str_eq(mock_http_request_get(jwks_mock, 0)->path, "/agent/jwks.json");
+}
+END_TEST
+
+/* Sends one bc-authorize with assertion (freed here) and expects 401 invalid_client. */
+static void expect_bc_rejected(char *assertion, const char *what)
+{
+    struct e2e_response r = post_assertion("/bc-authorize", bc_form(), assertion);
+
+    ck_assert_msg(r.status == 401, "%s: status %d, body %s", what, r.status, r.body);
+    assert_error(&r, 401, "invalid_client");
+    e2e_response_free(&r);
+    free(assertion);
+}
+
+START_TEST(pkjwt_bad_assertions_rejected)
+{
+    char now_plus_hour[64], expired[64], not_yet[64];
+    time_t now = time(NULL);
+    char *jwks, *claims_token, *h, *p, *input, *hs, *replay;
+    unsigned char mac[32];
+    struct e2e_response r;
+
+    snprintf(expired, sizeof(expired), "{\"exp\":%lld}", (long long)now - 120);
+    snprintf(now_plus_hour, sizeof(now_plus_hour), "{\"exp\":%lld}",
+             (long long)now + 3600);
+    snprintf(not_yet, sizeof(not_yet), "{\"nbf\":%lld}", (long long)now + 600);
+    expect_bc_rejected(assertion_for(&pk1, NULL, expired), "expired");
+    expect_bc_rejected(assertion_for(&pk1, NULL, now_plus_hour), "far-future exp");
+    expect_bc_rejected(assertion_for(&pk1, NULL, not_yet), "not yet valid");
+    expect_bc_rejected(assertion_for(&pk1, "https://evil.example", NULL), "wrong aud");
+    expect_bc_rejected(assertion_for(&pk1, NULL, "{\"jti\":null}"), "no jti");
+    expect_bc_rejected(assertion_for(&pk1, NULL, "{\"sub\":\"someone-else\"}"),
+                       "sub is not the client");
+
+    /* Another client's key: pk2 signs an assertion that claims to be pk1. */
+    replay =
+        e2e_client_assertion(pk2.key, "a1", "ES256", pk1.client_id, srv.issuer, NULL);
+    remember_secret("a client assertion", replay);
+    expect_bc_rejected(replay, "another client's key");
+    /* alg none and a changed alg over a valid ES256 signature. */
+    expect_bc_rejected(
+        e2e_client_assertion(pk1.key, "a1", "none", pk1.client_id, srv.issuer, NULL),
+        "alg none");
+    expect_bc_rejected(
+        e2e_client_assertion(pk1.key, "a9", "ES256", pk1.client_id, srv.issuer, NULL),
+        "unknown kid");
+
+    /* HS256 keyed with the client's public JWKS text, which anyone may know. */
+    jwks = e2e_jwks_text(&pk1.key, (const char *const[]){"a1"}, 1);
+    claims_token = assertion_for(&pk1, NULL, NULL);
+    h = util_b64url_encode_new("{\"alg\":\"HS256\",\"kid\":\"a1\"}", 26);
+    p = util_strndup(
+        strchr(claims_token, '.') + 1,
+        (size_t)(strrchr(claims_token, '.') - strchr(claims_token, '.') - 1));
+    input = util_asprintf("%s.%s", h, p);
+    util_hmac_sha256(jwks, strlen(jwks), input, strlen(input), mac);
+    free(h);
+    h = util_b64url_encode_new(mac, sizeof(mac));
+    hs = util_asprintf("%s.%s", input, h);
+    expect_bc_rejected(hs, "HS256 keyed with the public key");
+
+    /* The same assertion twice: the second is a replay. */
+    replay = assertion_for(&pk1, NULL, NULL);
+    r = post_assertion("/bc-authorize", bc_form(), replay);
+    ck_assert_msg(r.status == 200, "first use: %d %s", r.status, r.body);
+    remember_auth_req_id(&r);
+    e2e_response_free(&r);
+    expect_bc_rejected(replay, "replayed jti");
+
+    /* Nothing of the failure reason reaches the client; the log has it. */
+    {
+        char *log = e2e_server_log(&srv);
+
+        ck_assert_msg(
+            strstr(log, "client authentication failed: the assertion has expired"),
+            "the log does not say why the expired assertion failed");
+        ck_assert_msg(strstr(log, "replay"), "the log does not name the replay");
+        free(log);
+    }
+    free(jwks);
+    free(claims_token);
+    free(p);
+    free(input);
+    free(h);
+}
+END_TEST
+
+START_TEST(pkjwt_two_methods_rejected)
+{
+    char *assertion = assertion_for(&pk1, NULL, NULL);
+    char *basic = e2e_basic_header(c1.client_id, c1.secret);
+    const char *headers[] = {FORM_TYPE, basic, NULL};
+    char *form = e2e_form("scope", SCOPE, "login_hint", u1.phone, "client_assertion_type",
+                          ASSERTION_TYPE, "client_assertion", assertion, NULL);
+    struct e2e_response r = call("POST", "/bc-authorize", headers, form);
+
+    /* Basic and an assertion, then a client_secret and an assertion. */
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+    free(form);
+    form = e2e_form("scope", SCOPE, "login_hint", u1.phone, "client_secret", "x", NULL);
+    r = post_assertion("/bc-authorize", form, assertion);
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+
+    /* A client_id parameter naming another client. */
+    form =
+        e2e_form("scope", SCOPE, "login_hint", u1.phone, "client_id", c1.client_id, NULL);
+    r = post_assertion("/bc-authorize", form, assertion);
+    assert_error(&r, 401, "invalid_client");
+    e2e_response_free(&r);
+
+    /* A private_key_jwt client cannot fall back to a secret. */
+    r = post_as(&(struct test_client){.client_id = pk1.client_id,
+                                      .secret = "guess",
+                                      .basic = true},
+                "/bc-authorize", bc_form());
+    assert_error(&r, 401, "invalid_client");
+    e2e_response_free(&r);
+    free(assertion);
+    free(basic);
+}
+END_TEST
+
+START_TEST(pkjwt_key_rotation_at_jwks_uri)
+{
+    EVP_PKEY *both[2] = {pk2.key, rotated_key};
+    char *doc = e2e_jwks_text(both, (const char *const[]){"b1", "b2"}, 2);
+    struct test_client rotated = pk2;
+    struct e2e_response r;
+    char *assertion;
+
+    /* Both workers learn the first key. */
+    for (int i = 0; i < 4; i++) {
+        assertion = assertion_for(&pk2, NULL, NULL);
+        r = post_assertion("/bc-authorize", bc_form(), assertion);
+        ck_assert_msg(r.status == 200, "before rotation: %d %s", r.status, r.body);
+        remember_auth_req_id(&r);
+        e2e_response_free(&r);
+        free(assertion);
+    }
+
+    /* The client publishes a second key and signs with it: the unknown kid makes each
+     * worker fetch again, once its refetch interval (1 s) has passed. */
+    mock_http_set_default(jwks_mock, 200, doc);
+    sleep_ms(1100);
+    rotated.key = rotated_key;
+    rotated.kid = "b2";
+    for (int i = 0; i < 4; i++) {
+        assertion = assertion_for(&rotated, NULL, NULL);
+        r = post_assertion("/bc-authorize", bc_form(), assertion);
+        ck_assert_msg(r.status == 200, "after rotation: %d %s", r.status, r.body);
+        remember_auth_req_id(&r);
+        e2e_response_free(&r);
+        free(assertion);
+    }
+    ck_assert_msg(mock_http_count(jwks_mock) <= 4, "the jwks_uri was fetched %zu times",
+                  mock_http_count(jwks_mock));
+    free(doc);
+}
+END_TEST
+
+/* Registers a client whose jwks_uri is url and returns it with pk1's key. */
+static struct test_client uri_client(const char *name, const char *url, EVP_PKEY *key)
+{
+    struct test_client c = {0};
+    json_t *out = e2e_cli_json(&srv, "client", "create", "--name", name, "--scope", SCOPE,
+                               "--auth-method", "private_key_jwt", "--jwks-uri", url,
+                               "--auth-signing-alg", "ES256", "--json", NULL);
+
+    ck_assert_msg(out != NULL, "client create with --jwks-uri %s failed", url);
+    c.client_id = util_strdup(jstr(out, "client_id"));
+    c.key = key;
+    c.kid = "k1";
+    json_decref(out);
+    return c;
+}
+
+START_TEST(pkjwt_jwks_uri_down_slow_garbage)
+{
+    EVP_PKEY *key = e2e_key_new();
+    char *doc = e2e_jwks_text(&key, (const char *const[]){"k1"}, 1);
+    struct mock_http *slow = mock_http_start(NULL, NULL);
+    struct mock_http *garbage = mock_http_start(NULL, NULL);
+    struct mock_http *gone = mock_http_start(NULL, NULL);
+    char *slow_url = mock_http_url(slow, "127.0.0.1", "/jwks");
+    char *garbage_url = mock_http_url(garbage, "127.0.0.1", "/jwks");
+    char *gone_url = mock_http_url(gone, "127.0.0.1", "/jwks");
+    struct test_client c_slow, c_garbage, c_gone;
+    int64_t started;
+
+    mock_http_free(gone);
+    for (int i = 0; i < 4; i++)
+        mock_http_push(slow, 200, doc, 3000);
+    mock_http_set_default(garbage, 200, "<html>not a JWKS</html>");
+    c_slow = uri_client("Slow Keys", slow_url, key);
+    c_garbage = uri_client("Garbage Keys", garbage_url, key);
+    c_gone = uri_client("Gone Keys", gone_url, key);
+
+    started = util_mono_ms();
+    expect_bc_rejected(assertion_for(&c_slow, NULL, NULL), "slow jwks_uri");
+    ck_assert_msg(util_mono_ms() - started < 2500,
+                  "a slow jwks_uri held the request for %lld ms",
+                  (long long)(util_mono_ms() - started));
+    expect_bc_rejected(assertion_for(&c_garbage, NULL, NULL), "garbage jwks_uri");
+    expect_bc_rejected(assertion_for(&c_gone, NULL, NULL), "jwks_uri down");
+    assert_server_healthy("unusable jwks_uri");
+
+    mock_http_free(slow);
+    mock_http_free(garbage);
+    free(slow_url);
+    free(garbage_url);
+    free(gone_url);
+    free(c_slow.client_id);
+    free(c_garbage.client_id);
+    free(c_gone.client_id);
+    free(doc);
+    EVP_PKEY_free(key);
+}
+END_TEST
+
+START_TEST(client_secret_jwt_flow)
+{
+    json_t *out =
+        e2e_cli_json(&srv, "client", "create", "--name", "HMAC Agent", "--scope", SCOPE,
+                     "--auth-method", "client_secret_jwt", "--json", NULL);
+    const char *secret, *client_id;
+    char *claims_token, *h, *p, *input, *sig, *token, *shown = NULL;
+    unsigned char mac[32];
+    struct e2e_response r;
+
+    ck_assert_msg(out != NULL, "client create client_secret_jwt failed");
+    secret = jstr(out, "client_secret");
+    client_id = jstr(out, "client_id");
+    ck_assert_msg(secret && client_id, "client_secret_jwt client without secret or id");
+    ck_assert_str_eq(jstr(out, "token_endpoint_auth_signing_alg"), "HS256");
+    remember_secret("a client secret", secret);
+
+    /* HS256 over the claims an ES256 helper builds; only the header and MAC differ. */
+    claims_token =
+        e2e_client_assertion(pk1.key, "a1", "ES256", client_id, srv.issuer, NULL);
+    h = util_b64url_encode_new("{\"alg\":\"HS256\"}", 15);
+    p = util_strndup(
+        strchr(claims_token, '.') + 1,
+        (size_t)(strrchr(claims_token, '.') - strchr(claims_token, '.') - 1));
+    input = util_asprintf("%s.%s", h, p);
+    util_hmac_sha256(secret, strlen(secret), input, strlen(input), mac);
+    sig = util_b64url_encode_new(mac, sizeof(mac));
+    token = util_asprintf("%s.%s", input, sig);
+    remember_secret("a client assertion", token);
+    r = post_assertion("/bc-authorize", bc_form(), token);
+    ck_assert_msg(r.status == 200, "client_secret_jwt: %d %s", r.status, r.body);
+    remember_auth_req_id(&r);
+    e2e_response_free(&r);
+
+    /* client show prints the metadata, never the secret or its sealed form. */
+    ck_assert_int_eq(e2e_cli(&srv, &shown, "client", "show", client_id, "--json", NULL),
+                     0);
+    ck_assert_msg(shown && !strstr(shown, secret), "client show prints the secret");
+    ck_assert_msg(!strstr(shown, "sealed") && !strstr(shown, "v1."),
+                  "client show prints the sealed secret");
+    ck_assert_msg(strstr(shown, "HS256"), "client show lacks the signing alg");
+    free(shown);
+    json_decref(out);
+    free(claims_token);
+    free(h);
+    free(p);
+    free(input);
+    free(sig);
+    free(token);
+}
+END_TEST
+
+START_TEST(pkjwt_registration_checks)
+{
+    EVP_PKEY *key = e2e_key_new();
+    char *jwks = e2e_jwks_text(&key, (const char *const[]){"k1"}, 1);
+    json_t *doc = json_loads(jwks, 0, NULL);
+    char *private_jwks, *shown = NULL;
+
+    /* A private member in the JWKS. */
+    json_object_set_new(json_array_get(json_object_get(doc, "keys"), 0), "d",
+                        json_string("AAAA"));
+    private_jwks = json_dumps(doc, JSON_COMPACT);
+
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "client", "create", "--name", "X", "--scope",
+                             SCOPE, "--auth-method", "private_key_jwt", NULL),
+                     2);
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "client", "create", "--name", "X", "--scope",
+                             SCOPE, "--auth-method", "private_key_jwt", "--jwks", jwks,
+                             "--jwks-uri", "https://agent.example/jwks", NULL),
+                     2);
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "client", "create", "--name", "X", "--scope",
+                             SCOPE, "--auth-method", "private_key_jwt", "--jwks",
+                             private_jwks, NULL),
+                     2);
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "client", "create", "--name", "X", "--scope",
+                             SCOPE, "--auth-method", "private_key_jwt", "--jwks", jwks,
+                             "--auth-signing-alg", "PS256", NULL),
+                     2);
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "client", "create", "--name", "X", "--scope",
+                             SCOPE, "--auth-method", "private_key_jwt", "--jwks-uri",
+                             "https://agent.example/jwks", NULL),
+                     2);
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "client", "create", "--name", "X", "--scope",
+                             SCOPE, "--auth-method", "private_key_jwt", "--jwks-uri",
+                             "ftp://agent.example/jwks", "--auth-signing-alg", "ES256",
+                             NULL),
+                     2);
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "client", "create", "--name", "X", "--scope",
+                             SCOPE, "--auth-method", "client_secret_basic", "--jwks",
+                             jwks, NULL),
+                     2);
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "client", "create", "--name", "X", "--scope",
+                             SCOPE, "--auth-method", "private_key_jwt", "--jwks",
+                             "/no/such/file.json", NULL),
+                     2);
+
+    /* client show prints the registered keys. */
+    ck_assert_int_eq(
+        e2e_cli(&srv, &shown, "client", "show", pk1.client_id, "--json", NULL), 0);
+    ck_assert_msg(shown && strstr(shown, "\"jwks\"") && strstr(shown, "a1"),
+                  "client show lacks the jwks: %s", shown ? shown : "");
+    free(shown);
+    json_decref(doc);
+    free(jwks);
+    free(private_jwks);
+    EVP_PKEY_free(key);
+}
+END_TEST
+
+START_TEST(pkjwt_discovery_lists_methods)
+{
+    json_t *doc = fetch_metadata("/.well-known/openid-configuration");
+    const json_t *methods = json_object_get(doc, "token_endpoint_auth_methods_supported");
+    const json_t *algs =
+        json_object_get(doc, "token_endpoint_auth_signing_alg_values_supported");
+
+    ck_assert_msg(array_has(methods, "private_key_jwt"), "no private_key_jwt");
+    ck_assert_msg(array_has(methods, "client_secret_jwt"), "no client_secret_jwt");
+    ck_assert_msg(array_has(algs, "ES256") && array_has(algs, "PS256"),
+                  "signing algs lack ES256 or PS256");
+    ck_assert_msg(!array_has(algs, "none") && !array_has(algs, "RS256"),
+                  "signing algs list none or RS256 without allow_rs256");
+    json_decref(doc);
+}
+END_TEST
+
 /* ---- suite ------------------------------------------------------------------------- */
 
 static TCase *new_tcase(const char *name, void (*setup)(void))
@@ -3133,6 +3652,20 @@ static Suite *e2e_suite(void)
     tcase_add_test(tc, cli_rejects_bad_input);
     tcase_add_test(tc, key_rotation_keeps_old_tokens_valid);
     tcase_add_test(tc, database_restart_recovers);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("private_key_jwt");
+    tcase_add_checked_fixture(tc, setup_private_key_jwt, teardown_private_key_jwt);
+    tcase_set_timeout(tc, TEST_TIMEOUT_S);
+    tcase_add_test(tc, pkjwt_poll_flow_inline_jwks);
+    tcase_add_test(tc, pkjwt_poll_flow_jwks_uri);
+    tcase_add_test(tc, pkjwt_bad_assertions_rejected);
+    tcase_add_test(tc, pkjwt_two_methods_rejected);
+    tcase_add_test(tc, pkjwt_key_rotation_at_jwks_uri);
+    tcase_add_test(tc, pkjwt_jwks_uri_down_slow_garbage);
+    tcase_add_test(tc, client_secret_jwt_flow);
+    tcase_add_test(tc, pkjwt_registration_checks);
+    tcase_add_test(tc, pkjwt_discovery_lists_methods);
     suite_add_tcase(s, tc);
 
     return s;

@@ -619,6 +619,112 @@ end:
     return rc;
 }
 
+struct evp_pkey_st *e2e_key_new(void)
+{
+    return EVP_EC_gen("P-256");
+}
+
+/* The public JWK of a P-256 key, with kid and alg ES256. New reference or NULL. */
+static json_t *public_jwk(EVP_PKEY *key, const char *kid)
+{
+    const char *params[2] = {OSSL_PKEY_PARAM_EC_PUB_X, OSSL_PKEY_PARAM_EC_PUB_Y};
+    char *coords[2] = {NULL, NULL};
+    json_t *jwk = NULL;
+
+    for (int i = 0; i < 2; i++) {
+        BIGNUM *bn = NULL;
+        unsigned char buf[32];
+
+        if (EVP_PKEY_get_bn_param(key, params[i], &bn) == 1 &&
+            BN_bn2binpad(bn, buf, sizeof(buf)) == (int)sizeof(buf))
+            coords[i] = util_b64url_encode_new(buf, sizeof(buf));
+        BN_free(bn);
+    }
+    if (coords[0] && coords[1])
+        jwk = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "kty", "EC", "crv",
+                        "P-256", "x", coords[0], "y", coords[1], "kid", kid, "alg",
+                        "ES256", "use", "sig");
+    free(coords[0]);
+    free(coords[1]);
+    return jwk;
+}
+
+char *e2e_jwks_text(struct evp_pkey_st *const *keys, const char *const *kids, size_t n)
+{
+    json_t *doc = json_pack("{s:[]}", "keys");
+    char *text;
+
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(json_object_get(doc, "keys"), public_jwk(keys[i], kids[i]));
+    text = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+    return text;
+}
+
+/* Signs input with ES256 and returns the base64url raw r||s signature, or NULL. */
+static char *es256_sign_b64(EVP_PKEY *key, const char *input)
+{
+    unsigned char der[80], raw[64];
+    const unsigned char *p = der;
+    size_t der_len = sizeof(der);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    ECDSA_SIG *sig = NULL;
+    char *out = NULL;
+
+    if (md && EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, key) == 1 &&
+        EVP_DigestSign(md, der, &der_len, (const unsigned char *)input, strlen(input)) ==
+            1 &&
+        (sig = d2i_ECDSA_SIG(NULL, &p, (long)der_len)) &&
+        BN_bn2binpad(ECDSA_SIG_get0_r(sig), raw, 32) == 32 &&
+        BN_bn2binpad(ECDSA_SIG_get0_s(sig), raw + 32, 32) == 32)
+        out = util_b64url_encode_new(raw, sizeof(raw));
+    ECDSA_SIG_free(sig);
+    EVP_MD_CTX_free(md);
+    return out;
+}
+
+char *e2e_client_assertion(struct evp_pkey_st *key, const char *kid, const char *alg,
+                           const char *client_id, const char *aud, const char *changes)
+{
+    time_t now = time(NULL);
+    char *jti = util_random_token(16);
+    json_t *claims = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s}", "iss", client_id, "sub",
+                               client_id, "aud", aud, "iat", (json_int_t)now, "exp",
+                               (json_int_t)now + 60, "jti", jti);
+    json_t *header = json_pack("{s:s, s:s}", "alg", alg, "kid", kid);
+    json_t *edit = changes ? json_loads(changes, 0, NULL) : NULL;
+    char *header_text, *claims_text, *h, *c, *input, *sig, *token = NULL;
+    const char *name;
+    json_t *value;
+
+    json_object_foreach(edit, name, value)
+    {
+        if (json_is_null(value))
+            json_object_del(claims, name);
+        else
+            json_object_set(claims, name, value);
+    }
+    header_text = json_dumps(header, JSON_COMPACT);
+    claims_text = json_dumps(claims, JSON_COMPACT);
+    h = util_b64url_encode_new(header_text, strlen(header_text));
+    c = util_b64url_encode_new(claims_text, strlen(claims_text));
+    input = util_asprintf("%s.%s", h, c);
+    sig = es256_sign_b64(key, input);
+    if (sig)
+        token = util_asprintf("%s.%s", input, sig);
+    json_decref(claims);
+    json_decref(header);
+    json_decref(edit);
+    free(jti);
+    free(header_text);
+    free(claims_text);
+    free(h);
+    free(c);
+    free(input);
+    free(sig);
+    return token;
+}
+
 char *e2e_at_hash(const char *access_token)
 {
     unsigned char digest[SHA256_DIGEST_LENGTH];

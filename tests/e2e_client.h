@@ -83,6 +83,25 @@ int e2e_jwt_verify(const char *jwt, const json_t *jwks, json_t **header, json_t 
  * string. */
 char *e2e_at_hash(const char *access_token);
 
+/* ---- client assertions (private_key_jwt) ------------------------------------------- */
+
+struct evp_pkey_st;
+
+/* Generates a new P-256 key pair (free with EVP_PKEY_free). */
+struct evp_pkey_st *e2e_key_new(void);
+
+/* Returns the JWKS document {"keys":[...]} with the public halves of keys[0..n), each
+ * with its kid from kids, as compact JSON text (new string). */
+char *e2e_jwks_text(struct evp_pkey_st *const *keys, const char *const *kids, size_t n);
+
+/* Signs a client assertion (RFC 7523) with key under kid: header {"alg":"ES256","kid"},
+ * claims iss = sub = client_id, aud, iat now, exp now + 60 and a random jti. changes
+ * is NULL or a JSON object text whose members replace claims, a null member removing
+ * one. alg other than "ES256" goes into the header as given, with the same ES256
+ * signature. Returns the compact JWS (new string). */
+char *e2e_client_assertion(struct evp_pkey_st *key, const char *kid, const char *alg,
+                           const char *client_id, const char *aud, const char *changes);
+
 /* ---- the cibad process ------------------------------------------------------------- */
 
 /* The server secret of every instance. It is fixed because the signing keys that the
