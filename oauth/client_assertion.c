@@ -10,14 +10,15 @@
 /* Paths of the two endpoints that authenticate clients, after the issuer. */
 #define TOKEN_PATH       "/token"
 #define BACKCHANNEL_PATH "/bc-authorize"
-/* Most aud values looked at in an array. */
+/* Maximum number of aud values looked at in an array. */
 #define AUD_MAX 16
-/* Longest jti accepted; the jti table allows this length. */
+/* Maximum jti length, as the client_assertion_jti table allows. */
 #define JTI_MAX 256
 
 /* True when aud names this server: the issuer, or the URL of the token or backchannel
- * endpoint. CIBA Core 1.0 section 7.1 asks the backchannel endpoint to accept all three,
- * and OpenID Connect Core 1.0 section 9 tells clients to use the token endpoint URL. */
+ * endpoint. CIBA Core 1.0 section 7.1 requires the backchannel endpoint to accept all
+ * three, and OpenID Connect Core 1.0 section 9 tells clients to use the token endpoint
+ * URL. */
 static bool aud_is_ours(const char *aud, const char *issuer)
 {
     size_t n = strlen(issuer);

@@ -2,12 +2,13 @@
  * private_key_jwt or client_secret_jwt
  * SPDX-License-Identifier: MIT
  *
- * A JWT client assertion (RFC 7523) runs: read the form, peek at the unverified claims
- * to learn which client it claims to be, load that client, get its keys (its inline
- * jwks, its jwks_uri through the worker's cache, or its sealed secret), verify the
- * signature with the alg registered for the client, check the claims, and record the
- * jti so the assertion cannot be used twice. Every failure after the form is read
- * gives the client the same invalid_client text, and the log line says why.
+ * A JWT client assertion (RFC 7523) goes through these steps. Read the form and peek at
+ * the unverified claims to learn which client it claims to be. Load that client and
+ * get its keys: its inline jwks, its jwks_uri through the worker's cache, or its sealed
+ * secret. Verify the signature with the alg registered for the client, check the
+ * claims, and record the jti so the assertion cannot be used twice. Every failure after
+ * the form is read gives the client the same invalid_client text, and the log line says
+ * why.
  */
 #include "oauth/oauth_int.h"
 

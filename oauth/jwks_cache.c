@@ -8,9 +8,10 @@
  *
  * A remote set is fetched on first use, again after ttl_seconds, and again when a
  * token names a kid the set lacks (the client rotated its keys; OpenID Connect Core
- * 1.0 section 10.1.1). A URI is fetched at most once per refetch_seconds, whether the
- * last fetch succeeded or failed, so a flood of unknown kid values or a client whose
- * jwks_uri is down costs one fetch per interval, not one per request. Requests that
+ * 1.0 section 10.1.1). Each worker fetches a URI at most once per refetch_seconds,
+ * whether the last fetch succeeded or failed, so a flood of unknown kid values or a
+ * client whose jwks_uri is down costs one fetch per worker and interval, not one per
+ * request. Requests that
  * arrive while a fetch runs wait for it. A jwks_uri that is down, slow (past
  * timeout_ms) or returns anything but a JWKS gives its waiters an error, never a hang.
  */

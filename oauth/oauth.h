@@ -108,15 +108,18 @@ bool oauth_scope_has(const char *scope, const char *name);
 typedef void (*oauth_client_cb)(void *arg, enum oauth_err err, const char *description,
                                 struct oauth_client *client);
 
-/* Authenticates the client of a request by client_secret_basic (RFC 6749 section 2.3.1:
- * the id and secret are form-urlencoded inside Basic) or client_secret_post. Exactly
- * one method per request, and it must be the one registered for the client. Secrets are
- * compared as SHA-256 hashes in constant time. cb is called later, on the loop thread,
- * exactly once, with invalid_request (malformed or several methods), invalid_client
- * (401: missing, unknown or wrong credentials, or another method than the registered
- * one), temporarily_unavailable (database down) or server_error. Copies the claimed
+/* Authenticates the client of a request by client_secret_basic (RFC 6749 section
+ * 2.3.1: the id and secret are form-urlencoded inside Basic), client_secret_post, or a
+ * JWT client assertion (RFC 7523) for private_key_jwt and client_secret_jwt clients.
+ * Exactly one method per request, and it must be the one registered for the client.
+ * Secrets are compared as SHA-256 hashes in constant time. cb is called later, on the
+ * loop thread, exactly once, with invalid_request (malformed, or several methods),
+ * invalid_client (401: missing, unknown or wrong credentials, an assertion that fails a
+ * check or was used before, or another method than the registered one),
+ * temporarily_unavailable (database down) or server_error. Copies the claimed
  * client_id into sr->client_id for log lines as soon as it is read, before it is
- * verified: take the authenticated id from client->client_id. */
+ * verified: take the authenticated id from client->client_id. Assertions need
+ * server_config (issuer, secret, allow_rs256) and sr->worker->jwks. */
 void oauth_client_authenticate(struct server_req *sr, const struct server_form *form,
                                oauth_client_cb cb, void *arg);
 

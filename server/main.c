@@ -480,6 +480,15 @@ static int cmd_client_list(struct cli *cli, int argc, char **argv)
     return 0;
 }
 
+/* Prints one "name value" line with value as compact JSON (a client's jwks). */
+static void print_compact(const char *key, const json_t *value)
+{
+    char *text = json_dumps(value, JSON_COMPACT);
+
+    printf("%-42s %s\n", key, text ? text : "");
+    free(text);
+}
+
 static int cmd_client_show(struct cli *cli, int argc, char **argv)
 {
     bool as_json = false;
@@ -519,6 +528,8 @@ static int cmd_client_show(struct cli *cli, int argc, char **argv)
             printf("%-42s %s\n", key, json_string_value(value));
         else if (json_is_integer(value))
             printf("%-42s %lld\n", key, (long long)json_integer_value(value));
+        else if (json_is_object(value))
+            print_compact(key, value);
     }
     json_decref(c);
     return 0;
