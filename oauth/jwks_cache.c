@@ -402,6 +402,9 @@ static int fetch_start(struct oauth_jwks_cache *c, struct entry *e, const char *
     char url_err[200];
 
     e->attempt_ms = util_mono_ms();
+    /* TODO: a jwks_uri host may resolve to a private, link-local or metadata address,
+     * and nothing stops that fetch yet; only the operator registers jwks_uri values
+     * today, so a client cannot point cibad at an internal service by itself. */
     if (util_http_url_check(e->key, c->allow_http_loopback, c->dns != NULL, url_err,
                             sizeof(url_err)) != 0) {
         log_info("jwks_uri %s cannot be fetched: %s", e->key, url_err);
