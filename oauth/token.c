@@ -14,10 +14,10 @@
 #include "server/http.h"
 #include "storage/storage.h"
 
-#define CIBA_GRANT_TYPE      "urn:openid:params:grant-type:ciba"
-#define AUTH_REQ_ID_MAX_LEN  128
-#define JTI_BYTES            16
-#define CLAIM_AUTH_REQ_ID    "urn:openid:params:jwt:claim:auth_req_id"
+#define CIBA_GRANT_TYPE     "urn:openid:params:grant-type:ciba"
+#define AUTH_REQ_ID_MAX_LEN 128
+#define JTI_BYTES           16
+#define CLAIM_AUTH_REQ_ID   "urn:openid:params:jwt:claim:auth_req_id"
 
 struct token_ctx {
     struct server_req *sr;
@@ -33,7 +33,8 @@ static void token_free(struct token_ctx *ctx)
     free(ctx);
 }
 
-static void finish_error(struct token_ctx *ctx, enum oauth_err err, const char *description)
+static void finish_error(struct token_ctx *ctx, enum oauth_err err,
+                         const char *description)
 {
     oauth_reply_error(ctx->sr, OAUTH_EP_TOKEN, err, description);
     token_free(ctx);
@@ -57,15 +58,15 @@ static char *issue_access_token(struct token_ctx *ctx, const struct storage_poll
     /* One configured audience for every token: RFC 9068 section 3 asks for a default
      * resource when the request names none, and resource indicators (RFC 8707) are
      * not supported yet. */
-    const char *audience = cfg->access_token_audience ? cfg->access_token_audience
-                                                      : cfg->issuer;
+    const char *audience =
+        cfg->access_token_audience ? cfg->access_token_audience : cfg->issuer;
 
-    claims = json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:s, s:I, s:s, s:o}", "iss",
-                       cfg->issuer, "sub", poll->subject, "aud", audience, "client_id",
-                       ctx->client->client_id, "scope", poll->scope, "iat", (json_int_t)now,
-                       "exp", (json_int_t)(now + cfg->access_token_lifetime), "jti", jti,
-                       "auth_time", (json_int_t)poll->auth_time, "acr", OAUTH_ACR_SMS_OTP,
-                       "amr", sms_otp_amr());
+    claims = json_pack(
+        "{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:s, s:I, s:s, s:o}", "iss", cfg->issuer,
+        "sub", poll->subject, "aud", audience, "client_id", ctx->client->client_id,
+        "scope", poll->scope, "iat", (json_int_t)now, "exp",
+        (json_int_t)(now + cfg->access_token_lifetime), "jti", jti, "auth_time",
+        (json_int_t)poll->auth_time, "acr", OAUTH_ACR_SMS_OTP, "amr", sms_otp_amr());
     free(jti);
     if (!claims)
         return NULL;
@@ -84,13 +85,12 @@ static char *issue_id_token(struct token_ctx *ctx, const struct storage_poll *po
     json_t *claims;
     char *token;
 
-    claims = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:s, s:o, s:s, s:s}", "iss",
-                       cfg->issuer, "sub", poll->subject, "aud", ctx->client->client_id,
-                       "iat", (json_int_t)now, "exp",
-                       (json_int_t)(now + cfg->id_token_lifetime), "auth_time",
-                       (json_int_t)poll->auth_time, "acr", OAUTH_ACR_SMS_OTP, "amr",
-                       sms_otp_amr(), "at_hash", at_hash, CLAIM_AUTH_REQ_ID,
-                       ctx->auth_req_id);
+    claims = json_pack(
+        "{s:s, s:s, s:s, s:I, s:I, s:I, s:s, s:o, s:s, s:s}", "iss", cfg->issuer, "sub",
+        poll->subject, "aud", ctx->client->client_id, "iat", (json_int_t)now, "exp",
+        (json_int_t)(now + cfg->id_token_lifetime), "auth_time",
+        (json_int_t)poll->auth_time, "acr", OAUTH_ACR_SMS_OTP, "amr", sms_otp_amr(),
+        "at_hash", at_hash, CLAIM_AUTH_REQ_ID, ctx->auth_req_id);
     free(at_hash);
     if (!claims)
         return NULL;
@@ -115,10 +115,10 @@ static void finish_tokens(struct token_ctx *ctx, const struct storage_poll *poll
         return;
     }
 
-    body = json_pack("{s:s, s:s, s:i, s:s, s:s}", "access_token", access_token,
-                     "token_type", "Bearer", "expires_in",
-                     server_config->access_token_lifetime, "id_token", id_token, "scope",
-                     poll->scope);
+    body =
+        json_pack("{s:s, s:s, s:i, s:s, s:s}", "access_token", access_token, "token_type",
+                  "Bearer", "expires_in", server_config->access_token_lifetime,
+                  "id_token", id_token, "scope", poll->scope);
     free(access_token);
     free(id_token);
     server_req_add_header(ctx->sr, "Cache-Control", "no-store");
@@ -127,7 +127,8 @@ static void finish_tokens(struct token_ctx *ctx, const struct storage_poll *poll
     token_free(ctx);
 }
 
-static void on_polled(void *arg, enum storage_status status, const struct storage_poll *poll)
+static void on_polled(void *arg, enum storage_status status,
+                      const struct storage_poll *poll)
 {
     struct token_ctx *ctx = arg;
 
@@ -173,8 +174,8 @@ static bool is_auth_req_id_shaped(const char *id)
     return true;
 }
 
-static void on_client_authenticated(void *arg, enum oauth_err err, const char *description,
-                                    struct oauth_client *client)
+static void on_client_authenticated(void *arg, enum oauth_err err,
+                                    const char *description, struct oauth_client *client)
 {
     struct token_ctx *ctx = arg;
     const char *grant_type = server_form_get(&ctx->form, "grant_type");
@@ -212,8 +213,8 @@ static void on_client_authenticated(void *arg, enum oauth_err err, const char *d
     }
 
     util_sha256_hex(ctx->auth_req_id, strlen(ctx->auth_req_id), id_hash);
-    if (storage_auth_req_poll(ctx->sr->worker->db, id_hash, client->client_id, ctx->sr->rid,
-                              on_polled, ctx) != 0)
+    if (storage_auth_req_poll(ctx->sr->worker->db, id_hash, client->client_id,
+                              ctx->sr->rid, on_polled, ctx) != 0)
         finish_error(ctx, OAUTH_ERR_TEMPORARILY_UNAVAILABLE, NULL);
 }
 
