@@ -1253,12 +1253,27 @@ END_TEST
 START_TEST(bc_binding_message_invalid)
 {
     static const char *const bad[] = {
-        "line\nbreak", "tab\there", "bell\x07", "del\x7f", "bidi \xe2\x80\xae override",
+        "line\nbreak",
+        "tab\there",
+        "bell\x07",
+        "del\x7f",
+        "bidi \xe2\x80\xae override",
         /* invisible: right-to-left mark, zero-width space, soft hyphen, Arabic letter
          * mark, a tag character; then private use and a noncharacter */
-        "Pay\xe2\x80\x8f" "10", "Pay\xe2\x80\x8b" "10", "Pay\xc2\xad" "10",
-        "Pay\xd8\x9c" "10", "Pay\xf3\xa0\x81\x81" "10", "Pay\xee\x80\x80" "10",
-        "Pay\xef\xbf\xbf" "10",
+        "Pay\xe2\x80\x8f"
+        "10",
+        "Pay\xe2\x80\x8b"
+        "10",
+        "Pay\xc2\xad"
+        "10",
+        "Pay\xd8\x9c"
+        "10",
+        "Pay\xf3\xa0\x81\x81"
+        "10",
+        "Pay\xee\x80\x80"
+        "10",
+        "Pay\xef\xbf\xbf"
+        "10",
     };
     char long_message[66];
     char max_message[65];
