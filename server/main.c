@@ -19,7 +19,6 @@
 /* parse_args result when --help was given and the usage is printed. */
 #define ARGS_HELP (-1)
 
-#define CIBA_GRANT_TYPE       "urn:openid:params:grant-type:ciba"
 #define CLIENT_NAME_MAX       100 /* characters, as the client table allows */
 #define ID_MAX                128 /* client_id bytes, as the client table allows */
 #define USER_FIELD_MAX        255 /* subject and username characters */
@@ -372,7 +371,7 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
         .token_endpoint_auth_method = method,
         .scope = scope_list,
         .backchannel_token_delivery_mode = mode,
-        .grant_types = CIBA_GRANT_TYPE,
+        .grant_types = OAUTH_GRANT_TYPE_CIBA,
     };
     if (storage_sync_client_create(s, &c, err, sizeof(err)) != 0) {
         fprintf(stderr, "cibad: cannot create client %s: %s\n", id, err);
@@ -383,7 +382,7 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
                              "client_secret", secret, "client_name", name,
                              "token_endpoint_auth_method", method, "scope", scope_list,
                              "backchannel_token_delivery_mode", mode, "grant_types",
-                             CIBA_GRANT_TYPE));
+                             OAUTH_GRANT_TYPE_CIBA));
     } else {
         printf("client_id:     %s\nclient_secret: %s\n", id, secret);
         printf(
