@@ -462,8 +462,10 @@ echo "  approval:      $approved approved in the database; replies: $(reply_mix 
 echo "  issuance:      $(reply_mix "$tokens_run"), $(field "$tokens_run" requests) requests," \
     "$(field "$tokens_run" exhausted_threads) threads ran out of ids; the ${probe_seconds}s" \
     "probe before it: $probe_tps tokens/s"
-echo "  socket errors: healthz $(field healthz errors), polling $(field poll errors)," \
-    "bc-authorize $(field bc errors), issuance $(field "$tokens_run" errors)"
+echo "  socket errors (of them timeouts, no reply within 2 s): healthz $(field healthz errors)" \
+    "($(field healthz timeouts)), polling $(field poll errors) ($(field poll timeouts))," \
+    "bc-authorize $(field bc errors) ($(field bc timeouts)), issuance" \
+    "$(field "$tokens_run" errors) ($(field "$tokens_run" timeouts))"
 echo "Memory: VmRSS idle $(mib "$rss_idle") MiB, with $pending pending $(mib "$rss_pending")" \
     "MiB, after the runs $(mib "$rss_end") MiB, peak (VmHWM) $(mib "$rss_peak") MiB"
 echo "CPU during each run, in % of one core like top (other: processes outside this bench):"

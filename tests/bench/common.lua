@@ -4,9 +4,10 @@
 -- needs the response, response(). This file provides setup() and done(): setup() gives
 -- each thread an id from 1 to BENCH_THREADS, and done() prints one machine-readable
 -- line for bench.sh:
---   BENCH requests=N duration_us=N p50_us=N p99_us=N errors=N status_errors=N
---         exhausted_threads=N count.<outcome>=N ...
--- where <outcome> is the HTTP status, followed by the OAuth error code for 4xx replies
+--   BENCH requests=N duration_us=N p50_us=N p99_us=N errors=N timeouts=N
+--         status_errors=N exhausted_threads=N count.<outcome>=N ...
+-- where errors counts socket errors and timeouts (no reply within wrk's 2 s timeout),
+-- and <outcome> is the HTTP status, followed by the OAuth error code for 4xx replies
 -- that have one (count.400.slow_down).
 
 bench = {}
@@ -83,6 +84,7 @@ function done(summary, latency, requests)
       "p50_us=" .. latency:percentile(50),
       "p99_us=" .. latency:percentile(99),
       "errors=" .. (e.connect + e.read + e.write + e.timeout),
+      "timeouts=" .. e.timeout,
       "status_errors=" .. e.status,
       "exhausted_threads=" .. exhausted_threads,
    }
