@@ -910,6 +910,28 @@ static void print_help(FILE *out)
             "Exit status: 0 on success, 1 on failure, 2 for a usage error.\n");
 }
 
+/* True when name is the group of at least one command ("client", "user", ...). */
+static bool group_exists(const char *name)
+{
+    for (size_t i = 0; i < ARRAY_LEN(commands); i++) {
+        if (commands[i].group && strcmp(commands[i].group, name) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Prints the commands of one group, as `cibad GROUP --help` shows them. */
+static void print_group_help(FILE *out, const char *group)
+{
+    fprintf(out, "usage: cibad [--config FILE] %s COMMAND [ARGS]\n\nCommands:\n\n",
+            group);
+    for (size_t i = 0; i < ARRAY_LEN(commands); i++) {
+        if (commands[i].group && strcmp(commands[i].group, group) == 0)
+            fprintf(out, "  %s\n      %s\n", commands[i].usage, commands[i].summary);
+    }
+    fprintf(out, "\nEach command takes --help.\n");
+}
+
 /* Finds the command named by argv[0] (and argv[1] for a group). Sets *used to the
  * number of words consumed. Returns NULL after printing why. */
 static const struct command *command_find(int argc, char **argv, int *used)
@@ -981,6 +1003,11 @@ int main(int argc, char **argv)
     if (i == argc) {
         print_help(stderr);
         return EXIT_USAGE;
+    }
+    if (group_exists(argv[i]) && i + 1 < argc &&
+        (strcmp(argv[i + 1], "--help") == 0 || strcmp(argv[i + 1], "-h") == 0)) {
+        print_group_help(stdout, argv[i]);
+        return 0;
     }
     cli.cmd = command_find(argc - i, argv + i, &used);
     if (!cli.cmd)

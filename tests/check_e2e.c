@@ -2982,6 +2982,33 @@ START_TEST(cli_rejects_bad_input)
 }
 END_TEST
 
+START_TEST(cli_group_help)
+{
+    static const struct {
+        const char *group;
+        const char *command; /* one command the group's help must list */
+    } groups[] = {
+        {"client", "client create"},
+        {"user", "user delete"},
+        {"keys", "keys rotate"},
+        {"scope", "scope set"},
+    };
+
+    for (size_t i = 0; i < ARRAY_LEN(groups); i++) {
+        char *out = NULL;
+        int rc = e2e_cli(&srv, &out, groups[i].group, "--help", NULL);
+
+        ck_assert_msg(rc == 0, "cibad %s --help exited with %d", groups[i].group, rc);
+        ck_assert_msg(out && strstr(out, groups[i].command),
+                      "cibad %s --help does not list %s: %s", groups[i].group,
+                      groups[i].command, out ? out : "(no output)");
+        free(out);
+    }
+    /* Without a command the group is still a usage error. */
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "client", NULL), 2);
+}
+END_TEST
+
 /* Issues one token for a fresh approved request and returns the body (new reference). */
 static json_t *issue_tokens(void)
 {
@@ -3209,6 +3236,7 @@ static Suite *e2e_suite(void)
     tcase_add_test(tc, log_holds_no_secrets);
     tcase_add_test(tc, sigterm_stops_cleanly);
     tcase_add_test(tc, cli_rejects_bad_input);
+    tcase_add_test(tc, cli_group_help);
     tcase_add_test(tc, key_rotation_keeps_old_tokens_valid);
     tcase_add_test(tc, database_restart_recovers);
     suite_add_tcase(s, tc);
