@@ -550,8 +550,42 @@ static const char *user_name_clash(json_t *users, const char *subject,
     return NULL;
 }
 
+/* True when value reads as a phone number under any default_country_code the setting
+ * allows (1 to 999), so a later change of the setting cannot make it read as one. */
+static bool reads_as_phone(const char *value)
+{
+    char e164[17], cc[4];
+
+    for (int code = 1; code <= 999; code++) {
+        snprintf(cc, sizeof(cc), "%d", code);
+        if (util_phone_normalize(value, cc, e164) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Checks --subject and --username. A login_hint that reads as a phone number is looked
+ * up by phone number only, so a subject or username that reads as one would never find
+ * its user, and could find another user who has that number. The database cannot
+ * enforce this: a CHECK constraint cannot run util_phone_normalize. */
 static int user_create_check(const char *subject, const char *username)
 {
+    if (subject && reads_as_phone(subject)) {
+        fprintf(stderr,
+                "cibad: invalid --subject \"%s\": it reads as a phone number, and a "
+                "login_hint that does is looked up by phone number only; include a "
+                "letter\n",
+                subject);
+        return EXIT_USAGE;
+    }
+    if (username && reads_as_phone(username)) {
+        fprintf(stderr,
+                "cibad: invalid --username \"%s\": it reads as a phone number, and a "
+                "login_hint that does is looked up by phone number only; include a "
+                "letter\n",
+                username);
+        return EXIT_USAGE;
+    }
     if (subject && !token_ok(subject, USER_FIELD_MAX)) {
         fprintf(stderr,
                 "cibad: --subject must have 1 to %d printable ASCII characters and "
@@ -605,7 +639,16 @@ static int cmd_user_create(struct cli *cli, int argc, char **argv)
         goto out;
 
     rc = 1;
-    sub = subject ? util_strdup(subject) : util_random_token(16);
+    if (subject) {
+        sub = util_strdup(subject);
+    } else {
+        /* 22 base64url characters read as a phone number only when all are digits or
+         * '-', which is unlikely but possible. */
+        do {
+            free(sub);
+            sub = util_random_token(16);
+        } while (reads_as_phone(sub));
+    }
     s = open_db(cli);
     if (!s)
         goto out;

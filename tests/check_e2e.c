@@ -3009,6 +3009,39 @@ START_TEST(cli_group_help)
 }
 END_TEST
 
+START_TEST(cli_rejects_phone_shaped_names)
+{
+    /* Each reads as a phone number, so a login_hint with it would be looked up by phone
+     * number only, and could find another user who has that number. */
+    static const char *const phone_shaped[] = {
+        "15555550108",  "+1 555 555 0108",   "(555) 555-0108",
+        "555.555.0108", "0044 20 7946 0958", "123456",
+    };
+    char *phone = random_phone();
+    char *out = NULL;
+
+    for (size_t i = 0; i < ARRAY_LEN(phone_shaped); i++) {
+        ck_assert_msg(e2e_cli(&srv, NULL, "user", "create", "--phone", phone, "--subject",
+                              phone_shaped[i], NULL) == 2,
+                      "--subject \"%s\" was not rejected", phone_shaped[i]);
+        ck_assert_msg(e2e_cli(&srv, NULL, "user", "create", "--phone", phone,
+                              "--username", phone_shaped[i], NULL) == 2,
+                      "--username \"%s\" was not rejected", phone_shaped[i]);
+    }
+    ck_assert_int_eq(e2e_cli(&srv, &out, "user", "list", "--json", NULL), 0);
+    ck_assert_msg(out && !strstr(out, phone), "a rejected user was stored: %s", out);
+    free(out);
+
+    /* A letter makes the value a name, and such a user is found by it. */
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "user", "create", "--phone", phone, "--subject",
+                             "15555550108a", "--username", "u15555550108", NULL),
+                     0);
+    free(start_auth(&c1, "15555550108a", NULL));
+    free(start_auth(&c1, "u15555550108", NULL));
+    free(phone);
+}
+END_TEST
+
 /* Issues one token for a fresh approved request and returns the body (new reference). */
 static json_t *issue_tokens(void)
 {
@@ -3237,6 +3270,7 @@ static Suite *e2e_suite(void)
     tcase_add_test(tc, sigterm_stops_cleanly);
     tcase_add_test(tc, cli_rejects_bad_input);
     tcase_add_test(tc, cli_group_help);
+    tcase_add_test(tc, cli_rejects_phone_shaped_names);
     tcase_add_test(tc, key_rotation_keeps_old_tokens_valid);
     tcase_add_test(tc, database_restart_recovers);
     suite_add_tcase(s, tc);
