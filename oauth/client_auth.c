@@ -177,14 +177,16 @@ static enum oauth_err take_credentials(struct auth_ctx *ctx, const char *client_
 }
 
 /* Reads "Basic base64(urlencode(id) ':' urlencode(secret))" (RFC 6749 section 2.3.1:
- * split at the first ':', then form-urldecode each part). */
+ * split at the first ':', then form-urldecode each part). A header that cannot be read
+ * is a failed authentication by Basic, so it gets invalid_client, which the error
+ * reply sends as 401 with WWW-Authenticate (RFC 6749 section 5.2). */
 static enum oauth_err read_basic(struct auth_ctx *ctx, const char *header,
                                  const char *body_client_id, const char **description)
 {
     char decoded[AUTHORIZATION_MAX], id[AUTHORIZATION_MAX], secret[AUTHORIZATION_MAX];
     size_t decoded_len = sizeof(decoded) - 1, id_len, secret_len;
     const char *token, *colon;
-    enum oauth_err err = OAUTH_ERR_INVALID_REQUEST;
+    enum oauth_err err = OAUTH_ERR_INVALID_CLIENT;
 
     *description = DESC_MALFORMED;
     /* The scheme name is case-insensitive (RFC 9110 section 11.1). */
@@ -231,7 +233,7 @@ static enum oauth_err read_credentials(struct auth_ctx *ctx,
     if (header) {
         if (strlen(header) > AUTHORIZATION_MAX) {
             *description = DESC_TOO_LONG;
-            return OAUTH_ERR_INVALID_REQUEST;
+            return OAUTH_ERR_INVALID_CLIENT;
         }
         if (secret || assertion) {
             *description = DESC_TWO_METHODS;

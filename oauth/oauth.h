@@ -112,11 +112,13 @@ typedef void (*oauth_client_cb)(void *arg, enum oauth_err err, const char *descr
  * the id and secret are form-urlencoded inside Basic) or client_secret_post. Exactly
  * one method per request, and it must be the one registered for the client. Secrets are
  * compared as SHA-256 hashes in constant time. cb is called later, on the loop thread,
- * exactly once, with invalid_request (malformed or several methods), invalid_client
- * (401: missing, unknown or wrong credentials, or another method than the registered
- * one), temporarily_unavailable (database down) or server_error. Copies the claimed
- * client_id into sr->client_id for log lines as soon as it is read, before it is
- * verified: take the authenticated id from client->client_id. */
+ * exactly once. The error is invalid_request for several methods, or for a body
+ * client_id that differs from the Basic one. It is invalid_client (401) for missing,
+ * unknown or wrong credentials, for an Authorization header that is malformed, too long
+ * or not Basic, and for another method than the registered one. It is
+ * temporarily_unavailable while the database is down, and otherwise server_error.
+ * Copies the claimed client_id into sr->client_id for log lines as soon as it is read,
+ * before it is verified: take the authenticated id from client->client_id. */
 void oauth_client_authenticate(struct server_req *sr, const struct server_form *form,
                                oauth_client_cb cb, void *arg);
 

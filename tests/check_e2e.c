@@ -1512,12 +1512,23 @@ START_TEST(basic_credentials_are_form_decoded)
 }
 END_TEST
 
+/* Returns "Authorization: Basic " followed by base64 of text (new string). */
+static char *basic_of(const char *text)
+{
+    char *b64 = util_b64_encode_new(text, strlen(text));
+    char *line = util_asprintf("Authorization: Basic %s", b64);
+
+    free(b64);
+    return line;
+}
+
 START_TEST(malformed_authorization_rejected)
 {
-    char *no_colon_b64 = util_b64_encode_new(c1.client_id, strlen(c1.client_id));
-    char *no_colon = util_asprintf("Authorization: Basic %s", no_colon_b64);
-    char *bad_escape_b64 = util_b64_encode_new("%zz:%zz", 7);
-    char *bad_escape = util_asprintf("Authorization: Basic %s", bad_escape_b64);
+    char *no_colon = basic_of(c1.client_id);
+    char *bad_escape = basic_of("%zz:%zz");
+    char *nul_escape = basic_of("abc:s%00cret");
+    char *valid = e2e_basic_header(c1.client_id, c1.secret);
+    char *trailing_junk = util_asprintf("%s junk", valid);
     const char *lines[] = {
         "Authorization: Basic !!!not-base64!!!",
         "Authorization: Basic",
@@ -1526,28 +1537,35 @@ START_TEST(malformed_authorization_rejected)
         "Authorization: basicx abc",
         no_colon,
         bad_escape,
+        nul_escape,
+        trailing_junk,
     };
     char *form = e2e_form("scope", SCOPE, "login_hint", u1.phone, NULL);
 
+    /* The client tried the Authorization header, so every failure is 401 invalid_client
+     * with WWW-Authenticate (RFC 6749 section 5.2), at both endpoints. */
     for (size_t i = 0; i < ARRAY_LEN(lines); i++) {
         const char *headers[] = {FORM_TYPE, lines[i], NULL};
         struct e2e_response r = call("POST", "/bc-authorize", headers, form);
-        json_t *body = e2e_json(&r);
-        const char *error = jstr(body, "error");
+        char *token_form = e2e_form("grant_type", CIBA_GRANT, "auth_req_id", "x", NULL);
+        struct e2e_response t = call("POST", "/token", headers, token_form);
 
-        ck_assert_msg(r.status == 401 || r.status == 400, "header %zu: status %d", i,
-                      r.status);
-        ck_assert_msg(error && (strcmp(error, "invalid_client") == 0 ||
-                                strcmp(error, "invalid_request") == 0),
-                      "header %zu: %s", i, r.body);
-        json_decref(body);
+        assert_error(&r, 401, "invalid_client");
+        ck_assert_msg(e2e_header(&r, "WWW-Authenticate") != NULL,
+                      "header %zu: 401 without WWW-Authenticate at /bc-authorize", i);
+        assert_error(&t, 401, "invalid_client");
+        ck_assert_msg(e2e_header(&t, "WWW-Authenticate") != NULL,
+                      "header %zu: 401 without WWW-Authenticate at /token", i);
         e2e_response_free(&r);
+        e2e_response_free(&t);
+        free(token_form);
     }
     free(form);
     free(no_colon);
-    free(no_colon_b64);
     free(bad_escape);
-    free(bad_escape_b64);
+    free(nul_escape);
+    free(trailing_junk);
+    free(valid);
 }
 END_TEST
 
