@@ -9,7 +9,9 @@
 #include "server/http.h"
 #include "storage/storage.h"
 
-/* State of one background delivery; it outlives the HTTP request that started it. */
+/* State of one background delivery; it outlives the HTTP request that started it. It
+ * counts as background work of its worker from ciba_code_deliver to delivery_free, so a
+ * graceful stop waits for the outcome to be recorded. */
 struct delivery_ctx {
     struct server_worker *worker;
     char *request_id;
@@ -19,6 +21,7 @@ struct delivery_ctx {
 
 static void delivery_free(struct delivery_ctx *ctx)
 {
+    server_worker_background_end(ctx->worker);
     free(ctx->request_id);
     free(ctx->client_id);
     free(ctx->auth_req_id_hash);
@@ -80,6 +83,7 @@ void ciba_code_deliver(struct server_worker *w, const struct ciba_code_message *
     char *text = build_text(msg);
 
     ctx->worker = w;
+    server_worker_background_begin(w);
     ctx->request_id = util_strdup(msg->request_id);
     ctx->client_id = util_strdup(msg->client_id);
     ctx->auth_req_id_hash = util_strdup(msg->auth_req_id_hash);

@@ -13,6 +13,7 @@
 #ifndef CIBAD_SERVER_HTTP_H
 #define CIBAD_SERVER_HTTP_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -38,7 +39,18 @@ struct server_worker {
     struct storage_conn *db;
     struct sms_sender *sms;
     struct oauth_keyset *keys; /* this thread's copy, refreshed from the database */
+    /* Background work in progress (SMS deliveries), which may outlive its request; the
+     * main thread reads it while draining. Change it only through the functions below. */
+    atomic_uint background;
 };
+
+/* Counts one piece of background work on w, such as an SMS delivery that a request
+ * starts and that ends after its reply. server_worker_background_end ends the count.
+ * The graceful stop keeps w's loop, database connection and SMS sender running until
+ * every begin has its end, or until the drain time limit passes. Call both on w's
+ * thread, and call end exactly once per begin. */
+void server_worker_background_begin(struct server_worker *w);
+void server_worker_background_end(struct server_worker *w);
 
 // clang-format off
 struct server_req {

@@ -40,8 +40,11 @@
 #define ACCEPT_POLL_MS 10
 /* While draining, how often the main thread checks the workers' counters. */
 #define DRAIN_TICK_MS 50
-/* After the last reply is sent, how long the loops keep running so it is written. */
+/* After the last reply is sent and the last delivery recorded, how long the loops keep
+ * running so the reply is written. */
 #define DRAIN_FLUSH_MS 250
+/* The pause sms/sender.c makes between the two attempts of one SMS. */
+#define SMS_RETRY_PAUSE_MS 200
 
 /* The main thread's state while serving. */
 struct server_main {
@@ -52,7 +55,7 @@ struct server_main {
     int n_threads;
     bool draining;
     int64_t drain_started_ms;
-    int64_t answered_ms; /* when the last open request got its reply; 0 before */
+    int64_t idle_ms; /* since when no request and no delivery is open; 0 while some are */
 };
 
 /* Owned copies of key rows read at startup. */
@@ -391,8 +394,10 @@ static void worker_close(struct server_thread *t)
     if (t->bound)
         evhttp_del_accept_socket(t->http, t->bound);
     /* Both call the callbacks still pending, whose handlers reply while evhttp still
-     * exists. The SMS sender goes first because a send's callback queues a statement,
-     * which storage_conn_free then fails; a failed statement starts no SMS. */
+     * exists. The drain has waited for the deliveries, so sends are pending here only
+     * when it hit its time limit. The SMS sender goes first because a send's callback
+     * queues a statement, which storage_conn_free then fails; a failed statement starts
+     * no SMS. */
     sms_sender_free(t->w.sms);
     storage_conn_free(t->w.db);
     server_http_abandon_all(t);
@@ -480,6 +485,16 @@ static void on_stop_accepting(evutil_socket_t fd, short what, void *arg)
     log_debug("worker %d: listener closed", t->w.index);
 }
 
+void server_worker_background_begin(struct server_worker *w)
+{
+    atomic_fetch_add(&w->background, 1);
+}
+
+void server_worker_background_end(struct server_worker *w)
+{
+    atomic_fetch_sub(&w->background, 1);
+}
+
 /* ---- shutdown, on the main thread ----------------------------------------------------
  */
 
@@ -490,6 +505,25 @@ static size_t count_unanswered(const struct server_main *m)
     for (int i = 0; i < m->n_threads; i++)
         n += atomic_load(&m->threads[i].unanswered);
     return n;
+}
+
+static size_t count_background(const struct server_main *m)
+{
+    size_t n = 0;
+
+    for (int i = 0; i < m->n_threads; i++)
+        n += atomic_load(&m->threads[i].w.background);
+    return n;
+}
+
+/* The maximum time a graceful stop waits. A request in flight gets its reply by
+ * request_deadline_ms, and an SMS delivery it started may then take two gateway
+ * attempts, the pause between them and the statement that records the outcome. The
+ * extra second covers the loops' own latency. */
+static int64_t drain_limit_ms(const struct server_config *cfg)
+{
+    return (int64_t)cfg->request_deadline_ms + 2 * (int64_t)cfg->sms_timeout_ms +
+           SMS_RETRY_PAUSE_MS + cfg->db_timeout_ms + 1000;
 }
 
 static void on_break(evutil_socket_t fd, short what, void *arg)
@@ -518,25 +552,30 @@ static void stop_loops(struct server_main *m, int n_started)
 static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct server_main *m = arg;
-    int64_t now = util_mono_ms();
-    size_t open = count_unanswered(m);
+    int64_t now = util_mono_ms(), limit = drain_limit_ms(m->cfg);
+    size_t open = count_unanswered(m), deliveries = count_background(m);
 
     (void)fd;
     (void)what;
-    if (open == 0 && m->answered_ms == 0) {
-        log_info("every request has its reply after %lld ms",
+    if (open > 0 || deliveries > 0) {
+        /* A reply may start a delivery right after it, so idleness starts over. */
+        m->idle_ms = 0;
+    } else if (m->idle_ms == 0) {
+        log_info("every request has its reply and every delivery its outcome after "
+                 "%lld ms",
                  (long long)(now - m->drain_started_ms));
-        m->answered_ms = now;
+        m->idle_ms = now;
     }
-    if (m->answered_ms && now - m->answered_ms >= DRAIN_FLUSH_MS) {
+    if (m->idle_ms && now - m->idle_ms >= DRAIN_FLUSH_MS) {
         stop_loops(m, m->n_threads);
         return;
     }
-    /* Every request gets its 503 by request_deadline_ms, so this only passes when a
+    /* Requests and deliveries have their own timeouts, so this only passes when a
      * worker is stuck. */
-    if (now - m->drain_started_ms > m->cfg->request_deadline_ms + 1000) {
-        log_warn("%zu requests still unanswered after %d ms; stopping anyway", open,
-                 m->cfg->request_deadline_ms + 1000);
+    if (now - m->drain_started_ms > limit) {
+        log_warn("%zu requests and %zu deliveries still open after %lld ms; stopping "
+                 "anyway",
+                 open, deliveries, (long long)limit);
         stop_loops(m, m->n_threads);
     }
 }
@@ -554,7 +593,8 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     }
     m->draining = true;
     m->drain_started_ms = util_mono_ms();
-    log_info("received %s, draining %zu requests", name, count_unanswered(m));
+    log_info("received %s, draining %zu requests and %zu deliveries", name,
+             count_unanswered(m), count_background(m));
 
     for (int i = 0; i < m->n_threads; i++) {
         if (event_base_once(m->threads[i].w.base, -1, EV_TIMEOUT, on_stop_accepting,

@@ -2968,6 +2968,55 @@ START_TEST(sigterm_stops_cleanly)
 }
 END_TEST
 
+/* Counts the "send_code sent" audit rows of a client, read straight from the database
+ * the server writes to. */
+static long audit_codes_sent(const char *client_id)
+{
+    PGconn *pg = PQconnectdb(getenv("CIBAD_TEST_DATABASE_URL"));
+    const char *params[1] = {client_id};
+    PGresult *res;
+    long count;
+
+    ck_assert_msg(PQstatus(pg) == CONNECTION_OK, "test database: %s", PQerrorMessage(pg));
+    res = PQexecParams(pg,
+                       "SELECT count(*) FROM audit_log WHERE action = 'send_code'"
+                       " AND decision = 'sent' AND client_id = $1",
+                       1, NULL, params, NULL, NULL, 0);
+    ck_assert_int_eq(PQresultStatus(res), PGRES_TUPLES_OK);
+    count = atol(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    PQfinish(pg);
+    return count;
+}
+
+START_TEST(sigterm_waits_for_sms_delivery)
+{
+    static const struct mock_http_reply slow = {
+        .status = 200, .body = "{}", .delay_ms = 2000};
+    struct e2e_response r;
+    char *id, *log;
+
+    /* The gateway takes 2 s; SIGTERM comes right after the 200 of /bc-authorize. The
+     * stop waits for the delivery, so its outcome is recorded and the request stays
+     * pending instead of failing with a message the gateway already has. */
+    mock_http_push_reply(sink, &slow);
+    id = start_auth(&c1, u1.phone, NULL);
+    ck_assert_int_eq(e2e_server_stop(&srv), 0);
+    ck_assert_int_eq(mock_http_count(sink), 1);
+    ck_assert_int_eq(audit_codes_sent(c1.client_id), 1);
+    log = e2e_server_log(&srv);
+    ck_assert_msg(strstr(log, "draining 0 requests and 1 deliveries") != NULL,
+                  "the drain did not count the delivery");
+    free(log);
+
+    start_server();
+    r = poll_token(&c1, id);
+    assert_error(&r, 400, "authorization_pending");
+    e2e_response_free(&r);
+    free(id);
+}
+END_TEST
+
 START_TEST(cli_rejects_bad_input)
 {
     char *out = NULL;
@@ -3286,6 +3335,7 @@ static Suite *e2e_suite(void)
     tc = new_tcase("process", setup_default);
     tcase_add_test(tc, log_holds_no_secrets);
     tcase_add_test(tc, sigterm_stops_cleanly);
+    tcase_add_test(tc, sigterm_waits_for_sms_delivery);
     tcase_add_test(tc, cli_rejects_bad_input);
     tcase_add_test(tc, cli_group_help);
     tcase_add_test(tc, cli_rejects_phone_shaped_names);
