@@ -45,6 +45,10 @@
 #define DRAIN_FLUSH_MS 250
 /* The pause sms/sender.c makes between the two attempts of one SMS. */
 #define SMS_RETRY_PAUSE_MS 200
+/* While the database is unreachable at startup, the wait before the next attempt: it
+ * starts at DB_RETRY_FIRST_MS and doubles up to DB_RETRY_MAX_MS. */
+#define DB_RETRY_FIRST_MS 1000
+#define DB_RETRY_MAX_MS   10000
 
 /* The main thread's state while serving. */
 struct server_main {
@@ -53,9 +57,18 @@ struct server_main {
     struct event *sigterm, *sigint, *drain_timer, *ready_timer;
     struct server_thread *threads;
     int n_threads;
+    bool serving;        /* the worker threads run */
+    bool stop_requested; /* a signal came before serving started */
     bool draining;
     int64_t drain_started_ms;
     int64_t idle_ms; /* since when no request and no delivery is open; 0 while some are */
+};
+
+/* Outcome of prepare_database. */
+enum db_prepare {
+    DB_READY,
+    DB_UNREACHABLE, /* no connection: worth another attempt */
+    DB_FAILED,      /* connected, but the schema or the keys are wrong */
 };
 
 /* Owned copies of key rows read at startup. */
@@ -148,17 +161,17 @@ out:
 }
 
 /* Checks the schema and reads the signing keys, generating the first key when there is
- * none, all with one blocking connection before any loop runs. */
-static int prepare_database(const struct server_config *cfg, struct key_rows *rows)
+ * none, all with one blocking connection before any loop runs. When the connection
+ * fails, returns DB_UNREACHABLE with libpq's reason in err. */
+static enum db_prepare prepare_database(const struct server_config *cfg,
+                                        struct key_rows *rows, char *err, size_t err_len)
 {
-    char err[256];
-    struct storage_sync *s = storage_sync_connect(cfg->database_url, err, sizeof(err));
-    int behind = 0, publish = server_keys_publish_seconds(cfg), rc = -1;
+    struct storage_sync *s = storage_sync_connect(cfg->database_url, err, err_len);
+    int behind = 0, publish = server_keys_publish_seconds(cfg);
+    enum db_prepare rc = DB_FAILED;
 
-    if (!s) {
-        log_error("cannot connect to the database: %s", err);
-        return -1;
-    }
+    if (!s)
+        return DB_UNREACHABLE;
     if (storage_sync_schema_behind(s, cfg->migrations_dir, &behind) != 0) {
         log_error("cannot compare the database schema with %s", cfg->migrations_dir);
         goto out;
@@ -176,7 +189,7 @@ static int prepare_database(const struct server_config *cfg, struct key_rows *ro
             storage_sync_key_each(s, publish, false, collect_key, rows) < 0)
             goto out;
     }
-    rc = 0;
+    rc = DB_READY;
 out:
     storage_sync_close(s);
     return rc;
@@ -587,6 +600,12 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     struct timeval tick = {0, DRAIN_TICK_MS * 1000};
 
     (void)what;
+    if (!m->serving) {
+        log_info("received %s before serving started; stopping", name);
+        m->stop_requested = true;
+        event_base_loopbreak(m->base);
+        return;
+    }
     if (m->draining) {
         log_warn("received %s again; exiting now without waiting for requests", name);
         _exit(1);
@@ -692,6 +711,49 @@ static int main_open(struct server_main *m)
     return 0;
 }
 
+/* Runs the main loop, which handles only SIGTERM and SIGINT yet, for ms milliseconds.
+ * Returns true when a signal asked to stop. */
+static bool main_sleep(struct server_main *m, int ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+
+    if (event_base_loopexit(m->base, &tv) != 0 || event_base_dispatch(m->base) < 0) {
+        log_error("the main event loop failed while waiting for the database");
+        return true;
+    }
+    return m->stop_requested;
+}
+
+/* Prepares the database, trying again while it is unreachable: after 1 s, then twice as
+ * long each time up to 10 s, until it connects or SIGTERM or SIGINT arrives. A signal
+ * that arrives during a connection attempt is handled when the attempt returns.
+ * Returns 0 when ready, 1 when a signal ended the wait, or -1 on a failure that another
+ * attempt cannot fix (logged). */
+static int wait_for_database(struct server_main *m, struct key_rows *rows)
+{
+    int delay_ms = DB_RETRY_FIRST_MS;
+    char err[512];
+
+    for (int attempt = 1;; attempt++) {
+        switch (prepare_database(m->cfg, rows, err, sizeof(err))) {
+        case DB_READY:
+            if (attempt > 1)
+                log_info("connected to the database after %d attempts", attempt);
+            return 0;
+        case DB_FAILED:
+            return -1;
+        case DB_UNREACHABLE:
+            break;
+        }
+        err[strcspn(err, "\n")] = '\0';
+        log_warn("cannot connect to the database (attempt %d): %s; next attempt in %d ms",
+                 attempt, err, delay_ms);
+        if (main_sleep(m, delay_ms))
+            return 1;
+        delay_ms = delay_ms * 2 > DB_RETRY_MAX_MS ? DB_RETRY_MAX_MS : delay_ms * 2;
+    }
+}
+
 static void main_close(struct server_main *m)
 {
     if (m->drain_timer)
@@ -749,9 +811,18 @@ int server_run(const struct server_config *cfg)
     server_config_log(cfg);
     server_routes_init(cfg->issuer);
 
-    if (prepare_database(cfg, &rows) != 0 || check_address_free(cfg->listen) != 0 ||
-        main_open(&m) != 0)
+    if (check_address_free(cfg->listen) != 0 || main_open(&m) != 0)
         goto out;
+    switch (wait_for_database(&m, &rows)) {
+    case 0:
+        break;
+    case 1:
+        log_info("stopped");
+        rc = 0;
+        goto out;
+    default:
+        goto out;
+    }
     m.threads = util_calloc((size_t)m.n_threads, sizeof(*m.threads));
     for (; opened < m.n_threads; opened++) {
         if (worker_open(&m.threads[opened], opened, cfg, &rows) != 0) {
@@ -761,6 +832,7 @@ int server_run(const struct server_config *cfg)
     }
 
     started = start_threads(&m);
+    m.serving = true;
     if (started == m.n_threads && main_wait_accepting(&m) == 0) {
         if (event_base_dispatch(m.base) < 0)
             log_error("the main event loop failed");

@@ -3215,6 +3215,90 @@ START_TEST(database_restart_recovers)
 }
 END_TEST
 
+/* The cluster of serve_waits_for_database, stopped and removed at exit, so a failed
+ * assertion does not leave it running. */
+static char *late_cluster_dir;
+
+static void late_cluster_remove(void)
+{
+    char *cmd;
+
+    if (!late_cluster_dir)
+        return;
+    cmd = util_asprintf("'%s/tests/pg.sh' stop '%s'", getenv("CIBAD_TEST_ROOT"),
+                        late_cluster_dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "cannot remove the cluster in %s\n", late_cluster_dir);
+    free(cmd);
+    free(late_cluster_dir);
+    late_cluster_dir = NULL;
+}
+
+/* Runs tests/pg.sh with the command and the late cluster; returns its exit status. */
+static int late_cluster(const char *command)
+{
+    char *cmd = util_asprintf("'%s/tests/pg.sh' %s '%s' >/dev/null",
+                              getenv("CIBAD_TEST_ROOT"), command, late_cluster_dir);
+    int rc = system(cmd);
+
+    free(cmd);
+    return rc;
+}
+
+/* Starts the halted cluster after 3.5 s; returns NULL, or arg when that failed. */
+static void *start_cluster_later(void *arg)
+{
+    sleep_ms(3500);
+    return late_cluster("restart") == 0 ? NULL : arg;
+}
+
+START_TEST(serve_waits_for_database)
+{
+    const char *root = getenv("CIBAD_TEST_ROOT");
+    const char *pg_dir = getenv("CIBAD_TEST_PG_DIR");
+    char *cmd, url[512] = "", *log;
+    pthread_t starter;
+    void *started;
+    FILE *p;
+
+    ck_assert_msg(root && pg_dir, "CIBAD_TEST_ROOT or CIBAD_TEST_PG_DIR is not set");
+    ck_assert_int_eq(e2e_server_stop(&srv), 0);
+
+    /* A cluster of its own, migrated and then halted. */
+    late_cluster_dir = util_asprintf("%s-late", pg_dir);
+    atexit(late_cluster_remove);
+    cmd = util_asprintf("'%s/tests/pg.sh' start '%s' %d", root, late_cluster_dir,
+                        srv.port % 20000 + 20000);
+    p = popen(cmd, "r");
+    free(cmd);
+    ck_assert_msg(p && fgets(url, sizeof(url), p), "tests/pg.sh start printed nothing");
+    ck_assert_int_eq(pclose(p), 0);
+    url[strcspn(url, "\n")] = '\0';
+    e2e_server_setenv(&srv, "CIBAD_DATABASE_URL", url);
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "migrate", NULL), 0);
+    ck_assert_int_eq(late_cluster("halt"), 0);
+
+    /* serve starts without its database, retries, and is ready once the cluster runs. */
+    ck_assert_int_eq(pthread_create(&starter, NULL, start_cluster_later, url), 0);
+    start_server();
+    pthread_join(starter, &started);
+    ck_assert_msg(started == NULL, "restarting the cluster failed");
+    log = e2e_server_log(&srv);
+    ck_assert_msg(strstr(log, "cannot connect to the database (attempt 1)"),
+                  "no log line for the first failed attempt");
+    ck_assert_msg(strstr(log, "cannot connect to the database (attempt 2)"),
+                  "no log line for the second failed attempt");
+    ck_assert_msg(strstr(log, "next attempt in 2000 ms"), "the wait did not double");
+    ck_assert_msg(strstr(log, "connected to the database after"),
+                  "no log line for the connection");
+    free(log);
+    assert_server_healthy("a start without its database");
+
+    ck_assert_int_eq(e2e_server_stop(&srv), 0);
+    late_cluster_remove();
+}
+END_TEST
+
 /* ---- suite ------------------------------------------------------------------------- */
 
 static TCase *new_tcase(const char *name, void (*setup)(void))
@@ -3341,6 +3425,7 @@ static Suite *e2e_suite(void)
     tcase_add_test(tc, cli_rejects_phone_shaped_names);
     tcase_add_test(tc, key_rotation_keeps_old_tokens_valid);
     tcase_add_test(tc, database_restart_recovers);
+    tcase_add_test(tc, serve_waits_for_database);
     suite_add_tcase(s, tc);
 
     return s;
