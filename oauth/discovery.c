@@ -29,10 +29,9 @@ static json_t *string_array(const char *const *values, size_t n)
                  sizeof((const char *const[]){__VA_ARGS__}) / sizeof(const char *))
 
 /* Builds the metadata from the issuer. Lists only what cibad implements: no signed
- * authentication requests, no user_code, no ping or push delivery, no
- * private_key_jwt. response_types_supported is omitted along with
- * authorization_endpoint, because cibad has no authorization endpoint (RFC 8414
- * section 2 lets a server without one omit both, and CIBA needs neither). */
+ * authentication requests, no user_code, no private_key_jwt. response_types_supported is
+ * omitted along with authorization_endpoint, because cibad has no authorization endpoint
+ * (RFC 8414 section 2 lets a server without one omit both, and CIBA needs neither). */
 static json_t *discovery_document(const char *issuer)
 {
     json_t *doc = json_object();
@@ -43,7 +42,7 @@ static json_t *discovery_document(const char *issuer)
     json_object_set_new(doc, "backchannel_authentication_endpoint",
                         json_sprintf("%s/bc-authorize", issuer));
     json_object_set_new(doc, "backchannel_token_delivery_modes_supported",
-                        STRING_ARRAY("poll"));
+                        STRING_ARRAY("poll", "ping", "push"));
     json_object_set_new(doc, "backchannel_user_code_parameter_supported", json_false());
     json_object_set_new(doc, "grant_types_supported",
                         STRING_ARRAY(OAUTH_GRANT_TYPE_CIBA));
