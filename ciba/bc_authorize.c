@@ -60,9 +60,33 @@ static void bc_free(struct bc_ctx *ctx)
     free(ctx);
 }
 
+/* Appends the "rejected" audit row of a refused request. The client is the one that
+ * authenticated, or else the one the request claimed, so failed authentications are
+ * traceable too. Nothing is recorded while the database is unreachable. */
+static void audit_rejection(struct bc_ctx *ctx, enum oauth_err err)
+{
+    struct server_req *sr = ctx->sr;
+    struct storage_audit row = {
+        .request_id = sr->rid,
+        .client_id = ctx->client ? ctx->client->client_id
+                                 : (sr->client_id[0] ? sr->client_id : NULL),
+        .subject = ctx->subject,
+        .scope = ctx->scope,
+        .action = "bc_authorize",
+        .decision = "rejected",
+        .detail = oauth_err_code(err),
+    };
+
+    if (err == OAUTH_ERR_TEMPORARILY_UNAVAILABLE)
+        return;
+    if (storage_audit_append(sr->worker->db, &row, NULL, NULL) != 0)
+        rlog_warn(sr->rid, row.client_id, "audit row for a rejected request not written");
+}
+
 /* Answers with an error and releases the request's state. */
 static void finish_error(struct bc_ctx *ctx, enum oauth_err err, const char *description)
 {
+    audit_rejection(ctx, err);
     oauth_reply_error(ctx->sr, OAUTH_EP_BACKCHANNEL, err, description);
     bc_free(ctx);
 }
@@ -184,18 +208,35 @@ static unsigned long next_code_point(const unsigned char **p)
     return cp;
 }
 
-/* Rejects characters that cannot be shown faithfully in an SMS or on the page: control
- * characters, line and paragraph separators, and bidirectional overrides (which could
- * make the text read differently from what the client sent). */
+/* Invisible format characters (Unicode category Cf), which would let the text shown
+ * differ from the text the client sent: soft hyphen, zero-width characters, direction
+ * marks and overrides, tags. */
+static const unsigned long format_ranges[][2] = {
+    {0x00ad, 0x00ad},   {0x0600, 0x0605},   {0x061c, 0x061c},   {0x06dd, 0x06dd},
+    {0x070f, 0x070f},   {0x0890, 0x0891},   {0x08e2, 0x08e2},   {0x180e, 0x180e},
+    {0x200b, 0x200f},   {0x202a, 0x202e},   {0x2060, 0x2064},   {0x2066, 0x206f},
+    {0xfeff, 0xfeff},   {0xfff9, 0xfffb},   {0x110bd, 0x110bd}, {0x110cd, 0x110cd},
+    {0x13430, 0x1343f}, {0x1bca0, 0x1bca3}, {0x1d173, 0x1d17a}, {0xe0001, 0xe0001},
+    {0xe0020, 0xe007f},
+};
+
+/* Rejects what cannot be shown faithfully in an SMS or on the page: control characters,
+ * line and paragraph separators, format characters, private-use characters (their
+ * glyphs depend on the phone) and noncharacters. */
 static bool is_displayable(unsigned long cp)
 {
     if (cp < 0x20 || (cp >= 0x7f && cp <= 0x9f))
         return false;
     if (cp == 0x2028 || cp == 0x2029)
         return false;
-    if ((cp >= 0x202a && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069))
+    for (size_t i = 0; i < ARRAY_LEN(format_ranges); i++)
+        if (cp >= format_ranges[i][0] && cp <= format_ranges[i][1])
+            return false;
+    if ((cp >= 0xe000 && cp <= 0xf8ff) || cp >= 0xf0000)
         return false;
-    return cp != 0xfeff;
+    if ((cp >= 0xfdd0 && cp <= 0xfdef) || (cp & 0xfffe) == 0xfffe)
+        return false;
+    return true;
 }
 
 static enum oauth_err check_binding_message(struct bc_ctx *ctx, const char **description)
@@ -316,7 +357,8 @@ static enum oauth_err check_request(struct bc_ctx *ctx, const char **description
     return OAUTH_OK;
 }
 
-/* ---- the flow ------------------------------------------------------------------------ */
+/* ---- the flow ------------------------------------------------------------------------
+ */
 
 static void on_auth_req_stored(void *arg, enum storage_status status)
 {
@@ -417,7 +459,8 @@ static void on_user_found(void *arg, enum storage_status status,
 
     if (status == STORAGE_NOT_FOUND) {
         /* The description never repeats the hint: it may be a phone number. */
-        finish_error(ctx, OAUTH_ERR_UNKNOWN_USER_ID, "login_hint does not name a known user");
+        finish_error(ctx, OAUTH_ERR_UNKNOWN_USER_ID,
+                     "login_hint does not name a known user");
         return;
     }
     if (status != STORAGE_OK) {
@@ -440,8 +483,8 @@ static void find_user(struct bc_ctx *ctx)
     const char *value = ctx->login_hint;
     int rc;
 
-    if (util_phone_normalize(ctx->login_hint, server_config->default_country_code, e164) ==
-        0) {
+    if (util_phone_normalize(ctx->login_hint, server_config->default_country_code,
+                             e164) == 0) {
         kind = STORAGE_HINT_PHONE;
         value = e164;
     }
@@ -450,8 +493,8 @@ static void find_user(struct bc_ctx *ctx)
         finish_error(ctx, OAUTH_ERR_TEMPORARILY_UNAVAILABLE, NULL);
 }
 
-static void on_client_authenticated(void *arg, enum oauth_err err, const char *description,
-                                    struct oauth_client *client)
+static void on_client_authenticated(void *arg, enum oauth_err err,
+                                    const char *description, struct oauth_client *client)
 {
     struct bc_ctx *ctx = arg;
 

@@ -43,7 +43,8 @@ int ciba_push_payload_open(const char *sealed, char **text) MUST_CHECK;
 /* Creates the token response pushed to the client of the approved push request a. It
  * signs an access token and an ID token with w's keys, with auth_time now because the
  * approval is being stored. It adds auth_req_id (CIBA Core 1.0 section 10.3.1) and
- * seals the JSON text. Returns the sealed text (a new string), or NULL after logging why. */
+ * seals the JSON text. Returns the sealed text (a new string), or NULL after logging why.
+ */
 char *ciba_push_payload_new(struct server_worker *w, const struct storage_approval *a);
 
 /* True when addr may be a notification endpoint's address: not unspecified, loopback

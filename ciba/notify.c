@@ -388,7 +388,7 @@ static char *build_body(const struct storage_notification *row, const char *auth
     if (strcmp(row->mode, "push") == 0 && strcmp(row->event, "approved") == 0) {
         if (ciba_push_payload_open(row->payload, &text) != 0)
             *reason = "cannot open the sealed token response (was the server secret "
-                   "changed?)";
+                      "changed?)";
         return text;
     }
     if (strcmp(row->mode, "push") == 0)
@@ -500,7 +500,7 @@ static void attempt_start(struct ciba_notifier *n, const struct storage_notifica
     else if (ciba_notification_secrets_open(row->secrets, row->auth_req_id_hash,
                                             &auth_req_id, &token) != 0)
         reason = "cannot open the sealed notification secrets (was the server secret "
-              "changed?)";
+                 "changed?)";
     else
         body = build_body(row, auth_req_id, &reason);
 

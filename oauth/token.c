@@ -16,10 +16,10 @@
 #include "server/http.h"
 #include "storage/storage.h"
 
-#define CIBA_GRANT_TYPE      "urn:openid:params:grant-type:ciba"
-#define AUTH_REQ_ID_MAX_LEN  128
-#define JTI_BYTES            16
-#define CLAIM_AUTH_REQ_ID    "urn:openid:params:jwt:claim:auth_req_id"
+#define CIBA_GRANT_TYPE     "urn:openid:params:grant-type:ciba"
+#define AUTH_REQ_ID_MAX_LEN 128
+#define JTI_BYTES           16
+#define CLAIM_AUTH_REQ_ID   "urn:openid:params:jwt:claim:auth_req_id"
 
 struct token_ctx {
     struct server_req *sr;
@@ -35,7 +35,8 @@ static void token_free(struct token_ctx *ctx)
     free(ctx);
 }
 
-static void finish_error(struct token_ctx *ctx, enum oauth_err err, const char *description)
+static void finish_error(struct token_ctx *ctx, enum oauth_err err,
+                         const char *description)
 {
     oauth_reply_error(ctx->sr, OAUTH_EP_TOKEN, err, description);
     token_free(ctx);
@@ -152,7 +153,8 @@ static void finish_tokens(struct token_ctx *ctx, const struct storage_poll *poll
     token_free(ctx);
 }
 
-static void on_polled(void *arg, enum storage_status status, const struct storage_poll *poll)
+static void on_polled(void *arg, enum storage_status status,
+                      const struct storage_poll *poll)
 {
     struct token_ctx *ctx = arg;
 
@@ -198,8 +200,8 @@ static bool is_auth_req_id_shaped(const char *id)
     return true;
 }
 
-static void on_client_authenticated(void *arg, enum oauth_err err, const char *description,
-                                    struct oauth_client *client)
+static void on_client_authenticated(void *arg, enum oauth_err err,
+                                    const char *description, struct oauth_client *client)
 {
     struct token_ctx *ctx = arg;
     const char *grant_type = server_form_get(&ctx->form, "grant_type");
@@ -245,8 +247,8 @@ static void on_client_authenticated(void *arg, enum oauth_err err, const char *d
     }
 
     util_sha256_hex(ctx->auth_req_id, strlen(ctx->auth_req_id), id_hash);
-    if (storage_auth_req_poll(ctx->sr->worker->db, id_hash, client->client_id, ctx->sr->rid,
-                              on_polled, ctx) != 0)
+    if (storage_auth_req_poll(ctx->sr->worker->db, id_hash, client->client_id,
+                              ctx->sr->rid, on_polled, ctx) != 0)
         finish_error(ctx, OAUTH_ERR_TEMPORARILY_UNAVAILABLE, NULL);
 }
 

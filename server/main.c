@@ -802,7 +802,8 @@ static int cmd_keys_list(struct cli *cli, int argc, char **argv)
     if (!s)
         return 1;
     list = json_array();
-    rc = storage_sync_key_each(s, server_keys_publish_seconds(&cli->cfg), all, collect_key, list);
+    rc = storage_sync_key_each(s, server_keys_publish_seconds(&cli->cfg), all,
+                               collect_key, list);
     storage_sync_close(s);
     if (rc < 0) {
         fprintf(stderr, "cibad: cannot list the signing keys\n");

@@ -182,14 +182,17 @@ out:
 /* ---- signing keys refresh, on each worker
  * ------------------------------------------------ */
 
-/* A string that changes whenever the set of keys or their state changes. */
+/* A string that changes whenever the set of keys or their state changes, including
+ * when the current key's pre-publication delay runs out and it starts to sign. */
 static char *keys_fingerprint(const struct storage_key *keys, size_t n)
 {
+    int64_t signs_after = util_now_s() - server_config->key_prepublish_seconds;
     char *fp = util_strdup("");
 
     for (size_t i = 0; i < n; i++) {
-        char *next =
-            util_asprintf("%s%s:%lld,", fp, keys[i].kid, (long long)keys[i].retired_at);
+        bool published_long_enough = keys[i].created_at <= signs_after;
+        char *next = util_asprintf("%s%s:%lld:%d,", fp, keys[i].kid,
+                                   (long long)keys[i].retired_at, published_long_enough);
 
         free(fp);
         fp = next;

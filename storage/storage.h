@@ -81,8 +81,8 @@ struct storage_client {
     const char *scope;                           /* space-separated allowed scopes */
     const char *backchannel_token_delivery_mode; /* poll | ping | push */
     const char *backchannel_client_notification_endpoint; /* NULL for poll */
-    const char *grant_types;                     /* space-separated */
-    int64_t created_at;                          /* Unix seconds */
+    const char *grant_types;                              /* space-separated */
+    int64_t created_at;                                   /* Unix seconds */
 };
 
 typedef void (*storage_client_cb)(void *arg, enum storage_status status,
@@ -129,10 +129,10 @@ struct storage_auth_req_new {
     int interval;                /* initial poll interval, seconds */
     const unsigned char *otp_hmac;
     size_t otp_hmac_len;
-    int otp_lifetime;       /* seconds the first code stays valid */
-    int sms_per_phone_max;  /* codes allowed per phone number ... */
+    int otp_lifetime;         /* seconds the first code stays valid */
+    int sms_per_phone_max;    /* codes allowed per phone number ... */
     int sms_per_phone_window; /* ... in this many seconds */
-    const char *request_id; /* for the audit row */
+    const char *request_id;   /* for the audit row */
     /* poll, ping or push, as the client is registered; NULL means poll. */
     const char *delivery_mode;
     /* Sealed auth_req_id and client_notification_token, as ciba/ wrote them; required
@@ -143,8 +143,9 @@ struct storage_auth_req_new {
 /* Inserts the request, counts a code against the phone number's quota and appends the
  * "request accepted" audit row, all in one statement. STORAGE_LIMITED when the phone
  * number has reached its quota (nothing is inserted then). */
-int storage_auth_req_create(struct storage_conn *db, const struct storage_auth_req_new *in,
-                            storage_done_cb cb, void *arg) MUST_CHECK;
+int storage_auth_req_create(struct storage_conn *db,
+                            const struct storage_auth_req_new *in, storage_done_cb cb,
+                            void *arg) MUST_CHECK;
 
 /* Appends "code sent" to the audit log. STORAGE_NOT_FOUND when there is no such
  * request. */
@@ -211,11 +212,11 @@ struct storage_approval {
      * to its description, for example {"openid":"Confirm who you are"}. */
     const char *scope_descriptions;
     enum storage_auth_req_status status;
-    int64_t expires_at;          /* Unix seconds */
-    int64_t otp_expires_at;      /* Unix seconds */
-    int64_t otp_sent_at;         /* Unix seconds of the latest code */
-    int otp_attempts;            /* wrong codes entered so far */
-    int otp_generation;          /* bumped on every resend; used as a version */
+    int64_t expires_at;     /* Unix seconds */
+    int64_t otp_expires_at; /* Unix seconds */
+    int64_t otp_sent_at;    /* Unix seconds of the latest code */
+    int otp_attempts;       /* wrong codes entered so far */
+    int otp_generation;     /* bumped on every resend; used as a version */
     const unsigned char *otp_hmac;
     size_t otp_hmac_len;
     int64_t now;                      /* the database's clock, Unix seconds */
@@ -313,7 +314,8 @@ typedef void (*storage_notifications_cb)(void *arg, enum storage_status status,
 /* Claims up to max_rows notifications that are due, oldest first, and returns them.
  * Rows are picked with FOR UPDATE SKIP LOCKED. The same statement moves each claimed
  * row's next attempt lease_ms ahead and raises its attempt count, so concurrent claims
- * on any connection or instance never return one row twice while a lease runs. A row whose claimer dies becomes due again when its lease ends. */
+ * on any connection or instance never return one row twice while a lease runs. A row
+ * whose claimer dies becomes due again when its lease ends. */
 int storage_notification_claim(struct storage_conn *db, int max_rows, int lease_ms,
                                storage_notifications_cb cb, void *arg) MUST_CHECK;
 
@@ -336,11 +338,11 @@ int storage_notification_record(struct storage_conn *db, int64_t id, int attempt
 
 struct storage_key {
     const char *kid;
-    const char *alg;          /* ES256 */
-    const char *private_key;  /* sealed private key, as oauth/ wrote it */
-    const char *public_jwk;   /* JSON object text */
-    int64_t created_at;       /* Unix seconds */
-    int64_t retired_at;       /* 0 while it is the current signing key */
+    const char *alg;         /* ES256 */
+    const char *private_key; /* sealed private key, as oauth/ wrote it */
+    const char *public_jwk;  /* JSON object text */
+    int64_t created_at;      /* Unix seconds */
+    int64_t retired_at;      /* 0 while it is the current signing key */
 };
 
 typedef void (*storage_keys_cb)(void *arg, enum storage_status status,
@@ -351,16 +353,17 @@ typedef void (*storage_keys_cb)(void *arg, enum storage_status status,
 int storage_keys_load(struct storage_conn *db, int publish_seconds, storage_keys_cb cb,
                       void *arg) MUST_CHECK;
 
-/* ---- audit -------------------------------------------------------------------------- */
+/* ---- audit --------------------------------------------------------------------------
+ */
 
 struct storage_audit {
     const char *request_id;
-    const char *client_id;   /* may be NULL */
-    const char *subject;     /* may be NULL */
-    const char *scope;       /* may be NULL */
-    const char *action;      /* bc_authorize, token, approve, ... */
-    const char *decision;    /* accepted, rejected, issued, refused, ... */
-    const char *detail;      /* error code or reason, may be NULL; never a secret */
+    const char *client_id;        /* may be NULL */
+    const char *subject;          /* may be NULL */
+    const char *scope;            /* may be NULL */
+    const char *action;           /* bc_authorize, token, approve, ... */
+    const char *decision;         /* accepted, rejected, issued, refused, ... */
+    const char *detail;           /* error code or reason, may be NULL; never a secret */
     const char *auth_req_id_hash; /* may be NULL */
     const char *attestation;      /* "sms_otp" or NULL for "none" */
 };
@@ -369,12 +372,14 @@ struct storage_audit {
 int storage_audit_append(struct storage_conn *db, const struct storage_audit *row,
                          storage_done_cb cb, void *arg) MUST_CHECK;
 
-/* ---- blocking API for the command line and startup ------------------------------------ */
+/* ---- blocking API for the command line and startup ------------------------------------
+ */
 
 struct storage_sync;
 
 /* Connects; on failure writes the reason to err and returns NULL. */
-struct storage_sync *storage_sync_connect(const char *conninfo, char *err, size_t err_len);
+struct storage_sync *storage_sync_connect(const char *conninfo, char *err,
+                                          size_t err_len);
 void storage_sync_close(struct storage_sync *s);
 
 /* Applies every migrations/NNNN_name.sql in dir not yet recorded, in order, each in its
@@ -414,14 +419,16 @@ int storage_sync_user_each(struct storage_sync *s,
                            void (*fn)(void *arg, const struct storage_user *u),
                            void *arg) MUST_CHECK;
 /* Deletes by subject or username. Returns 1, 0 when not found, or -1. */
-int storage_sync_user_delete(struct storage_sync *s, const char *subject_or_name) MUST_CHECK;
+int storage_sync_user_delete(struct storage_sync *s,
+                             const char *subject_or_name) MUST_CHECK;
 
 /* Sets the plain-words description shown on the approval page for a scope (inserted or
  * replaced). Returns 0 or -1. */
 int storage_sync_scope_set(struct storage_sync *s, const char *name,
                            const char *description) MUST_CHECK;
 int storage_sync_scope_each(struct storage_sync *s,
-                            void (*fn)(void *arg, const char *name, const char *description),
+                            void (*fn)(void *arg, const char *name,
+                                       const char *description),
                             void *arg) MUST_CHECK;
 
 /* Adds a key and makes it the current signing key: the previous current key gets

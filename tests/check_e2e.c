@@ -25,6 +25,7 @@
 #include <sys/socket.h>
 
 #include <jansson.h>
+#include <libpq-fe.h>
 
 #include "tests/check_runner.h"
 #include "tests/e2e_client.h"
@@ -1205,10 +1206,75 @@ START_TEST(bc_unknown_user)
 }
 END_TEST
 
+/* Counts audit rows of /bc-authorize rejections with the given detail, read straight
+ * from the database the server writes to. The row is written after the reply, so the
+ * count is polled for up to 5 s until it reaches want. */
+static long audit_rejections(const char *detail, const char *client_id, long want)
+{
+    PGconn *pg = PQconnectdb(getenv("CIBAD_TEST_DATABASE_URL"));
+    const char *params[2] = {detail, client_id};
+    long count = -1;
+
+    ck_assert_msg(PQstatus(pg) == CONNECTION_OK, "test database: %s", PQerrorMessage(pg));
+    for (int i = 0; i < 50 && count < want; i++) {
+        PGresult *res = PQexecParams(pg,
+                                     "SELECT count(*) FROM audit_log WHERE action ="
+                                     " 'bc_authorize' AND decision = 'rejected' AND"
+                                     " detail = $1 AND client_id = $2",
+                                     2, NULL, params, NULL, NULL, 0);
+
+        ck_assert_int_eq(PQresultStatus(res), PGRES_TUPLES_OK);
+        count = atol(PQgetvalue(res, 0, 0));
+        PQclear(res);
+        if (count < want)
+            usleep(100 * 1000);
+    }
+    PQfinish(pg);
+    return count;
+}
+
+START_TEST(bc_rejections_are_audited)
+{
+    struct e2e_response r;
+    struct test_client wrong = c1;
+
+    r = bc_authorize(&c1, e2e_form("scope", "payments", "login_hint", u1.phone, NULL));
+    assert_error(&r, 400, "invalid_scope");
+    e2e_response_free(&r);
+    ck_assert_int_eq(audit_rejections("invalid_scope", c1.client_id, 1), 1);
+
+    wrong.secret = "not-the-secret";
+    r = bc_authorize(&wrong, e2e_form("scope", SCOPE, "login_hint", u1.phone, NULL));
+    assert_error(&r, 401, "invalid_client");
+    e2e_response_free(&r);
+    ck_assert_int_eq(audit_rejections("invalid_client", c1.client_id, 1), 1);
+}
+END_TEST
+
 START_TEST(bc_binding_message_invalid)
 {
     static const char *const bad[] = {
-        "line\nbreak", "tab\there", "bell\x07", "del\x7f", "bidi \xe2\x80\xae override",
+        "line\nbreak",
+        "tab\there",
+        "bell\x07",
+        "del\x7f",
+        "bidi \xe2\x80\xae override",
+        /* invisible: right-to-left mark, zero-width space, soft hyphen, Arabic letter
+         * mark, a tag character; then private use and a noncharacter */
+        "Pay\xe2\x80\x8f"
+        "10",
+        "Pay\xe2\x80\x8b"
+        "10",
+        "Pay\xc2\xad"
+        "10",
+        "Pay\xd8\x9c"
+        "10",
+        "Pay\xf3\xa0\x81\x81"
+        "10",
+        "Pay\xee\x80\x80"
+        "10",
+        "Pay\xef\xbf\xbf"
+        "10",
     };
     char long_message[66];
     char max_message[65];
@@ -2194,15 +2260,24 @@ START_TEST(page_security_headers)
                   value ? value : "(none)");
     e2e_response_free(&r);
 
-    /* A POST made from another site's page is refused. */
+    /* A POST made from another site's page is refused, whether the browser says so
+     * with Sec-Fetch-Site or only with a foreign Origin. */
     {
-        const char *headers[] = {FORM_TYPE, "Origin: http://evil.example", NULL};
+        static const char *const cross_site[][2] = {
+            {"Origin: http://evil.example", NULL},
+            {"Origin: null", "Sec-Fetch-Site: cross-site"},
+            {"Origin: http://evil.example", "Sec-Fetch-Site: same-site"},
+        };
         char *path = approve_path(sms.ref);
         char *form = e2e_form("action", "deny", NULL);
 
-        r = call("POST", path, headers, form);
-        ck_assert_msg(r.status == 403, "cross-origin POST: %d", r.status);
-        e2e_response_free(&r);
+        for (size_t i = 0; i < ARRAY_LEN(cross_site); i++) {
+            const char *headers[] = {FORM_TYPE, cross_site[i][0], cross_site[i][1], NULL};
+
+            r = call("POST", path, headers, form);
+            ck_assert_msg(r.status == 403, "cross-site POST %zu: %d", i, r.status);
+            e2e_response_free(&r);
+        }
         free(path);
         free(form);
     }
@@ -2210,18 +2285,20 @@ START_TEST(page_security_headers)
     assert_error(&r, 400, "authorization_pending");
     e2e_response_free(&r);
 
-    /* The page's own origin is accepted. */
+    /* What a browser sends from the page itself: under Referrer-Policy: no-referrer the
+     * Origin is "null", and Sec-Fetch-Site says same-origin. */
     {
-        char *origin = util_asprintf("Origin: %s", srv.issuer);
-        const char *headers[] = {FORM_TYPE, origin, NULL};
+        const char *headers[] = {FORM_TYPE, "Origin: null", "Sec-Fetch-Site: same-origin",
+                                 NULL};
         char *path = approve_path(sms.ref);
         char *form = e2e_form("action", "deny", NULL);
 
         r = call("POST", path, headers, form);
         ck_assert_msg(r.status == 200 && body_has(&r, "Denied"),
                       "same-origin deny: %d %s", r.status, r.body);
+        ck_assert_msg(!body_has(&r, "wrong codes"),
+                      "a plain deny reads as too many wrong codes");
         e2e_response_free(&r);
-        free(origin);
         free(path);
         free(form);
     }
@@ -3057,6 +3134,7 @@ static Suite *e2e_suite(void)
     tcase_add_test(tc, bc_unsupported_hints);
     tcase_add_test(tc, bc_unknown_user);
     tcase_add_test(tc, bc_binding_message_invalid);
+    tcase_add_test(tc, bc_rejections_are_audited);
     tcase_add_test(tc, bc_requested_expiry_invalid);
     tcase_add_test(tc, bc_requested_expiry_clamped);
     tcase_add_test(tc, bc_invalid_client);

@@ -2435,15 +2435,16 @@ static long long outbox_count(PGconn *pg, const char *id_hash)
 
 static char *outbox_text(PGconn *pg, const char *column, const char *id_hash)
 {
-    char *sql = util_asprintf("SELECT %s FROM notification WHERE auth_req_id_hash = $1",
-                              column);
+    char *sql =
+        util_asprintf("SELECT %s FROM notification WHERE auth_req_id_hash = $1", column);
     char *value = raw_text(pg, sql, id_hash);
 
     free(sql);
     return value;
 }
 
-static struct approval_res decide_notify_now(struct storage_conn *db, const char *ref_hash,
+static struct approval_res decide_notify_now(struct storage_conn *db,
+                                             const char *ref_hash,
                                              enum storage_decision decision,
                                              const char *payload)
 {
@@ -2703,7 +2704,8 @@ START_TEST(outbox_claims_never_overlap)
     for (int round = 0; round < 100; round++) {
         struct claim_res drain = {0};
 
-        ck_assert_int_eq(storage_notification_claim(db1, 64, 600000, on_claim, &drain), 0);
+        ck_assert_int_eq(storage_notification_claim(db1, 64, 600000, on_claim, &drain),
+                         0);
         wait_calls(&drain.calls, 1);
         if (drain.n == 0)
             break;
@@ -2715,8 +2717,9 @@ START_TEST(outbox_claims_never_overlap)
         size_t total;
 
         if (round > 0) {
-            raw_exec(pg, "UPDATE notification SET next_attempt_at = now() - interval '1 s'"
-                         " WHERE client_id = $1",
+            raw_exec(pg,
+                     "UPDATE notification SET next_attempt_at = now() - interval '1 s'"
+                     " WHERE client_id = $1",
                      client_id);
         }
         /* Both claims run at the same time on two connections. */
@@ -2757,12 +2760,14 @@ START_TEST(outbox_claims_never_overlap)
 END_TEST
 
 static enum storage_status record_now(struct storage_conn *db, int64_t id, int attempt,
-                                      enum storage_notification_outcome outcome, int delay)
+                                      enum storage_notification_outcome outcome,
+                                      int delay)
 {
     struct done_res res = {0};
 
     ck_assert_int_eq(storage_notification_record(db, id, attempt, outcome, delay,
-                                                 "ping approved: HTTP 500", on_done, &res),
+                                                 "ping approved: HTTP 500", on_done,
+                                                 &res),
                      0);
     wait_calls(&res.calls, 1);
     return res.status;
@@ -2784,8 +2789,9 @@ START_TEST(outbox_lease_and_record)
                     client_id);
     id = strtoll(id_text, NULL, 10);
     /* Make it the only due row: push every other row away. */
-    raw_exec(pg, "UPDATE notification SET next_attempt_at = now() + interval '1 day'"
-                 " WHERE client_id <> $1",
+    raw_exec(pg,
+             "UPDATE notification SET next_attempt_at = now() + interval '1 day'"
+             " WHERE client_id <> $1",
              client_id);
 
     ck_assert_int_eq(storage_notification_claim(db, 10, 300, on_claim, &first), 0);
@@ -2805,9 +2811,8 @@ START_TEST(outbox_lease_and_record)
     ck_assert_int_eq(second.attempts[0], 2);
     ck_assert_int_eq(record_now(db, id, 1, STORAGE_NOTIFICATION_DELIVERED, 0),
                      STORAGE_NOT_FOUND);
-    ck_assert_int_eq(raw_int(pg, "SELECT count(*) FROM notification WHERE id = $1",
-                             id_text),
-                     1);
+    ck_assert_int_eq(
+        raw_int(pg, "SELECT count(*) FROM notification WHERE id = $1", id_text), 1);
 
     /* A retry makes it due after the delay, with last_error kept. */
     ck_assert_int_eq(record_now(db, id, 2, STORAGE_NOTIFICATION_RETRY, 0), STORAGE_OK);
@@ -2820,10 +2825,10 @@ START_TEST(outbox_lease_and_record)
     wait_calls(&third.calls, 1);
     ck_assert_uint_eq(third.n, 1);
     ck_assert_int_eq(third.attempts[0], 3);
-    ck_assert_int_eq(record_now(db, id, 3, STORAGE_NOTIFICATION_DELIVERED, 0), STORAGE_OK);
-    ck_assert_int_eq(raw_int(pg, "SELECT count(*) FROM notification WHERE id = $1",
-                             id_text),
-                     0);
+    ck_assert_int_eq(record_now(db, id, 3, STORAGE_NOTIFICATION_DELIVERED, 0),
+                     STORAGE_OK);
+    ck_assert_int_eq(
+        raw_int(pg, "SELECT count(*) FROM notification WHERE id = $1", id_text), 0);
     ck_assert_int_eq(record_now(db, id, 3, STORAGE_NOTIFICATION_DELIVERED, 0),
                      STORAGE_NOT_FOUND);
     ck_assert_int_eq(audit_count(pg, hash, "notify", "retry"), 1);
@@ -2832,11 +2837,11 @@ START_TEST(outbox_lease_and_record)
     /* Bad arguments queue nothing. */
     ck_assert_int_eq(storage_notification_claim(db, 0, 1000, on_claim, &third), -1);
     ck_assert_int_eq(storage_notification_claim(db, 5, 0, on_claim, &third), -1);
-    ck_assert_int_eq(storage_notification_record(db, id, 0, STORAGE_NOTIFICATION_FAILED, 0,
-                                                 NULL, on_done, NULL),
+    ck_assert_int_eq(storage_notification_record(db, id, 0, STORAGE_NOTIFICATION_FAILED,
+                                                 0, NULL, on_done, NULL),
                      -1);
-    ck_assert_int_eq(storage_notification_record(db, id, 1, STORAGE_NOTIFICATION_RETRY, -1,
-                                                 NULL, on_done, NULL),
+    ck_assert_int_eq(storage_notification_record(db, id, 1, STORAGE_NOTIFICATION_RETRY,
+                                                 -1, NULL, on_done, NULL),
                      -1);
     free(hash);
     free(id_text);
@@ -2860,17 +2865,17 @@ START_TEST(outbox_failed_row_deleted)
     id_text = raw_text(pg, "SELECT id FROM notification WHERE client_id = $1", client_id);
     hash = raw_text(pg, "SELECT auth_req_id_hash FROM notification WHERE client_id = $1",
                     client_id);
-    raw_exec(pg, "UPDATE notification SET next_attempt_at = now() + interval '1 day'"
-                 " WHERE client_id <> $1",
+    raw_exec(pg,
+             "UPDATE notification SET next_attempt_at = now() + interval '1 day'"
+             " WHERE client_id <> $1",
              client_id);
     ck_assert_int_eq(storage_notification_claim(db, 10, 60000, on_claim, &claimed), 0);
     wait_calls(&claimed.calls, 1);
     ck_assert_uint_eq(claimed.n, 1);
     ck_assert_int_eq(record_now(db, claimed.ids[0], 1, STORAGE_NOTIFICATION_FAILED, 0),
                      STORAGE_OK);
-    ck_assert_int_eq(raw_int(pg, "SELECT count(*) FROM notification WHERE id = $1",
-                             id_text),
-                     0);
+    ck_assert_int_eq(
+        raw_int(pg, "SELECT count(*) FROM notification WHERE id = $1", id_text), 0);
     ck_assert_int_eq(audit_count(pg, hash, "notify", "failed"), 1);
     /* Deleting the client drops its notifications. */
     client_id = (free(client_id), outbox_fill(pg, 2));
@@ -2880,9 +2885,9 @@ START_TEST(outbox_failed_row_deleted)
         ck_assert_int_eq(storage_sync_client_delete(s, client_id), 1);
         storage_sync_close(s);
     }
-    ck_assert_int_eq(raw_int(pg, "SELECT count(*) FROM notification WHERE client_id = $1",
-                             client_id),
-                     0);
+    ck_assert_int_eq(
+        raw_int(pg, "SELECT count(*) FROM notification WHERE client_id = $1", client_id),
+        0);
     free(hash);
     free(id_text);
     free(client_id);

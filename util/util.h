@@ -12,7 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MUST_CHECK __attribute__((warn_unused_result))
+#define MUST_CHECK   __attribute__((warn_unused_result))
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 /* Allocation: these log and abort on out-of-memory, so callers never check. */
@@ -63,7 +63,8 @@ int64_t util_now_s(void);
 int64_t util_mono_ms(void);
 
 /* Parses a decimal integer that must fill the whole string, lie in [min, max] and have
- * no sign other than a leading '-' when min < 0. Returns 0 and stores the value, or -1. */
+ * no sign other than a leading '-' when min < 0. Returns 0 and stores the value, or -1.
+ */
 int util_parse_int64(const char *s, int64_t min, int64_t max, int64_t *out) MUST_CHECK;
 
 /* Normalizes a phone number to E.164 ("+" and 8 to 15 digits). Accepts spaces, dots,
