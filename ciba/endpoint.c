@@ -133,6 +133,9 @@ static int check_literal_host(const char *raw_host, bool allow_loopback, char *e
     return 0;
 }
 
+/* TODO: nothing checks that the endpoint's host belongs to the client (for example a
+ * list of the client's verified domains), so the operator who registers a client must
+ * check it, or pings and pushed tokens can go to a third party. */
 int ciba_notification_endpoint_check(const char *url, bool allow_loopback, char *err,
                                      size_t err_len)
 {
