@@ -379,22 +379,12 @@ static void decide(struct approve_ctx *ctx, const struct storage_approval *a,
         finish_storage_error(ctx, STORAGE_UNAVAILABLE);
 }
 
-static bool is_code_shaped(const char *code)
-{
-    if (!code || strlen(code) != SMS_OTP_DIGITS)
-        return false;
-    for (const char *p = code; *p; p++)
-        if (!isdigit((unsigned char)*p))
-            return false;
-    return true;
-}
-
 static void approve_with_code(struct approve_ctx *ctx, const struct storage_approval *a)
 {
     const char *code = server_form_get(&ctx->form, "code");
 
     /* Input that cannot be a code is not a guess: it does not use up an attempt. */
-    if (!is_code_shaped(code)) {
+    if (!code || !sms_otp_well_formed(code)) {
         ctx->notice = "Enter the 6-digit code from the SMS.";
         render(ctx, a);
         return;

@@ -17,10 +17,9 @@
 #include "server/http.h"
 #include "storage/storage.h"
 
-#define CIBA_GRANT_TYPE "urn:openid:params:grant-type:ciba"
-#define MAX_HINT_LEN    255
-#define MAX_SCOPE_LEN   1024
-#define MAX_ACR_LEN     255
+#define MAX_HINT_LEN  255
+#define MAX_SCOPE_LEN 1024
+#define MAX_ACR_LEN   255
 
 struct bc_ctx {
     struct server_req *sr;
@@ -182,32 +181,6 @@ static enum oauth_err check_hints(struct bc_ctx *ctx, const char **description)
     return OAUTH_OK;
 }
 
-/* Decodes one UTF-8 sequence (the form parser already rejected invalid UTF-8). */
-static unsigned long next_code_point(const unsigned char **p)
-{
-    const unsigned char *s = *p;
-    unsigned long cp;
-    int extra;
-
-    if (s[0] < 0x80) {
-        cp = s[0];
-        extra = 0;
-    } else if ((s[0] & 0xe0) == 0xc0) {
-        cp = s[0] & 0x1f;
-        extra = 1;
-    } else if ((s[0] & 0xf0) == 0xe0) {
-        cp = s[0] & 0x0f;
-        extra = 2;
-    } else {
-        cp = s[0] & 0x07;
-        extra = 3;
-    }
-    for (int i = 1; i <= extra && s[i]; i++)
-        cp = cp << 6 | (s[i] & 0x3f);
-    *p = s + 1 + extra;
-    return cp;
-}
-
 /* Invisible format characters (Unicode category Cf), which would let the text shown
  * differ from the text the client sent: soft hyphen, zero-width characters, direction
  * marks and overrides, tags. */
@@ -242,13 +215,16 @@ static bool is_displayable(unsigned long cp)
 static enum oauth_err check_binding_message(struct bc_ctx *ctx, const char **description)
 {
     const char *message = server_form_get(&ctx->form, "binding_message");
-    const unsigned char *p;
+    const char *p, *end;
     int chars = 0;
 
     if (!message)
         return OAUTH_OK;
-    for (p = (const unsigned char *)message; *p; chars++) {
-        if (!is_displayable(next_code_point(&p))) {
+    end = message + strlen(message);
+    for (p = message; p < end; chars++) {
+        int32_t cp = util_utf8_next(&p, end);
+
+        if (cp < 0 || !is_displayable((unsigned long)cp)) {
             *description = "binding_message contains a character that cannot be shown";
             return OAUTH_ERR_INVALID_BINDING_MESSAGE;
         }
@@ -504,7 +480,7 @@ static void on_client_authenticated(void *arg, enum oauth_err err,
     }
     ctx->client = client;
 
-    if (!oauth_scope_has(client->grant_types, CIBA_GRANT_TYPE)) {
+    if (!oauth_scope_has(client->grant_types, OAUTH_GRANT_TYPE_CIBA)) {
         finish_error(ctx, OAUTH_ERR_UNAUTHORIZED_CLIENT,
                      "the client is not registered for the CIBA grant");
         return;

@@ -16,7 +16,6 @@
 #include "server/http.h"
 #include "storage/storage.h"
 
-#define CIBA_GRANT_TYPE     "urn:openid:params:grant-type:ciba"
 #define AUTH_REQ_ID_MAX_LEN 128
 #define JTI_BYTES           16
 #define CLAIM_AUTH_REQ_ID   "urn:openid:params:jwt:claim:auth_req_id"
@@ -217,12 +216,12 @@ static void on_client_authenticated(void *arg, enum oauth_err err,
         finish_error(ctx, OAUTH_ERR_INVALID_REQUEST, "grant_type is required");
         return;
     }
-    if (strcmp(grant_type, CIBA_GRANT_TYPE) != 0) {
+    if (strcmp(grant_type, OAUTH_GRANT_TYPE_CIBA) != 0) {
         finish_error(ctx, OAUTH_ERR_UNSUPPORTED_GRANT_TYPE,
-                     "only urn:openid:params:grant-type:ciba is supported");
+                     "only " OAUTH_GRANT_TYPE_CIBA " is supported");
         return;
     }
-    if (!oauth_scope_has(client->grant_types, CIBA_GRANT_TYPE)) {
+    if (!oauth_scope_has(client->grant_types, OAUTH_GRANT_TYPE_CIBA)) {
         finish_error(ctx, OAUTH_ERR_UNAUTHORIZED_CLIENT,
                      "the client is not registered for the CIBA grant");
         return;

@@ -20,7 +20,6 @@
 /* parse_args result when --help was given and the usage is printed. */
 #define ARGS_HELP (-1)
 
-#define CIBA_GRANT_TYPE       "urn:openid:params:grant-type:ciba"
 #define CLIENT_NAME_MAX       100 /* characters, as the client table allows */
 #define ID_MAX                128 /* client_id bytes, as the client table allows */
 #define USER_FIELD_MAX        255 /* subject and username characters */
@@ -405,7 +404,7 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
         .scope = scope_list,
         .backchannel_token_delivery_mode = mode,
         .backchannel_client_notification_endpoint = endpoint,
-        .grant_types = CIBA_GRANT_TYPE,
+        .grant_types = OAUTH_GRANT_TYPE_CIBA,
     };
     if (storage_sync_client_create(s, &c, err, sizeof(err)) != 0) {
         fprintf(stderr, "cibad: cannot create client %s: %s\n", id, err);
@@ -418,7 +417,7 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
                              "backchannel_token_delivery_mode", mode,
                              "backchannel_client_notification_endpoint",
                              endpoint ? json_string(endpoint) : json_null(),
-                             "grant_types", CIBA_GRANT_TYPE));
+                             "grant_types", OAUTH_GRANT_TYPE_CIBA));
     } else {
         printf("client_id:     %s\nclient_secret: %s\n", id, secret);
         printf(

@@ -17,8 +17,9 @@
 # Settings (environment): BENCH_THREADS (2), BENCH_CONNECTIONS (32), BENCH_DURATION
 # (seconds, 10), BENCH_USERS (1000), BENCH_PING_SECONDS (2, the bc-authorize run that
 # makes the ping requests), CIBAD_WORKERS (2), BENCH_KEEP=1 keeps the working
-# directory, BENCH_PERF=1 records a perf profile of each run into it, CIBAD_BIN and
-# BENCH_SINK name the binaries (make bench sets CIBAD_BIN).
+# directory, BENCH_PERF=1 records a perf profile of each run into it, BENCH_PG_DURABLE=1
+# turns fsync, synchronous_commit and full_page_writes back on, CIBAD_BIN and BENCH_SINK
+# name the binaries (make bench sets CIBAD_BIN).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -52,6 +53,9 @@ tmp=$(mktemp -d /tmp/cibad-bench.XXXXXX)
 chmod 755 "$tmp" # the postgres user must reach the cluster below it
 out=$tmp/out
 mkdir -p "$out"
+# A copy, because other builds in the same tree may relink the binary during the runs.
+cp "$bin" "$tmp/cibad"
+bin=$tmp/cibad
 cibad_pid='' sink_pid='' ping_sink_pid='' time_pid='' perf_pid='' pg_started=0
 
 cleanup() {
@@ -232,6 +236,16 @@ base_url=$("$here/pg.sh" start "$tmp/pg" "$pg_port")
 pg_started=1
 psql "$base_url" -qAtc "CREATE DATABASE cibad" >/dev/null
 db_url=${base_url/dbname=postgres/dbname=cibad}
+if [[ ${BENCH_PG_DURABLE:-0} == 1 ]]; then
+    # pg.sh turns them off on the command line, which no other setting overrides, so
+    # restart with pg.sh's other options and the defaults (on) for these three.
+    pg_bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    as_owner=()
+    [[ $(id -u) -eq 0 ]] && as_owner=(runuser -u postgres --)
+    "${as_owner[@]}" "$pg_bindir/pg_ctl" -D "$tmp/pg/data" -l "$tmp/pg/server.log" -m fast \
+        -w restart -o "-c listen_addresses= -k $tmp/pg/sock -p $pg_port \
+        -c max_connections=200" >/dev/null
+fi
 
 export CIBAD_DATABASE_URL=$db_url
 export CIBAD_MIGRATIONS_DIR=$root/migrations
@@ -495,9 +509,9 @@ row() {
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 pg_version=$(sql "SHOW server_version" | cut -d' ' -f1)
-pg_settings=$(sql "SELECT string_agg(name || '=' || setting, ', ' ORDER BY name)
-    FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes',
-    'shared_buffers')")
+pg_settings=$(sql "SELECT string_agg(name || '=' || current_setting(name), ', ')
+    FROM unnest(ARRAY['fsync', 'synchronous_commit', 'full_page_writes', 'shared_buffers'])
+    AS name")
 
 echo
 echo "cibad bench, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, load average before" \
@@ -505,7 +519,7 @@ echo "cibad bench, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, load average
 echo "cibad: $workers workers, log_level=warn, http SMS driver to the loopback sink"
 echo "wrk: -t$threads -c$connections, ${duration}s per run (issuance ${token_seconds}s)," \
     "$users users"
-echo "PostgreSQL $pg_version on a unix socket: $pg_settings (8kB pages)"
+echo "PostgreSQL $pg_version on a unix socket: $pg_settings"
 echo
 row_format='%-33s %7s %-8s %6s %6s  %-24s %s\n'
 printf "$row_format" scenario rate unit "p50 ms" "p99 ms" target result
@@ -541,9 +555,9 @@ busy_runs=''
 for run in healthz poll bc approve tokens ping; do
     printf '  %-13s  %s\n' "$run:" "${cpu[$run]}"
     other=$(grep -oE 'other [0-9]+' <<<"${cpu[$run]}" | cut -d' ' -f2)
-    ((${other:-0} <= 20)) || busy_runs="$busy_runs $run"
+    ((${other:-0} <= 20)) || busy_runs="$busy_runs${busy_runs:+, }$run"
 done
 if [[ -n $busy_runs ]]; then
-    echo "WARNING: processes outside this bench used more than 20% of a core during:" \
-        "$busy_runs. Those figures are low; run make bench again on an idle machine."
+    echo "WARNING: processes outside this bench used more than 20% of a core during" \
+        "$busy_runs. Those figures are low, so run make bench again on an idle machine."
 fi
