@@ -326,6 +326,8 @@ static void on_decided(void *arg, enum storage_status status,
     case STORAGE_OK:
         if (a->status == STORAGE_AR_PENDING)
             ctx->notice = "Wrong code.";
+        else if (a->delivery_mode && strcmp(a->delivery_mode, "poll") != 0)
+            ciba_notifier_kick(ctx->sr->worker); /* the decision queued a notification */
         render(ctx, a);
         return;
     case STORAGE_CONFLICT:
@@ -350,12 +352,29 @@ static void on_decided(void *arg, enum storage_status status,
     }
 }
 
+/* Applies the decision. Approving a push request creates the tokens now: the same
+ * statement stores them, sealed, for the notification endpoint, and marks the request
+ * redeemed. */
 static void decide(struct approve_ctx *ctx, const struct storage_approval *a,
                    enum storage_decision decision)
 {
-    int rc = storage_approval_decide(
+    char *push_payload = NULL;
+    int rc;
+
+    if (decision == STORAGE_DECIDE_APPROVE && a->delivery_mode &&
+        strcmp(a->delivery_mode, "push") == 0) {
+        push_payload = ciba_push_payload_new(ctx->sr->worker, a);
+        if (!push_payload) {
+            rlog_error(ctx->sr->rid, a->client_id,
+                       "cannot create the tokens to push; the request stays pending");
+            finish_storage_error(ctx, STORAGE_ERROR);
+            return;
+        }
+    }
+    rc = storage_approval_decide_notify(
         ctx->sr->worker->db, ctx->ref_hash, a->otp_generation, a->otp_attempts, decision,
-        server_config->otp_max_attempts, ctx->sr->rid, on_decided, ctx);
+        server_config->otp_max_attempts, push_payload, ctx->sr->rid, on_decided, ctx);
+    free(push_payload);
     if (rc != 0)
         finish_storage_error(ctx, STORAGE_UNAVAILABLE);
 }

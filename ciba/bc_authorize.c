@@ -3,7 +3,9 @@
  *
  * The flow, one callback per step, in the order they run:
  *   handle -> on_client_authenticated -> on_user_found -> on_auth_req_stored -> reply,
- * then the code goes out by SMS in the background (delivery.c).
+ * then the code goes out by SMS in the background (delivery.c). For a ping or push
+ * client the request also stores its auth_req_id and client_notification_token, sealed,
+ * for the notification sent when the request ends (notify.c).
  */
 #include "ciba/ciba.h"
 #include "ciba/ciba_int.h"
@@ -29,6 +31,7 @@ struct bc_ctx {
     const char *login_hint;
     const char *binding_message;
     const char *acr_values;
+    const char *notification_token; /* ping and push only; a bearer secret */
     int expires_in;
 
     /* The user the hint names. */
@@ -257,6 +260,49 @@ static enum oauth_err check_expiry(struct bc_ctx *ctx, const char **description)
     return OAUTH_OK;
 }
 
+/* b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"=" (RFC 6750
+ * section 2.1), the syntax CIBA Core 1.0 section 7.1 gives client_notification_token. */
+static bool is_b64token(const char *s)
+{
+    const char *p = s;
+
+    while ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') ||
+           (*p >= '0' && *p <= '9') || (*p && strchr("-._~+/", *p)))
+        p++;
+    if (p == s)
+        return false;
+    while (*p == '=')
+        p++;
+    return *p == '\0';
+}
+
+/* A ping or push client must send client_notification_token, the bearer token cibad
+ * presents to its notification endpoint; a poll client's is ignored. The token is a
+ * secret, so no description repeats it. */
+static enum oauth_err check_notification_token(struct bc_ctx *ctx,
+                                               const char **description)
+{
+    const char *token = server_form_get(&ctx->form, "client_notification_token");
+
+    if (strcmp(ctx->client->backchannel_token_delivery_mode, "poll") == 0)
+        return OAUTH_OK;
+    if (!token) {
+        *description = "client_notification_token is required in ping and push mode";
+        return OAUTH_ERR_INVALID_REQUEST;
+    }
+    if (strlen(token) > CIBA_NOTIFICATION_TOKEN_MAX) {
+        *description = "client_notification_token is longer than 1024 characters";
+        return OAUTH_ERR_INVALID_REQUEST;
+    }
+    if (!is_b64token(token)) {
+        *description = "client_notification_token must use the RFC 6750 b64token "
+                       "characters";
+        return OAUTH_ERR_INVALID_REQUEST;
+    }
+    ctx->notification_token = token;
+    return OAUTH_OK;
+}
+
 static enum oauth_err check_request(struct bc_ctx *ctx, const char **description)
 {
     enum oauth_err err;
@@ -275,6 +321,8 @@ static enum oauth_err check_request(struct bc_ctx *ctx, const char **description
     if ((err = check_binding_message(ctx, description)) != OAUTH_OK)
         return err;
     if ((err = check_expiry(ctx, description)) != OAUTH_OK)
+        return err;
+    if ((err = check_notification_token(ctx, description)) != OAUTH_OK)
         return err;
 
     ctx->acr_values = server_form_get(&ctx->form, "acr_values");
@@ -319,8 +367,11 @@ static void on_auth_req_stored(void *arg, enum storage_status status)
     /* The delivery copies what it needs and outlives this request. */
     ciba_code_deliver(worker, &msg);
 
-    body = json_pack("{s:s, s:i, s:i}", "auth_req_id", ctx->auth_req_id, "expires_in",
-                     ctx->expires_in, "interval", server_config->poll_interval);
+    body = json_pack("{s:s, s:i}", "auth_req_id", ctx->auth_req_id, "expires_in",
+                     ctx->expires_in);
+    /* A push client never polls, so it gets no interval (CIBA Core 1.0 section 7.3). */
+    if (strcmp(ctx->client->backchannel_token_delivery_mode, "push") != 0)
+        json_object_set_new(body, "interval", json_integer(server_config->poll_interval));
     server_req_add_header(sr, "Cache-Control", "no-store");
     server_reply_json(sr, 200, body);
     bc_free(ctx);
@@ -331,6 +382,8 @@ static void store_auth_req(struct bc_ctx *ctx)
 {
     const struct server_config *cfg = server_config;
     unsigned char otp_hmac[SMS_OTP_HMAC_LEN];
+    char *secrets = NULL;
+    int rc;
 
     ctx->auth_req_id = util_random_token(CIBA_AUTH_REQ_ID_BYTES);
     util_sha256_hex(ctx->auth_req_id, strlen(ctx->auth_req_id), ctx->auth_req_id_hash);
@@ -338,6 +391,14 @@ static void store_auth_req(struct bc_ctx *ctx)
     util_sha256_hex(ctx->ref, strlen(ctx->ref), ctx->ref_hash);
     sms_otp_generate(ctx->code);
     ciba_code_hmac(ctx->auth_req_id_hash, 0, ctx->code, otp_hmac);
+    if (ctx->notification_token) {
+        secrets =
+            ciba_notification_secrets_seal(ctx->auth_req_id, ctx->notification_token);
+        if (!secrets) {
+            finish_error(ctx, OAUTH_ERR_SERVER_ERROR, NULL);
+            return;
+        }
+    }
 
     struct storage_auth_req_new in = {
         .auth_req_id_hash = ctx->auth_req_id_hash,
@@ -356,9 +417,14 @@ static void store_auth_req(struct bc_ctx *ctx)
         .sms_per_phone_max = cfg->sms_per_phone_max,
         .sms_per_phone_window = cfg->sms_per_phone_window,
         .request_id = ctx->sr->rid,
+        .delivery_mode = ctx->client->backchannel_token_delivery_mode,
+        .notification_secrets = secrets,
     };
 
-    if (storage_auth_req_create(ctx->sr->worker->db, &in, on_auth_req_stored, ctx) != 0)
+    /* The statement copies its parameters when it is queued. */
+    rc = storage_auth_req_create(ctx->sr->worker->db, &in, on_auth_req_stored, ctx);
+    free(secrets);
+    if (rc != 0)
         finish_error(ctx, OAUTH_ERR_TEMPORARILY_UNAVAILABLE, NULL);
 }
 
@@ -419,13 +485,6 @@ static void on_client_authenticated(void *arg, enum oauth_err err,
                      "the client is not registered for the CIBA grant");
         return;
     }
-    if (strcmp(client->backchannel_token_delivery_mode, "poll") != 0) {
-        /* TODO: ping and push delivery are not implemented yet. */
-        finish_error(ctx, OAUTH_ERR_UNAUTHORIZED_CLIENT,
-                     "only the poll delivery mode is supported");
-        return;
-    }
-
     err = check_request(ctx, &description);
     if (err != OAUTH_OK) {
         finish_error(ctx, err, description);

@@ -1,6 +1,7 @@
 /* delivery.c - sending a one-time code by SMS and recording the outcome
  * SPDX-License-Identifier: MIT
  */
+#include "ciba/ciba.h"
 #include "ciba/ciba_int.h"
 
 #include <string.h>
@@ -17,6 +18,7 @@ struct delivery_ctx {
     char *request_id;
     char *client_id;
     char *auth_req_id_hash;
+    bool failed; /* the SMS failed and the request is being denied */
 };
 
 static void delivery_free(struct delivery_ctx *ctx)
@@ -36,6 +38,9 @@ static void on_outcome_recorded(void *arg, enum storage_status status)
         rlog_error(ctx->request_id, ctx->client_id,
                    "recording the SMS delivery outcome failed (storage status %d)",
                    (int)status);
+    /* Denying a ping or push request queued a notification. */
+    if (status == STORAGE_OK && ctx->failed)
+        ciba_notifier_kick(ctx->worker);
     delivery_free(ctx);
 }
 
@@ -51,6 +56,7 @@ static void on_sms_sent(void *arg, bool ok, const char *reason)
     } else {
         rlog_warn(ctx->request_id, ctx->client_id,
                   "SMS delivery failed (%s); denying the authentication request", reason);
+        ctx->failed = true;
         rc = storage_auth_req_fail_delivery(db, ctx->auth_req_id_hash, reason,
                                             ctx->request_id, on_outcome_recorded, ctx);
     }

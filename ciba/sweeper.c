@@ -21,7 +21,8 @@ static bool sweep_running;
 
 static void on_swept(void *arg, enum storage_status status, int expired, int purged)
 {
-    (void)arg;
+    struct server_worker *w = arg;
+
     sweep_running = false;
     if (status != STORAGE_OK) {
         log_warn("expiry sweep failed (storage status %d); retrying in %d s", (int)status,
@@ -31,6 +32,9 @@ static void on_swept(void *arg, enum storage_status status, int expired, int pur
     if (expired > 0 || purged > 0)
         log_info("expiry sweep: %d requests expired, %d old requests deleted", expired,
                  purged);
+    /* Expiring a pending ping or push request queued a notification. */
+    if (expired > 0)
+        ciba_notifier_kick(w);
 }
 
 static void on_sweep_timer(evutil_socket_t fd, short events, void *arg)
@@ -41,8 +45,7 @@ static void on_sweep_timer(evutil_socket_t fd, short events, void *arg)
     (void)events;
     if (sweep_running)
         return;
-    if (storage_auth_req_sweep(w->db, server_config->tombstone_seconds, on_swept, NULL) ==
-        0)
+    if (storage_auth_req_sweep(w->db, server_config->tombstone_seconds, on_swept, w) == 0)
         sweep_running = true;
 }
 

@@ -166,6 +166,46 @@ json_t *oauth_jws_verify(const struct oauth_keyset *ks, const char *token,
 /* The left half of SHA-256 of token, base64url: at_hash for ID tokens. new string. */
 char *oauth_half_hash(const char *token);
 
+/* ---- sealing secrets at rest ------------------------------------------------------- */
+
+/* The longest sealed text oauth_unseal accepts. */
+#define OAUTH_SEAL_MAX_LEN 65536
+
+/* Encrypts len bytes of data with AES-256-GCM under a key derived from the server
+ * secret and label (each kind of secret has its own label, for example "cibad
+ * notification seal v1"), with a fresh random nonce. Returns the sealed text
+ * "v1.NONCE.CIPHERTEXT" (base64url parts; a new string), or NULL on failure. */
+char *oauth_seal(const char *secret, const char *label, const void *data, size_t len);
+
+/* Decrypts a text made by oauth_seal with the same secret and label. On success stores
+ * a new buffer in *out (NUL-terminated after its *out_len bytes; the caller wipes and
+ * frees it) and returns 0. Returns -1 for a malformed or oversized text, a wrong secret
+ * or label, or a modified ciphertext. */
+int oauth_unseal(const char *secret, const char *label, const char *sealed,
+                 unsigned char **out, size_t *out_len) MUST_CHECK;
+
+/* ---- token responses ----------------------------------------------------------------
+ */
+
+/* An approved CIBA grant, as the token endpoint redeems it and as push delivery sends
+ * it. Strings are borrowed. */
+struct oauth_grant {
+    const char *client_id;
+    const char *subject;
+    const char *scope; /* the approved scope */
+    const char
+        *auth_req_id;  /* for the ID token's urn:openid:params:jwt:claim:auth_req_id */
+    int64_t auth_time; /* Unix seconds of the approval */
+};
+
+/* Signs an RFC 9068 access token and an ID token (with at_hash and the auth_req_id
+ * claim) for grant with the signing key of ks, and returns the token response
+ * {"access_token", "token_type": "Bearer", "expires_in", "id_token", "scope"} as a new
+ * reference, or NULL when signing failed (no usable signing key). The tokens are
+ * bearer secrets: wipe any text dumped from the result before freeing it. */
+json_t *oauth_token_response_new(const struct oauth_keyset *ks,
+                                 const struct oauth_grant *grant);
+
 /* ---- endpoints --------------------------------------------------------------------- */
 
 void oauth_token_handle(struct server_req *sr);

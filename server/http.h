@@ -28,6 +28,7 @@ struct evdns_base;
 struct storage_conn;
 struct sms_sender;
 struct oauth_keyset;
+struct ciba_notifier;
 
 /* A handler reads keys when it signs or verifies and keeps no pointer to it across a
  * callback, because the worker replaces the keyset when the keys in the database
@@ -38,7 +39,8 @@ struct server_worker {
     struct evdns_base *dns;
     struct storage_conn *db;
     struct sms_sender *sms;
-    struct oauth_keyset *keys; /* this thread's copy, refreshed from the database */
+    struct oauth_keyset *keys;      /* this thread's copy, refreshed from the database */
+    struct ciba_notifier *notifier; /* ping and push delivery; see ciba/ciba.h */
     /* Background work in progress (SMS deliveries), which may outlive its request; the
      * main thread reads it while draining. Change it only through the functions below. */
     atomic_uint background;

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "ciba/ciba.h"
 #include "oauth/oauth.h"
 #include "storage/storage.h"
 
@@ -314,13 +315,38 @@ static int client_create_check(const char *name, const char *client_id,
                 method);
         return EXIT_USAGE;
     }
-    if (strcmp(mode, "ping") == 0 || strcmp(mode, "push") == 0) {
-        fprintf(stderr, "cibad: --delivery-mode %s is not supported yet; use poll\n",
+    if (strcmp(mode, "poll") != 0 && strcmp(mode, "ping") != 0 &&
+        strcmp(mode, "push") != 0) {
+        fprintf(stderr,
+                "cibad: invalid --delivery-mode \"%s\": expected poll, ping or push\n",
                 mode);
         return EXIT_USAGE;
     }
-    if (strcmp(mode, "poll") != 0) {
-        fprintf(stderr, "cibad: invalid --delivery-mode \"%s\": expected poll\n", mode);
+    return 0;
+}
+
+/* Checks --notification-endpoint against --delivery-mode (CIBA Core 1.0 section 4: ping
+ * and push clients need an https endpoint, poll clients have none). */
+static int client_endpoint_check(const char *mode, const char *endpoint,
+                                 const struct server_config *cfg)
+{
+    char err[256];
+
+    if (strcmp(mode, "poll") == 0) {
+        if (!endpoint)
+            return 0;
+        fprintf(stderr, "cibad: --notification-endpoint is only for the ping and push "
+                        "delivery modes\n");
+        return EXIT_USAGE;
+    }
+    if (!endpoint) {
+        fprintf(stderr, "cibad: --delivery-mode %s needs --notification-endpoint URL\n",
+                mode);
+        return EXIT_USAGE;
+    }
+    if (ciba_notification_endpoint_check(endpoint, cfg->notification_allow_loopback, err,
+                                         sizeof(err)) != 0) {
+        fprintf(stderr, "cibad: invalid --notification-endpoint: %s\n", err);
         return EXIT_USAGE;
     }
     return 0;
@@ -329,12 +355,16 @@ static int client_create_check(const char *name, const char *client_id,
 static int cmd_client_create(struct cli *cli, int argc, char **argv)
 {
     const char *name = NULL, *scope = NULL, *client_id = NULL, *method = NULL,
-               *mode = NULL;
+               *mode = NULL, *endpoint = NULL;
     bool as_json = false;
     struct cli_opt opts[] = {
-        {"--name", &name, NULL},           {"--scope", &scope, NULL},
-        {"--client-id", &client_id, NULL}, {"--auth-method", &method, NULL},
-        {"--delivery-mode", &mode, NULL},  {"--json", NULL, &as_json},
+        {"--name", &name, NULL},
+        {"--scope", &scope, NULL},
+        {"--client-id", &client_id, NULL},
+        {"--auth-method", &method, NULL},
+        {"--delivery-mode", &mode, NULL},
+        {"--json", NULL, &as_json},
+        {"--notification-endpoint", &endpoint, NULL},
     };
     char *scope_list = NULL, *id = NULL, *secret = NULL, hash[65], err[512];
     struct storage_sync *s = NULL;
@@ -350,6 +380,8 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
     method = method ? method : "client_secret_basic";
     mode = mode ? mode : "poll";
     rc = client_create_check(name, client_id, method, mode);
+    if (rc == 0)
+        rc = client_endpoint_check(mode, endpoint, &cli->cfg);
     if (rc != 0)
         return rc;
     scope_list = scope_normalize(scope);
@@ -371,6 +403,7 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
         .token_endpoint_auth_method = method,
         .scope = scope_list,
         .backchannel_token_delivery_mode = mode,
+        .backchannel_client_notification_endpoint = endpoint,
         .grant_types = OAUTH_GRANT_TYPE_CIBA,
     };
     if (storage_sync_client_create(s, &c, err, sizeof(err)) != 0) {
@@ -378,11 +411,13 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
         goto out;
     }
     if (as_json) {
-        print_json(json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "client_id", id,
+        print_json(json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:o, s:s}", "client_id", id,
                              "client_secret", secret, "client_name", name,
                              "token_endpoint_auth_method", method, "scope", scope_list,
-                             "backchannel_token_delivery_mode", mode, "grant_types",
-                             OAUTH_GRANT_TYPE_CIBA));
+                             "backchannel_token_delivery_mode", mode,
+                             "backchannel_client_notification_endpoint",
+                             endpoint ? json_string(endpoint) : json_null(),
+                             "grant_types", OAUTH_GRANT_TYPE_CIBA));
     } else {
         printf("client_id:     %s\nclient_secret: %s\n", id, secret);
         printf(
@@ -925,7 +960,8 @@ static const struct command commands[] = {
     {NULL, "migrate", "migrate", "Apply the database migrations not applied yet.", cmd_migrate},
     {"client", "create",
      "client create --name NAME --scope \"openid ...\" [--client-id ID]\n"
-     "         [--auth-method client_secret_basic|client_secret_post] [--delivery-mode poll] [--json]",
+     "         [--auth-method client_secret_basic|client_secret_post]\n"
+     "         [--delivery-mode poll|ping|push [--notification-endpoint https://...]] [--json]",
      "Register a client and print its secret, once.", cmd_client_create},
     {"client", "list", "client list [--json]", "List the registered clients.", cmd_client_list},
     {"client", "show", "client show ID [--json]", "Show one client.", cmd_client_show},

@@ -474,10 +474,14 @@ static void *worker_main(void *arg)
     start_accept_timer(t);
     if (t->w.index == 0)
         ciba_sweeper_start(&t->w);
+    /* Without it, pings and pushes still go out from the other workers and instances. */
+    if (ciba_notifier_start(&t->w) != 0)
+        log_error("worker %d: no ping and push delivery on this worker", t->w.index);
     if (event_base_loop(t->w.base, EVLOOP_NO_EXIT_ON_EMPTY) < 0)
         log_error("worker %d: event loop failed", t->w.index);
     if (t->w.index == 0)
         ciba_sweeper_stop(&t->w);
+    ciba_notifier_stop(&t->w);
     worker_close(t);
     return NULL;
 }

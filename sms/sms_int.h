@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <sys/socket.h>
+
 #include <event2/http.h>
 #include <openssl/ssl.h>
 
@@ -42,6 +44,11 @@ struct sms_http_request {
     int timeout_ms;           /* whole attempt: DNS, connect, TLS, send and response */
     size_t max_response_body; /* 0: SMS_HTTP_MAX_RESPONSE_BODY */
     bool allow_http_loopback; /* see sms_http_url_check */
+    /* Called with the address the request would connect to (the resolved one, or the
+     * URL's IP literal) before connecting. When it returns false, nothing is sent and
+     * the attempt fails with SMS_HTTP_ERR_ADDRESS. NULL allows every address. */
+    bool (*address_allowed)(const struct sockaddr *addr, void *arg);
+    void *address_arg;
 };
 
 /* Cause of an attempt that got no HTTP response. */
@@ -52,6 +59,7 @@ enum sms_http_error {
     SMS_HTTP_ERR_TLS,       /* handshake or certificate verification failed */
     SMS_HTTP_ERR_TOO_LARGE, /* the response body or headers were over the limit */
     SMS_HTTP_ERR_PROTOCOL,  /* the response could not be parsed */
+    SMS_HTTP_ERR_ADDRESS,   /* address_allowed rejected the address; nothing was sent */
 };
 
 /* The outcome of one attempt, valid only during the completion callback. */

@@ -10,10 +10,13 @@
 #   4. POST /token, pending          polling: authorization_pending and slow_down
 #   5. POST /approve/REF             approves every request with the code from its SMS
 #   6. POST /token, approved         issuance: every 200 is one token response
+#   7. ping delivery                 requests of a ping client, approved, then the time
+#                                    from each approval to its callback at a second sink
 # and prints the figures next to the targets. Everything it starts is stopped on exit.
 #
 # Settings (environment): BENCH_THREADS (2), BENCH_CONNECTIONS (32), BENCH_DURATION
-# (seconds, 10), BENCH_USERS (1000), CIBAD_WORKERS (2), BENCH_KEEP=1 keeps the working
+# (seconds, 10), BENCH_USERS (1000), BENCH_PING_SECONDS (2, the bc-authorize run that
+# makes the ping requests), CIBAD_WORKERS (2), BENCH_KEEP=1 keeps the working
 # directory, BENCH_PERF=1 records a perf profile of each run into it, BENCH_PG_DURABLE=1
 # turns fsync, synchronous_commit and full_page_writes back on, CIBAD_BIN and BENCH_SINK
 # name the binaries (make bench sets CIBAD_BIN).
@@ -37,6 +40,7 @@ target_tokens_ps=5000
 target_bc_rps=5000
 target_p99_ms=20
 target_rss_mib=64
+target_ping_p99_ms=50
 
 for tool in wrk psql curl openssl /usr/bin/time; do
     command -v "$tool" >/dev/null || { echo "bench: $tool not found; run make deps" >&2; exit 1; }
@@ -52,16 +56,16 @@ mkdir -p "$out"
 # A copy, because other builds in the same tree may relink the binary during the runs.
 cp "$bin" "$tmp/cibad"
 bin=$tmp/cibad
-cibad_pid='' sink_pid='' time_pid='' perf_pid='' pg_started=0
+cibad_pid='' sink_pid='' ping_sink_pid='' time_pid='' perf_pid='' pg_started=0
 
 cleanup() {
     local pid
     # GNU time ignores SIGINT and does not forward SIGTERM, so stop wrk itself.
     [[ -n $time_pid ]] && kill -TERM "$(wrk_pid)" 2>/dev/null || true
-    for pid in "$perf_pid" "$cibad_pid" "$sink_pid"; do
+    for pid in "$perf_pid" "$cibad_pid" "$sink_pid" "$ping_sink_pid"; do
         [[ -n $pid ]] && kill -TERM "$pid" 2>/dev/null || true
     done
-    for pid in "$time_pid" "$perf_pid" "$cibad_pid" "$sink_pid"; do
+    for pid in "$time_pid" "$perf_pid" "$cibad_pid" "$sink_pid" "$ping_sink_pid"; do
         [[ -n $pid ]] && wait "$pid" 2>/dev/null || true
     done
     [[ $pg_started == 1 ]] && "$here/pg.sh" stop "$tmp/pg"
@@ -222,6 +226,10 @@ pg_port=$(free_port)
 http_port=$(free_port)
 sink_port=$(free_port)
 while [[ $sink_port == "$http_port" ]]; do sink_port=$(free_port); done
+ping_port=$(free_port)
+while [[ $ping_port == "$http_port" || $ping_port == "$sink_port" ]]; do
+    ping_port=$(free_port)
+done
 
 say "starting PostgreSQL in $tmp/pg"
 base_url=$("$here/pg.sh" start "$tmp/pg" "$pg_port")
@@ -253,6 +261,16 @@ client_secret=$(sed -nE 's/.*"client_secret": *"([^"]+)".*/\1/p' <<<"$client_jso
 BENCH_AUTH="Basic $(printf 'bench:%s' "$client_secret" | base64 -w 0)"
 export BENCH_AUTH
 
+# A ping client whose notification endpoint is a second sink on loopback. The sink
+# accepts only "Bearer $sms_token", so the requests use that as client_notification_token.
+export CIBAD_NOTIFICATION_ALLOW_LOOPBACK=true
+ping_json=$("$bin" client create --name "Bench ping agent" --scope openid \
+    --client-id bench-ping --delivery-mode ping \
+    --notification-endpoint "http://127.0.0.1:$ping_port/ping" --json)
+ping_secret=$(sed -nE 's/.*"client_secret": *"([^"]+)".*/\1/p' <<<"$ping_json")
+[[ -n $ping_secret ]] || { echo "bench: no client_secret in: $ping_json" >&2; exit 1; }
+ping_auth="Basic $(printf 'bench-ping:%s' "$ping_secret" | base64 -w 0)"
+
 # Users bu1000001... with phones +15551000001... Each gets an equal share of the codes,
 # so no phone reaches CIBAD_SMS_PER_PHONE_MAX.
 say "creating $users users"
@@ -264,6 +282,8 @@ seq "$user_first" $((user_first + users - 1)) |
 
 "$sink_bin" "$sink_port" "$out/sms.jsonl" "$sms_token" 2>"$out/sink.log" &
 sink_pid=$!
+"$sink_bin" "$ping_port" "$out/ping.jsonl" "$sms_token" 2>"$out/ping_sink.log" &
+ping_sink_pid=$!
 
 say "starting cibad on 127.0.0.1:$http_port with $workers workers"
 CIBAD_LISTEN=127.0.0.1:$http_port CIBAD_ISSUER=http://127.0.0.1:$http_port \
@@ -402,6 +422,64 @@ else
     token_seconds=$probe_seconds
     cpu[tokens]="(not measured)"
 fi
+
+# ---- 7. ping delivery --------------------------------------------------------------
+
+# Requests of the ping client, their SMS codes, their approvals, and then the pings at
+# the second sink. The audit log has the time of each approval (the decide statement)
+# and of each delivery (recorded after the sink's reply), so the latency below runs from
+# the committed approval to the recorded 2xx: a little more than until the callback.
+ping_seconds=${BENCH_PING_SECONDS:-2}
+mkdir -p "$out/ping"
+sms_before=$(wc -l <"$out/sms.jsonl")
+say "7/7 ping: POST /bc-authorize for a ping client for ${ping_seconds}s"
+BENCH_OUT=$out/ping BENCH_AUTH=$ping_auth \
+    BENCH_EXTRA_FORM="&client_notification_token=$sms_token" \
+    run_wrk ping_bc "$ping_seconds" bc_authorize.lua
+ping_ids=$(cat "$out"/ping/auth_req_ids.* | wc -l)
+for _ in $(seq 300); do
+    (($(wc -l <"$out/sms.jsonl") >= sms_before + ping_ids)) && break
+    sleep 0.1
+done
+tail -n +$((sms_before + 1)) "$out/sms.jsonl" |
+    sed -nE 's/.*Code ([0-9]{6})\..*\/approve\/([A-Za-z0-9_-]+).*/\2 \1/p' \
+        >"$out/ping_pairs.txt"
+say "   POST /approve for $(wc -l <"$out/ping_pairs.txt") ping requests"
+cpu_mark
+BENCH_OUT=$out/ping BENCH_PAIRS=$out/ping_pairs.txt wrk_start ping_approve 600 approve.lua
+for _ in $(seq 6000); do
+    (($(find "$out/ping" -name 'approve_done.*' | wc -l) >= threads)) && break
+    kill -0 "$time_pid" 2>/dev/null || break
+    sleep 0.1
+done
+sleep 0.5
+kill -INT "$(wrk_pid)" 2>/dev/null || true
+wrk_wait ping_approve
+ping_approved=$(sql "SELECT count(*) FROM audit_log WHERE client_id = 'bench-ping'
+    AND action = 'approve' AND decision = 'approved'")
+for _ in $(seq 600); do
+    (($(wc -l <"$out/ping.jsonl") >= ping_approved)) && break
+    sleep 0.1
+done
+cpu[ping]=$(cpu_report "$out/ping_approve.time")
+# delivered, p50 ms, p99 ms, notifications/s from the first approval to the last delivery
+read -r ping_delivered ping_p50 ping_p99 ping_rate < <(sql "
+    WITH a AS (SELECT auth_req_id_hash, at FROM audit_log WHERE client_id = 'bench-ping'
+               AND action = 'approve' AND decision = 'approved'),
+         n AS (SELECT auth_req_id_hash, at FROM audit_log WHERE client_id = 'bench-ping'
+               AND action = 'notify' AND decision = 'delivered'),
+         d AS (SELECT extract(epoch FROM n.at - a.at) * 1000 AS ms, a.at AS approved,
+                      n.at AS delivered FROM a JOIN n USING (auth_req_id_hash))
+    SELECT count(*),
+           round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 2),
+           round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 2),
+           round(count(*) / greatest(extract(epoch FROM max(delivered) - min(approved)),
+                                     0.001))
+    FROM d" | tr '|' ' ')
+ping_retries=$(sql "SELECT count(*) FROM audit_log WHERE client_id = 'bench-ping'
+    AND action = 'notify' AND decision <> 'delivered'")
+ping_received=$(wc -l <"$out/ping.jsonl")
+
 rss_end=$(rss_kib)
 rss_peak=$(awk '/^VmHWM:/ { print $2 }' "/proc/$cibad_pid/status")
 
@@ -451,6 +529,9 @@ row "POST /bc-authorize, http SMS" bc requests "req/s" "$target_bc_rps"
 row "POST /token, approved (issuance)" "$tokens_run" count.200 "tokens/s" "$target_tokens_ps"
 printf "$row_format" "VmRSS, $pending pending" "$(mib "$rss_pending")" MiB "" "" \
     "< $target_rss_mib MiB" "$(verdict "$(mib "$rss_pending")" "<" "$target_rss_mib")"
+printf "$row_format" "ping: approval to callback" "${ping_rate:-0}" "pings/s" \
+    "${ping_p50:-0}" "${ping_p99:-0}" "p99 < $target_ping_p99_ms ms" \
+    "p99 $(verdict "${ping_p99:-0}" "<" "$target_ping_p99_ms")"
 echo
 echo "Replies:"
 echo "  healthz:       $(field healthz requests) requests, $(field healthz status_errors) non-2xx"
@@ -462,6 +543,9 @@ echo "  approval:      $approved approved in the database; replies: $(reply_mix 
 echo "  issuance:      $(reply_mix "$tokens_run"), $(field "$tokens_run" requests) requests," \
     "$(field "$tokens_run" exhausted_threads) threads ran out of ids; the ${probe_seconds}s" \
     "probe before it: $probe_tps tokens/s"
+echo "  ping:          $ping_ids requests, $ping_approved approved ($(reply_mix ping_approve))," \
+    "$ping_delivered delivered and recorded, $ping_received received by the sink," \
+    "$ping_retries retried or failed attempts"
 echo "  socket errors (of them timeouts, no reply within 2 s): healthz $(field healthz errors)" \
     "($(field healthz timeouts)), polling $(field poll errors) ($(field poll timeouts))," \
     "bc-authorize $(field bc errors) ($(field bc timeouts)), issuance" \
@@ -470,7 +554,7 @@ echo "Memory: VmRSS idle $(mib "$rss_idle") MiB, with $pending pending $(mib "$r
     "MiB, after the runs $(mib "$rss_end") MiB, peak (VmHWM) $(mib "$rss_peak") MiB"
 echo "CPU during each run, in % of one core like top (other: processes outside this bench):"
 busy_runs=''
-for run in healthz poll bc approve tokens; do
+for run in healthz poll bc approve tokens ping; do
     printf '  %-13s  %s\n' "$run:" "${cpu[$run]}"
     other=$(grep -oE 'other [0-9]+' <<<"${cpu[$run]}" | cut -d' ' -f2)
     ((${other:-0} <= 20)) || busy_runs="$busy_runs${busy_runs:+, }$run"

@@ -672,9 +672,10 @@ static void check_metadata(const json_t *doc)
     }
     ck_assert_msg(array_has(json_object_get(doc, "grant_types_supported"), CIBA_GRANT),
                   "discovery: grant_types_supported lacks the CIBA grant");
-    ck_assert_msg(json_is_array(modes) && json_array_size(modes) == 1 &&
-                      array_has(modes, "poll"),
-                  "discovery: delivery modes are not exactly [\"poll\"]");
+    ck_assert_msg(json_is_array(modes) && json_array_size(modes) == 3 &&
+                      array_has(modes, "poll") && array_has(modes, "ping") &&
+                      array_has(modes, "push"),
+                  "discovery: delivery modes are not exactly poll, ping and push");
     ck_assert_msg(
         !user_code || json_is_boolean(user_code),
         "discovery: backchannel_user_code_parameter_supported is not a boolean");

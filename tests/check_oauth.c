@@ -1968,7 +1968,8 @@ START_TEST(discovery_document)
                      "https://as.example.test/bc-authorize");
     ck_assert(json_is_false(
         json_object_get(sent.body, "backchannel_user_code_parameter_supported")));
-    ASSERT_ARRAY(sent.body, "backchannel_token_delivery_modes_supported", "poll");
+    ASSERT_ARRAY(sent.body, "backchannel_token_delivery_modes_supported", "poll", "ping",
+                 "push");
     ASSERT_ARRAY(sent.body, "grant_types_supported", "urn:openid:params:grant-type:ciba");
     ASSERT_ARRAY(sent.body, "token_endpoint_auth_methods_supported",
                  "client_secret_basic", "client_secret_post");

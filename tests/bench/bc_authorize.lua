@@ -4,6 +4,8 @@
 -- ... (BENCH_USERS of them). Each thread cycles through its own slice of them, so every
 -- phone number gets an equal share of the codes. The auth_req_id of each 200 reply goes
 -- to BENCH_OUT/auth_req_ids.<thread>, one per line, after the ids of earlier runs.
+-- BENCH_EXTRA_FORM, when set, is appended to every body (for example
+-- "&client_notification_token=..." for a ping client).
 dofile(os.getenv("BENCH_LUA_DIR") .. "/common.lua")
 
 local reqs = {}
@@ -21,7 +23,7 @@ function init(args)
    for user = thread_id, users, threads do
       local name = prefix .. (first + user - 1)
       local body = "scope=openid&login_hint=" .. name ..
-         "&binding_message=Benchmark%20" .. name
+         "&binding_message=Benchmark%20" .. name .. (os.getenv("BENCH_EXTRA_FORM") or "")
       reqs[#reqs + 1] = wrk.format("POST", "/bc-authorize", headers, body)
    end
    ids_file = assert(io.open(bench.env("BENCH_OUT") .. "/auth_req_ids." .. thread_id, "a"))
