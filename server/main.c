@@ -589,7 +589,7 @@ static const char *user_name_clash(json_t *users, const char *subject,
  * allows (1 to 999), so a later change of the setting cannot make it read as one. */
 static bool reads_as_phone(const char *value)
 {
-    char e164[17], cc[4];
+    char e164[17], cc[12]; /* room for any int, which -O1 cannot bound to 999 */
 
     for (int code = 1; code <= 999; code++) {
         snprintf(cc, sizeof(cc), "%d", code);
