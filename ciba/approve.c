@@ -55,7 +55,8 @@ static void approve_free(struct approve_ctx *ctx)
     free(ctx);
 }
 
-/* ---- HTML ---------------------------------------------------------------------------- */
+/* ---- HTML ----------------------------------------------------------------------------
+ */
 
 struct html {
     char *data;
@@ -84,12 +85,23 @@ static void html_text(struct html *h, const char *s)
 {
     for (; *s; s++) {
         switch (*s) {
-        case '&': html_raw(h, "&amp;"); break;
-        case '<': html_raw(h, "&lt;"); break;
-        case '>': html_raw(h, "&gt;"); break;
-        case '"': html_raw(h, "&quot;"); break;
-        case '\'': html_raw(h, "&#39;"); break;
-        default: html_append(h, s, 1);
+        case '&':
+            html_raw(h, "&amp;");
+            break;
+        case '<':
+            html_raw(h, "&lt;");
+            break;
+        case '>':
+            html_raw(h, "&gt;");
+            break;
+        case '"':
+            html_raw(h, "&quot;");
+            break;
+        case '\'':
+            html_raw(h, "&#39;");
+            break;
+        default:
+            html_append(h, s, 1);
         }
     }
 }
@@ -113,7 +125,8 @@ static void html_printf(struct html *h, const char *fmt, ...)
 /* The only style on the page; the Content-Security-Policy allows it by its hash, so no
  * other inline style or any script can run. */
 static const char page_style[] =
-    "body{font-family:system-ui,sans-serif;max-width:28rem;margin:1rem auto;padding:0 1rem;"
+    "body{font-family:system-ui,sans-serif;max-width:28rem;margin:1rem auto;padding:0 "
+    "1rem;"
     "color:#1a1a1a;line-height:1.4}"
     "h1{font-size:1.3rem}.msg{background:#f3f3f3;border-left:4px solid #555;"
     "padding:.5rem .75rem;white-space:pre-wrap;overflow-wrap:anywhere}"
@@ -187,15 +200,15 @@ static void finish_storage_error(struct approve_ctx *ctx, enum storage_status st
 {
     if (status == STORAGE_UNAVAILABLE)
         server_req_add_header(ctx->sr, "Retry-After", "5");
-    finish_message(ctx, status == STORAGE_UNAVAILABLE ? 503 : 500,
-                   "Please try again", "The service could not load this request.");
+    finish_message(ctx, status == STORAGE_UNAVAILABLE ? 503 : 500, "Please try again",
+                   "The service could not load this request.");
 }
 
 /* Lists each requested scope with its description, or its name when it has none. */
 static void render_scopes(struct html *h, const struct storage_approval *a)
 {
-    json_t *descriptions = json_loads(a->scope_descriptions ? a->scope_descriptions : "{}",
-                                      0, NULL);
+    json_t *descriptions =
+        json_loads(a->scope_descriptions ? a->scope_descriptions : "{}", 0, NULL);
     char *scope = util_strdup(a->scope), *save = NULL;
 
     html_raw(h, "<p>It asks to:</p><ul>");
@@ -237,14 +250,15 @@ static void render_pending(struct approve_ctx *ctx, const struct storage_approva
                         attempts_left == 1 ? "" : "s");
         html_raw(&h, "</p>");
     }
-    html_raw(&h, "<form method=\"post\"><p><label for=\"code\">Code from the SMS</label><br>"
-                 "<input id=\"code\" name=\"code\" inputmode=\"numeric\" "
-                 "autocomplete=\"one-time-code\" pattern=\"[0-9]{6}\" maxlength=\"6\" "
-                 "required></p>"
-                 "<button class=\"approve\" name=\"action\" value=\"approve\">Approve"
-                 "</button><button class=\"deny\" name=\"action\" value=\"deny\" "
-                 "formnovalidate>Deny</button><p><button class=\"link\" name=\"action\" "
-                 "value=\"resend\" formnovalidate>Send me a new code</button></p></form>");
+    html_raw(&h,
+             "<form method=\"post\"><p><label for=\"code\">Code from the SMS</label><br>"
+             "<input id=\"code\" name=\"code\" inputmode=\"numeric\" "
+             "autocomplete=\"one-time-code\" pattern=\"[0-9]{6}\" maxlength=\"6\" "
+             "required></p>"
+             "<button class=\"approve\" name=\"action\" value=\"approve\">Approve"
+             "</button><button class=\"deny\" name=\"action\" value=\"deny\" "
+             "formnovalidate>Deny</button><p><button class=\"link\" name=\"action\" "
+             "value=\"resend\" formnovalidate>Send me a new code</button></p></form>");
     send_page(ctx, 200, &h);
 }
 
@@ -262,7 +276,7 @@ static void render(struct approve_ctx *ctx, const struct storage_approval *a)
         return;
     case STORAGE_AR_DENIED:
         finish_message(ctx, 200, "Denied",
-                       ctx->action == ACTION_APPROVE
+                       a->otp_attempts >= server_config->otp_max_attempts
                            ? "Too many wrong codes were entered, so the request was "
                              "denied. You can close this page."
                            : "This request was denied. You can close this page.");
@@ -274,7 +288,8 @@ static void render(struct approve_ctx *ctx, const struct storage_approval *a)
     }
 }
 
-/* ---- the flow ------------------------------------------------------------------------ */
+/* ---- the flow ------------------------------------------------------------------------
+ */
 
 static void on_loaded_for_render(void *arg, enum storage_status status,
                                  const struct storage_approval *a)
@@ -311,6 +326,8 @@ static void on_decided(void *arg, enum storage_status status,
     case STORAGE_OK:
         if (a->status == STORAGE_AR_PENDING)
             ctx->notice = "Wrong code.";
+        else if (a->delivery_mode && strcmp(a->delivery_mode, "poll") != 0)
+            ciba_notifier_kick(ctx->sr->worker); /* the decision queued a notification */
         render(ctx, a);
         return;
     case STORAGE_CONFLICT:
@@ -335,25 +352,31 @@ static void on_decided(void *arg, enum storage_status status,
     }
 }
 
+/* Applies the decision. Approving a push request creates the tokens now: the same
+ * statement stores them, sealed, for the notification endpoint, and marks the request
+ * redeemed. */
 static void decide(struct approve_ctx *ctx, const struct storage_approval *a,
                    enum storage_decision decision)
 {
-    int rc = storage_approval_decide(ctx->sr->worker->db, ctx->ref_hash, a->otp_generation,
-                                     a->otp_attempts, decision,
-                                     server_config->otp_max_attempts, ctx->sr->rid,
-                                     on_decided, ctx);
+    char *push_payload = NULL;
+    int rc;
+
+    if (decision == STORAGE_DECIDE_APPROVE && a->delivery_mode &&
+        strcmp(a->delivery_mode, "push") == 0) {
+        push_payload = ciba_push_payload_new(ctx->sr->worker, a);
+        if (!push_payload) {
+            rlog_error(ctx->sr->rid, a->client_id,
+                       "cannot create the tokens to push; the request stays pending");
+            finish_storage_error(ctx, STORAGE_ERROR);
+            return;
+        }
+    }
+    rc = storage_approval_decide_notify(
+        ctx->sr->worker->db, ctx->ref_hash, a->otp_generation, a->otp_attempts, decision,
+        server_config->otp_max_attempts, push_payload, ctx->sr->rid, on_decided, ctx);
+    free(push_payload);
     if (rc != 0)
         finish_storage_error(ctx, STORAGE_UNAVAILABLE);
-}
-
-static bool is_code_shaped(const char *code)
-{
-    if (!code || strlen(code) != SMS_OTP_DIGITS)
-        return false;
-    for (const char *p = code; *p; p++)
-        if (!isdigit((unsigned char)*p))
-            return false;
-    return true;
 }
 
 static void approve_with_code(struct approve_ctx *ctx, const struct storage_approval *a)
@@ -361,7 +384,7 @@ static void approve_with_code(struct approve_ctx *ctx, const struct storage_appr
     const char *code = server_form_get(&ctx->form, "code");
 
     /* Input that cannot be a code is not a guess: it does not use up an attempt. */
-    if (!is_code_shaped(code)) {
+    if (!code || !sms_otp_well_formed(code)) {
         ctx->notice = "Enter the 6-digit code from the SMS.";
         render(ctx, a);
         return;
@@ -413,7 +436,8 @@ static void resend_code(struct approve_ctx *ctx, const struct storage_approval *
     ctx->sms.client_name = util_strdup(a->client_name);
     ctx->sms.auth_req_id_hash = util_strdup(a->auth_req_id_hash);
     ctx->sms.phone_number = util_strdup(a->phone_number);
-    ctx->sms.binding_message = a->binding_message ? util_strdup(a->binding_message) : NULL;
+    ctx->sms.binding_message =
+        a->binding_message ? util_strdup(a->binding_message) : NULL;
 
     rc = storage_approval_resend(ctx->sr->worker->db, ctx->ref_hash, otp_hmac,
                                  sizeof(otp_hmac), cfg->otp_lifetime,
@@ -452,12 +476,13 @@ static void on_loaded_for_post(void *arg, enum storage_status status,
 
 static void start_post(struct approve_ctx *ctx)
 {
-    if (storage_approval_get(ctx->sr->worker->db, ctx->ref_hash, on_loaded_for_post, ctx) !=
-        0)
+    if (storage_approval_get(ctx->sr->worker->db, ctx->ref_hash, on_loaded_for_post,
+                             ctx) != 0)
         finish_storage_error(ctx, STORAGE_UNAVAILABLE);
 }
 
-/* ---- request parsing ----------------------------------------------------------------- */
+/* ---- request parsing -----------------------------------------------------------------
+ */
 
 /* Copies the reference from /approve/REF; false when it cannot be one of ours. */
 static bool parse_ref(struct approve_ctx *ctx)
@@ -478,16 +503,23 @@ static bool parse_ref(struct approve_ctx *ctx)
     return true;
 }
 
-/* A browser sends Origin with a form POST: refuse posts made from other sites. */
+/* Refuses form posts made from other sites. Browsers label a POST with Sec-Fetch-Site;
+ * under this page's Referrer-Policy: no-referrer they send "Origin: null" even for a
+ * same-origin form, so Origin alone cannot tell our own page from another site. Without
+ * either header (curl, older browsers) the post is accepted: it still needs the
+ * unguessable link and, to approve, the code. */
 static bool origin_allowed(const struct server_req *sr)
 {
+    const char *site = server_req_header(sr, "Sec-Fetch-Site");
     const char *origin = server_req_header(sr, "Origin");
     const char *issuer = server_config->issuer;
     const char *host = strstr(issuer, "://");
     const char *path;
     size_t origin_len;
 
-    if (!origin)
+    if (site)
+        return strcmp(site, "same-origin") == 0 || strcmp(site, "none") == 0;
+    if (!origin || strcmp(origin, "null") == 0)
         return true;
     path = host ? strchr(host + 3, '/') : NULL;
     origin_len = path ? (size_t)(path - issuer) : strlen(issuer);
@@ -524,7 +556,8 @@ void ciba_approve_handle(struct server_req *sr)
     }
 
     if (!origin_allowed(sr)) {
-        finish_message(ctx, 403, "Not allowed", "This form must be sent from its own page.");
+        finish_message(ctx, 403, "Not allowed",
+                       "This form must be sent from its own page.");
         return;
     }
     if (server_form_parse(sr, &ctx->form, &error) != 0) {

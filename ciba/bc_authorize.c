@@ -3,7 +3,9 @@
  *
  * The flow, one callback per step, in the order they run:
  *   handle -> on_client_authenticated -> on_user_found -> on_auth_req_stored -> reply,
- * then the code goes out by SMS in the background (delivery.c).
+ * then the code goes out by SMS in the background (delivery.c). For a ping or push
+ * client the request also stores its auth_req_id and client_notification_token, sealed,
+ * for the notification sent when the request ends (notify.c).
  */
 #include "ciba/ciba.h"
 #include "ciba/ciba_int.h"
@@ -15,10 +17,9 @@
 #include "server/http.h"
 #include "storage/storage.h"
 
-#define CIBA_GRANT_TYPE "urn:openid:params:grant-type:ciba"
-#define MAX_HINT_LEN    255
-#define MAX_SCOPE_LEN   1024
-#define MAX_ACR_LEN     255
+#define MAX_HINT_LEN  255
+#define MAX_SCOPE_LEN 1024
+#define MAX_ACR_LEN   255
 
 struct bc_ctx {
     struct server_req *sr;
@@ -30,6 +31,7 @@ struct bc_ctx {
     const char *login_hint;
     const char *binding_message;
     const char *acr_values;
+    const char *notification_token; /* ping and push only; a bearer secret */
     int expires_in;
 
     /* The user the hint names. */
@@ -57,9 +59,33 @@ static void bc_free(struct bc_ctx *ctx)
     free(ctx);
 }
 
+/* Appends the "rejected" audit row of a refused request. The client is the one that
+ * authenticated, or else the one the request claimed, so failed authentications are
+ * traceable too. Nothing is recorded while the database is unreachable. */
+static void audit_rejection(struct bc_ctx *ctx, enum oauth_err err)
+{
+    struct server_req *sr = ctx->sr;
+    struct storage_audit row = {
+        .request_id = sr->rid,
+        .client_id = ctx->client ? ctx->client->client_id
+                                 : (sr->client_id[0] ? sr->client_id : NULL),
+        .subject = ctx->subject,
+        .scope = ctx->scope,
+        .action = "bc_authorize",
+        .decision = "rejected",
+        .detail = oauth_err_code(err),
+    };
+
+    if (err == OAUTH_ERR_TEMPORARILY_UNAVAILABLE)
+        return;
+    if (storage_audit_append(sr->worker->db, &row, NULL, NULL) != 0)
+        rlog_warn(sr->rid, row.client_id, "audit row for a rejected request not written");
+}
+
 /* Answers with an error and releases the request's state. */
 static void finish_error(struct bc_ctx *ctx, enum oauth_err err, const char *description)
 {
+    audit_rejection(ctx, err);
     oauth_reply_error(ctx->sr, OAUTH_EP_BACKCHANNEL, err, description);
     bc_free(ctx);
 }
@@ -155,56 +181,50 @@ static enum oauth_err check_hints(struct bc_ctx *ctx, const char **description)
     return OAUTH_OK;
 }
 
-/* Decodes one UTF-8 sequence (the form parser already rejected invalid UTF-8). */
-static unsigned long next_code_point(const unsigned char **p)
-{
-    const unsigned char *s = *p;
-    unsigned long cp;
-    int extra;
+/* Invisible format characters (Unicode category Cf), which would let the text shown
+ * differ from the text the client sent: soft hyphen, zero-width characters, direction
+ * marks and overrides, tags. */
+static const unsigned long format_ranges[][2] = {
+    {0x00ad, 0x00ad},   {0x0600, 0x0605},   {0x061c, 0x061c},   {0x06dd, 0x06dd},
+    {0x070f, 0x070f},   {0x0890, 0x0891},   {0x08e2, 0x08e2},   {0x180e, 0x180e},
+    {0x200b, 0x200f},   {0x202a, 0x202e},   {0x2060, 0x2064},   {0x2066, 0x206f},
+    {0xfeff, 0xfeff},   {0xfff9, 0xfffb},   {0x110bd, 0x110bd}, {0x110cd, 0x110cd},
+    {0x13430, 0x1343f}, {0x1bca0, 0x1bca3}, {0x1d173, 0x1d17a}, {0xe0001, 0xe0001},
+    {0xe0020, 0xe007f},
+};
 
-    if (s[0] < 0x80) {
-        cp = s[0];
-        extra = 0;
-    } else if ((s[0] & 0xe0) == 0xc0) {
-        cp = s[0] & 0x1f;
-        extra = 1;
-    } else if ((s[0] & 0xf0) == 0xe0) {
-        cp = s[0] & 0x0f;
-        extra = 2;
-    } else {
-        cp = s[0] & 0x07;
-        extra = 3;
-    }
-    for (int i = 1; i <= extra && s[i]; i++)
-        cp = cp << 6 | (s[i] & 0x3f);
-    *p = s + 1 + extra;
-    return cp;
-}
-
-/* Rejects characters that cannot be shown faithfully in an SMS or on the page: control
- * characters, line and paragraph separators, and bidirectional overrides (which could
- * make the text read differently from what the client sent). */
+/* Rejects what cannot be shown faithfully in an SMS or on the page: control characters,
+ * line and paragraph separators, format characters, private-use characters (their
+ * glyphs depend on the phone) and noncharacters. */
 static bool is_displayable(unsigned long cp)
 {
     if (cp < 0x20 || (cp >= 0x7f && cp <= 0x9f))
         return false;
     if (cp == 0x2028 || cp == 0x2029)
         return false;
-    if ((cp >= 0x202a && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069))
+    for (size_t i = 0; i < ARRAY_LEN(format_ranges); i++)
+        if (cp >= format_ranges[i][0] && cp <= format_ranges[i][1])
+            return false;
+    if ((cp >= 0xe000 && cp <= 0xf8ff) || cp >= 0xf0000)
         return false;
-    return cp != 0xfeff;
+    if ((cp >= 0xfdd0 && cp <= 0xfdef) || (cp & 0xfffe) == 0xfffe)
+        return false;
+    return true;
 }
 
 static enum oauth_err check_binding_message(struct bc_ctx *ctx, const char **description)
 {
     const char *message = server_form_get(&ctx->form, "binding_message");
-    const unsigned char *p;
+    const char *p, *end;
     int chars = 0;
 
     if (!message)
         return OAUTH_OK;
-    for (p = (const unsigned char *)message; *p; chars++) {
-        if (!is_displayable(next_code_point(&p))) {
+    end = message + strlen(message);
+    for (p = message; p < end; chars++) {
+        int32_t cp = util_utf8_next(&p, end);
+
+        if (cp < 0 || !is_displayable((unsigned long)cp)) {
             *description = "binding_message contains a character that cannot be shown";
             return OAUTH_ERR_INVALID_BINDING_MESSAGE;
         }
@@ -240,6 +260,49 @@ static enum oauth_err check_expiry(struct bc_ctx *ctx, const char **description)
     return OAUTH_OK;
 }
 
+/* b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"=" (RFC 6750
+ * section 2.1), the syntax CIBA Core 1.0 section 7.1 gives client_notification_token. */
+static bool is_b64token(const char *s)
+{
+    const char *p = s;
+
+    while ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') ||
+           (*p >= '0' && *p <= '9') || (*p && strchr("-._~+/", *p)))
+        p++;
+    if (p == s)
+        return false;
+    while (*p == '=')
+        p++;
+    return *p == '\0';
+}
+
+/* A ping or push client must send client_notification_token, the bearer token cibad
+ * presents to its notification endpoint; a poll client's is ignored. The token is a
+ * secret, so no description repeats it. */
+static enum oauth_err check_notification_token(struct bc_ctx *ctx,
+                                               const char **description)
+{
+    const char *token = server_form_get(&ctx->form, "client_notification_token");
+
+    if (strcmp(ctx->client->backchannel_token_delivery_mode, "poll") == 0)
+        return OAUTH_OK;
+    if (!token) {
+        *description = "client_notification_token is required in ping and push mode";
+        return OAUTH_ERR_INVALID_REQUEST;
+    }
+    if (strlen(token) > CIBA_NOTIFICATION_TOKEN_MAX) {
+        *description = "client_notification_token is longer than 1024 characters";
+        return OAUTH_ERR_INVALID_REQUEST;
+    }
+    if (!is_b64token(token)) {
+        *description = "client_notification_token must use the RFC 6750 b64token "
+                       "characters";
+        return OAUTH_ERR_INVALID_REQUEST;
+    }
+    ctx->notification_token = token;
+    return OAUTH_OK;
+}
+
 static enum oauth_err check_request(struct bc_ctx *ctx, const char **description)
 {
     enum oauth_err err;
@@ -259,6 +322,8 @@ static enum oauth_err check_request(struct bc_ctx *ctx, const char **description
         return err;
     if ((err = check_expiry(ctx, description)) != OAUTH_OK)
         return err;
+    if ((err = check_notification_token(ctx, description)) != OAUTH_OK)
+        return err;
 
     ctx->acr_values = server_form_get(&ctx->form, "acr_values");
     if (ctx->acr_values && strlen(ctx->acr_values) > MAX_ACR_LEN) {
@@ -268,7 +333,8 @@ static enum oauth_err check_request(struct bc_ctx *ctx, const char **description
     return OAUTH_OK;
 }
 
-/* ---- the flow ------------------------------------------------------------------------ */
+/* ---- the flow ------------------------------------------------------------------------
+ */
 
 static void on_auth_req_stored(void *arg, enum storage_status status)
 {
@@ -301,8 +367,11 @@ static void on_auth_req_stored(void *arg, enum storage_status status)
     /* The delivery copies what it needs and outlives this request. */
     ciba_code_deliver(worker, &msg);
 
-    body = json_pack("{s:s, s:i, s:i}", "auth_req_id", ctx->auth_req_id, "expires_in",
-                     ctx->expires_in, "interval", server_config->poll_interval);
+    body = json_pack("{s:s, s:i}", "auth_req_id", ctx->auth_req_id, "expires_in",
+                     ctx->expires_in);
+    /* A push client never polls, so it gets no interval (CIBA Core 1.0 section 7.3). */
+    if (strcmp(ctx->client->backchannel_token_delivery_mode, "push") != 0)
+        json_object_set_new(body, "interval", json_integer(server_config->poll_interval));
     server_req_add_header(sr, "Cache-Control", "no-store");
     server_reply_json(sr, 200, body);
     bc_free(ctx);
@@ -313,6 +382,8 @@ static void store_auth_req(struct bc_ctx *ctx)
 {
     const struct server_config *cfg = server_config;
     unsigned char otp_hmac[SMS_OTP_HMAC_LEN];
+    char *secrets = NULL;
+    int rc;
 
     ctx->auth_req_id = util_random_token(CIBA_AUTH_REQ_ID_BYTES);
     util_sha256_hex(ctx->auth_req_id, strlen(ctx->auth_req_id), ctx->auth_req_id_hash);
@@ -320,6 +391,14 @@ static void store_auth_req(struct bc_ctx *ctx)
     util_sha256_hex(ctx->ref, strlen(ctx->ref), ctx->ref_hash);
     sms_otp_generate(ctx->code);
     ciba_code_hmac(ctx->auth_req_id_hash, 0, ctx->code, otp_hmac);
+    if (ctx->notification_token) {
+        secrets =
+            ciba_notification_secrets_seal(ctx->auth_req_id, ctx->notification_token);
+        if (!secrets) {
+            finish_error(ctx, OAUTH_ERR_SERVER_ERROR, NULL);
+            return;
+        }
+    }
 
     struct storage_auth_req_new in = {
         .auth_req_id_hash = ctx->auth_req_id_hash,
@@ -338,9 +417,14 @@ static void store_auth_req(struct bc_ctx *ctx)
         .sms_per_phone_max = cfg->sms_per_phone_max,
         .sms_per_phone_window = cfg->sms_per_phone_window,
         .request_id = ctx->sr->rid,
+        .delivery_mode = ctx->client->backchannel_token_delivery_mode,
+        .notification_secrets = secrets,
     };
 
-    if (storage_auth_req_create(ctx->sr->worker->db, &in, on_auth_req_stored, ctx) != 0)
+    /* The statement copies its parameters when it is queued. */
+    rc = storage_auth_req_create(ctx->sr->worker->db, &in, on_auth_req_stored, ctx);
+    free(secrets);
+    if (rc != 0)
         finish_error(ctx, OAUTH_ERR_TEMPORARILY_UNAVAILABLE, NULL);
 }
 
@@ -351,7 +435,8 @@ static void on_user_found(void *arg, enum storage_status status,
 
     if (status == STORAGE_NOT_FOUND) {
         /* The description never repeats the hint: it may be a phone number. */
-        finish_error(ctx, OAUTH_ERR_UNKNOWN_USER_ID, "login_hint does not name a known user");
+        finish_error(ctx, OAUTH_ERR_UNKNOWN_USER_ID,
+                     "login_hint does not name a known user");
         return;
     }
     if (status != STORAGE_OK) {
@@ -374,8 +459,8 @@ static void find_user(struct bc_ctx *ctx)
     const char *value = ctx->login_hint;
     int rc;
 
-    if (util_phone_normalize(ctx->login_hint, server_config->default_country_code, e164) ==
-        0) {
+    if (util_phone_normalize(ctx->login_hint, server_config->default_country_code,
+                             e164) == 0) {
         kind = STORAGE_HINT_PHONE;
         value = e164;
     }
@@ -384,8 +469,8 @@ static void find_user(struct bc_ctx *ctx)
         finish_error(ctx, OAUTH_ERR_TEMPORARILY_UNAVAILABLE, NULL);
 }
 
-static void on_client_authenticated(void *arg, enum oauth_err err, const char *description,
-                                    struct oauth_client *client)
+static void on_client_authenticated(void *arg, enum oauth_err err,
+                                    const char *description, struct oauth_client *client)
 {
     struct bc_ctx *ctx = arg;
 
@@ -395,18 +480,11 @@ static void on_client_authenticated(void *arg, enum oauth_err err, const char *d
     }
     ctx->client = client;
 
-    if (!oauth_scope_has(client->grant_types, CIBA_GRANT_TYPE)) {
+    if (!oauth_scope_has(client->grant_types, OAUTH_GRANT_TYPE_CIBA)) {
         finish_error(ctx, OAUTH_ERR_UNAUTHORIZED_CLIENT,
                      "the client is not registered for the CIBA grant");
         return;
     }
-    if (strcmp(client->backchannel_token_delivery_mode, "poll") != 0) {
-        /* TODO: ping and push delivery are not implemented yet. */
-        finish_error(ctx, OAUTH_ERR_UNAUTHORIZED_CLIENT,
-                     "only the poll delivery mode is supported");
-        return;
-    }
-
     err = check_request(ctx, &description);
     if (err != OAUTH_OK) {
         finish_error(ctx, err, description);

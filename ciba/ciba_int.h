@@ -4,11 +4,14 @@
 #ifndef CIBAD_CIBA_INT_H
 #define CIBAD_CIBA_INT_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <sys/socket.h>
 
 #include "sms/sms.h"
 
 struct server_worker;
+struct storage_approval;
 
 /* Bytes of randomness behind each identifier: 192 bits for auth_req_id (CIBA Core 1.0
  * section 7.3 asks for at least 128 and recommends 160) and 128 bits for the approval
@@ -16,6 +19,40 @@ struct server_worker;
 #define CIBA_AUTH_REQ_ID_BYTES 24
 #define CIBA_REF_BYTES         16
 #define CIBA_REF_LEN           22 /* base64url characters of CIBA_REF_BYTES */
+
+/* The maximum length of client_notification_token in characters (CIBA Core 1.0
+ * section 7.1). */
+#define CIBA_NOTIFICATION_TOKEN_MAX 1024
+
+/* Seals what a ping or push notification needs from the request, the auth_req_id and
+ * the client_notification_token, with the server secret. cibad stores only a hash of
+ * the auth_req_id otherwise, and the token is a bearer credential, so neither is ever
+ * stored in clear. Returns a new string, or NULL when sealing failed. */
+char *ciba_notification_secrets_seal(const char *auth_req_id, const char *token);
+
+/* Opens a text made by ciba_notification_secrets_seal and checks that the auth_req_id
+ * inside hashes to auth_req_id_hash, so a sealed value copied to another row is
+ * rejected. Stores two new strings (wipe them before freeing). Returns 0 or -1. */
+int ciba_notification_secrets_open(const char *sealed, const char *auth_req_id_hash,
+                                   char **auth_req_id, char **token) MUST_CHECK;
+
+/* Seals and opens the token response pushed to a push client (label of its own). */
+char *ciba_push_payload_seal(const char *text);
+int ciba_push_payload_open(const char *sealed, char **text) MUST_CHECK;
+
+/* Creates the token response pushed to the client of the approved push request a. It
+ * signs an access token and an ID token with w's keys, with auth_time now because the
+ * approval is being stored. It adds auth_req_id (CIBA Core 1.0 section 10.3.1) and
+ * seals the JSON text. Returns the sealed text (a new string), or NULL after logging why.
+ */
+char *ciba_push_payload_new(struct server_worker *w, const struct storage_approval *a);
+
+/* True when addr may be a notification endpoint's address: not unspecified, loopback
+ * (unless allow_loopback), private (10/8, 172.16/12, 192.168/16, fc00::/7), shared
+ * (100.64/10), link-local (169.254/16, where cloud metadata services listen, and
+ * fe80::/10), multicast, broadcast or reserved. IPv4-mapped and NAT64 IPv6 addresses
+ * are judged by the IPv4 address inside. */
+bool ciba_address_allowed(const struct sockaddr *addr, bool allow_loopback);
 
 /* What goes into one SMS. All strings are copied. */
 struct ciba_code_message {

@@ -1,6 +1,7 @@
 /* delivery.c - sending a one-time code by SMS and recording the outcome
  * SPDX-License-Identifier: MIT
  */
+#include "ciba/ciba.h"
 #include "ciba/ciba_int.h"
 
 #include <string.h>
@@ -9,16 +10,20 @@
 #include "server/http.h"
 #include "storage/storage.h"
 
-/* State of one background delivery; it outlives the HTTP request that started it. */
+/* State of one background delivery; it outlives the HTTP request that started it. It
+ * counts as background work of its worker from ciba_code_deliver to delivery_free, so a
+ * graceful stop waits for the outcome to be recorded. */
 struct delivery_ctx {
     struct server_worker *worker;
     char *request_id;
     char *client_id;
     char *auth_req_id_hash;
+    bool failed; /* the SMS failed and the request is being denied */
 };
 
 static void delivery_free(struct delivery_ctx *ctx)
 {
+    server_worker_background_end(ctx->worker);
     free(ctx->request_id);
     free(ctx->client_id);
     free(ctx->auth_req_id_hash);
@@ -33,6 +38,9 @@ static void on_outcome_recorded(void *arg, enum storage_status status)
         rlog_error(ctx->request_id, ctx->client_id,
                    "recording the SMS delivery outcome failed (storage status %d)",
                    (int)status);
+    /* Denying a ping or push request queued a notification. */
+    if (status == STORAGE_OK && ctx->failed)
+        ciba_notifier_kick(ctx->worker);
     delivery_free(ctx);
 }
 
@@ -48,6 +56,7 @@ static void on_sms_sent(void *arg, bool ok, const char *reason)
     } else {
         rlog_warn(ctx->request_id, ctx->client_id,
                   "SMS delivery failed (%s); denying the authentication request", reason);
+        ctx->failed = true;
         rc = storage_auth_req_fail_delivery(db, ctx->auth_req_id_hash, reason,
                                             ctx->request_id, on_outcome_recorded, ctx);
     }
@@ -80,6 +89,7 @@ void ciba_code_deliver(struct server_worker *w, const struct ciba_code_message *
     char *text = build_text(msg);
 
     ctx->worker = w;
+    server_worker_background_begin(w);
     ctx->request_id = util_strdup(msg->request_id);
     ctx->client_id = util_strdup(msg->client_id);
     ctx->auth_req_id_hash = util_strdup(msg->auth_req_id_hash);

@@ -23,7 +23,8 @@ static bool jti_purge_running;
 
 static void on_swept(void *arg, enum storage_status status, int expired, int purged)
 {
-    (void)arg;
+    struct server_worker *w = arg;
+
     sweep_running = false;
     if (status != STORAGE_OK) {
         log_warn("expiry sweep failed (storage status %d); retrying in %d s", (int)status,
@@ -33,6 +34,9 @@ static void on_swept(void *arg, enum storage_status status, int expired, int pur
     if (expired > 0 || purged > 0)
         log_info("expiry sweep: %d requests expired, %d old requests deleted", expired,
                  purged);
+    /* Expiring a pending ping or push request queued a notification. */
+    if (expired > 0)
+        ciba_notifier_kick(w);
 }
 
 /* The jti values of expired client assertions are no longer needed to stop replays. */
@@ -58,8 +62,7 @@ static void on_sweep_timer(evutil_socket_t fd, short events, void *arg)
         jti_purge_running = true;
     if (sweep_running)
         return;
-    if (storage_auth_req_sweep(w->db, server_config->tombstone_seconds, on_swept, NULL) ==
-        0)
+    if (storage_auth_req_sweep(w->db, server_config->tombstone_seconds, on_swept, w) == 0)
         sweep_running = true;
 }
 

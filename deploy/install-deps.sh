@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # install-deps.sh - make sure the Debian 12 packages that build, test and run cibad are
 # present. As root it installs what is missing; otherwise it prints the apt-get line.
+#
+#   deploy/install-deps.sh          what `make`, `make check` and `make run` need
+#   deploy/install-deps.sh --lint   the same, plus clang-format and cppcheck for make lint
 set -euo pipefail
 
 packages=(
@@ -8,6 +11,14 @@ packages=(
     libevent-dev libjansson-dev libssl-dev libpq-dev check libsubunit-dev
     postgresql-15 postgresql-client-15 openssl curl wrk
 )
+case ${1:-} in
+'') ;;
+--lint) packages+=(clang-format cppcheck) ;;
+*)
+    echo "usage: $0 [--lint]" >&2
+    exit 2
+    ;;
+esac
 
 missing=()
 for p in "${packages[@]}"; do

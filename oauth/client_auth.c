@@ -178,89 +178,14 @@ static void fail_later(struct auth_ctx *ctx, enum oauth_err err, const char *des
     }
 }
 
-static int hex_value(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* Decodes application/x-www-form-urlencoded text ('+' is a space, %XX a byte) into out
- * (cap bytes, NUL-terminated). Returns the decoded length, or -1 for a bad escape, a
- * NUL byte, or output that does not fit. */
-static int form_urldecode(const char *in, size_t len, char *out, size_t cap)
-{
-    size_t o = 0;
-
-    for (size_t i = 0; i < len; i++) {
-        int c = (unsigned char)in[i];
-
-        if (c == '+') {
-            c = ' ';
-        } else if (c == '%') {
-            int hi = i + 2 < len ? hex_value(in[i + 1]) : -1;
-            int lo = i + 2 < len ? hex_value(in[i + 2]) : -1;
-
-            if (hi < 0 || lo < 0)
-                return -1;
-            c = hi << 4 | lo;
-            i += 2;
-        }
-        if (c == 0 || o + 1 >= cap)
-            return -1;
-        out[o++] = (char)c;
-    }
-    out[o] = '\0';
-    return (int)o;
-}
-
-/* True when s is well-formed UTF-8 (no overlong forms, surrogates or values past
- * U+10FFFF); PostgreSQL rejects anything else in a text parameter. */
-static bool utf8_valid(const char *s)
-{
-    const unsigned char *p = (const unsigned char *)s;
-
-    while (*p) {
-        unsigned char c = *p;
-        unsigned int cp;
-        int extra;
-
-        if (c < 0x80) {
-            p++;
-            continue;
-        }
-        if (c >= 0xc2 && c <= 0xdf)
-            extra = 1, cp = c & 0x1f;
-        else if (c >= 0xe0 && c <= 0xef)
-            extra = 2, cp = c & 0x0f;
-        else if (c >= 0xf0 && c <= 0xf4)
-            extra = 3, cp = c & 0x07;
-        else
-            return false;
-        for (int i = 1; i <= extra; i++) {
-            if ((p[i] & 0xc0) != 0x80)
-                return false;
-            cp = cp << 6 | (p[i] & 0x3f);
-        }
-        if ((extra == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-            (extra == 3 && (cp < 0x10000 || cp > 0x10ffff)))
-            return false;
-        p += extra + 1;
-    }
-    return true;
-}
-
 /* Checks a claimed client_id and secret and stores the id and the secret's hash in
  * ctx. Too long or invalid values cannot belong to a registered client. */
 static enum oauth_err take_credentials(struct auth_ctx *ctx, const char *client_id,
                                        const char *secret, const char **description)
 {
+    /* PostgreSQL rejects a text parameter that is not UTF-8. */
     if (!client_id || !*client_id || strlen(client_id) > CLIENT_ID_MAX ||
-        !utf8_valid(client_id)) {
+        !util_utf8_valid(client_id, strlen(client_id))) {
         *description = DESC_FAILED;
         return OAUTH_ERR_INVALID_CLIENT;
     }
@@ -278,14 +203,16 @@ static enum oauth_err take_credentials(struct auth_ctx *ctx, const char *client_
 }
 
 /* Reads "Basic base64(urlencode(id) ':' urlencode(secret))" (RFC 6749 section 2.3.1:
- * split at the first ':', then form-urldecode each part). */
+ * split at the first ':', then form-urldecode each part). A header that cannot be read
+ * is a failed authentication by Basic, so it gets invalid_client, which the error
+ * reply sends as 401 with WWW-Authenticate (RFC 6749 section 5.2). */
 static enum oauth_err read_basic(struct auth_ctx *ctx, const char *header,
                                  const char *body_client_id, const char **description)
 {
     char decoded[AUTHORIZATION_MAX], id[AUTHORIZATION_MAX], secret[AUTHORIZATION_MAX];
-    size_t decoded_len = sizeof(decoded) - 1;
+    size_t decoded_len = sizeof(decoded) - 1, id_len, secret_len;
     const char *token, *colon;
-    enum oauth_err err = OAUTH_ERR_INVALID_REQUEST;
+    enum oauth_err err = OAUTH_ERR_INVALID_CLIENT;
 
     *description = DESC_MALFORMED;
     /* The scheme name is case-insensitive (RFC 9110 section 11.1). */
@@ -299,10 +226,11 @@ static enum oauth_err read_basic(struct auth_ctx *ctx, const char *header,
         return err;
     decoded[decoded_len] = '\0';
     colon = memchr(decoded, ':', decoded_len);
+    /* Each part is shorter than decoded, so id and secret hold its decoded form. */
     if (!colon || strlen(decoded) != decoded_len ||
-        form_urldecode(decoded, (size_t)(colon - decoded), id, sizeof(id)) < 0 ||
-        form_urldecode(colon + 1, decoded_len - (size_t)(colon + 1 - decoded), secret,
-                       sizeof(secret)) < 0)
+        util_form_urldecode(decoded, (size_t)(colon - decoded), id, &id_len) != 0 ||
+        util_form_urldecode(colon + 1, decoded_len - (size_t)(colon + 1 - decoded),
+                            secret, &secret_len) != 0)
         goto out;
 
     err = take_credentials(ctx, id, secret, description);
@@ -347,7 +275,8 @@ static enum oauth_err read_assertion(struct auth_ctx *ctx, const struct server_f
     iss = json_string_value(json_object_get(claims, "iss"));
     sub = json_string_value(json_object_get(claims, "sub"));
     kid = json_string_value(json_object_get(header, "kid"));
-    if (!iss || !*iss || strlen(iss) > CLIENT_ID_MAX || !utf8_valid(iss))
+    if (!iss || !*iss || strlen(iss) > CLIENT_ID_MAX ||
+        !util_utf8_valid(iss, strlen(iss)))
         why = "the assertion has no usable iss";
     else if (!sub || strcmp(sub, iss) != 0)
         why = "the assertion's sub differs from its iss";
@@ -355,7 +284,8 @@ static enum oauth_err read_assertion(struct auth_ctx *ctx, const struct server_f
         why = "the client_id parameter differs from the assertion's iss";
     if (iss && !why)
         strcpy(ctx->client_id, iss);
-    else if (client_id && strlen(client_id) <= CLIENT_ID_MAX && utf8_valid(client_id))
+    else if (client_id && strlen(client_id) <= CLIENT_ID_MAX &&
+             util_utf8_valid(client_id, strlen(client_id)))
         strcpy(ctx->client_id, client_id);
     if (why) {
         rlog_info(ctx->sr->rid, ctx->client_id[0] ? ctx->client_id : NULL,
@@ -384,7 +314,7 @@ static enum oauth_err read_credentials(struct auth_ctx *ctx,
     if (header) {
         if (strlen(header) > AUTHORIZATION_MAX) {
             *description = DESC_TOO_LONG;
-            return OAUTH_ERR_INVALID_REQUEST;
+            return OAUTH_ERR_INVALID_CLIENT;
         }
         if (secret || assertion) {
             *description = DESC_TWO_METHODS;

@@ -5,8 +5,9 @@
  * A private key is stored sealed: "v1." base64url(12-byte nonce) "."
  * base64url(AES-256-GCM ciphertext || 16-byte tag) of its PKCS#8 DER form. The AES key is
  * HMAC-SHA-256(server secret, "cibad signing key seal v1"), so changing the secret makes
- * every stored key unreadable and a wrong secret is detected by the GCM tag. The secrets
- * of client_secret_jwt clients are sealed the same way under another label.
+ * every stored key unreadable and a wrong secret is detected by the GCM tag.
+ * oauth_seal and oauth_unseal use the same format for other secrets, each kind under
+ * its own label, so a value sealed for one purpose never opens as another.
  */
 #include "oauth/oauth_int.h"
 
@@ -24,15 +25,17 @@
 #define SEAL_NONCE_LEN 12
 #define SEAL_TAG_LEN   16
 /* A sealed P-256 PKCS#8 key is about 200 characters; this leaves room to spare. */
-#define SEAL_MAX_LEN 2048
+#define SEAL_KEY_MAX_LEN 2048
 
 static void seal_key_derive(const char *secret, const char *label, unsigned char key[32])
 {
     util_hmac_sha256(secret, strlen(secret), label, strlen(label), key);
 }
 
-char *oauth_seal(const char *secret, const char *label, const unsigned char *der,
-                 size_t der_len)
+/* Encrypts der under the key derived from secret and label. Returns the sealed text or
+ * NULL. */
+static char *seal(const char *secret, const char *label, const unsigned char *der,
+                  size_t der_len)
 {
     unsigned char key[32], nonce[SEAL_NONCE_LEN];
     unsigned char *ct = util_malloc(der_len + SEAL_TAG_LEN);
@@ -48,7 +51,7 @@ char *oauth_seal(const char *secret, const char *label, const unsigned char *der
         EVP_EncryptFinal_ex(ctx, ct + len, &fin) != 1 ||
         EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, SEAL_TAG_LEN, ct + len + fin) !=
             1) {
-        log_error("sealing with the server secret failed: AES-256-GCM encryption error");
+        log_error("sealing a secret failed: AES-256-GCM encryption error");
         goto out;
     }
 
@@ -65,26 +68,30 @@ out:
     return out;
 }
 
-int oauth_unseal(const char *secret, const char *label, const char *sealed,
-                 unsigned char **der, size_t *der_len)
+/* Decrypts a sealed text of at most max_len characters into *der (new buffer; the
+ * caller cleanses and frees it). Returns 0, or -1 for a malformed text or a wrong secret
+ * or label. */
+static int unseal(const char *secret, const char *label, const char *sealed,
+                  size_t max_len, unsigned char **der, size_t *der_len)
 {
-    unsigned char key[32], nonce[SEAL_NONCE_LEN], buf[SEAL_MAX_LEN];
-    size_t sealed_len = strnlen(sealed, SEAL_MAX_LEN + 1);
-    size_t nonce_len = sizeof(nonce), buf_len = sizeof(buf);
+    unsigned char key[32], nonce[SEAL_NONCE_LEN];
+    size_t sealed_len = strnlen(sealed, max_len + 1);
+    size_t nonce_len = sizeof(nonce), buf_len = sealed_len;
     const char *body, *dot;
     EVP_CIPHER_CTX *ctx = NULL;
-    unsigned char *pt = NULL;
+    unsigned char *buf = NULL, *pt = NULL;
     int len = 0, fin = 0, rc = -1;
 
-    if (sealed_len > SEAL_MAX_LEN || strncmp(sealed, SEAL_PREFIX, 3) != 0)
+    if (sealed_len > max_len || strncmp(sealed, SEAL_PREFIX, 3) != 0)
         return -1;
     body = sealed + strlen(SEAL_PREFIX);
     dot = strchr(body, '.');
+    buf = util_malloc(buf_len);
     if (!dot || util_b64url_decode(body, (size_t)(dot - body), nonce, &nonce_len) != 0 ||
         nonce_len != sizeof(nonce) ||
         util_b64url_decode(dot + 1, strlen(dot + 1), buf, &buf_len) != 0 ||
-        buf_len <= SEAL_TAG_LEN)
-        return -1;
+        buf_len <= SEAL_TAG_LEN || buf_len > INT_MAX)
+        goto out;
 
     seal_key_derive(secret, label, key);
     ctx = EVP_CIPHER_CTX_new();
@@ -103,13 +110,38 @@ int oauth_unseal(const char *secret, const char *label, const char *sealed,
 
 out:
     OPENSSL_cleanse(key, sizeof(key));
-    OPENSSL_cleanse(buf, sizeof(buf));
+    OPENSSL_cleanse(buf, sealed_len);
+    free(buf);
     if (pt) {
         OPENSSL_cleanse(pt, buf_len);
         free(pt);
     }
     EVP_CIPHER_CTX_free(ctx);
     return rc;
+}
+
+char *oauth_seal(const char *secret, const char *label, const void *data, size_t len)
+{
+    if (!secret || !*secret || !label)
+        return NULL;
+    return seal(secret, label, data, len);
+}
+
+int oauth_unseal(const char *secret, const char *label, const char *sealed,
+                 unsigned char **out, size_t *out_len)
+{
+    unsigned char *data = NULL;
+    size_t len = 0;
+
+    if (!secret || !*secret || !label || !sealed ||
+        unseal(secret, label, sealed, OAUTH_SEAL_MAX_LEN, &data, &len) != 0)
+        return -1;
+    /* unseal's buffer has room for the 16-byte tag past the plaintext, so the text is
+     * NUL-terminated without a copy. */
+    data[len] = '\0';
+    *out = data;
+    *out_len = len;
+    return 0;
 }
 
 /* True when pkey is an EC key on P-256, the only curve ES256 allows. */
@@ -184,7 +216,7 @@ int oauth_key_generate(const char *secret, char **kid, char **sealed_private,
         goto out;
     }
     jwk = public_jwk(pkey, &new_kid);
-    sealed = oauth_seal(secret, SEAL_LABEL, der, (size_t)der_len);
+    sealed = seal(secret, SEAL_LABEL, der, (size_t)der_len);
     if (!jwk || !sealed)
         goto out;
     jwk_text = json_dumps(jwk, JSON_COMPACT);
@@ -219,7 +251,7 @@ static EVP_PKEY *open_private_key(const char *secret, const char *sealed)
     PKCS8_PRIV_KEY_INFO *p8 = NULL;
     EVP_PKEY *pkey = NULL;
 
-    if (oauth_unseal(secret, SEAL_LABEL, sealed, &der, &der_len) != 0 ||
+    if (unseal(secret, SEAL_LABEL, sealed, SEAL_KEY_MAX_LEN, &der, &der_len) != 0 ||
         der_len > LONG_MAX)
         return NULL;
     p = der;

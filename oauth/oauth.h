@@ -108,18 +108,20 @@ bool oauth_scope_has(const char *scope, const char *name);
 typedef void (*oauth_client_cb)(void *arg, enum oauth_err err, const char *description,
                                 struct oauth_client *client);
 
-/* Authenticates the client of a request by client_secret_basic (RFC 6749 section
- * 2.3.1: the id and secret are form-urlencoded inside Basic), client_secret_post, or a
- * JWT client assertion (RFC 7523) for private_key_jwt and client_secret_jwt clients.
+/* Authenticates the client of a request by client_secret_basic (RFC 6749 section 2.3.1:
+ * the id and secret are form-urlencoded inside Basic), client_secret_post, or a JWT
+ * client assertion (RFC 7523) for private_key_jwt and client_secret_jwt clients.
  * Exactly one method per request, and it must be the one registered for the client.
  * Secrets are compared as SHA-256 hashes in constant time. cb is called later, on the
- * loop thread, exactly once, with invalid_request (malformed, or several methods),
- * invalid_client (401: missing, unknown or wrong credentials, an assertion that fails a
- * check or was used before, or another method than the registered one),
- * temporarily_unavailable (database down) or server_error. Copies the claimed
- * client_id into sr->client_id for log lines as soon as it is read, before it is
- * verified: take the authenticated id from client->client_id. Assertions need
- * server_config (issuer, secret, allow_rs256) and sr->worker->jwks. */
+ * loop thread, exactly once. The error is invalid_request for several methods, or for
+ * a body client_id that differs from the Basic one. It is invalid_client (401) for
+ * missing, unknown or wrong credentials, for an Authorization header that is
+ * malformed, too long or not Basic, for an assertion that fails a check or was used
+ * before, and for another method than the registered one. It is
+ * temporarily_unavailable while the database is down, and otherwise server_error.
+ * Copies the claimed client_id into sr->client_id for log lines as soon as it is read,
+ * before it is verified: take the authenticated id from client->client_id. Assertions
+ * need server_config (issuer, secret, allow_rs256) and sr->worker->jwks. */
 void oauth_client_authenticate(struct server_req *sr, const struct server_form *form,
                                oauth_client_cb cb, void *arg);
 
@@ -332,6 +334,46 @@ void oauth_jwks_cache_get(struct oauth_jwks_cache *c, const char *uri, unsigned 
 
 /* The left half of SHA-256 of token, base64url: at_hash for ID tokens. new string. */
 char *oauth_half_hash(const char *token);
+
+/* ---- sealing secrets at rest ------------------------------------------------------- */
+
+/* The longest sealed text oauth_unseal accepts. */
+#define OAUTH_SEAL_MAX_LEN 65536
+
+/* Encrypts len bytes of data with AES-256-GCM under a key derived from the server
+ * secret and label (each kind of secret has its own label, for example "cibad
+ * notification seal v1"), with a fresh random nonce. Returns the sealed text
+ * "v1.NONCE.CIPHERTEXT" (base64url parts; a new string), or NULL on failure. */
+char *oauth_seal(const char *secret, const char *label, const void *data, size_t len);
+
+/* Decrypts a text made by oauth_seal with the same secret and label. On success stores
+ * a new buffer in *out (NUL-terminated after its *out_len bytes; the caller wipes and
+ * frees it) and returns 0. Returns -1 for a malformed or oversized text, a wrong secret
+ * or label, or a modified ciphertext. */
+int oauth_unseal(const char *secret, const char *label, const char *sealed,
+                 unsigned char **out, size_t *out_len) MUST_CHECK;
+
+/* ---- token responses ----------------------------------------------------------------
+ */
+
+/* An approved CIBA grant, as the token endpoint redeems it and as push delivery sends
+ * it. Strings are borrowed. */
+struct oauth_grant {
+    const char *client_id;
+    const char *subject;
+    const char *scope; /* the approved scope */
+    const char
+        *auth_req_id;  /* for the ID token's urn:openid:params:jwt:claim:auth_req_id */
+    int64_t auth_time; /* Unix seconds of the approval */
+};
+
+/* Signs an RFC 9068 access token and an ID token (with at_hash and the auth_req_id
+ * claim) for grant with the signing key of ks, and returns the token response
+ * {"access_token", "token_type": "Bearer", "expires_in", "id_token", "scope"} as a new
+ * reference, or NULL when signing failed (no usable signing key). The tokens are
+ * bearer secrets: wipe any text dumped from the result before freeing it. */
+json_t *oauth_token_response_new(const struct oauth_keyset *ks,
+                                 const struct oauth_grant *grant);
 
 /* ---- endpoints --------------------------------------------------------------------- */
 

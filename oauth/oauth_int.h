@@ -77,16 +77,4 @@ const char *oauth_assertion_check(const json_t *claims, const char *client_id,
                                   const char *issuer, int64_t now,
                                   struct oauth_assertion_claims *out);
 
-/* Seals data with AES-256-GCM under HMAC-SHA-256(secret, label), as
- * "v1." base64url(nonce) "." base64url(ciphertext || tag). The label separates the uses
- * of the server secret, so a value sealed for one use never opens as another. Returns a
- * new string or NULL. */
-char *oauth_seal(const char *secret, const char *label, const unsigned char *data,
-                 size_t len);
-/* Opens a value sealed with the same secret and label into *data (new buffer; the
- * caller cleanses and frees it). Returns 0, or -1 for a malformed text, a wrong secret
- * or a wrong label. */
-int oauth_unseal(const char *secret, const char *label, const char *sealed,
-                 unsigned char **data, size_t *len) MUST_CHECK;
-
 #endif

@@ -10,14 +10,15 @@
 
 #include <string.h>
 
+#include <openssl/crypto.h>
+
 #include "server/config.h"
 #include "server/http.h"
 #include "storage/storage.h"
 
-#define CIBA_GRANT_TYPE      "urn:openid:params:grant-type:ciba"
-#define AUTH_REQ_ID_MAX_LEN  128
-#define JTI_BYTES            16
-#define CLAIM_AUTH_REQ_ID    "urn:openid:params:jwt:claim:auth_req_id"
+#define AUTH_REQ_ID_MAX_LEN 128
+#define JTI_BYTES           16
+#define CLAIM_AUTH_REQ_ID   "urn:openid:params:jwt:claim:auth_req_id"
 
 struct token_ctx {
     struct server_req *sr;
@@ -33,7 +34,8 @@ static void token_free(struct token_ctx *ctx)
     free(ctx);
 }
 
-static void finish_error(struct token_ctx *ctx, enum oauth_err err, const char *description)
+static void finish_error(struct token_ctx *ctx, enum oauth_err err,
+                         const char *description)
 {
     oauth_reply_error(ctx->sr, OAUTH_EP_TOKEN, err, description);
     token_free(ctx);
@@ -46,8 +48,8 @@ static json_t *sms_otp_amr(void)
 }
 
 /* The RFC 9068 access token: bound to the approved scope and this client. */
-static char *issue_access_token(struct token_ctx *ctx, const struct storage_poll *poll,
-                                int64_t now)
+static char *issue_access_token(const struct oauth_keyset *ks,
+                                const struct oauth_grant *grant, int64_t now)
 {
     const struct server_config *cfg = server_config;
     char *jti = util_random_token(JTI_BYTES);
@@ -57,27 +59,28 @@ static char *issue_access_token(struct token_ctx *ctx, const struct storage_poll
     /* One configured audience for every token: RFC 9068 section 3 asks for a default
      * resource when the request names none, and resource indicators (RFC 8707) are
      * not supported yet. */
-    const char *audience = cfg->access_token_audience ? cfg->access_token_audience
-                                                      : cfg->issuer;
+    const char *audience =
+        cfg->access_token_audience ? cfg->access_token_audience : cfg->issuer;
 
     claims = json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:s, s:I, s:s, s:o}", "iss",
-                       cfg->issuer, "sub", poll->subject, "aud", audience, "client_id",
-                       ctx->client->client_id, "scope", poll->scope, "iat", (json_int_t)now,
+                       cfg->issuer, "sub", grant->subject, "aud", audience, "client_id",
+                       grant->client_id, "scope", grant->scope, "iat", (json_int_t)now,
                        "exp", (json_int_t)(now + cfg->access_token_lifetime), "jti", jti,
-                       "auth_time", (json_int_t)poll->auth_time, "acr", OAUTH_ACR_SMS_OTP,
-                       "amr", sms_otp_amr());
+                       "auth_time", (json_int_t)grant->auth_time, "acr",
+                       OAUTH_ACR_SMS_OTP, "amr", sms_otp_amr());
     free(jti);
     if (!claims)
         return NULL;
-    token = oauth_jws_sign(ctx->sr->worker->keys, "at+jwt", claims);
+    token = oauth_jws_sign(ks, "at+jwt", claims);
     json_decref(claims);
     return token;
 }
 
 /* The ID token (OpenID Connect Core section 2, as CIBA Core 1.0 section 10.1.1 adds
  * the auth_req_id claim). */
-static char *issue_id_token(struct token_ctx *ctx, const struct storage_poll *poll,
-                            const char *access_token, int64_t now)
+static char *issue_id_token(const struct oauth_keyset *ks,
+                            const struct oauth_grant *grant, const char *access_token,
+                            int64_t now)
 {
     const struct server_config *cfg = server_config;
     char *at_hash = oauth_half_hash(access_token);
@@ -85,49 +88,72 @@ static char *issue_id_token(struct token_ctx *ctx, const struct storage_poll *po
     char *token;
 
     claims = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:s, s:o, s:s, s:s}", "iss",
-                       cfg->issuer, "sub", poll->subject, "aud", ctx->client->client_id,
-                       "iat", (json_int_t)now, "exp",
-                       (json_int_t)(now + cfg->id_token_lifetime), "auth_time",
-                       (json_int_t)poll->auth_time, "acr", OAUTH_ACR_SMS_OTP, "amr",
-                       sms_otp_amr(), "at_hash", at_hash, CLAIM_AUTH_REQ_ID,
-                       ctx->auth_req_id);
+                       cfg->issuer, "sub", grant->subject, "aud", grant->client_id, "iat",
+                       (json_int_t)now, "exp", (json_int_t)(now + cfg->id_token_lifetime),
+                       "auth_time", (json_int_t)grant->auth_time, "acr",
+                       OAUTH_ACR_SMS_OTP, "amr", sms_otp_amr(), "at_hash", at_hash,
+                       CLAIM_AUTH_REQ_ID, grant->auth_req_id);
     free(at_hash);
     if (!claims)
         return NULL;
-    token = oauth_jws_sign(ctx->sr->worker->keys, "JWT", claims);
+    token = oauth_jws_sign(ks, "JWT", claims);
     json_decref(claims);
     return token;
 }
 
-static void finish_tokens(struct token_ctx *ctx, const struct storage_poll *poll)
+/* Frees a token after overwriting it, since freed heap memory may be read later. */
+static void token_wipe_free(char *token)
+{
+    if (token) {
+        OPENSSL_cleanse(token, strlen(token));
+        free(token);
+    }
+}
+
+json_t *oauth_token_response_new(const struct oauth_keyset *ks,
+                                 const struct oauth_grant *grant)
 {
     int64_t now = util_now_s();
-    char *access_token = issue_access_token(ctx, poll, now);
-    char *id_token = access_token ? issue_id_token(ctx, poll, access_token, now) : NULL;
-    json_t *body;
+    char *access_token = issue_access_token(ks, grant, now);
+    char *id_token = access_token ? issue_id_token(ks, grant, access_token, now) : NULL;
+    json_t *body = NULL;
 
-    if (!access_token || !id_token) {
+    if (access_token && id_token)
+        body = json_pack("{s:s, s:s, s:i, s:s, s:s}", "access_token", access_token,
+                         "token_type", "Bearer", "expires_in",
+                         server_config->access_token_lifetime, "id_token", id_token,
+                         "scope", grant->scope);
+    token_wipe_free(access_token);
+    token_wipe_free(id_token);
+    return body;
+}
+
+static void finish_tokens(struct token_ctx *ctx, const struct storage_poll *poll)
+{
+    struct oauth_grant grant = {
+        .client_id = ctx->client->client_id,
+        .subject = poll->subject,
+        .scope = poll->scope,
+        .auth_req_id = ctx->auth_req_id,
+        .auth_time = poll->auth_time,
+    };
+    json_t *body = oauth_token_response_new(ctx->sr->worker->keys, &grant);
+
+    if (!body) {
         /* The grant is already redeemed: the client must start a new request. */
         rlog_error(ctx->sr->rid, ctx->client->client_id,
                    "signing tokens failed after redemption; no usable signing key?");
-        free(access_token);
         finish_error(ctx, OAUTH_ERR_SERVER_ERROR, NULL);
         return;
     }
-
-    body = json_pack("{s:s, s:s, s:i, s:s, s:s}", "access_token", access_token,
-                     "token_type", "Bearer", "expires_in",
-                     server_config->access_token_lifetime, "id_token", id_token, "scope",
-                     poll->scope);
-    free(access_token);
-    free(id_token);
     server_req_add_header(ctx->sr, "Cache-Control", "no-store");
     server_req_add_header(ctx->sr, "Pragma", "no-cache");
     server_reply_json(ctx->sr, 200, body);
     token_free(ctx);
 }
 
-static void on_polled(void *arg, enum storage_status status, const struct storage_poll *poll)
+static void on_polled(void *arg, enum storage_status status,
+                      const struct storage_poll *poll)
 {
     struct token_ctx *ctx = arg;
 
@@ -173,8 +199,8 @@ static bool is_auth_req_id_shaped(const char *id)
     return true;
 }
 
-static void on_client_authenticated(void *arg, enum oauth_err err, const char *description,
-                                    struct oauth_client *client)
+static void on_client_authenticated(void *arg, enum oauth_err err,
+                                    const char *description, struct oauth_client *client)
 {
     struct token_ctx *ctx = arg;
     const char *grant_type = server_form_get(&ctx->form, "grant_type");
@@ -190,14 +216,22 @@ static void on_client_authenticated(void *arg, enum oauth_err err, const char *d
         finish_error(ctx, OAUTH_ERR_INVALID_REQUEST, "grant_type is required");
         return;
     }
-    if (strcmp(grant_type, CIBA_GRANT_TYPE) != 0) {
+    if (strcmp(grant_type, OAUTH_GRANT_TYPE_CIBA) != 0) {
         finish_error(ctx, OAUTH_ERR_UNSUPPORTED_GRANT_TYPE,
-                     "only urn:openid:params:grant-type:ciba is supported");
+                     "only " OAUTH_GRANT_TYPE_CIBA " is supported");
         return;
     }
-    if (!oauth_scope_has(client->grant_types, CIBA_GRANT_TYPE)) {
+    if (!oauth_scope_has(client->grant_types, OAUTH_GRANT_TYPE_CIBA)) {
         finish_error(ctx, OAUTH_ERR_UNAUTHORIZED_CLIENT,
                      "the client is not registered for the CIBA grant");
+        return;
+    }
+    /* A push client receives its tokens at its notification endpoint and may not use
+     * the token endpoint (CIBA Core 1.0 section 11). */
+    if (strcmp(client->backchannel_token_delivery_mode, "push") == 0) {
+        finish_error(ctx, OAUTH_ERR_UNAUTHORIZED_CLIENT,
+                     "a push mode client receives its tokens at its notification "
+                     "endpoint");
         return;
     }
 
@@ -212,8 +246,8 @@ static void on_client_authenticated(void *arg, enum oauth_err err, const char *d
     }
 
     util_sha256_hex(ctx->auth_req_id, strlen(ctx->auth_req_id), id_hash);
-    if (storage_auth_req_poll(ctx->sr->worker->db, id_hash, client->client_id, ctx->sr->rid,
-                              on_polled, ctx) != 0)
+    if (storage_auth_req_poll(ctx->sr->worker->db, id_hash, client->client_id,
+                              ctx->sr->rid, on_polled, ctx) != 0)
         finish_error(ctx, OAUTH_ERR_TEMPORARILY_UNAVAILABLE, NULL);
 }
 

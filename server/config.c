@@ -104,12 +104,25 @@ static const struct setting settings[] = {
      "Longest binding_message accepted, in characters"},
     {"tombstone_seconds", "CIBAD_TOMBSTONE_SECONDS", SETTING_INT, FIELD(tombstone_seconds), "86400", 0, 2592000, false,
      "Seconds an expired request is kept so polls get expired_token"},
+    {"notification_ca_file", "CIBAD_NOTIFICATION_CA_FILE", SETTING_STRING, FIELD(notification_ca_file), NULL, 0, 0, false,
+     "CA bundle for the HTTPS certificates of ping and push endpoints; the system store when unset"},
+    {"notification_timeout_ms", "CIBAD_NOTIFICATION_TIMEOUT_MS", SETTING_INT, FIELD(notification_timeout_ms), "5000", 100, 60000, false,
+     "Milliseconds for one ping or push attempt (DNS, connect, TLS, send and response)"},
+    {"notification_max_attempts", "CIBAD_NOTIFICATION_MAX_ATTEMPTS", SETTING_INT, FIELD(notification_max_attempts), "10", 1, 100, false,
+     "Attempts to deliver one ping or push notification before giving up"},
+    {"notification_retry_window", "CIBAD_NOTIFICATION_RETRY_WINDOW", SETTING_INT, FIELD(notification_retry_window), "3600", 1, 86400, false,
+     "Seconds after the decision during which a failed notification is retried"},
+    {"notification_retry_initial_ms", "CIBAD_NOTIFICATION_RETRY_INITIAL_MS", SETTING_INT, FIELD(notification_retry_initial_ms), "5000", 10, 600000, false,
+     "Milliseconds before the first retry of a notification; each later wait doubles, up to 15 minutes"},
+    {"notification_allow_loopback", "CIBAD_NOTIFICATION_ALLOW_LOOPBACK", SETTING_BOOL, FIELD(notification_allow_loopback), "false", 0, 0, false,
+     "Let notification endpoints be on loopback addresses, over https or plain http (tests and local use)"},
     {"http_timeout", "CIBAD_HTTP_TIMEOUT", SETTING_INT, FIELD(http_timeout), "30", 1, 3600, false,
      "Seconds of read or write inactivity before a client connection is closed"},
-    {"request_deadline_ms", "CIBAD_REQUEST_DEADLINE_MS", SETTING_INT, FIELD(request_deadline_ms), "10000", 100, 600000, false,
-     "Milliseconds after which an unanswered request gets 503 temporarily_unavailable"},
-    {"db_timeout_ms", "CIBAD_DB_TIMEOUT_MS", SETTING_INT, FIELD(db_timeout_ms), "5000", 100, 600000, false,
-     "Milliseconds one database statement may take"},
+    {"request_deadline_ms", "CIBAD_REQUEST_DEADLINE_MS", SETTING_INT, FIELD(request_deadline_ms), "10000", 400, 600000, false,
+     "Milliseconds after which an unanswered request gets 503. At least 4 x db_timeout_ms, because /bc-authorize runs "
+     "three statements in a row and must not get 503 while the last one commits and its SMS goes out"},
+    {"db_timeout_ms", "CIBAD_DB_TIMEOUT_MS", SETTING_INT, FIELD(db_timeout_ms), "2000", 100, 150000, false,
+     "Milliseconds one database statement may take; request_deadline_ms must be at least 4 times this"},
     {"max_body", "CIBAD_MAX_BODY", SETTING_INT, FIELD(max_body), "65536", 1024, 16777216, false,
      "Largest request body accepted, in bytes"},
     {"max_headers", "CIBAD_MAX_HEADERS", SETTING_INT, FIELD(max_headers), "8192", 1024, 1048576, false,
@@ -131,6 +144,12 @@ static const struct setting settings[] = {
 
 /* The secret must carry enough entropy to key HMAC-SHA-256 and AES-256-GCM. */
 #define SECRET_MIN_LEN 32
+/* request_deadline_ms must be at least this many times db_timeout_ms. /bc-authorize
+ * runs three statements one after the other (client, user, request), and each may take
+ * db_timeout_ms. With a shorter deadline the client could get 503 while the last
+ * statement still commits the request and its SMS goes out. The fourth share leaves
+ * room for the rest of the handler. */
+#define DEADLINE_DB_TIMEOUTS 4
 
 static char **string_field(struct server_config *cfg, const struct setting *s)
 {
@@ -473,6 +492,16 @@ static int validate(const struct server_config *cfg, char *err, size_t err_len)
     if (cfg->secret && strlen(cfg->secret) < SECRET_MIN_LEN) {
         snprintf(err, err_len, "secret is too short: use at least %d random characters",
                  SECRET_MIN_LEN);
+        return -1;
+    }
+    if (cfg->request_deadline_ms < DEADLINE_DB_TIMEOUTS * cfg->db_timeout_ms) {
+        snprintf(
+            err, err_len,
+            "request_deadline_ms (%d) is less than %d x db_timeout_ms (%d): set it to "
+            "at least %d or lower db_timeout_ms, so no request gets 503 while its "
+            "database statements still commit",
+            cfg->request_deadline_ms, DEADLINE_DB_TIMEOUTS, cfg->db_timeout_ms,
+            DEADLINE_DB_TIMEOUTS * cfg->db_timeout_ms);
         return -1;
     }
     if (cfg->auth_req_min_expiry > cfg->auth_req_default_expiry ||

@@ -50,6 +50,14 @@ struct server_config {
     int binding_message_max; /* characters */
     int tombstone_seconds;   /* keep finished requests this long for expired_token */
 
+    /* Ping and push delivery to client notification endpoints. */
+    char *notification_ca_file;
+    int notification_timeout_ms;       /* one attempt */
+    int notification_max_attempts;
+    int notification_retry_window;     /* seconds after the decision to keep trying */
+    int notification_retry_initial_ms; /* first back-off; doubles per attempt */
+    bool notification_allow_loopback;  /* tests and local development only */
+
     int http_timeout;        /* seconds of read or write inactivity */
     int request_deadline_ms; /* a request not answered by then gets 503 */
     int db_timeout_ms;

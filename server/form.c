@@ -17,88 +17,26 @@
 /* Used when no configuration is loaded (unit tests of the parser). */
 #define DEFAULT_MAX_BODY 65536
 
-static int hex_value(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* True when s[0..len) is well-formed UTF-8: no overlong forms, no surrogates, nothing
- * above U+10FFFF (RFC 3629 section 4). */
-static bool utf8_valid(const unsigned char *s, size_t len)
-{
-    size_t i = 0;
-
-    while (i < len) {
-        unsigned char c = s[i];
-        size_t extra;
-        uint32_t cp, min;
-
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if ((c & 0xe0) == 0xc0) {
-            extra = 1, cp = c & 0x1f, min = 0x80;
-        } else if ((c & 0xf0) == 0xe0) {
-            extra = 2, cp = c & 0x0f, min = 0x800;
-        } else if ((c & 0xf8) == 0xf0) {
-            extra = 3, cp = c & 0x07, min = 0x10000;
-        } else {
-            return false; /* a continuation byte without a lead byte, or 0xf8..0xff */
-        }
-        if (len - i <= extra)
-            return false;
-        for (size_t k = 1; k <= extra; k++) {
-            if ((s[i + k] & 0xc0) != 0x80)
-                return false;
-            cp = (cp << 6) | (s[i + k] & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return false;
-        i += extra + 1;
-    }
-    return true;
-}
-
 /* Decodes in[0..len) into a new string. Returns NULL and sets *error on a bad escape,
  * a NUL byte (raw or %00) or invalid UTF-8. */
 static char *decode_component(const char *in, size_t len, const char **error)
 {
     char *out = util_malloc(len + 1);
-    size_t n = 0;
+    size_t n;
 
-    for (size_t i = 0; i < len; i++) {
-        char c = in[i];
-
-        if (c == '+') {
-            c = ' ';
-        } else if (c == '%') {
-            int hi = i + 2 < len ? hex_value(in[i + 1]) : -1;
-            int lo = hi >= 0 ? hex_value(in[i + 2]) : -1;
-
-            if (hi < 0 || lo < 0) {
-                *error = "invalid percent-encoding in the form";
-                free(out);
-                return NULL;
-            }
-            c = (char)(hi << 4 | lo);
-            i += 2;
-        }
-        if (c == '\0') {
-            *error = "the form contains a NUL byte";
-            free(out);
-            return NULL;
-        }
-        out[n++] = c;
+    switch (util_form_urldecode(in, len, out, &n)) {
+    case 0:
+        break;
+    case UTIL_URLDECODE_NUL:
+        *error = "the form contains a NUL byte";
+        free(out);
+        return NULL;
+    default:
+        *error = "invalid percent-encoding in the form";
+        free(out);
+        return NULL;
     }
-    out[n] = '\0';
-
-    if (!utf8_valid((const unsigned char *)out, n)) {
+    if (!util_utf8_valid(out, n)) {
         *error = "the form is not valid UTF-8";
         free(out);
         return NULL;

@@ -240,17 +240,45 @@ static const char *repeated_header(struct evhttp_request *req)
     return NULL;
 }
 
+/* The deadline reply on the approval page, which people read in a browser. It has the
+ * security headers of the pages ciba/approve.c sends, and no style, so its
+ * Content-Security-Policy allows nothing at all. */
+static const char deadline_page[] =
+    "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+    "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
+    "<title>Please try again</title></head><body><h1>Please try again</h1>"
+    "<p>This took too long. Please try again in a moment.</p></body></html>\n";
+
+static void reply_deadline_page(struct server_req *sr)
+{
+    server_req_add_header(sr, "Content-Security-Policy",
+                          "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; "
+                          "form-action 'none'");
+    server_req_add_header(sr, "X-Frame-Options", "DENY");
+    server_req_add_header(sr, "Cache-Control", "no-store");
+    server_req_add_header(sr, "Referrer-Policy", "no-referrer");
+    server_req_add_header(sr, "X-Content-Type-Options", "nosniff");
+    server_req_add_header(sr, "Retry-After", "5");
+    server_reply_body(sr, 503, "text/html; charset=utf-8", deadline_page,
+                      sizeof(deadline_page) - 1);
+}
+
 static void on_deadline(evutil_socket_t fd, short what, void *arg)
 {
     struct server_req_state *rs = arg;
+    struct server_req *sr = &rs->sr;
 
     (void)fd;
     (void)what;
-    rlog_warn(rs->sr.rid, rs->sr.client_id[0] ? rs->sr.client_id : NULL,
+    rlog_warn(sr->rid, sr->client_id[0] ? sr->client_id : NULL,
               "no reply after %d ms; sending 503", server_config->request_deadline_ms);
     rs->in_deadline = true;
-    oauth_reply_error(&rs->sr, OAUTH_EP_OTHER, OAUTH_ERR_TEMPORARILY_UNAVAILABLE,
-                      "The request took too long; try again");
+    /* The router names the endpoint before it calls the handler. */
+    if (sr->endpoint && strcmp(sr->endpoint, "approve") == 0)
+        reply_deadline_page(sr);
+    else
+        oauth_reply_error(sr, OAUTH_EP_OTHER, OAUTH_ERR_TEMPORARILY_UNAVAILABLE,
+                          "The request took too long; try again");
     rs->in_deadline = false;
 }
 

@@ -13,6 +13,7 @@
 #ifndef CIBAD_SERVER_HTTP_H
 #define CIBAD_SERVER_HTTP_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -28,6 +29,7 @@ struct storage_conn;
 struct sms_sender;
 struct oauth_keyset;
 struct oauth_jwks_cache;
+struct ciba_notifier;
 
 /* A handler reads keys when it signs or verifies and keeps no pointer to it across a
  * callback, because the worker replaces the keyset when the keys in the database
@@ -38,9 +40,21 @@ struct server_worker {
     struct evdns_base *dns;
     struct storage_conn *db;
     struct sms_sender *sms;
-    struct oauth_keyset *keys;     /* this thread's copy, refreshed from the database */
-    struct oauth_jwks_cache *jwks; /* client key sets for client assertions */
+    struct oauth_keyset *keys;      /* this thread's copy, refreshed from the database */
+    struct oauth_jwks_cache *jwks;  /* client key sets for client assertions */
+    struct ciba_notifier *notifier; /* ping and push delivery; see ciba/ciba.h */
+    /* Background work in progress (SMS deliveries), which may outlive its request; the
+     * main thread reads it while draining. Change it only through the functions below. */
+    atomic_uint background;
 };
+
+/* Counts one piece of background work on w, such as an SMS delivery that a request
+ * starts and that ends after its reply. server_worker_background_end ends the count.
+ * The graceful stop keeps w's loop, database connection and SMS sender running until
+ * every begin has its end, or until the drain time limit passes. Call both on w's
+ * thread, and call end exactly once per begin. */
+void server_worker_background_begin(struct server_worker *w);
+void server_worker_background_end(struct server_worker *w);
 
 // clang-format off
 struct server_req {

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "ciba/ciba.h"
 #include "oauth/oauth.h"
 #include "storage/storage.h"
 
@@ -19,7 +20,6 @@
 /* parse_args result when --help was given and the usage is printed. */
 #define ARGS_HELP (-1)
 
-#define CIBA_GRANT_TYPE       "urn:openid:params:grant-type:ciba"
 #define CLIENT_NAME_MAX       100 /* characters, as the client table allows */
 #define ID_MAX                128 /* client_id bytes, as the client table allows */
 #define USER_FIELD_MAX        255 /* subject and username characters */
@@ -315,13 +315,38 @@ static int client_create_check(const char *name, const char *client_id, const ch
                 ID_MAX);
         return EXIT_USAGE;
     }
-    if (strcmp(mode, "ping") == 0 || strcmp(mode, "push") == 0) {
-        fprintf(stderr, "cibad: --delivery-mode %s is not supported yet; use poll\n",
+    if (strcmp(mode, "poll") != 0 && strcmp(mode, "ping") != 0 &&
+        strcmp(mode, "push") != 0) {
+        fprintf(stderr,
+                "cibad: invalid --delivery-mode \"%s\": expected poll, ping or push\n",
                 mode);
         return EXIT_USAGE;
     }
-    if (strcmp(mode, "poll") != 0) {
-        fprintf(stderr, "cibad: invalid --delivery-mode \"%s\": expected poll\n", mode);
+    return 0;
+}
+
+/* Checks --notification-endpoint against --delivery-mode (CIBA Core 1.0 section 4: ping
+ * and push clients need an https endpoint, poll clients have none). */
+static int client_endpoint_check(const char *mode, const char *endpoint,
+                                 const struct server_config *cfg)
+{
+    char err[256];
+
+    if (strcmp(mode, "poll") == 0) {
+        if (!endpoint)
+            return 0;
+        fprintf(stderr, "cibad: --notification-endpoint is only for the ping and push "
+                        "delivery modes\n");
+        return EXIT_USAGE;
+    }
+    if (!endpoint) {
+        fprintf(stderr, "cibad: --delivery-mode %s needs --notification-endpoint URL\n",
+                mode);
+        return EXIT_USAGE;
+    }
+    if (ciba_notification_endpoint_check(endpoint, cfg->notification_allow_loopback, err,
+                                         sizeof(err)) != 0) {
+        fprintf(stderr, "cibad: invalid --notification-endpoint: %s\n", err);
         return EXIT_USAGE;
     }
     return 0;
@@ -330,7 +355,8 @@ static int client_create_check(const char *name, const char *client_id, const ch
 static int cmd_client_create(struct cli *cli, int argc, char **argv)
 {
     const char *name = NULL, *scope = NULL, *client_id = NULL, *method = NULL,
-               *mode = NULL, *jwks = NULL, *jwks_uri = NULL, *signing_alg = NULL;
+               *mode = NULL, *endpoint = NULL, *jwks = NULL, *jwks_uri = NULL,
+               *signing_alg = NULL;
     bool as_json = false;
     struct cli_opt opts[] = {
         {"--name", &name, NULL},
@@ -339,6 +365,7 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
         {"--auth-method", &method, NULL},
         {"--delivery-mode", &mode, NULL},
         {"--json", NULL, &as_json},
+        {"--notification-endpoint", &endpoint, NULL},
         {"--jwks", &jwks, NULL},
         {"--jwks-uri", &jwks_uri, NULL},
         {"--auth-signing-alg", &signing_alg, NULL},
@@ -358,6 +385,8 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
     method = method ? method : "client_secret_basic";
     mode = mode ? mode : "poll";
     rc = client_create_check(name, client_id, mode);
+    if (rc == 0)
+        rc = client_endpoint_check(mode, endpoint, &cli->cfg);
     if (rc != 0)
         return rc;
     if (oauth_client_credentials_new(
@@ -393,7 +422,8 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
         .token_endpoint_auth_method = method,
         .scope = scope_list,
         .backchannel_token_delivery_mode = mode,
-        .grant_types = CIBA_GRANT_TYPE,
+        .backchannel_client_notification_endpoint = endpoint,
+        .grant_types = OAUTH_GRANT_TYPE_CIBA,
         .jwks = cred.jwks,
         .jwks_uri = cred.jwks_uri,
         .token_endpoint_auth_signing_alg = cred.signing_alg,
@@ -404,10 +434,12 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
         goto out;
     }
     if (as_json) {
-        json_t *out = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "client_id", id,
+        json_t *out = json_pack("{s:s, s:s, s:s, s:s, s:s, s:o, s:s}", "client_id", id,
                                 "client_name", name, "token_endpoint_auth_method", method,
                                 "scope", scope_list, "backchannel_token_delivery_mode",
-                                mode, "grant_types", CIBA_GRANT_TYPE);
+                                mode, "backchannel_client_notification_endpoint",
+                                endpoint ? json_string(endpoint) : json_null(),
+                                "grant_types", OAUTH_GRANT_TYPE_CIBA);
 
         if (cred.secret)
             json_object_set_new(out, "client_secret", json_string(cred.secret));
@@ -598,8 +630,42 @@ static const char *user_name_clash(json_t *users, const char *subject,
     return NULL;
 }
 
+/* True when value reads as a phone number under any default_country_code the setting
+ * allows (1 to 999), so a later change of the setting cannot make it read as one. */
+static bool reads_as_phone(const char *value)
+{
+    char e164[17], cc[12]; /* room for any int, which -O1 cannot bound to 999 */
+
+    for (int code = 1; code <= 999; code++) {
+        snprintf(cc, sizeof(cc), "%d", code);
+        if (util_phone_normalize(value, cc, e164) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Checks --subject and --username. A login_hint that reads as a phone number is looked
+ * up by phone number only, so a subject or username that reads as one would never find
+ * its user, and could find another user who has that number. The database cannot
+ * enforce this: a CHECK constraint cannot run util_phone_normalize. */
 static int user_create_check(const char *subject, const char *username)
 {
+    if (subject && reads_as_phone(subject)) {
+        fprintf(stderr,
+                "cibad: invalid --subject \"%s\": it reads as a phone number, and a "
+                "login_hint that does is looked up by phone number only; include a "
+                "letter\n",
+                subject);
+        return EXIT_USAGE;
+    }
+    if (username && reads_as_phone(username)) {
+        fprintf(stderr,
+                "cibad: invalid --username \"%s\": it reads as a phone number, and a "
+                "login_hint that does is looked up by phone number only; include a "
+                "letter\n",
+                username);
+        return EXIT_USAGE;
+    }
     if (subject && !token_ok(subject, USER_FIELD_MAX)) {
         fprintf(stderr,
                 "cibad: --subject must have 1 to %d printable ASCII characters and "
@@ -653,7 +719,16 @@ static int cmd_user_create(struct cli *cli, int argc, char **argv)
         goto out;
 
     rc = 1;
-    sub = subject ? util_strdup(subject) : util_random_token(16);
+    if (subject) {
+        sub = util_strdup(subject);
+    } else {
+        /* 22 base64url characters read as a phone number only when all are digits or
+         * '-', which is unlikely but possible. */
+        do {
+            free(sub);
+            sub = util_random_token(16);
+        } while (reads_as_phone(sub));
+    }
     s = open_db(cli);
     if (!s)
         goto out;
@@ -932,7 +1007,7 @@ static const struct command commands[] = {
      "client create --name NAME --scope \"openid ...\" [--client-id ID]\n"
      "         [--auth-method private_key_jwt|client_secret_jwt|client_secret_basic|client_secret_post]\n"
      "         [--jwks FILE_OR_JSON | --jwks-uri URL] [--auth-signing-alg ES256|PS256|RS256|HS256]\n"
-     "         [--delivery-mode poll] [--json]",
+     "         [--delivery-mode poll|ping|push [--notification-endpoint https://...]] [--json]",
      "Register a client and print its secret, if it has one, once.", cmd_client_create},
     {"client", "list", "client list [--json]", "List the registered clients.", cmd_client_list},
     {"client", "show", "client show ID [--json]", "Show one client.", cmd_client_show},
@@ -958,6 +1033,28 @@ static void print_help(FILE *out)
     fprintf(out,
             "\nEach command takes --help. `cibad serve --help` lists every setting.\n"
             "Exit status: 0 on success, 1 on failure, 2 for a usage error.\n");
+}
+
+/* True when name is the group of at least one command ("client", "user", ...). */
+static bool group_exists(const char *name)
+{
+    for (size_t i = 0; i < ARRAY_LEN(commands); i++) {
+        if (commands[i].group && strcmp(commands[i].group, name) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Prints the commands of one group, as `cibad GROUP --help` shows them. */
+static void print_group_help(FILE *out, const char *group)
+{
+    fprintf(out, "usage: cibad [--config FILE] %s COMMAND [ARGS]\n\nCommands:\n\n",
+            group);
+    for (size_t i = 0; i < ARRAY_LEN(commands); i++) {
+        if (commands[i].group && strcmp(commands[i].group, group) == 0)
+            fprintf(out, "  %s\n      %s\n", commands[i].usage, commands[i].summary);
+    }
+    fprintf(out, "\nEach command takes --help.\n");
 }
 
 /* Finds the command named by argv[0] (and argv[1] for a group). Sets *used to the
@@ -1031,6 +1128,11 @@ int main(int argc, char **argv)
     if (i == argc) {
         print_help(stderr);
         return EXIT_USAGE;
+    }
+    if (group_exists(argv[i]) && i + 1 < argc &&
+        (strcmp(argv[i + 1], "--help") == 0 || strcmp(argv[i + 1], "-h") == 0)) {
+        print_group_help(stdout, argv[i]);
+        return 0;
     }
     cli.cmd = command_find(argc - i, argv + i, &used);
     if (!cli.cmd)

@@ -40,8 +40,15 @@
 #define ACCEPT_POLL_MS 10
 /* While draining, how often the main thread checks the workers' counters. */
 #define DRAIN_TICK_MS 50
-/* After the last reply is sent, how long the loops keep running so it is written. */
+/* After the last reply is sent and the last delivery recorded, how long the loops keep
+ * running so the reply is written. */
 #define DRAIN_FLUSH_MS 250
+/* The pause sms/sender.c makes between the two attempts of one SMS. */
+#define SMS_RETRY_PAUSE_MS 200
+/* While the database is unreachable at startup, the wait before the next attempt: it
+ * starts at DB_RETRY_FIRST_MS and doubles up to DB_RETRY_MAX_MS. */
+#define DB_RETRY_FIRST_MS 1000
+#define DB_RETRY_MAX_MS   10000
 
 /* The main thread's state while serving. */
 struct server_main {
@@ -50,9 +57,18 @@ struct server_main {
     struct event *sigterm, *sigint, *drain_timer, *ready_timer;
     struct server_thread *threads;
     int n_threads;
+    bool serving;        /* the worker threads run */
+    bool stop_requested; /* a signal came before serving started */
     bool draining;
     int64_t drain_started_ms;
-    int64_t answered_ms; /* when the last open request got its reply; 0 before */
+    int64_t idle_ms; /* since when no request and no delivery is open; 0 while some are */
+};
+
+/* Outcome of prepare_database. */
+enum db_prepare {
+    DB_READY,
+    DB_UNREACHABLE, /* no connection: worth another attempt */
+    DB_FAILED,      /* connected, but the schema or the keys are wrong */
 };
 
 /* Owned copies of key rows read at startup. */
@@ -145,17 +161,17 @@ out:
 }
 
 /* Checks the schema and reads the signing keys, generating the first key when there is
- * none, all with one blocking connection before any loop runs. */
-static int prepare_database(const struct server_config *cfg, struct key_rows *rows)
+ * none, all with one blocking connection before any loop runs. When the connection
+ * fails, returns DB_UNREACHABLE with libpq's reason in err. */
+static enum db_prepare prepare_database(const struct server_config *cfg,
+                                        struct key_rows *rows, char *err, size_t err_len)
 {
-    char err[256];
-    struct storage_sync *s = storage_sync_connect(cfg->database_url, err, sizeof(err));
-    int behind = 0, publish = server_keys_publish_seconds(cfg), rc = -1;
+    struct storage_sync *s = storage_sync_connect(cfg->database_url, err, err_len);
+    int behind = 0, publish = server_keys_publish_seconds(cfg);
+    enum db_prepare rc = DB_FAILED;
 
-    if (!s) {
-        log_error("cannot connect to the database: %s", err);
-        return -1;
-    }
+    if (!s)
+        return DB_UNREACHABLE;
     if (storage_sync_schema_behind(s, cfg->migrations_dir, &behind) != 0) {
         log_error("cannot compare the database schema with %s", cfg->migrations_dir);
         goto out;
@@ -173,7 +189,7 @@ static int prepare_database(const struct server_config *cfg, struct key_rows *ro
             storage_sync_key_each(s, publish, false, collect_key, rows) < 0)
             goto out;
     }
-    rc = 0;
+    rc = DB_READY;
 out:
     storage_sync_close(s);
     return rc;
@@ -182,14 +198,17 @@ out:
 /* ---- signing keys refresh, on each worker
  * ------------------------------------------------ */
 
-/* A string that changes whenever the set of keys or their state changes. */
+/* A string that changes whenever the set of keys or their state changes, including
+ * when the current key's pre-publication delay runs out and it starts to sign. */
 static char *keys_fingerprint(const struct storage_key *keys, size_t n)
 {
+    int64_t signs_after = util_now_s() - server_config->key_prepublish_seconds;
     char *fp = util_strdup("");
 
     for (size_t i = 0; i < n; i++) {
-        char *next =
-            util_asprintf("%s%s:%lld,", fp, keys[i].kid, (long long)keys[i].retired_at);
+        bool published_long_enough = keys[i].created_at <= signs_after;
+        char *next = util_asprintf("%s%s:%lld:%d,", fp, keys[i].kid,
+                                   (long long)keys[i].retired_at, published_long_enough);
 
         free(fp);
         fp = next;
@@ -399,8 +418,10 @@ static void worker_close(struct server_thread *t)
     if (t->bound)
         evhttp_del_accept_socket(t->http, t->bound);
     /* Both call the callbacks still pending, whose handlers reply while evhttp still
-     * exists. The SMS sender goes first because a send's callback queues a statement,
-     * which storage_conn_free then fails; a failed statement starts no SMS. */
+     * exists. The drain has waited for the deliveries, so sends are pending here only
+     * when it hit its time limit. The SMS sender goes first because a send's callback
+     * queues a statement, which storage_conn_free then fails; a failed statement starts
+     * no SMS. */
     sms_sender_free(t->w.sms);
     /* Fails requests still waiting for a jwks_uri; they reply while evhttp exists. */
     oauth_jwks_cache_free(t->w.jwks);
@@ -466,10 +487,14 @@ static void *worker_main(void *arg)
     start_accept_timer(t);
     if (t->w.index == 0)
         ciba_sweeper_start(&t->w);
+    /* Without it, pings and pushes still go out from the other workers and instances. */
+    if (ciba_notifier_start(&t->w) != 0)
+        log_error("worker %d: no ping and push delivery on this worker", t->w.index);
     if (event_base_loop(t->w.base, EVLOOP_NO_EXIT_ON_EMPTY) < 0)
         log_error("worker %d: event loop failed", t->w.index);
     if (t->w.index == 0)
         ciba_sweeper_stop(&t->w);
+    ciba_notifier_stop(&t->w);
     worker_close(t);
     return NULL;
 }
@@ -490,6 +515,16 @@ static void on_stop_accepting(evutil_socket_t fd, short what, void *arg)
     log_debug("worker %d: listener closed", t->w.index);
 }
 
+void server_worker_background_begin(struct server_worker *w)
+{
+    atomic_fetch_add(&w->background, 1);
+}
+
+void server_worker_background_end(struct server_worker *w)
+{
+    atomic_fetch_sub(&w->background, 1);
+}
+
 /* ---- shutdown, on the main thread ----------------------------------------------------
  */
 
@@ -500,6 +535,25 @@ static size_t count_unanswered(const struct server_main *m)
     for (int i = 0; i < m->n_threads; i++)
         n += atomic_load(&m->threads[i].unanswered);
     return n;
+}
+
+static size_t count_background(const struct server_main *m)
+{
+    size_t n = 0;
+
+    for (int i = 0; i < m->n_threads; i++)
+        n += atomic_load(&m->threads[i].w.background);
+    return n;
+}
+
+/* The maximum time a graceful stop waits. A request in flight gets its reply by
+ * request_deadline_ms, and an SMS delivery it started may then take two gateway
+ * attempts, the pause between them and the statement that records the outcome. The
+ * extra second covers the loops' own latency. */
+static int64_t drain_limit_ms(const struct server_config *cfg)
+{
+    return (int64_t)cfg->request_deadline_ms + 2 * (int64_t)cfg->sms_timeout_ms +
+           SMS_RETRY_PAUSE_MS + cfg->db_timeout_ms + 1000;
 }
 
 static void on_break(evutil_socket_t fd, short what, void *arg)
@@ -528,25 +582,30 @@ static void stop_loops(struct server_main *m, int n_started)
 static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct server_main *m = arg;
-    int64_t now = util_mono_ms();
-    size_t open = count_unanswered(m);
+    int64_t now = util_mono_ms(), limit = drain_limit_ms(m->cfg);
+    size_t open = count_unanswered(m), deliveries = count_background(m);
 
     (void)fd;
     (void)what;
-    if (open == 0 && m->answered_ms == 0) {
-        log_info("every request has its reply after %lld ms",
+    if (open > 0 || deliveries > 0) {
+        /* A reply may start a delivery right after it, so idleness starts over. */
+        m->idle_ms = 0;
+    } else if (m->idle_ms == 0) {
+        log_info("every request has its reply and every delivery its outcome after "
+                 "%lld ms",
                  (long long)(now - m->drain_started_ms));
-        m->answered_ms = now;
+        m->idle_ms = now;
     }
-    if (m->answered_ms && now - m->answered_ms >= DRAIN_FLUSH_MS) {
+    if (m->idle_ms && now - m->idle_ms >= DRAIN_FLUSH_MS) {
         stop_loops(m, m->n_threads);
         return;
     }
-    /* Every request gets its 503 by request_deadline_ms, so this only passes when a
+    /* Requests and deliveries have their own timeouts, so this only passes when a
      * worker is stuck. */
-    if (now - m->drain_started_ms > m->cfg->request_deadline_ms + 1000) {
-        log_warn("%zu requests still unanswered after %d ms; stopping anyway", open,
-                 m->cfg->request_deadline_ms + 1000);
+    if (now - m->drain_started_ms > limit) {
+        log_warn("%zu requests and %zu deliveries still open after %lld ms; stopping "
+                 "anyway",
+                 open, deliveries, (long long)limit);
         stop_loops(m, m->n_threads);
     }
 }
@@ -558,13 +617,20 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     struct timeval tick = {0, DRAIN_TICK_MS * 1000};
 
     (void)what;
+    if (!m->serving) {
+        log_info("received %s before serving started; stopping", name);
+        m->stop_requested = true;
+        event_base_loopbreak(m->base);
+        return;
+    }
     if (m->draining) {
         log_warn("received %s again; exiting now without waiting for requests", name);
         _exit(1);
     }
     m->draining = true;
     m->drain_started_ms = util_mono_ms();
-    log_info("received %s, draining %zu requests", name, count_unanswered(m));
+    log_info("received %s, draining %zu requests and %zu deliveries", name,
+             count_unanswered(m), count_background(m));
 
     for (int i = 0; i < m->n_threads; i++) {
         if (event_base_once(m->threads[i].w.base, -1, EV_TIMEOUT, on_stop_accepting,
@@ -662,6 +728,49 @@ static int main_open(struct server_main *m)
     return 0;
 }
 
+/* Runs the main loop, which handles only SIGTERM and SIGINT yet, for ms milliseconds.
+ * Returns true when a signal asked to stop. */
+static bool main_sleep(struct server_main *m, int ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+
+    if (event_base_loopexit(m->base, &tv) != 0 || event_base_dispatch(m->base) < 0) {
+        log_error("the main event loop failed while waiting for the database");
+        return true;
+    }
+    return m->stop_requested;
+}
+
+/* Prepares the database, trying again while it is unreachable: after 1 s, then twice as
+ * long each time up to 10 s, until it connects or SIGTERM or SIGINT arrives. A signal
+ * that arrives during a connection attempt is handled when the attempt returns.
+ * Returns 0 when ready, 1 when a signal ended the wait, or -1 on a failure that another
+ * attempt cannot fix (logged). */
+static int wait_for_database(struct server_main *m, struct key_rows *rows)
+{
+    int delay_ms = DB_RETRY_FIRST_MS;
+    char err[512];
+
+    for (int attempt = 1;; attempt++) {
+        switch (prepare_database(m->cfg, rows, err, sizeof(err))) {
+        case DB_READY:
+            if (attempt > 1)
+                log_info("connected to the database after %d attempts", attempt);
+            return 0;
+        case DB_FAILED:
+            return -1;
+        case DB_UNREACHABLE:
+            break;
+        }
+        err[strcspn(err, "\n")] = '\0';
+        log_warn("cannot connect to the database (attempt %d): %s; next attempt in %d ms",
+                 attempt, err, delay_ms);
+        if (main_sleep(m, delay_ms))
+            return 1;
+        delay_ms = delay_ms * 2 > DB_RETRY_MAX_MS ? DB_RETRY_MAX_MS : delay_ms * 2;
+    }
+}
+
 static void main_close(struct server_main *m)
 {
     if (m->drain_timer)
@@ -719,9 +828,18 @@ int server_run(const struct server_config *cfg)
     server_config_log(cfg);
     server_routes_init(cfg->issuer);
 
-    if (prepare_database(cfg, &rows) != 0 || check_address_free(cfg->listen) != 0 ||
-        main_open(&m) != 0)
+    if (check_address_free(cfg->listen) != 0 || main_open(&m) != 0)
         goto out;
+    switch (wait_for_database(&m, &rows)) {
+    case 0:
+        break;
+    case 1:
+        log_info("stopped");
+        rc = 0;
+        goto out;
+    default:
+        goto out;
+    }
     m.threads = util_calloc((size_t)m.n_threads, sizeof(*m.threads));
     for (; opened < m.n_threads; opened++) {
         if (worker_open(&m.threads[opened], opened, cfg, &rows) != 0) {
@@ -731,6 +849,7 @@ int server_run(const struct server_config *cfg)
     }
 
     started = start_threads(&m);
+    m.serving = true;
     if (started == m.n_threads && main_wait_accepting(&m) == 0) {
         if (event_base_dispatch(m.base) < 0)
             log_error("the main event loop failed");

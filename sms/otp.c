@@ -77,12 +77,12 @@ void sms_otp_hmac(const unsigned char *secret, size_t secret_len, const char *bi
     free(msg);
 }
 
-/* Exactly SMS_OTP_DIGITS ASCII digits, so "012345" never matches "12345" and neither
- * full-width digits nor signs or spaces get through. */
-static bool is_otp_format(const char *code)
+bool sms_otp_well_formed(const char *code)
 {
     size_t i;
 
+    if (!code)
+        return false;
     for (i = 0; i < SMS_OTP_DIGITS; i++) {
         if (code[i] < '0' || code[i] > '9')
             return false;
@@ -97,8 +97,8 @@ bool sms_otp_verify(const unsigned char *secret, size_t secret_len, const char *
     unsigned char actual[SMS_OTP_HMAC_LEN];
     bool equal;
 
-    if (!code || !binding || !expected || expected_len != SMS_OTP_HMAC_LEN ||
-        !is_otp_format(code))
+    if (!binding || !expected || expected_len != SMS_OTP_HMAC_LEN ||
+        !sms_otp_well_formed(code))
         return false;
     sms_otp_hmac(secret, secret_len, binding, generation, code, actual);
     equal = util_ct_equal(actual, expected, SMS_OTP_HMAC_LEN);

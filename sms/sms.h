@@ -28,6 +28,11 @@ void sms_otp_generate(char code[SMS_OTP_DIGITS + 1]);
 void sms_otp_hmac(const unsigned char *secret, size_t secret_len, const char *binding,
                   int generation, const char *code, unsigned char out[SMS_OTP_HMAC_LEN]);
 
+/* True when code is exactly SMS_OTP_DIGITS ASCII digits, so "012345" never matches
+ * "12345" and neither full-width digits nor signs or spaces get through. NULL is not
+ * well formed. */
+bool sms_otp_well_formed(const char *code);
+
 /* True when code has exactly SMS_OTP_DIGITS ASCII digits and its HMAC equals expected
  * (compared in constant time). */
 bool sms_otp_verify(const unsigned char *secret, size_t secret_len, const char *binding,

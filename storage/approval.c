@@ -24,7 +24,7 @@
     " floor(extract(epoch FROM a.otp_expires_at))::int8,"                                \
     " floor(extract(epoch FROM a.otp_sent_at))::int8,"                                   \
     " a.otp_attempts, a.otp_generation, a.otp_hmac,"                                     \
-    " floor(extract(epoch FROM now()))::int8"
+    " floor(extract(epoch FROM now()))::int8, a.delivery_mode, a.notification_secrets"
 
 static const struct {
     const char *name;
@@ -73,6 +73,8 @@ static int approval_from_row(const PGresult *res, int first, struct storage_appr
     a->otp_generation = storage_col_int(res, 0, first + 13);
     a->otp_hmac = *hmac;
     a->now = storage_col_int64(res, 0, first + 15);
+    a->delivery_mode = storage_col_text(res, 0, first + 16);
+    a->notification_secrets = storage_col_text(res, 0, first + 17);
     return 0;
 }
 
@@ -130,9 +132,12 @@ int storage_approval_get(struct storage_conn *db, const char *ref_hash,
 
 /* cur locks the row and names the verdict: not_found (no longer pending, or expired),
  * conflict (generation or attempts changed since the page read them), code_expired
- * (approve after otp_expires_at) or ok. Only ok updates the row, under the same
- * compare-and-set conditions, and appends the audit row. $4 is approve, wrong_code or
- * deny; a wrong code that reaches $5 attempts denies the request. */
+ * (approve after otp_expires_at), no_payload (approve a push request without $7) or
+ * ok. Only ok updates the row, under the same compare-and-set conditions, and appends
+ * the audit row. $4 is approve, wrong_code or deny; a wrong code that reaches $5
+ * attempts denies the request. An approved push request becomes redeemed at once, since
+ * its tokens ($7, sealed) go to the notification endpoint only. A final decision of a
+ * ping or push request queues its notification. */
 static const char sql_approval_decide[] =
     "WITH cur AS MATERIALIZED ("
     "  SELECT auth_req_id_hash,"
@@ -140,6 +145,8 @@ static const char sql_approval_decide[] =
     "      WHEN status <> 'pending' OR now() >= expires_at THEN 'not_found'"
     "      WHEN otp_generation <> $2::int OR otp_attempts <> $3::int THEN 'conflict'"
     "      WHEN $4::text = 'approve' AND now() >= otp_expires_at THEN 'code_expired'"
+    "      WHEN $4::text = 'approve' AND delivery_mode = 'push' AND $7::text IS NULL"
+    "        THEN 'no_payload'"
     "      ELSE 'ok'"
     "    END AS verdict"
     "  FROM auth_req WHERE ref_hash = $1"
@@ -147,6 +154,7 @@ static const char sql_approval_decide[] =
     "), decided AS ("
     "  UPDATE auth_req a SET"
     "    status = CASE"
+    "      WHEN $4::text = 'approve' AND a.delivery_mode = 'push' THEN 'redeemed'"
     "      WHEN $4::text = 'approve' THEN 'approved'"
     "      WHEN $4::text = 'deny' OR a.otp_attempts + 1 >= $5::int THEN 'denied'"
     "      ELSE a.status END,"
@@ -154,7 +162,10 @@ static const char sql_approval_decide[] =
     "      + CASE WHEN $4::text = 'wrong_code' THEN 1 ELSE 0 END,"
     "    decided_at = CASE"
     "      WHEN $4::text <> 'wrong_code' OR a.otp_attempts + 1 >= $5::int THEN now()"
-    "      ELSE a.decided_at END"
+    "      ELSE a.decided_at END,"
+    "    redeemed_at = CASE"
+    "      WHEN $4::text = 'approve' AND a.delivery_mode = 'push' THEN now()"
+    "      ELSE a.redeemed_at END"
     "  FROM cur"
     "  WHERE a.auth_req_id_hash = cur.auth_req_id_hash AND cur.verdict = 'ok'"
     "    AND a.status = 'pending' AND a.expires_at > now()"
@@ -171,12 +182,28 @@ static const char sql_approval_decide[] =
     "    auth_req_id_hash,"
     "    CASE WHEN $4::text = 'approve' THEN 'sms_otp' ELSE 'none' END"
     "  FROM decided"
+    "  UNION ALL"
+    "  SELECT $6, client_id, subject, scope, 'token', 'issued', auth_req_id_hash,"
+    "    'sms_otp'"
+    "  FROM decided WHERE status = 'redeemed'"
+    "), notify AS ("
+    "  INSERT INTO notification (auth_req_id_hash, client_id, mode, event, detail,"
+    "    secrets, payload, request_id)"
+    "  SELECT auth_req_id_hash, client_id, delivery_mode,"
+    "    CASE WHEN status = 'denied' THEN 'denied' ELSE 'approved' END,"
+    "    CASE WHEN status = 'denied' AND $4::text = 'deny' THEN 'denied_by_user'"
+    "      WHEN status = 'denied' THEN 'too_many_wrong_codes' END,"
+    "    notification_secrets,"
+    "    CASE WHEN status = 'redeemed' THEN $7::text END, $6"
+    "  FROM decided"
+    "  WHERE delivery_mode IN ('ping', 'push')"
+    "    AND status IN ('approved', 'denied', 'redeemed')"
     ")"
     " SELECT coalesce((SELECT verdict FROM cur), 'not_found'),"
     "   a.auth_req_id_hash IS NOT NULL," APPROVAL_COLUMNS " FROM (SELECT 1) AS one"
     " LEFT JOIN (decided a JOIN client c ON c.client_id = a.client_id) ON true";
 static const struct storage_stmt stmt_approval_decide = {"approval_decide",
-                                                         sql_approval_decide, 6};
+                                                         sql_approval_decide, 7};
 
 static void finish_approval_decide(union storage_cb cb, void *arg,
                                    enum storage_status status, const PGresult *res)
@@ -200,7 +227,10 @@ static void finish_approval_decide(union storage_cb cb, void *arg,
         cb.approval(arg, STORAGE_CONFLICT, NULL);
     else if (strcmp(verdict, "code_expired") == 0)
         cb.approval(arg, STORAGE_LIMITED, NULL);
-    else if (strcmp(storage_col_text(res, 0, 1), "t") != 0)
+    else if (strcmp(verdict, "no_payload") == 0) {
+        log_error("storage: approving a push request needs its token payload");
+        cb.approval(arg, STORAGE_ERROR, NULL);
+    } else if (strcmp(storage_col_text(res, 0, 1), "t") != 0)
         cb.approval(arg, STORAGE_CONFLICT, NULL); /* not reached: cur held the lock */
     else
         deliver_approval(cb, arg, res, 2);
@@ -210,6 +240,17 @@ int storage_approval_decide(struct storage_conn *db, const char *ref_hash,
                             int otp_generation, int otp_attempts,
                             enum storage_decision decision, int max_attempts,
                             const char *request_id, storage_approval_cb cb, void *arg)
+{
+    return storage_approval_decide_notify(db, ref_hash, otp_generation, otp_attempts,
+                                          decision, max_attempts, NULL, request_id, cb,
+                                          arg);
+}
+
+int storage_approval_decide_notify(struct storage_conn *db, const char *ref_hash,
+                                   int otp_generation, int otp_attempts,
+                                   enum storage_decision decision, int max_attempts,
+                                   const char *push_payload, const char *request_id,
+                                   storage_approval_cb cb, void *arg)
 {
     struct storage_params p = {0};
     union storage_cb u = {.approval = cb};
@@ -236,6 +277,7 @@ int storage_approval_decide(struct storage_conn *db, const char *ref_hash,
     storage_param_text(&p, action);
     storage_param_int(&p, max_attempts);
     storage_param_text(&p, request_id);
+    storage_param_text(&p, push_payload);
     return storage_conn_send(db, &stmt_approval_decide, &p, finish_approval_decide, u,
                              arg);
 }

@@ -26,10 +26,12 @@ static const char sql_auth_req_create[] =
     "), created AS ("
     "  INSERT INTO auth_req (auth_req_id_hash, ref_hash, client_id, subject, phone_number,"
     "    scope, binding_message, acr_values, expires_at, poll_interval, otp_hmac,"
-    "    otp_expires_at, otp_sent_at)"
+    "    otp_expires_at, otp_sent_at, delivery_mode, notification_secrets)"
     "  SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text,"
     "    $8::text, now() + $9::int * interval '1 second', $10::int, $11::bytea,"
-    "    now() + least($12::int, $9::int) * interval '1 second', now()"
+    "    now() + least($12::int, $9::int) * interval '1 second', now(),"
+    "    coalesce($16::text, 'poll'),"
+    "    CASE WHEN coalesce($16::text, 'poll') = 'poll' THEN NULL ELSE $17::text END"
     "  FROM quota"
     "  RETURNING auth_req_id_hash, client_id, subject, scope"
     "), audit AS ("
@@ -41,7 +43,7 @@ static const char sql_auth_req_create[] =
     " SELECT count(*) FROM created";
 /* clang-format on */
 static const struct storage_stmt stmt_auth_req_create = {"auth_req_create",
-                                                         sql_auth_req_create, 15};
+                                                         sql_auth_req_create, 17};
 
 /* Completes statements that return one count: 0 means the condition refused. */
 static void finish_counted(union storage_cb cb, void *arg, enum storage_status status,
@@ -93,6 +95,8 @@ int storage_auth_req_create(struct storage_conn *db,
     storage_param_int(&p, in->sms_per_phone_max);
     storage_param_int(&p, in->sms_per_phone_window);
     storage_param_text(&p, in->request_id);
+    storage_param_text(&p, in->delivery_mode);
+    storage_param_text(&p, in->notification_secrets);
     return storage_conn_send(db, &stmt_auth_req_create, &p, finish_create, u, arg);
 }
 
@@ -129,16 +133,24 @@ int storage_auth_req_code_sent(struct storage_conn *db, const char *auth_req_id_
     return storage_conn_send(db, &stmt_code_sent, &p, finish_not_found_on_zero, u, arg);
 }
 
+/* A ping or push request also gets a "failed" notification in the same statement. */
 static const char sql_fail_delivery[] =
     "WITH denied AS ("
     "  UPDATE auth_req SET status = 'denied', decided_at = now()"
     "  WHERE auth_req_id_hash = $1 AND status = 'pending'"
-    "  RETURNING auth_req_id_hash, client_id, subject, scope"
+    "  RETURNING auth_req_id_hash, client_id, subject, scope, delivery_mode,"
+    "    notification_secrets"
     "), audit AS ("
     "  INSERT INTO audit_log (request_id, client_id, subject, scope, action, decision,"
     "    detail, auth_req_id_hash)"
     "  SELECT $3, client_id, subject, scope, 'send_code', 'failed', $2, auth_req_id_hash"
     "  FROM denied"
+    "), notify AS ("
+    "  INSERT INTO notification (auth_req_id_hash, client_id, mode, event, detail,"
+    "    secrets, request_id)"
+    "  SELECT auth_req_id_hash, client_id, delivery_mode, 'failed', 'sms_failed',"
+    "    notification_secrets, $3"
+    "  FROM denied WHERE delivery_mode IN ('ping', 'push')"
     ")"
     " SELECT count(*) FROM denied";
 static const struct storage_stmt stmt_fail_delivery = {"auth_req_fail_delivery",
@@ -287,12 +299,13 @@ int storage_auth_req_poll(struct storage_conn *db, const char *auth_req_id_hash,
 
 /* Expires up to 1000 open requests past expires_at, claimed with SKIP LOCKED so several
  * sweepers (one per worker and instance) share the work without waiting on each other
- * or on a poll. Purges up to 1000 rows that expired more than $1 seconds ago. Rows this
+ * or on a poll. A pending ping or push request gets its "expired" notification in the
+ * same statement. Purges up to 1000 rows that expired more than $1 seconds ago. Rows this
  * statement expires are left for the next run, because one statement must not change
  * a row twice. A caller with a backlog sweeps again while a count is 1000. */
 static const char sql_sweep[] =
     "WITH claimed AS ("
-    "  SELECT auth_req_id_hash FROM auth_req"
+    "  SELECT auth_req_id_hash, status FROM auth_req"
     "  WHERE status IN ('pending', 'approved') AND expires_at <= now()"
     "  ORDER BY expires_at LIMIT 1000"
     "  FOR UPDATE SKIP LOCKED"
@@ -301,12 +314,18 @@ static const char sql_sweep[] =
     "  FROM claimed c"
     "  WHERE a.auth_req_id_hash = c.auth_req_id_hash"
     "    AND a.status IN ('pending', 'approved')"
-    "  RETURNING a.auth_req_id_hash, a.client_id, a.subject, a.scope"
+    "  RETURNING a.auth_req_id_hash, a.client_id, a.subject, a.scope, a.delivery_mode,"
+    "    a.notification_secrets, c.status AS was"
     "), audit AS ("
     "  INSERT INTO audit_log (client_id, subject, scope, action, decision,"
     "    auth_req_id_hash)"
     "  SELECT client_id, subject, scope, 'expire', 'expired', auth_req_id_hash"
     "  FROM expired"
+    "), notify AS ("
+    /* A ping client of an approved request was notified at the approval already. */
+    "  INSERT INTO notification (auth_req_id_hash, client_id, mode, event, secrets)"
+    "  SELECT auth_req_id_hash, client_id, delivery_mode, 'expired', notification_secrets"
+    "  FROM expired WHERE delivery_mode IN ('ping', 'push') AND was = 'pending'"
     "), purged AS ("
     "  DELETE FROM auth_req WHERE auth_req_id_hash IN ("
     "    SELECT auth_req_id_hash FROM auth_req"

@@ -155,6 +155,11 @@ struct storage_auth_req_new {
     int sms_per_phone_max;    /* codes allowed per phone number ... */
     int sms_per_phone_window; /* ... in this many seconds */
     const char *request_id;   /* for the audit row */
+    /* poll, ping or push, as the client is registered; NULL means poll. */
+    const char *delivery_mode;
+    /* Sealed auth_req_id and client_notification_token, as ciba/ wrote them; required
+     * for ping and push, ignored for poll. */
+    const char *notification_secrets;
 };
 
 /* Inserts the request, counts a code against the phone number's quota and appends the
@@ -171,7 +176,8 @@ int storage_auth_req_code_sent(struct storage_conn *db, const char *auth_req_id_
                                void *arg) MUST_CHECK;
 
 /* Ends a pending request as denied because its SMS could not be delivered; reason goes
- * to the audit row. STORAGE_NOT_FOUND when it was no longer pending. */
+ * to the audit row. For a ping or push request the same statement queues a "failed"
+ * notification. STORAGE_NOT_FOUND when it was no longer pending. */
 int storage_auth_req_fail_delivery(struct storage_conn *db, const char *auth_req_id_hash,
                                    const char *reason, const char *request_id,
                                    storage_done_cb cb, void *arg) MUST_CHECK;
@@ -235,7 +241,9 @@ struct storage_approval {
     int otp_generation;     /* bumped on every resend; used as a version */
     const unsigned char *otp_hmac;
     size_t otp_hmac_len;
-    int64_t now; /* the database's clock, Unix seconds */
+    int64_t now;                      /* the database's clock, Unix seconds */
+    const char *delivery_mode;        /* poll, ping or push */
+    const char *notification_secrets; /* sealed; NULL for poll */
 };
 
 typedef void (*storage_approval_cb)(void *arg, enum storage_status status,
@@ -266,6 +274,19 @@ int storage_approval_decide(struct storage_conn *db, const char *ref_hash,
                             const char *request_id, storage_approval_cb cb,
                             void *arg) MUST_CHECK;
 
+/* storage_approval_decide for every delivery mode. A final decision (approved, denied,
+ * denied_too_many_attempts) of a ping or push request also queues its notification in
+ * the same statement. Approving a push request needs push_payload, the sealed token
+ * response to push: the request then becomes redeemed at once (its tokens go only to
+ * the notification endpoint), the payload is queued, and a "token issued" audit row is
+ * appended. Approving a push request without push_payload fails with STORAGE_ERROR and
+ * changes nothing. push_payload is ignored for other requests and decisions. */
+int storage_approval_decide_notify(struct storage_conn *db, const char *ref_hash,
+                                   int otp_generation, int otp_attempts,
+                                   enum storage_decision decision, int max_attempts,
+                                   const char *push_payload, const char *request_id,
+                                   storage_approval_cb cb, void *arg) MUST_CHECK;
+
 /* Replaces the code of a pending request with a new one, if the previous code was sent
  * at least cooldown seconds ago and the phone number's quota allows another code.
  * STORAGE_LIMITED otherwise; STORAGE_NOT_FOUND when no longer pending or expired. The
@@ -279,14 +300,61 @@ int storage_approval_resend(struct storage_conn *db, const char *ref_hash,
                             int sms_per_phone_window, const char *request_id,
                             storage_done_cb cb, void *arg) MUST_CHECK;
 
-/* Marks pending and approved requests past expires_at as expired (one audit row each),
- * and deletes requests that expired more than tombstone_seconds ago. Safe to run on
+/* Marks pending and approved requests past expires_at as expired (one audit row each,
+ * and an "expired" notification for each pending ping or push request), and deletes
+ * requests that expired more than tombstone_seconds ago. Safe to run on
  * many instances at once (rows are claimed with FOR UPDATE SKIP LOCKED). Each call
  * handles at most 1000 rows of each kind; sweep again while a count is 1000. */
 typedef void (*storage_sweep_cb)(void *arg, enum storage_status status, int expired,
                                  int purged);
 int storage_auth_req_sweep(struct storage_conn *db, int tombstone_seconds,
                            storage_sweep_cb cb, void *arg) MUST_CHECK;
+
+/* ---- ping and push notifications (the outbox) ---------------------------------------
+ */
+
+/* One notification claimed for delivery. */
+struct storage_notification {
+    int64_t id;
+    int attempt; /* the number of this attempt, from 1; identifies the claim */
+    const char *auth_req_id_hash;
+    const char *client_id;
+    const char *mode;       /* ping | push */
+    const char *event;      /* approved | denied | expired | failed */
+    const char *detail;     /* why it was denied or failed, or NULL */
+    const char *secrets;    /* sealed auth_req_id and client_notification_token */
+    const char *payload;    /* sealed token response for a push approval, or NULL */
+    const char *request_id; /* of the request that made the decision, or NULL */
+    const char *endpoint;   /* the client's notification endpoint now, or NULL */
+    int64_t created_at_ms;  /* Unix milliseconds of the decision */
+};
+
+typedef void (*storage_notifications_cb)(void *arg, enum storage_status status,
+                                         const struct storage_notification *rows,
+                                         size_t n_rows);
+
+/* Claims up to max_rows notifications that are due, oldest first, and returns them.
+ * Rows are picked with FOR UPDATE SKIP LOCKED. The same statement moves each claimed
+ * row's next attempt lease_ms ahead and raises its attempt count, so concurrent claims
+ * on any connection or instance never return one row twice while a lease runs. A row
+ * whose claimer dies becomes due again when its lease ends. */
+int storage_notification_claim(struct storage_conn *db, int max_rows, int lease_ms,
+                               storage_notifications_cb cb, void *arg) MUST_CHECK;
+
+enum storage_notification_outcome {
+    STORAGE_NOTIFICATION_DELIVERED, /* the endpoint replied 2xx: delete the row */
+    STORAGE_NOTIFICATION_RETRY,     /* try again after retry_delay_ms */
+    STORAGE_NOTIFICATION_FAILED,    /* give up: delete the row */
+};
+
+/* Records the outcome of attempt `attempt` of notification id, with its audit row
+ * (action "notify", decision "delivered", "retry" or "failed", detail as given, never a
+ * secret). last_error keeps detail for a retry. STORAGE_NOT_FOUND when the row is gone
+ * or was claimed again after this claim's lease ended; nothing changes then. */
+int storage_notification_record(struct storage_conn *db, int64_t id, int attempt,
+                                enum storage_notification_outcome outcome,
+                                int retry_delay_ms, const char *detail,
+                                storage_done_cb cb, void *arg) MUST_CHECK;
 
 /* ---- signing keys ----------------------------------------------------------------- */
 

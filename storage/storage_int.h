@@ -19,7 +19,7 @@ struct storage_stmt {
     int n_params;
 };
 
-#define STORAGE_MAX_PARAMS 16
+#define STORAGE_MAX_PARAMS 20
 
 /* Parameters of one statement, in $1..$n order. Text values are borrowed and must stay
  * valid until the statement is sent; integers are formatted into the list itself. */
@@ -75,6 +75,7 @@ union storage_cb {
     storage_sweep_cb sweep;
     storage_keys_cb keys;
     storage_count_cb count;
+    storage_notifications_cb notifications;
 };
 
 /* Turns one statement's outcome into the caller's callback. res is the statement's

@@ -3,7 +3,10 @@
  *
  * A login_hint names a user by phone number, username or subject. To keep that lookup
  * unambiguous, a new user's username may not equal another user's subject, nor its
- * subject another user's username.
+ * subject another user's username. Nor may a subject or username read as a phone
+ * number, because such a login_hint is looked up by phone number only. No CHECK
+ * constraint can enforce that rule, since it depends on util_phone_normalize, so
+ * `cibad user create` (server/main.c) rejects such values before they get here.
  */
 #include "storage/storage_int.h"
 

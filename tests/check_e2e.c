@@ -26,6 +26,7 @@
 
 #include <jansson.h>
 #include <openssl/evp.h>
+#include <libpq-fe.h>
 
 #include "tests/check_runner.h"
 #include "tests/e2e_client.h"
@@ -675,9 +676,10 @@ static void check_metadata(const json_t *doc)
     }
     ck_assert_msg(array_has(json_object_get(doc, "grant_types_supported"), CIBA_GRANT),
                   "discovery: grant_types_supported lacks the CIBA grant");
-    ck_assert_msg(json_is_array(modes) && json_array_size(modes) == 1 &&
-                      array_has(modes, "poll"),
-                  "discovery: delivery modes are not exactly [\"poll\"]");
+    ck_assert_msg(json_is_array(modes) && json_array_size(modes) == 3 &&
+                      array_has(modes, "poll") && array_has(modes, "ping") &&
+                      array_has(modes, "push"),
+                  "discovery: delivery modes are not exactly poll, ping and push");
     ck_assert_msg(
         !user_code || json_is_boolean(user_code),
         "discovery: backchannel_user_code_parameter_supported is not a boolean");
@@ -1208,10 +1210,75 @@ START_TEST(bc_unknown_user)
 }
 END_TEST
 
+/* Counts audit rows of /bc-authorize rejections with the given detail, read straight
+ * from the database the server writes to. The row is written after the reply, so the
+ * count is polled for up to 5 s until it reaches want. */
+static long audit_rejections(const char *detail, const char *client_id, long want)
+{
+    PGconn *pg = PQconnectdb(getenv("CIBAD_TEST_DATABASE_URL"));
+    const char *params[2] = {detail, client_id};
+    long count = -1;
+
+    ck_assert_msg(PQstatus(pg) == CONNECTION_OK, "test database: %s", PQerrorMessage(pg));
+    for (int i = 0; i < 50 && count < want; i++) {
+        PGresult *res = PQexecParams(pg,
+                                     "SELECT count(*) FROM audit_log WHERE action ="
+                                     " 'bc_authorize' AND decision = 'rejected' AND"
+                                     " detail = $1 AND client_id = $2",
+                                     2, NULL, params, NULL, NULL, 0);
+
+        ck_assert_int_eq(PQresultStatus(res), PGRES_TUPLES_OK);
+        count = atol(PQgetvalue(res, 0, 0));
+        PQclear(res);
+        if (count < want)
+            usleep(100 * 1000);
+    }
+    PQfinish(pg);
+    return count;
+}
+
+START_TEST(bc_rejections_are_audited)
+{
+    struct e2e_response r;
+    struct test_client wrong = c1;
+
+    r = bc_authorize(&c1, e2e_form("scope", "payments", "login_hint", u1.phone, NULL));
+    assert_error(&r, 400, "invalid_scope");
+    e2e_response_free(&r);
+    ck_assert_int_eq(audit_rejections("invalid_scope", c1.client_id, 1), 1);
+
+    wrong.secret = "not-the-secret";
+    r = bc_authorize(&wrong, e2e_form("scope", SCOPE, "login_hint", u1.phone, NULL));
+    assert_error(&r, 401, "invalid_client");
+    e2e_response_free(&r);
+    ck_assert_int_eq(audit_rejections("invalid_client", c1.client_id, 1), 1);
+}
+END_TEST
+
 START_TEST(bc_binding_message_invalid)
 {
     static const char *const bad[] = {
-        "line\nbreak", "tab\there", "bell\x07", "del\x7f", "bidi \xe2\x80\xae override",
+        "line\nbreak",
+        "tab\there",
+        "bell\x07",
+        "del\x7f",
+        "bidi \xe2\x80\xae override",
+        /* invisible: right-to-left mark, zero-width space, soft hyphen, Arabic letter
+         * mark, a tag character; then private use and a noncharacter */
+        "Pay\xe2\x80\x8f"
+        "10",
+        "Pay\xe2\x80\x8b"
+        "10",
+        "Pay\xc2\xad"
+        "10",
+        "Pay\xd8\x9c"
+        "10",
+        "Pay\xf3\xa0\x81\x81"
+        "10",
+        "Pay\xee\x80\x80"
+        "10",
+        "Pay\xef\xbf\xbf"
+        "10",
     };
     char long_message[66];
     char max_message[65];
@@ -1450,12 +1517,23 @@ START_TEST(basic_credentials_are_form_decoded)
 }
 END_TEST
 
+/* Returns "Authorization: Basic " followed by base64 of text (new string). */
+static char *basic_of(const char *text)
+{
+    char *b64 = util_b64_encode_new(text, strlen(text));
+    char *line = util_asprintf("Authorization: Basic %s", b64);
+
+    free(b64);
+    return line;
+}
+
 START_TEST(malformed_authorization_rejected)
 {
-    char *no_colon_b64 = util_b64_encode_new(c1.client_id, strlen(c1.client_id));
-    char *no_colon = util_asprintf("Authorization: Basic %s", no_colon_b64);
-    char *bad_escape_b64 = util_b64_encode_new("%zz:%zz", 7);
-    char *bad_escape = util_asprintf("Authorization: Basic %s", bad_escape_b64);
+    char *no_colon = basic_of(c1.client_id);
+    char *bad_escape = basic_of("%zz:%zz");
+    char *nul_escape = basic_of("abc:s%00cret");
+    char *valid = e2e_basic_header(c1.client_id, c1.secret);
+    char *trailing_junk = util_asprintf("%s junk", valid);
     const char *lines[] = {
         "Authorization: Basic !!!not-base64!!!",
         "Authorization: Basic",
@@ -1464,28 +1542,35 @@ START_TEST(malformed_authorization_rejected)
         "Authorization: basicx abc",
         no_colon,
         bad_escape,
+        nul_escape,
+        trailing_junk,
     };
     char *form = e2e_form("scope", SCOPE, "login_hint", u1.phone, NULL);
 
+    /* The client tried the Authorization header, so every failure is 401 invalid_client
+     * with WWW-Authenticate (RFC 6749 section 5.2), at both endpoints. */
     for (size_t i = 0; i < ARRAY_LEN(lines); i++) {
         const char *headers[] = {FORM_TYPE, lines[i], NULL};
         struct e2e_response r = call("POST", "/bc-authorize", headers, form);
-        json_t *body = e2e_json(&r);
-        const char *error = jstr(body, "error");
+        char *token_form = e2e_form("grant_type", CIBA_GRANT, "auth_req_id", "x", NULL);
+        struct e2e_response t = call("POST", "/token", headers, token_form);
 
-        ck_assert_msg(r.status == 401 || r.status == 400, "header %zu: status %d", i,
-                      r.status);
-        ck_assert_msg(error && (strcmp(error, "invalid_client") == 0 ||
-                                strcmp(error, "invalid_request") == 0),
-                      "header %zu: %s", i, r.body);
-        json_decref(body);
+        assert_error(&r, 401, "invalid_client");
+        ck_assert_msg(e2e_header(&r, "WWW-Authenticate") != NULL,
+                      "header %zu: 401 without WWW-Authenticate at /bc-authorize", i);
+        assert_error(&t, 401, "invalid_client");
+        ck_assert_msg(e2e_header(&t, "WWW-Authenticate") != NULL,
+                      "header %zu: 401 without WWW-Authenticate at /token", i);
         e2e_response_free(&r);
+        e2e_response_free(&t);
+        free(token_form);
     }
     free(form);
     free(no_colon);
-    free(no_colon_b64);
     free(bad_escape);
-    free(bad_escape_b64);
+    free(nul_escape);
+    free(trailing_junk);
+    free(valid);
 }
 END_TEST
 
@@ -2197,15 +2282,24 @@ START_TEST(page_security_headers)
                   value ? value : "(none)");
     e2e_response_free(&r);
 
-    /* A POST made from another site's page is refused. */
+    /* A POST made from another site's page is refused, whether the browser says so
+     * with Sec-Fetch-Site or only with a foreign Origin. */
     {
-        const char *headers[] = {FORM_TYPE, "Origin: http://evil.example", NULL};
+        static const char *const cross_site[][2] = {
+            {"Origin: http://evil.example", NULL},
+            {"Origin: null", "Sec-Fetch-Site: cross-site"},
+            {"Origin: http://evil.example", "Sec-Fetch-Site: same-site"},
+        };
         char *path = approve_path(sms.ref);
         char *form = e2e_form("action", "deny", NULL);
 
-        r = call("POST", path, headers, form);
-        ck_assert_msg(r.status == 403, "cross-origin POST: %d", r.status);
-        e2e_response_free(&r);
+        for (size_t i = 0; i < ARRAY_LEN(cross_site); i++) {
+            const char *headers[] = {FORM_TYPE, cross_site[i][0], cross_site[i][1], NULL};
+
+            r = call("POST", path, headers, form);
+            ck_assert_msg(r.status == 403, "cross-site POST %zu: %d", i, r.status);
+            e2e_response_free(&r);
+        }
         free(path);
         free(form);
     }
@@ -2213,18 +2307,20 @@ START_TEST(page_security_headers)
     assert_error(&r, 400, "authorization_pending");
     e2e_response_free(&r);
 
-    /* The page's own origin is accepted. */
+    /* What a browser sends from the page itself: under Referrer-Policy: no-referrer the
+     * Origin is "null", and Sec-Fetch-Site says same-origin. */
     {
-        char *origin = util_asprintf("Origin: %s", srv.issuer);
-        const char *headers[] = {FORM_TYPE, origin, NULL};
+        const char *headers[] = {FORM_TYPE, "Origin: null", "Sec-Fetch-Site: same-origin",
+                                 NULL};
         char *path = approve_path(sms.ref);
         char *form = e2e_form("action", "deny", NULL);
 
         r = call("POST", path, headers, form);
         ck_assert_msg(r.status == 200 && body_has(&r, "Denied"),
                       "same-origin deny: %d %s", r.status, r.body);
+        ck_assert_msg(!body_has(&r, "wrong codes"),
+                      "a plain deny reads as too many wrong codes");
         e2e_response_free(&r);
-        free(origin);
         free(path);
         free(form);
     }
@@ -2877,6 +2973,55 @@ START_TEST(sigterm_stops_cleanly)
 }
 END_TEST
 
+/* Counts the "send_code sent" audit rows of a client, read straight from the database
+ * the server writes to. */
+static long audit_codes_sent(const char *client_id)
+{
+    PGconn *pg = PQconnectdb(getenv("CIBAD_TEST_DATABASE_URL"));
+    const char *params[1] = {client_id};
+    PGresult *res;
+    long count;
+
+    ck_assert_msg(PQstatus(pg) == CONNECTION_OK, "test database: %s", PQerrorMessage(pg));
+    res = PQexecParams(pg,
+                       "SELECT count(*) FROM audit_log WHERE action = 'send_code'"
+                       " AND decision = 'sent' AND client_id = $1",
+                       1, NULL, params, NULL, NULL, 0);
+    ck_assert_int_eq(PQresultStatus(res), PGRES_TUPLES_OK);
+    count = atol(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    PQfinish(pg);
+    return count;
+}
+
+START_TEST(sigterm_waits_for_sms_delivery)
+{
+    static const struct mock_http_reply slow = {
+        .status = 200, .body = "{}", .delay_ms = 2000};
+    struct e2e_response r;
+    char *id, *log;
+
+    /* The gateway takes 2 s; SIGTERM comes right after the 200 of /bc-authorize. The
+     * stop waits for the delivery, so its outcome is recorded and the request stays
+     * pending instead of failing with a message the gateway already has. */
+    mock_http_push_reply(sink, &slow);
+    id = start_auth(&c1, u1.phone, NULL);
+    ck_assert_int_eq(e2e_server_stop(&srv), 0);
+    ck_assert_int_eq(mock_http_count(sink), 1);
+    ck_assert_int_eq(audit_codes_sent(c1.client_id), 1);
+    log = e2e_server_log(&srv);
+    ck_assert_msg(strstr(log, "draining 0 requests and 1 deliveries") != NULL,
+                  "the drain did not count the delivery");
+    free(log);
+
+    start_server();
+    r = poll_token(&c1, id);
+    assert_error(&r, 400, "authorization_pending");
+    e2e_response_free(&r);
+    free(id);
+}
+END_TEST
+
 START_TEST(cli_rejects_bad_input)
 {
     char *out = NULL;
@@ -2906,6 +3051,66 @@ START_TEST(cli_rejects_bad_input)
     free(out);
     id = start_auth(&c1, u1.phone, NULL);
     free(id);
+}
+END_TEST
+
+START_TEST(cli_group_help)
+{
+    static const struct {
+        const char *group;
+        const char *command; /* one command the group's help must list */
+    } groups[] = {
+        {"client", "client create"},
+        {"user", "user delete"},
+        {"keys", "keys rotate"},
+        {"scope", "scope set"},
+    };
+
+    for (size_t i = 0; i < ARRAY_LEN(groups); i++) {
+        char *out = NULL;
+        int rc = e2e_cli(&srv, &out, groups[i].group, "--help", NULL);
+
+        ck_assert_msg(rc == 0, "cibad %s --help exited with %d", groups[i].group, rc);
+        ck_assert_msg(out && strstr(out, groups[i].command),
+                      "cibad %s --help does not list %s: %s", groups[i].group,
+                      groups[i].command, out ? out : "(no output)");
+        free(out);
+    }
+    /* Without a command the group is still a usage error. */
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "client", NULL), 2);
+}
+END_TEST
+
+START_TEST(cli_rejects_phone_shaped_names)
+{
+    /* Each reads as a phone number, so a login_hint with it would be looked up by phone
+     * number only, and could find another user who has that number. */
+    static const char *const phone_shaped[] = {
+        "15555550108",  "+1 555 555 0108",   "(555) 555-0108",
+        "555.555.0108", "0044 20 7946 0958", "123456",
+    };
+    char *phone = random_phone();
+    char *out = NULL;
+
+    for (size_t i = 0; i < ARRAY_LEN(phone_shaped); i++) {
+        ck_assert_msg(e2e_cli(&srv, NULL, "user", "create", "--phone", phone, "--subject",
+                              phone_shaped[i], NULL) == 2,
+                      "--subject \"%s\" was not rejected", phone_shaped[i]);
+        ck_assert_msg(e2e_cli(&srv, NULL, "user", "create", "--phone", phone,
+                              "--username", phone_shaped[i], NULL) == 2,
+                      "--username \"%s\" was not rejected", phone_shaped[i]);
+    }
+    ck_assert_int_eq(e2e_cli(&srv, &out, "user", "list", "--json", NULL), 0);
+    ck_assert_msg(out && !strstr(out, phone), "a rejected user was stored: %s", out);
+    free(out);
+
+    /* A letter makes the value a name, and such a user is found by it. */
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "user", "create", "--phone", phone, "--subject",
+                             "15555550108a", "--username", "u15555550108", NULL),
+                     0);
+    free(start_auth(&c1, "15555550108a", NULL));
+    free(start_auth(&c1, "u15555550108", NULL));
+    free(phone);
 }
 END_TEST
 
@@ -3530,6 +3735,90 @@ START_TEST(pkjwt_discovery_lists_methods)
 }
 END_TEST
 
+/* The cluster of serve_waits_for_database, stopped and removed at exit, so a failed
+ * assertion does not leave it running. */
+static char *late_cluster_dir;
+
+static void late_cluster_remove(void)
+{
+    char *cmd;
+
+    if (!late_cluster_dir)
+        return;
+    cmd = util_asprintf("'%s/tests/pg.sh' stop '%s'", getenv("CIBAD_TEST_ROOT"),
+                        late_cluster_dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "cannot remove the cluster in %s\n", late_cluster_dir);
+    free(cmd);
+    free(late_cluster_dir);
+    late_cluster_dir = NULL;
+}
+
+/* Runs tests/pg.sh with the command and the late cluster; returns its exit status. */
+static int late_cluster(const char *command)
+{
+    char *cmd = util_asprintf("'%s/tests/pg.sh' %s '%s' >/dev/null",
+                              getenv("CIBAD_TEST_ROOT"), command, late_cluster_dir);
+    int rc = system(cmd);
+
+    free(cmd);
+    return rc;
+}
+
+/* Starts the halted cluster after 3.5 s; returns NULL, or arg when that failed. */
+static void *start_cluster_later(void *arg)
+{
+    sleep_ms(3500);
+    return late_cluster("restart") == 0 ? NULL : arg;
+}
+
+START_TEST(serve_waits_for_database)
+{
+    const char *root = getenv("CIBAD_TEST_ROOT");
+    const char *pg_dir = getenv("CIBAD_TEST_PG_DIR");
+    char *cmd, url[512] = "", *log;
+    pthread_t starter;
+    void *started;
+    FILE *p;
+
+    ck_assert_msg(root && pg_dir, "CIBAD_TEST_ROOT or CIBAD_TEST_PG_DIR is not set");
+    ck_assert_int_eq(e2e_server_stop(&srv), 0);
+
+    /* A cluster of its own, migrated and then halted. */
+    late_cluster_dir = util_asprintf("%s-late", pg_dir);
+    atexit(late_cluster_remove);
+    cmd = util_asprintf("'%s/tests/pg.sh' start '%s' %d", root, late_cluster_dir,
+                        srv.port % 20000 + 20000);
+    p = popen(cmd, "r");
+    free(cmd);
+    ck_assert_msg(p && fgets(url, sizeof(url), p), "tests/pg.sh start printed nothing");
+    ck_assert_int_eq(pclose(p), 0);
+    url[strcspn(url, "\n")] = '\0';
+    e2e_server_setenv(&srv, "CIBAD_DATABASE_URL", url);
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "migrate", NULL), 0);
+    ck_assert_int_eq(late_cluster("halt"), 0);
+
+    /* serve starts without its database, retries, and is ready once the cluster runs. */
+    ck_assert_int_eq(pthread_create(&starter, NULL, start_cluster_later, url), 0);
+    start_server();
+    pthread_join(starter, &started);
+    ck_assert_msg(started == NULL, "restarting the cluster failed");
+    log = e2e_server_log(&srv);
+    ck_assert_msg(strstr(log, "cannot connect to the database (attempt 1)"),
+                  "no log line for the first failed attempt");
+    ck_assert_msg(strstr(log, "cannot connect to the database (attempt 2)"),
+                  "no log line for the second failed attempt");
+    ck_assert_msg(strstr(log, "next attempt in 2000 ms"), "the wait did not double");
+    ck_assert_msg(strstr(log, "connected to the database after"),
+                  "no log line for the connection");
+    free(log);
+    assert_server_healthy("a start without its database");
+
+    ck_assert_int_eq(e2e_server_stop(&srv), 0);
+    late_cluster_remove();
+}
+END_TEST
+
 /* ---- suite ------------------------------------------------------------------------- */
 
 static TCase *new_tcase(const char *name, void (*setup)(void))
@@ -3575,6 +3864,7 @@ static Suite *e2e_suite(void)
     tcase_add_test(tc, bc_unsupported_hints);
     tcase_add_test(tc, bc_unknown_user);
     tcase_add_test(tc, bc_binding_message_invalid);
+    tcase_add_test(tc, bc_rejections_are_audited);
     tcase_add_test(tc, bc_requested_expiry_invalid);
     tcase_add_test(tc, bc_requested_expiry_clamped);
     tcase_add_test(tc, bc_invalid_client);
@@ -3649,9 +3939,13 @@ static Suite *e2e_suite(void)
     tc = new_tcase("process", setup_default);
     tcase_add_test(tc, log_holds_no_secrets);
     tcase_add_test(tc, sigterm_stops_cleanly);
+    tcase_add_test(tc, sigterm_waits_for_sms_delivery);
     tcase_add_test(tc, cli_rejects_bad_input);
+    tcase_add_test(tc, cli_group_help);
+    tcase_add_test(tc, cli_rejects_phone_shaped_names);
     tcase_add_test(tc, key_rotation_keeps_old_tokens_valid);
     tcase_add_test(tc, database_restart_recovers);
+    tcase_add_test(tc, serve_waits_for_database);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("private_key_jwt");

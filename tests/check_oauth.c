@@ -689,10 +689,26 @@ START_TEST(auth_basic_raw_secret_rejected)
 }
 END_TEST
 
+/* A malformed Basic header is a failed client authentication: 401 invalid_client with
+ * WWW-Authenticate (RFC 6749 section 5.2), at both endpoints. */
+static void assert_basic_rejected(const char *header)
+{
+    ck_assert_msg(auth.err == OAUTH_ERR_INVALID_CLIENT, "%s: got %s", header,
+                  oauth_err_code(auth.err));
+    ck_assert_ptr_nonnull(auth.description);
+    ck_assert(description_charset_ok(auth.description));
+    sent_reset();
+    oauth_reply_error(&sr, OAUTH_EP_TOKEN, auth.err, auth.description);
+    ck_assert_msg(sent.status == 401, "%s: status %d at the token endpoint", header,
+                  sent.status);
+    ck_assert_pstr_eq(sent_header("WWW-Authenticate"), "Basic realm=\"cibad\"");
+    ck_assert_int_eq(oauth_err_status(auth.err, OAUTH_EP_BACKCHANNEL), 401);
+}
+
 START_TEST(auth_basic_bad_percent_escape)
 {
     authenticate(basic("c-1:p@ss:w+rd/%\xc3\xa9"), NULL);
-    assert_auth_failed(OAUTH_ERR_INVALID_REQUEST);
+    assert_basic_rejected("bad percent escape");
     ck_assert_int_eq(fake_calls, 0);
 }
 END_TEST
@@ -700,7 +716,7 @@ END_TEST
 START_TEST(auth_basic_nul_escape)
 {
     authenticate(basic("c-basic:s3cret%00-basic"), NULL);
-    assert_auth_failed(OAUTH_ERR_INVALID_REQUEST);
+    assert_basic_rejected("%00 in the secret");
     ck_assert_int_eq(fake_calls, 0);
 }
 END_TEST
@@ -836,12 +852,14 @@ START_TEST(auth_basic_malformed)
         "Basic YzpzZWNyZXQ=x",    /* bad length */
         "Basic Yzpz ZWNy",        /* space inside */
         "Basic YwBiOnNlY3JldA==", /* "c\0b:secret": NUL byte */
+        "Basic ",                 /* empty credentials */
+        "Basic YzpzZWNyZXQ= x",   /* trailing junk */
+        "Basic YzpzZWNyZXQ=x==",  /* junk after the padding */
     };
 
     for (size_t i = 0; i < ARRAY_LEN(headers); i++) {
         authenticate(headers[i], NULL);
-        ck_assert_msg(auth.err == OAUTH_ERR_INVALID_REQUEST, "%s: got %s", headers[i],
-                      oauth_err_code(auth.err));
+        assert_basic_rejected(headers[i]);
     }
     ck_assert_int_eq(fake_calls, 0);
 }
@@ -906,7 +924,7 @@ START_TEST(auth_length_caps)
     free(text);
     ck_assert_uint_gt(strlen(header), 1024);
     authenticate(header, NULL);
-    assert_auth_failed(OAUTH_ERR_INVALID_REQUEST);
+    assert_basic_rejected("an Authorization header over 1024 bytes");
     ck_assert_int_eq(fake_calls, 1);
 }
 END_TEST
@@ -3511,7 +3529,8 @@ START_TEST(discovery_document)
                      "https://as.example.test/bc-authorize");
     ck_assert(json_is_false(
         json_object_get(sent.body, "backchannel_user_code_parameter_supported")));
-    ASSERT_ARRAY(sent.body, "backchannel_token_delivery_modes_supported", "poll");
+    ASSERT_ARRAY(sent.body, "backchannel_token_delivery_modes_supported", "poll", "ping",
+                 "push");
     ASSERT_ARRAY(sent.body, "grant_types_supported", "urn:openid:params:grant-type:ciba");
     ASSERT_ARRAY(sent.body, "token_endpoint_auth_methods_supported", "private_key_jwt",
                  "client_secret_jwt", "client_secret_basic", "client_secret_post");

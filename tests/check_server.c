@@ -1,14 +1,24 @@
-/* check_server.c - tests of the strict form parser and of configuration loading
+/* check_server.c - tests of the strict form parser, of configuration loading and of
+ * the request deadline
  * SPDX-License-Identifier: MIT
  */
 #include "check_runner.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/thread.h>
 
 #include "server/config.h"
 #include "server/http.h"
+#include "server/server.h"
+#include "tests/e2e_client.h"
 
 extern char **environ;
 
@@ -350,7 +360,7 @@ START_TEST(config_defaults_valid)
     ck_assert_int_eq(cfg.tombstone_seconds, 86400);
     ck_assert_int_eq(cfg.http_timeout, 30);
     ck_assert_int_eq(cfg.request_deadline_ms, 10000);
-    ck_assert_int_eq(cfg.db_timeout_ms, 5000);
+    ck_assert_int_eq(cfg.db_timeout_ms, 2000);
     ck_assert_int_eq(cfg.max_body, 65536);
     ck_assert_int_eq(cfg.max_headers, 8192);
     server_config_free(&cfg);
@@ -534,6 +544,24 @@ START_TEST(config_expiry_order)
 }
 END_TEST
 
+START_TEST(config_deadline_covers_db_timeouts)
+{
+    struct server_config cfg;
+
+    load_fails("db_timeout_ms = 3000\n",
+               "request_deadline_ms (10000) is less than 4 x "
+               "db_timeout_ms (3000): set it to at least 12000");
+    load_fails("request_deadline_ms = 7999\n", "request_deadline_ms (7999)");
+    load_fails("request_deadline_ms = 1000\ndb_timeout_ms = 251\n", "at least 1004");
+    load_ok("request_deadline_ms = 8000\n", &cfg);
+    ck_assert_int_eq(cfg.request_deadline_ms, 8000);
+    server_config_free(&cfg);
+    load_ok("request_deadline_ms = 1000\ndb_timeout_ms = 250\n", &cfg);
+    ck_assert_int_eq(cfg.db_timeout_ms, 250);
+    server_config_free(&cfg);
+}
+END_TEST
+
 START_TEST(config_listen_address)
 {
     struct server_config cfg;
@@ -700,11 +728,159 @@ START_TEST(config_help_lists_settings)
 }
 END_TEST
 
+/* ---- request deadline ---------------------------------------------------------------
+ */
+
+/* server/http.c runs here on a real evhttp over loopback. A stand-in router holds each
+ * request past the deadline, so the deadline reply goes out, and replies later as a
+ * slow handler would. */
+
+#define DEADLINE_MS 300
+
+struct deadline_server {
+    struct server_config cfg;
+    struct server_thread t;
+    pthread_t loop;
+    int port;
+};
+
+static atomic_int late_replies;
+
+/* The handler's own reply after the deadline reply went out: it only frees the request
+ * context (the contract in server/http.h). */
+static void on_late_reply(evutil_socket_t fd, short what, void *arg)
+{
+    struct server_req *sr = arg;
+
+    (void)fd;
+    (void)what;
+    server_reply_json(sr, 200, json_pack("{s:s}", "status", "late"));
+    atomic_fetch_add(&late_replies, 1);
+}
+
+/* Stands in for server/routes.c, which this suite does not link: names the endpoint as
+ * the router does, then replies only after twice the deadline. */
+void server_route(struct server_req *sr)
+{
+    struct timeval late = {0, 2 * DEADLINE_MS * 1000};
+
+    sr->endpoint =
+        strncmp(server_req_path(sr), "/approve/", 9) == 0 ? "approve" : "token";
+    ck_assert_int_eq(
+        event_base_once(sr->worker->base, -1, EV_TIMEOUT, on_late_reply, sr, &late), 0);
+}
+
+void server_route_log_path(const char *path, char *out, size_t out_len)
+{
+    snprintf(out, out_len, "%s", path);
+}
+
+static void *run_loop(void *arg)
+{
+    struct deadline_server *ds = arg;
+
+    event_base_loop(ds->t.w.base, EVLOOP_NO_EXIT_ON_EMPTY);
+    return NULL;
+}
+
+static void deadline_server_start(struct deadline_server *ds)
+{
+    struct evhttp_bound_socket *bound;
+    struct sockaddr_in addr;
+    socklen_t len = sizeof(addr);
+
+    memset(ds, 0, sizeof(*ds));
+    ck_assert_int_eq(evthread_use_pthreads(), 0);
+    ds->cfg.request_deadline_ms = DEADLINE_MS;
+    server_config = &ds->cfg;
+    ds->t.w.base = event_base_new();
+    ck_assert_ptr_nonnull(ds->t.w.base);
+    ds->t.http = evhttp_new(ds->t.w.base);
+    ck_assert_ptr_nonnull(ds->t.http);
+    bound = evhttp_bind_socket_with_handle(ds->t.http, "127.0.0.1", 0);
+    ck_assert_ptr_nonnull(bound);
+    ck_assert_int_eq(
+        getsockname(evhttp_bound_socket_get_fd(bound), (struct sockaddr *)&addr, &len),
+        0);
+    ds->port = ntohs(addr.sin_port);
+    evhttp_set_gencb(ds->t.http, server_http_on_request, &ds->t);
+    ck_assert_int_eq(pthread_create(&ds->loop, NULL, run_loop, ds), 0);
+}
+
+/* Waits for the late replies, so every request context is freed, then stops. */
+static void deadline_server_stop(struct deadline_server *ds, int late_expected)
+{
+    for (int i = 0; i < 100 && atomic_load(&late_replies) < late_expected; i++)
+        usleep(50 * 1000);
+    ck_assert_int_eq(atomic_load(&late_replies), late_expected);
+    event_base_loopbreak(ds->t.w.base);
+    pthread_join(ds->loop, NULL);
+    ck_assert_ptr_null(ds->t.reqs);
+    ck_assert_uint_eq(atomic_load(&ds->t.unanswered), 0);
+    evhttp_free(ds->t.http);
+    event_base_free(ds->t.w.base);
+    server_config = NULL;
+}
+
+START_TEST(deadline_approve_page_is_html)
+{
+    struct deadline_server ds;
+    struct e2e_response r;
+    const char *csp, *type;
+
+    deadline_server_start(&ds);
+    ck_assert_int_eq(e2e_request(ds.port, "GET", "/approve/abc", NULL, NULL, 0, &r), 0);
+    ck_assert_int_eq(r.status, 503);
+    type = e2e_header(&r, "Content-Type");
+    ck_assert_msg(type && strncmp(type, "text/html", 9) == 0, "Content-Type %s",
+                  type ? type : "(none)");
+    ck_assert_msg(strstr(r.body, "<title>Please try again</title>"), "body: %s", r.body);
+    csp = e2e_header(&r, "Content-Security-Policy");
+    ck_assert_msg(csp && strstr(csp, "default-src 'none'"), "CSP %s",
+                  csp ? csp : "(none)");
+    ck_assert_msg(strstr(csp, "frame-ancestors 'none'"), "CSP %s", csp);
+    ck_assert_pstr_eq(e2e_header(&r, "Cache-Control"), "no-store");
+    ck_assert_pstr_eq(e2e_header(&r, "Referrer-Policy"), "no-referrer");
+    ck_assert_pstr_eq(e2e_header(&r, "X-Content-Type-Options"), "nosniff");
+    ck_assert_pstr_eq(e2e_header(&r, "X-Frame-Options"), "DENY");
+    ck_assert_ptr_nonnull(e2e_header(&r, "Retry-After"));
+    ck_assert_ptr_nonnull(e2e_header(&r, "X-Request-Id"));
+    e2e_response_free(&r);
+    deadline_server_stop(&ds, 1);
+}
+END_TEST
+
+START_TEST(deadline_api_reply_is_json)
+{
+    struct deadline_server ds;
+    struct e2e_response r;
+    const char *type;
+    json_t *body;
+
+    deadline_server_start(&ds);
+    ck_assert_int_eq(e2e_request(ds.port, "POST", "/token", NULL, "a=b", 3, &r), 0);
+    ck_assert_int_eq(r.status, 503);
+    type = e2e_header(&r, "Content-Type");
+    ck_assert_msg(type && strncmp(type, "application/json", 16) == 0, "Content-Type %s",
+                  type ? type : "(none)");
+    body = e2e_json(&r);
+    ck_assert_msg(body != NULL, "body is not JSON: %s", r.body);
+    ck_assert_str_eq(json_string_value(json_object_get(body, "error")),
+                     "temporarily_unavailable");
+    ck_assert_pstr_eq(e2e_header(&r, "Cache-Control"), "no-store");
+    ck_assert_ptr_null(e2e_header(&r, "Content-Security-Policy"));
+    json_decref(body);
+    e2e_response_free(&r);
+    deadline_server_stop(&ds, 1);
+}
+END_TEST
+
 static Suite *server_suite(void)
 {
     Suite *s = suite_create("server");
     TCase *form = tcase_create("form");
     TCase *config = tcase_create("config");
+    TCase *deadline;
 
     tcase_add_test(form, form_plain);
     tcase_add_test(form, form_plus_is_space);
@@ -741,6 +917,7 @@ static Suite *server_suite(void)
     tcase_add_test(config, config_bad_issuer);
     tcase_add_test(config, config_issuer_with_path);
     tcase_add_test(config, config_expiry_order);
+    tcase_add_test(config, config_deadline_covers_db_timeouts);
     tcase_add_test(config, config_listen_address);
     tcase_add_test(config, config_other_validation);
     tcase_add_test(config, config_check_serve);
@@ -748,6 +925,11 @@ static Suite *server_suite(void)
     tcase_add_test(config, config_database_url_shown_without_password);
     tcase_add_test(config, config_help_lists_settings);
     suite_add_tcase(s, config);
+
+    deadline = tcase_create("deadline");
+    tcase_add_test(deadline, deadline_approve_page_is_html);
+    tcase_add_test(deadline, deadline_api_reply_is_json);
+    suite_add_tcase(s, deadline);
     return s;
 }
 

@@ -303,36 +303,54 @@ START_TEST(otp_verify_right_and_wrong_code)
 }
 END_TEST
 
+/* Codes of the wrong form: sms_otp_well_formed rejects them, and so does
+ * sms_otp_verify even against their own HMAC. */
+static const char *const malformed_codes[] = {
+    "12345",
+    "1234567",
+    "12345a",
+    "a12345",
+    " 12345",
+    "12345 ",
+    "+12345",
+    "-12345",
+    "12 345",
+    "",
+    "0x1234",
+    "\xef\xbc\x91\xef\xbc\x92"
+    "\xef\xbc\x93\xef\xbc\x94"
+    "\xef\xbc\x95\xef\xbc\x96",
+    "123456\n",
+    "12345\xd9",
+    "000000000",
+};
+
+START_TEST(otp_well_formed_checks_format)
+{
+    static const char *const good[] = {"000000", "012345", "123456", "999999"};
+
+    for (size_t i = 0; i < ARRAY_LEN(good); i++)
+        ck_assert_msg(sms_otp_well_formed(good[i]), "\"%s\" was rejected", good[i]);
+    for (size_t i = 0; i < ARRAY_LEN(malformed_codes); i++)
+        ck_assert_msg(!sms_otp_well_formed(malformed_codes[i]), "\"%s\" was accepted",
+                      malformed_codes[i]);
+    ck_assert(!sms_otp_well_formed(NULL));
+}
+END_TEST
+
 START_TEST(otp_verify_rejects_bad_format)
 {
-    /* Each string is verified against its own HMAC, so only the format check can
-     * reject it. */
-    static const char *const bad[] = {
-        "12345",
-        "1234567",
-        "12345a",
-        "a12345",
-        " 12345",
-        "12345 ",
-        "+12345",
-        "-12345",
-        "12 345",
-        "",
-        "0x1234",
-        "\xef\xbc\x91\xef\xbc\x92"
-        "\xef\xbc\x93\xef\xbc\x94"
-        "\xef\xbc\x95\xef\xbc\x96",
-        "123456\n",
-        "12345\xd9",
-        "000000000",
-    };
     unsigned char mac[SMS_OTP_HMAC_LEN];
 
-    for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
-        sms_otp_hmac(secret, sizeof(secret), "b", 1, bad[i], mac);
+    /* Each string is verified against its own HMAC, so only the format check can
+     * reject it. */
+    for (size_t i = 0; i < ARRAY_LEN(malformed_codes); i++) {
+        const char *code = malformed_codes[i];
+
+        sms_otp_hmac(secret, sizeof(secret), "b", 1, code, mac);
         ck_assert_msg(
-            !sms_otp_verify(secret, sizeof(secret), "b", 1, bad[i], mac, sizeof(mac)),
-            "\"%s\" was accepted", bad[i]);
+            !sms_otp_verify(secret, sizeof(secret), "b", 1, code, mac, sizeof(mac)),
+            "\"%s\" was accepted", code);
     }
     ck_assert(!sms_otp_verify(secret, sizeof(secret), "b", 1, NULL, mac, sizeof(mac)));
 }
@@ -1433,6 +1451,7 @@ static Suite *sms_suite(void)
     tcase_add_test(otp, otp_digit_distribution);
     tcase_add_test(otp, otp_rejection_sampling_bounds);
     tcase_add_test(otp, otp_verify_right_and_wrong_code);
+    tcase_add_test(otp, otp_well_formed_checks_format);
     tcase_add_test(otp, otp_verify_rejects_bad_format);
     tcase_add_test(otp, otp_leading_zero_is_significant);
     tcase_add_test(otp, otp_verify_other_binding_generation_secret);

@@ -2572,8 +2572,7 @@ static enum storage_status jti_record(struct storage_conn *db, const char *clien
     struct done_res r = {0};
 
     ck_assert_int_eq(
-        storage_client_assertion_record(db, client_id, jti, expires_at, on_done, &r),
-        0);
+        storage_client_assertion_record(db, client_id, jti, expires_at, on_done, &r), 0);
     wait_calls(&r.calls, 1);
     return r.status;
 }
@@ -2625,11 +2624,10 @@ START_TEST(assertion_jti_single_use)
     long_jti[sizeof(long_jti) - 1] = '\0';
     ck_assert_int_eq(jti_record(db, p.client_id, long_jti, later), STORAGE_ERROR);
     ck_assert_int_eq(jti_record(db, "no-such-client", "jti-x", later), STORAGE_ERROR);
+    ck_assert_int_eq(storage_client_assertion_record(db, NULL, "j", later, on_done, NULL),
+                     -1);
     ck_assert_int_eq(
-        storage_client_assertion_record(db, NULL, "j", later, on_done, NULL), -1);
-    ck_assert_int_eq(
-        storage_client_assertion_record(db, p.client_id, NULL, later, on_done, NULL),
-        -1);
+        storage_client_assertion_record(db, p.client_id, NULL, later, on_done, NULL), -1);
 
     /* Deleting the client deletes its jti values. */
     ck_assert_int_eq(raw_int(pg,
@@ -2681,6 +2679,512 @@ START_TEST(assertion_jti_purge)
                      1);
     ck_assert_int_eq(jti_record(db, p.client_id, "live", now + 60), STORAGE_CONFLICT);
     ck_assert_int_eq(storage_client_assertion_purge(db, NULL, NULL), -1);
+    PQfinish(pg);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+/* ---- notification outbox ----------------------------------------------------------- */
+
+/* Registers a ping or push client for p. */
+static void client_add_mode(const char *client_id, const char *mode)
+{
+    struct storage_sync *s = sync_open();
+    struct storage_client_new c = {
+        .client_id = client_id,
+        .client_name = "Notified Agent",
+        .secret_hash = "0000000000000000000000000000000000000000000000000000000000000000",
+        .token_endpoint_auth_method = "client_secret_basic",
+        .scope = "openid email",
+        .backchannel_token_delivery_mode = mode,
+        .backchannel_client_notification_endpoint = "https://cb.example.com/ciba",
+    };
+    char err[256] = "";
+
+    ck_assert_msg(storage_sync_client_create(s, &c, err, sizeof(err)) == 0,
+                  "client create failed: %s", err);
+    storage_sync_close(s);
+}
+
+/* Fills r as req_init does, for a new client of the given delivery mode. */
+static void req_init_mode(struct req *r, struct people *p, const char *mode)
+{
+    char hex[17];
+
+    random_hex(hex, 8);
+    snprintf(p->other_client_id, sizeof(p->other_client_id), "%s-%s", mode, hex);
+    client_add_mode(p->other_client_id, mode);
+    req_init(r, p);
+    r->in.client_id = p->other_client_id;
+    r->in.delivery_mode = mode;
+    r->in.notification_secrets = "v1.sealed-secrets";
+}
+
+static long long outbox_count(PGconn *pg, const char *id_hash)
+{
+    return raw_int(pg, "SELECT count(*) FROM notification WHERE auth_req_id_hash = $1",
+                   id_hash);
+}
+
+static char *outbox_text(PGconn *pg, const char *column, const char *id_hash)
+{
+    char *sql =
+        util_asprintf("SELECT %s FROM notification WHERE auth_req_id_hash = $1", column);
+    char *value = raw_text(pg, sql, id_hash);
+
+    free(sql);
+    return value;
+}
+
+static struct approval_res decide_notify_now(struct storage_conn *db,
+                                             const char *ref_hash,
+                                             enum storage_decision decision,
+                                             const char *payload)
+{
+    struct approval_res res = {0};
+
+    ck_assert_int_eq(storage_approval_decide_notify(db, ref_hash, 0, 0, decision, 3,
+                                                    payload, "rid-decide", on_approval,
+                                                    &res),
+                     0);
+    wait_calls(&res.calls, 1);
+    return res;
+}
+
+START_TEST(outbox_ping_decisions)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct req approved, denied, polled;
+    struct approval_res a;
+    PGconn *pg = raw_open();
+    char *text;
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+    req_init_mode(&approved, &p, "ping");
+    req_init_mode(&denied, &p, "ping");
+    req_init(&polled, &p);
+    ck_assert_int_eq(req_create(db, &approved), STORAGE_OK);
+    ck_assert_int_eq(req_create(db, &denied), STORAGE_OK);
+
+    text = raw_text(pg, "SELECT delivery_mode FROM auth_req WHERE auth_req_id_hash = $1",
+                    approved.id_hash);
+    ck_assert_str_eq(text, "ping");
+    free(text);
+
+    /* A wrong code is not final: nothing is queued. */
+    a = decide_now(db, approved.ref_hash, 0, 0, STORAGE_DECIDE_WRONG_CODE, 3);
+    ck_assert_int_eq(a.status, STORAGE_OK);
+    ck_assert_int_eq(outbox_count(pg, approved.id_hash), 0);
+
+    a = decide_now(db, approved.ref_hash, 0, 1, STORAGE_DECIDE_APPROVE, 3);
+    ck_assert_int_eq(a.status, STORAGE_OK);
+    ck_assert_int_eq(a.ar_status, STORAGE_AR_APPROVED);
+    ck_assert_int_eq(outbox_count(pg, approved.id_hash), 1);
+    text = outbox_text(pg, "mode || ' ' || event || ' ' || secrets || ' ' || request_id",
+                       approved.id_hash);
+    ck_assert_str_eq(text, "ping approved v1.sealed-secrets rid-decide");
+    free(text);
+    text = outbox_text(pg, "payload", approved.id_hash);
+    ck_assert_ptr_null(text);
+
+    a = decide_now(db, denied.ref_hash, 0, 0, STORAGE_DECIDE_DENY, 3);
+    ck_assert_int_eq(a.ar_status, STORAGE_AR_DENIED);
+    text = outbox_text(pg, "event || ' ' || detail", denied.id_hash);
+    ck_assert_str_eq(text, "denied denied_by_user");
+    free(text);
+
+    /* A ping client may still poll the approved request. */
+    ck_assert_int_eq(poll_once(db, approved.id_hash, p.other_client_id).outcome,
+                     STORAGE_POLL_REDEEMED);
+
+    /* Poll requests never get a notification. */
+    req_create_approved(db, &polled);
+    ck_assert_int_eq(outbox_count(pg, polled.id_hash), 0);
+    PQfinish(pg);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+START_TEST(outbox_too_many_wrong_codes)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct req r;
+    struct approval_res a;
+    PGconn *pg = raw_open();
+    char *text;
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+    req_init_mode(&r, &p, "push");
+    ck_assert_int_eq(req_create(db, &r), STORAGE_OK);
+    a = decide_now(db, r.ref_hash, 0, 0, STORAGE_DECIDE_WRONG_CODE, 2);
+    ck_assert_int_eq(outbox_count(pg, r.id_hash), 0);
+    a = decide_now(db, r.ref_hash, 0, 1, STORAGE_DECIDE_WRONG_CODE, 2);
+    ck_assert_int_eq(a.ar_status, STORAGE_AR_DENIED);
+    text = outbox_text(pg, "mode || ' ' || event || ' ' || detail", r.id_hash);
+    ck_assert_str_eq(text, "push denied too_many_wrong_codes");
+    free(text);
+    PQfinish(pg);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+START_TEST(outbox_push_approval_redeems)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct req r;
+    struct approval_res a;
+    PGconn *pg = raw_open();
+    char *text;
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+    req_init_mode(&r, &p, "push");
+    ck_assert_int_eq(req_create(db, &r), STORAGE_OK);
+
+    /* Without the token payload nothing changes. */
+    a = decide_notify_now(db, r.ref_hash, STORAGE_DECIDE_APPROVE, NULL);
+    ck_assert_int_eq(a.status, STORAGE_ERROR);
+    ck_assert_int_eq(outbox_count(pg, r.id_hash), 0);
+    a = approval_get_now(db, r.ref_hash);
+    ck_assert_int_eq(a.ar_status, STORAGE_AR_PENDING);
+
+    a = decide_notify_now(db, r.ref_hash, STORAGE_DECIDE_APPROVE, "v1.sealed-tokens");
+    ck_assert_int_eq(a.status, STORAGE_OK);
+    ck_assert_int_eq(a.ar_status, STORAGE_AR_REDEEMED);
+    text = outbox_text(pg, "mode || ' ' || event || ' ' || payload", r.id_hash);
+    ck_assert_str_eq(text, "push approved v1.sealed-tokens");
+    free(text);
+    ck_assert_int_eq(audit_count(pg, r.id_hash, "token", "issued"), 1);
+    ck_assert_int_eq(audit_count(pg, r.id_hash, "approve", "approved"), 1);
+
+    /* The pushed result cannot be redeemed by polling. */
+    ck_assert_int_eq(poll_once(db, r.id_hash, p.other_client_id).outcome,
+                     STORAGE_POLL_INVALID);
+    PQfinish(pg);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+struct sweep_outbox_res {
+    int calls;
+    enum storage_status status;
+};
+
+static void on_sweep_outbox(void *arg, enum storage_status status, int expired,
+                            int purged)
+{
+    struct sweep_outbox_res *r = arg;
+
+    (void)expired;
+    (void)purged;
+    r->calls++;
+    r->status = status;
+}
+
+START_TEST(outbox_expiry_and_sms_failure)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct req pending, approved, failed;
+    struct sweep_outbox_res sweep = {0};
+    struct done_res done = {0};
+    struct approval_res a;
+    PGconn *pg = raw_open();
+    char *text;
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+    req_init_mode(&pending, &p, "ping");
+    req_init_mode(&approved, &p, "ping");
+    req_init_mode(&failed, &p, "push");
+    pending.in.expires_in = 1;
+    approved.in.expires_in = 1;
+    ck_assert_int_eq(req_create(db, &pending), STORAGE_OK);
+    ck_assert_int_eq(req_create(db, &approved), STORAGE_OK);
+    ck_assert_int_eq(req_create(db, &failed), STORAGE_OK);
+    a = decide_now(db, approved.ref_hash, 0, 0, STORAGE_DECIDE_APPROVE, 3);
+    ck_assert_int_eq(a.ar_status, STORAGE_AR_APPROVED);
+    usleep(1200 * 1000);
+
+    ck_assert_int_eq(storage_auth_req_sweep(db, 3600, on_sweep_outbox, &sweep), 0);
+    wait_calls(&sweep.calls, 1);
+    ck_assert_int_eq(sweep.status, STORAGE_OK);
+    text = outbox_text(pg, "mode || ' ' || event", pending.id_hash);
+    ck_assert_str_eq(text, "ping expired");
+    free(text);
+    /* The approved request was notified at its approval, not again at its expiry. */
+    ck_assert_int_eq(outbox_count(pg, approved.id_hash), 1);
+
+    ck_assert_int_eq(storage_auth_req_fail_delivery(db, failed.id_hash, "gateway down",
+                                                    "rid-fail", on_done, &done),
+                     0);
+    wait_calls(&done.calls, 1);
+    ck_assert_int_eq(done.status, STORAGE_OK);
+    text = outbox_text(pg, "mode || ' ' || event || ' ' || detail", failed.id_hash);
+    ck_assert_str_eq(text, "push failed sms_failed");
+    free(text);
+    PQfinish(pg);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+struct claim_res {
+    int calls;
+    enum storage_status status;
+    size_t n;
+    int64_t ids[64];
+    int attempts[64];
+    char endpoint[128];
+};
+
+static void on_claim(void *arg, enum storage_status status,
+                     const struct storage_notification *rows, size_t n_rows)
+{
+    struct claim_res *r = arg;
+
+    r->calls++;
+    r->status = status;
+    for (size_t i = 0; i < n_rows && r->n < ARRAY_LEN(r->ids); i++) {
+        r->ids[r->n] = rows[i].id;
+        r->attempts[r->n] = rows[i].attempt;
+        r->n++;
+        if (rows[i].endpoint)
+            snprintf(r->endpoint, sizeof(r->endpoint), "%s", rows[i].endpoint);
+    }
+}
+
+/* Inserts n due notifications for a new ping client; returns the client id (new). */
+static char *outbox_fill(PGconn *pg, int n)
+{
+    char hex[17], *client_id, *sql;
+
+    random_hex(hex, 8);
+    client_id = util_asprintf("outbox-%s", hex);
+    client_add_mode(client_id, "ping");
+    sql = util_asprintf("INSERT INTO notification (auth_req_id_hash, client_id, mode,"
+                        " event, secrets, next_attempt_at)"
+                        " SELECT md5(random()::text), $1, 'ping', 'approved', 'v1.x',"
+                        " now() - interval '1 hour' FROM generate_series(1, %d)",
+                        n);
+    raw_exec(pg, sql, client_id);
+    free(sql);
+    return client_id;
+}
+
+START_TEST(outbox_claims_never_overlap)
+{
+    struct storage_conn *db1, *db2;
+    PGconn *pg = raw_open();
+    char *client_id;
+
+    loop_open();
+    db1 = conn_open(5000);
+    db2 = conn_open(5000);
+    /* Rows of earlier tests may be due too; claim them away first. */
+    for (int round = 0; round < 100; round++) {
+        struct claim_res drain = {0};
+
+        ck_assert_int_eq(storage_notification_claim(db1, 64, 600000, on_claim, &drain),
+                         0);
+        wait_calls(&drain.calls, 1);
+        if (drain.n == 0)
+            break;
+    }
+    client_id = outbox_fill(pg, 60);
+
+    for (int round = 0; round < 3; round++) {
+        struct claim_res a = {0}, b = {0};
+        size_t total;
+
+        if (round > 0) {
+            raw_exec(pg,
+                     "UPDATE notification SET next_attempt_at = now() - interval '1 s'"
+                     " WHERE client_id = $1",
+                     client_id);
+        }
+        /* Both claims run at the same time on two connections. */
+        ck_assert_int_eq(storage_notification_claim(db1, 40, 60000, on_claim, &a), 0);
+        ck_assert_int_eq(storage_notification_claim(db2, 40, 60000, on_claim, &b), 0);
+        wait_calls(&a.calls, 1);
+        wait_calls(&b.calls, 1);
+        ck_assert_int_eq(a.status, STORAGE_OK);
+        ck_assert_int_eq(b.status, STORAGE_OK);
+        total = a.n + b.n;
+        ck_assert_uint_eq(total, 60);
+        for (size_t i = 0; i < a.n; i++)
+            for (size_t j = 0; j < b.n; j++)
+                ck_assert_msg(a.ids[i] != b.ids[j], "row %lld claimed twice in round %d",
+                              (long long)a.ids[i], round);
+        for (size_t i = 0; i < a.n; i++)
+            ck_assert_int_eq(a.attempts[i], round + 1);
+        for (size_t i = 0; i < b.n; i++)
+            ck_assert_int_eq(b.attempts[i], round + 1);
+        ck_assert_str_eq(a.n ? a.endpoint : b.endpoint, "https://cb.example.com/ciba");
+
+        /* While the leases run, nothing is claimable. */
+        {
+            struct claim_res again = {0};
+
+            ck_assert_int_eq(storage_notification_claim(db1, 64, 60000, on_claim, &again),
+                             0);
+            wait_calls(&again.calls, 1);
+            ck_assert_uint_eq(again.n, 0);
+        }
+    }
+    free(client_id);
+    PQfinish(pg);
+    storage_conn_free(db1);
+    storage_conn_free(db2);
+    loop_close();
+}
+END_TEST
+
+static enum storage_status record_now(struct storage_conn *db, int64_t id, int attempt,
+                                      enum storage_notification_outcome outcome,
+                                      int delay)
+{
+    struct done_res res = {0};
+
+    ck_assert_int_eq(storage_notification_record(db, id, attempt, outcome, delay,
+                                                 "ping approved: HTTP 500", on_done,
+                                                 &res),
+                     0);
+    wait_calls(&res.calls, 1);
+    return res.status;
+}
+
+START_TEST(outbox_lease_and_record)
+{
+    struct storage_conn *db;
+    PGconn *pg = raw_open();
+    struct claim_res first = {0}, early = {0}, second = {0}, third = {0};
+    char *client_id, *id_text, *hash;
+    int64_t id;
+
+    loop_open();
+    db = conn_open(5000);
+    client_id = outbox_fill(pg, 1);
+    id_text = raw_text(pg, "SELECT id FROM notification WHERE client_id = $1", client_id);
+    hash = raw_text(pg, "SELECT auth_req_id_hash FROM notification WHERE client_id = $1",
+                    client_id);
+    id = strtoll(id_text, NULL, 10);
+    /* Make it the only due row: push every other row away. */
+    raw_exec(pg,
+             "UPDATE notification SET next_attempt_at = now() + interval '1 day'"
+             " WHERE client_id <> $1",
+             client_id);
+
+    ck_assert_int_eq(storage_notification_claim(db, 10, 300, on_claim, &first), 0);
+    wait_calls(&first.calls, 1);
+    ck_assert_uint_eq(first.n, 1);
+    ck_assert_int_eq(first.ids[0], id);
+    ck_assert_int_eq(first.attempts[0], 1);
+    ck_assert_int_eq(storage_notification_claim(db, 10, 300, on_claim, &early), 0);
+    wait_calls(&early.calls, 1);
+    ck_assert_uint_eq(early.n, 0);
+
+    /* The lease ends; another worker claims it again, and the first claim is stale. */
+    run_loop_ms(400);
+    ck_assert_int_eq(storage_notification_claim(db, 10, 60000, on_claim, &second), 0);
+    wait_calls(&second.calls, 1);
+    ck_assert_uint_eq(second.n, 1);
+    ck_assert_int_eq(second.attempts[0], 2);
+    ck_assert_int_eq(record_now(db, id, 1, STORAGE_NOTIFICATION_DELIVERED, 0),
+                     STORAGE_NOT_FOUND);
+    ck_assert_int_eq(
+        raw_int(pg, "SELECT count(*) FROM notification WHERE id = $1", id_text), 1);
+
+    /* A retry makes it due after the delay, with last_error kept. */
+    ck_assert_int_eq(record_now(db, id, 2, STORAGE_NOTIFICATION_RETRY, 0), STORAGE_OK);
+    ck_assert_int_eq(raw_int(pg,
+                             "SELECT count(*) FROM notification WHERE id = $1"
+                             " AND last_error = 'ping approved: HTTP 500'",
+                             id_text),
+                     1);
+    ck_assert_int_eq(storage_notification_claim(db, 10, 60000, on_claim, &third), 0);
+    wait_calls(&third.calls, 1);
+    ck_assert_uint_eq(third.n, 1);
+    ck_assert_int_eq(third.attempts[0], 3);
+    ck_assert_int_eq(record_now(db, id, 3, STORAGE_NOTIFICATION_DELIVERED, 0),
+                     STORAGE_OK);
+    ck_assert_int_eq(
+        raw_int(pg, "SELECT count(*) FROM notification WHERE id = $1", id_text), 0);
+    ck_assert_int_eq(record_now(db, id, 3, STORAGE_NOTIFICATION_DELIVERED, 0),
+                     STORAGE_NOT_FOUND);
+    ck_assert_int_eq(audit_count(pg, hash, "notify", "retry"), 1);
+    ck_assert_int_eq(audit_count(pg, hash, "notify", "delivered"), 1);
+
+    /* Bad arguments queue nothing. */
+    ck_assert_int_eq(storage_notification_claim(db, 0, 1000, on_claim, &third), -1);
+    ck_assert_int_eq(storage_notification_claim(db, 5, 0, on_claim, &third), -1);
+    ck_assert_int_eq(storage_notification_record(db, id, 0, STORAGE_NOTIFICATION_FAILED,
+                                                 0, NULL, on_done, NULL),
+                     -1);
+    ck_assert_int_eq(storage_notification_record(db, id, 1, STORAGE_NOTIFICATION_RETRY,
+                                                 -1, NULL, on_done, NULL),
+                     -1);
+    free(hash);
+    free(id_text);
+    free(client_id);
+    PQfinish(pg);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+START_TEST(outbox_failed_row_deleted)
+{
+    struct storage_conn *db;
+    PGconn *pg = raw_open();
+    struct claim_res claimed = {0};
+    char *client_id, *id_text, *hash;
+
+    loop_open();
+    db = conn_open(5000);
+    client_id = outbox_fill(pg, 1);
+    id_text = raw_text(pg, "SELECT id FROM notification WHERE client_id = $1", client_id);
+    hash = raw_text(pg, "SELECT auth_req_id_hash FROM notification WHERE client_id = $1",
+                    client_id);
+    raw_exec(pg,
+             "UPDATE notification SET next_attempt_at = now() + interval '1 day'"
+             " WHERE client_id <> $1",
+             client_id);
+    ck_assert_int_eq(storage_notification_claim(db, 10, 60000, on_claim, &claimed), 0);
+    wait_calls(&claimed.calls, 1);
+    ck_assert_uint_eq(claimed.n, 1);
+    ck_assert_int_eq(record_now(db, claimed.ids[0], 1, STORAGE_NOTIFICATION_FAILED, 0),
+                     STORAGE_OK);
+    ck_assert_int_eq(
+        raw_int(pg, "SELECT count(*) FROM notification WHERE id = $1", id_text), 0);
+    ck_assert_int_eq(audit_count(pg, hash, "notify", "failed"), 1);
+    /* Deleting the client drops its notifications. */
+    client_id = (free(client_id), outbox_fill(pg, 2));
+    {
+        struct storage_sync *s = sync_open();
+
+        ck_assert_int_eq(storage_sync_client_delete(s, client_id), 1);
+        storage_sync_close(s);
+    }
+    ck_assert_int_eq(
+        raw_int(pg, "SELECT count(*) FROM notification WHERE client_id = $1", client_id),
+        0);
+    free(hash);
+    free(id_text);
+    free(client_id);
     PQfinish(pg);
     storage_conn_free(db);
     loop_close();
@@ -2751,6 +3255,16 @@ static Suite *storage_suite(void)
     tcase_add_test(tc, decide_after_expiry);
     tcase_add_test(tc, resend_cooldown_and_quota);
     tcase_add_test(tc, resend_capped_at_expiry);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_new("outbox", 60, true);
+    tcase_add_test(tc, outbox_ping_decisions);
+    tcase_add_test(tc, outbox_too_many_wrong_codes);
+    tcase_add_test(tc, outbox_push_approval_redeems);
+    tcase_add_test(tc, outbox_expiry_and_sms_failure);
+    tcase_add_test(tc, outbox_claims_never_overlap);
+    tcase_add_test(tc, outbox_lease_and_record);
+    tcase_add_test(tc, outbox_failed_row_deleted);
     suite_add_tcase(s, tc);
 
     tc = tcase_new("keys_audit", 30, true);

@@ -209,6 +209,137 @@ static char *capture_log(const char *rid, const char *client_id, const char *mes
     return buf;
 }
 
+START_TEST(form_urldecode_escapes)
+{
+    char out[32];
+    size_t n = 99;
+
+    ck_assert_int_eq(util_form_urldecode("a+b%41%7e%2B", 12, out, &n), 0);
+    ck_assert_str_eq(out, "a bA~+");
+    ck_assert_uint_eq(n, 6);
+    ck_assert_int_eq(util_form_urldecode("", 0, out, &n), 0);
+    ck_assert_str_eq(out, "");
+    ck_assert_uint_eq(n, 0);
+    /* Only len bytes count: the "%41" after them is not decoded. */
+    ck_assert_int_eq(util_form_urldecode("xy%41", 2, out, &n), 0);
+    ck_assert_str_eq(out, "xy");
+    /* Bytes above 0x7f pass through unchecked. */
+    ck_assert_int_eq(util_form_urldecode("%C3%A9", 6, out, &n), 0);
+    ck_assert_str_eq(out, "\xc3\xa9");
+}
+END_TEST
+
+START_TEST(form_urldecode_rejects_bad_input)
+{
+    static const char *const bad_escapes[] = {"%", "%4", "a%G1", "%1G", "%%41", "%-1"};
+    char out[32];
+    size_t n;
+
+    for (size_t i = 0; i < ARRAY_LEN(bad_escapes); i++)
+        ck_assert_msg(util_form_urldecode(bad_escapes[i], strlen(bad_escapes[i]), out,
+                                          &n) == UTIL_URLDECODE_BAD_ESCAPE,
+                      "\"%s\" was not rejected as a bad escape", bad_escapes[i]);
+    /* The escape may not reach past len, even when the text goes on. */
+    ck_assert_int_eq(util_form_urldecode("%41", 2, out, &n), UTIL_URLDECODE_BAD_ESCAPE);
+    ck_assert_int_eq(util_form_urldecode("a%00b", 5, out, &n), UTIL_URLDECODE_NUL);
+    ck_assert_int_eq(util_form_urldecode("a\0b", 3, out, &n), UTIL_URLDECODE_NUL);
+}
+END_TEST
+
+/* Decodes every code point of s[0..len) with util_utf8_next into cps and returns the
+ * count, or -1 at the first invalid sequence. */
+static int utf8_decode_all(const char *s, size_t len, int32_t *cps, int max)
+{
+    const char *end = s + len;
+    int n = 0;
+
+    while (s < end && n < max) {
+        const char *before = s;
+        int32_t cp = util_utf8_next(&s, end);
+
+        if (cp < 0) {
+            ck_assert_ptr_eq(s, before); /* an error leaves the position alone */
+            return -1;
+        }
+        cps[n++] = cp;
+    }
+    return n;
+}
+
+START_TEST(utf8_next_decodes_code_points)
+{
+    /* A, é (2 bytes), € (3 bytes), U+1F600 (4 bytes), NUL, and each boundary. */
+    static const char text[] = "A\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80";
+    static const struct {
+        const char *bytes;
+        int32_t cp;
+    } edges[] = {
+        {"\x7f", 0x7f},
+        {"\xc2\x80", 0x80},
+        {"\xdf\xbf", 0x7ff},
+        {"\xe0\xa0\x80", 0x800},
+        {"\xed\x9f\xbf", 0xd7ff},
+        {"\xee\x80\x80", 0xe000},
+        {"\xef\xbf\xbf", 0xffff},
+        {"\xf0\x90\x80\x80", 0x10000},
+        {"\xf4\x8f\xbf\xbf", 0x10ffff},
+    };
+    int32_t cps[8];
+    const char *p = "\0x";
+
+    ck_assert_int_eq(utf8_decode_all(text, strlen(text), cps, 8), 4);
+    ck_assert_int_eq(cps[0], 'A');
+    ck_assert_int_eq(cps[1], 0xe9);
+    ck_assert_int_eq(cps[2], 0x20ac);
+    ck_assert_int_eq(cps[3], 0x1f600);
+    for (size_t i = 0; i < ARRAY_LEN(edges); i++) {
+        ck_assert_msg(utf8_decode_all(edges[i].bytes, strlen(edges[i].bytes), cps, 8) ==
+                          1,
+                      "edge %zu did not decode to one code point", i);
+        ck_assert_int_eq(cps[0], edges[i].cp);
+    }
+    ck_assert_int_eq(util_utf8_next(&p, p + 2), 0);
+    ck_assert_int_eq(*p, 'x');
+}
+END_TEST
+
+START_TEST(utf8_rejects_invalid_sequences)
+{
+    static const char *const bad[] = {
+        "\x80",             /* continuation byte without a lead byte */
+        "x\xbfy",           /* the same, inside ASCII */
+        "\xc0\xaf",         /* overlong '/' */
+        "\xc1\xbf",         /* overlong, two bytes */
+        "\xe0\x80\xaf",     /* overlong, three bytes */
+        "\xf0\x80\x80\xaf", /* overlong, four bytes */
+        "\xe2\x82",         /* cut short */
+        "\xc3",             /* cut short */
+        "\xc3(",            /* lead byte followed by ASCII */
+        "\xed\xa0\x80",     /* UTF-16 surrogate U+D800 */
+        "\xed\xbf\xbf",     /* UTF-16 surrogate U+DFFF */
+        "\xf4\x90\x80\x80", /* U+110000 */
+        "\xf5\x80\x80\x80", /* lead byte past U+10FFFF */
+        "\xf8\x88\x80\x80\x80",
+        "\xff",
+    };
+    const char *empty = "";
+
+    for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
+        int32_t cps[8];
+
+        ck_assert_msg(!util_utf8_valid(bad[i], strlen(bad[i])), "sequence %zu is valid",
+                      i);
+        ck_assert_msg(utf8_decode_all(bad[i], strlen(bad[i]), cps, 8) == -1,
+                      "util_utf8_next decoded sequence %zu", i);
+    }
+    /* The end bounds a sequence even when more bytes follow in memory. */
+    ck_assert(!util_utf8_valid("\xc3\xa9", 1));
+    ck_assert(util_utf8_valid("\xc3\xa9", 2));
+    ck_assert(util_utf8_valid("", 0));
+    ck_assert_int_eq(util_utf8_next(&empty, empty), -1);
+}
+END_TEST
+
 START_TEST(log_line_shape_and_escaping)
 {
     char *line = capture_log("0123456789abcdef", "agent\n1", "a\nforged line\r");
@@ -248,6 +379,10 @@ static Suite *util_suite(void)
     tcase_add_test(tc, parse_int64_strict);
     tcase_add_test(tc, phone_normalize_common_forms);
     tcase_add_test(tc, phone_normalize_rejects_non_numbers);
+    tcase_add_test(tc, form_urldecode_escapes);
+    tcase_add_test(tc, form_urldecode_rejects_bad_input);
+    tcase_add_test(tc, utf8_next_decodes_code_points);
+    tcase_add_test(tc, utf8_rejects_invalid_sequences);
     tcase_add_test(tc, log_line_shape_and_escaping);
     tcase_add_test(tc, log_level_filters);
     suite_add_tcase(s, tc);

@@ -4,6 +4,8 @@
 #   tests/pg.sh start DIR PORT   create and start a cluster under DIR; prints the
 #                                connection string on stdout
 #   tests/pg.sh stop DIR         stop it (immediate shutdown) and remove DIR
+#   tests/pg.sh halt DIR         stop it and keep DIR, for a later restart
+#   tests/pg.sh restart DIR      restart it, or start it again after halt
 #
 # PostgreSQL refuses to run as root, so as root the cluster runs as the postgres user
 # (created by the postgresql package) through runuser; DIR is handed to that user.
@@ -16,7 +18,7 @@ as_owner() {
     if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
-cmd=${1:?usage: pg.sh start DIR PORT | stop DIR}
+cmd=${1:?usage: pg.sh start DIR PORT | stop DIR | halt DIR | restart DIR}
 dir=${2:?missing DIR}
 
 case $cmd in
@@ -43,8 +45,14 @@ stop)
     fi
     rm -rf "$dir"
     ;;
+halt)
+    # Used by tests of startup without a database.
+    as_owner "$bindir/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
+    ;;
 restart)
-    # Used by tests of reconnection: stop and start the same cluster.
+    # Used by tests of reconnection: stop and start the same cluster. On a halted
+    # cluster pg_ctl warns that the PID file is missing and starts it with the options
+    # it last ran with, which it keeps in postmaster.opts.
     as_owner "$bindir/pg_ctl" -D "$dir/data" -m fast -w restart -l "$dir/server.log" >/dev/null
     ;;
 *)

@@ -60,6 +60,9 @@ struct util_http_call {
     struct event *deadline;
     struct event *finish_ev;
 
+    bool (*address_allowed)(const struct sockaddr *addr, void *arg);
+    void *address_arg;
+
     util_http_done_cb cb;
     void *arg;
     bool completed; /* the outcome is recorded; later events are ignored */
@@ -524,7 +527,23 @@ static void connection_configure(struct util_http_call *call)
 static void start_connection(struct util_http_call *call, const char *address)
 {
     struct evhttp_request *evreq;
+    struct sockaddr_storage sa = {0};
 
+    if (call->address_allowed) {
+        struct sockaddr_in *v4 = (struct sockaddr_in *)&sa;
+        struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&sa;
+
+        if (inet_pton(AF_INET, address, &v4->sin_addr) == 1)
+            v4->sin_family = AF_INET;
+        else if (inet_pton(AF_INET6, address, &v6->sin6_addr) == 1)
+            v6->sin6_family = AF_INET6;
+        if (sa.ss_family == 0 ||
+            !call->address_allowed((const struct sockaddr *)&sa, call->address_arg)) {
+            fail(call, UTIL_HTTP_ERR_ADDRESS, "the address %s of %s is not allowed",
+                 address, call->host);
+            return;
+        }
+    }
     if (call->is_tls) {
         call->bev = tls_bufferevent_new(call->base, call->tls, call->host);
         if (!call->bev) {
@@ -656,6 +675,8 @@ struct util_http_call *util_http_send(struct event_base *base, struct evdns_base
     call->cb = cb;
     call->arg = arg;
     call->method = req->method;
+    call->address_allowed = req->address_allowed;
+    call->address_arg = req->address_arg;
     call->timeout.tv_sec = req->timeout_ms / 1000;
     call->timeout.tv_usec = (req->timeout_ms % 1000) * 1000;
     call->max_response_body =

@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <sys/socket.h>
+
 #include <event2/http.h>
 #include <openssl/ssl.h>
 
@@ -43,6 +45,11 @@ struct util_http_request {
     int timeout_ms;           /* whole attempt: DNS, connect, TLS, send and response */
     size_t max_response_body; /* 0: UTIL_HTTP_MAX_RESPONSE_BODY */
     bool allow_http_loopback; /* see util_http_url_check */
+    /* Called with the address the request would connect to (the resolved one, or the
+     * URL's IP literal) before connecting. When it returns false, nothing is sent and
+     * the attempt fails with UTIL_HTTP_ERR_ADDRESS. NULL allows every address. */
+    bool (*address_allowed)(const struct sockaddr *addr, void *arg);
+    void *address_arg;
 };
 
 /* Cause of an attempt that got no HTTP response. */
@@ -53,6 +60,7 @@ enum util_http_error {
     UTIL_HTTP_ERR_TLS,       /* handshake or certificate verification failed */
     UTIL_HTTP_ERR_TOO_LARGE, /* the response body or headers were over the limit */
     UTIL_HTTP_ERR_PROTOCOL,  /* the response could not be parsed */
+    UTIL_HTTP_ERR_ADDRESS,   /* address_allowed rejected the address; nothing was sent */
 };
 
 /* The outcome of one attempt, valid only during the completion callback. */

@@ -220,6 +220,89 @@ int util_b64_decode(const char *in, size_t len, void *out, size_t *out_len)
     return decode_base64(in, len, out, out_len, b64_alphabet);
 }
 
+static int hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+int util_form_urldecode(const char *in, size_t len, char *out, size_t *out_len)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < len; i++) {
+        char c = in[i];
+
+        if (c == '+') {
+            c = ' ';
+        } else if (c == '%') {
+            int hi = i + 2 < len ? hex_value(in[i + 1]) : -1;
+            int lo = hi >= 0 ? hex_value(in[i + 2]) : -1;
+
+            if (hi < 0 || lo < 0)
+                return UTIL_URLDECODE_BAD_ESCAPE;
+            c = (char)(hi << 4 | lo);
+            i += 2;
+        }
+        if (c == '\0')
+            return UTIL_URLDECODE_NUL;
+        out[n++] = c;
+    }
+    out[n] = '\0';
+    *out_len = n;
+    return 0;
+}
+
+int32_t util_utf8_next(const char **s, const char *end)
+{
+    const unsigned char *p = (const unsigned char *)*s;
+    size_t avail = (size_t)(end - *s), extra;
+    uint32_t cp, min;
+
+    if (avail == 0)
+        return -1;
+    if (p[0] < 0x80) {
+        *s += 1;
+        return p[0];
+    }
+    if ((p[0] & 0xe0) == 0xc0) {
+        extra = 1, cp = p[0] & 0x1f, min = 0x80;
+    } else if ((p[0] & 0xf0) == 0xe0) {
+        extra = 2, cp = p[0] & 0x0f, min = 0x800;
+    } else if ((p[0] & 0xf8) == 0xf0) {
+        extra = 3, cp = p[0] & 0x07, min = 0x10000;
+    } else {
+        return -1; /* a continuation byte without a lead byte, or 0xf8..0xff */
+    }
+    if (avail <= extra)
+        return -1;
+    for (size_t k = 1; k <= extra; k++) {
+        if ((p[k] & 0xc0) != 0x80)
+            return -1;
+        cp = (cp << 6) | (p[k] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return -1;
+    *s += extra + 1;
+    return (int32_t)cp;
+}
+
+bool util_utf8_valid(const char *s, size_t len)
+{
+    const char *end = s + len;
+
+    while (s < end) {
+        if (util_utf8_next(&s, end) < 0)
+            return false;
+    }
+    return true;
+}
+
 void util_sha256_hex(const void *data, size_t n, char out[65])
 {
     unsigned char digest[SHA256_DIGEST_LENGTH];

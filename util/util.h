@@ -12,7 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MUST_CHECK __attribute__((warn_unused_result))
+#define MUST_CHECK   __attribute__((warn_unused_result))
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 /* Allocation: these log and abort on out-of-memory, so callers never check. */
@@ -45,6 +45,26 @@ int util_b64url_decode(const char *in, size_t len, void *out, size_t *out_len) M
 int util_b64_decode(const char *in, size_t len, void *out, size_t *out_len) MUST_CHECK;
 char *util_b64_encode_new(const void *in, size_t n);
 
+/* Decodes application/x-www-form-urlencoded text in[0..len) into out, which must hold
+ * len + 1 bytes: '+' becomes a space and %XX the byte with that hex value. Writes a NUL
+ * after the decoded bytes and stores their count in *out_len. Returns 0,
+ * UTIL_URLDECODE_BAD_ESCAPE for a '%' not followed by two hex digits, or
+ * UTIL_URLDECODE_NUL for a NUL byte, raw or as %00, which a C string cannot carry. The
+ * result is not checked for UTF-8. */
+#define UTIL_URLDECODE_BAD_ESCAPE (-1)
+#define UTIL_URLDECODE_NUL        (-2)
+int util_form_urldecode(const char *in, size_t len, char *out,
+                        size_t *out_len) MUST_CHECK;
+
+/* Decodes the UTF-8 sequence that starts at *s, which must lie before end, moves *s past
+ * it and returns its code point. Returns -1 and leaves *s unchanged when the bytes are
+ * not well-formed UTF-8 (RFC 3629 section 4): a continuation byte without a lead byte,
+ * a sequence cut short by end, an overlong form, a UTF-16 surrogate or a value above
+ * U+10FFFF. A NUL byte is the code point 0. */
+int32_t util_utf8_next(const char **s, const char *end) MUST_CHECK;
+/* True when s[0..len) is well-formed UTF-8, as util_utf8_next defines it. */
+bool util_utf8_valid(const char *s, size_t len);
+
 /* SHA-256 of data as 64 lowercase hex characters plus NUL. */
 void util_sha256_hex(const void *data, size_t n, char out[65]);
 /* HMAC-SHA-256 of data under key, 32 raw bytes. */
@@ -63,7 +83,8 @@ int64_t util_now_s(void);
 int64_t util_mono_ms(void);
 
 /* Parses a decimal integer that must fill the whole string, lie in [min, max] and have
- * no sign other than a leading '-' when min < 0. Returns 0 and stores the value, or -1. */
+ * no sign other than a leading '-' when min < 0. Returns 0 and stores the value, or -1.
+ */
 int util_parse_int64(const char *s, int64_t min, int64_t max, int64_t *out) MUST_CHECK;
 
 /* Normalizes a phone number to E.164 ("+" and 8 to 15 digits). Accepts spaces, dots,

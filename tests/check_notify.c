@@ -1,0 +1,1448 @@
+/* check_notify.c - ping and push delivery: the endpoint and address rules, and
+ * end-to-end runs of the real cibad binary against callback servers on loopback
+ * SPDX-License-Identifier: MIT
+ *
+ * The end-to-end tests drive cibad as check_e2e.c does: a real `cibad serve` per test,
+ * an SMS gateway mock that receives the code, the approval page over HTTP, and one or
+ * two mock callback servers (tests/mock_http.h) that play the client's notification
+ * endpoint with scripted replies. The teardown checks that no auth_req_id,
+ * client_notification_token, token or code reached the server's log. The audit log
+ * and the outbox are read straight from the test database.
+ *
+ * The binary comes from $CIBAD_BIN; tests/run.sh provides the database.
+ */
+#include <check.h>
+#include <ctype.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <jansson.h>
+#include <libpq-fe.h>
+
+#include "ciba/ciba.h"
+#include "ciba/ciba_int.h"
+#include "tests/check_runner.h"
+#include "tests/e2e_client.h"
+#include "tests/mock_http.h"
+#include "util/util.h"
+
+#define CIBA_GRANT     "urn:openid:params:grant-type:ciba"
+#define FORM_TYPE      "Content-Type: application/x-www-form-urlencoded"
+#define SCOPE          "openid"
+#define WAIT_MS        10000
+#define TEST_TIMEOUT_S 90
+
+/* ---- 1. addresses and endpoint URLs ------------------------------------------------ */
+
+static bool address_ok(const char *text, bool allow_loopback)
+{
+    struct sockaddr_storage sa = {0};
+    struct sockaddr_in *v4 = (struct sockaddr_in *)&sa;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&sa;
+
+    if (inet_pton(AF_INET, text, &v4->sin_addr) == 1)
+        v4->sin_family = AF_INET;
+    else if (inet_pton(AF_INET6, text, &v6->sin6_addr) == 1)
+        v6->sin6_family = AF_INET6;
+    else
+        ck_abort_msg("test address %s does not parse", text);
+    return ciba_address_allowed((const struct sockaddr *)&sa, allow_loopback);
+}
+
+START_TEST(address_rules_table)
+{
+    static const struct {
+        const char *address;
+        bool allowed;          /* with allow_loopback false */
+        bool allowed_loopback; /* with allow_loopback true */
+    } cases[] = {
+        {"93.184.216.34", true, true},
+        {"8.8.8.8", true, true},
+        {"127.0.0.1", false, true},
+        {"127.1.2.3", false, true},
+        {"10.0.0.1", false, false},
+        {"172.16.0.1", false, false},
+        {"172.31.255.255", false, false},
+        {"172.32.0.1", true, true},
+        {"192.168.1.1", false, false},
+        {"169.254.169.254", false, false},
+        {"100.64.0.1", false, false},
+        {"100.100.100.200", false, false},
+        {"0.0.0.0", false, false},
+        {"224.0.0.1", false, false},
+        {"255.255.255.255", false, false},
+        {"2606:2800:220:1::1", true, true},
+        {"::1", false, true},
+        {"::", false, false},
+        {"fc00::1", false, false},
+        {"fd00:ec2::254", false, false},
+        {"fe80::1", false, false},
+        {"ff02::1", false, false},
+        {"::ffff:10.0.0.1", false, false},
+        {"::ffff:127.0.0.1", false, true},
+        {"::ffff:93.184.216.34", true, true},
+        {"64:ff9b::a9fe:a9fe", false, false},
+        {"2002:c0a8:0101::1", false, false},
+    };
+
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        ck_assert_msg(address_ok(cases[i].address, false) == cases[i].allowed,
+                      "%s: expected %s without loopback", cases[i].address,
+                      cases[i].allowed ? "allowed" : "rejected");
+        ck_assert_msg(address_ok(cases[i].address, true) == cases[i].allowed_loopback,
+                      "%s: expected %s with loopback allowed", cases[i].address,
+                      cases[i].allowed_loopback ? "allowed" : "rejected");
+    }
+}
+END_TEST
+
+START_TEST(endpoint_rules_table)
+{
+    static const struct {
+        const char *url;
+        bool ok;          /* with allow_loopback false */
+        bool ok_loopback; /* with allow_loopback true */
+    } cases[] = {
+        {"https://cb.example.com/ciba", true, true},
+        {"https://cb.example.com:8443/ciba?x=1", true, true},
+        {"http://cb.example.com/ciba", false, false},
+        {"http://127.0.0.1:9000/cb", false, true},
+        {"https://127.0.0.1:9000/cb", false, true},
+        {"https://[::1]:9000/cb", false, true},
+        {"https://localhost/cb", false, true},
+        {"https://api.localhost/cb", false, true},
+        {"http://localhost/cb", false, false},
+        {"https://10.1.2.3/cb", false, false},
+        {"https://169.254.169.254/latest", false, false},
+        {"https://[fe80::1]/cb", false, false},
+        {"https://[::ffff:192.168.0.1]/cb", false, false},
+        {"https://user:pw@cb.example.com/cb", false, false},
+        {"https://cb.example.com/cb#frag", false, false},
+        {"ftp://cb.example.com/cb", false, false},
+        {"cb.example.com/cb", false, false},
+        {"https:///cb", false, false},
+        {"", false, false},
+    };
+    char err[256];
+
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        err[0] = '\0';
+        ck_assert_msg((ciba_notification_endpoint_check(cases[i].url, false, err,
+                                                        sizeof(err)) == 0) == cases[i].ok,
+                      "%s: expected %s (%s)", cases[i].url,
+                      cases[i].ok ? "accepted" : "rejected", err);
+        ck_assert_msg(
+            (ciba_notification_endpoint_check(cases[i].url, true, err, sizeof(err)) ==
+             0) == cases[i].ok_loopback,
+            "%s: expected %s with loopback allowed (%s)", cases[i].url,
+            cases[i].ok_loopback ? "accepted" : "rejected", err);
+    }
+}
+END_TEST
+
+START_TEST(endpoint_too_long_rejected)
+{
+    char *url = util_calloc(1, 2200);
+    char err[256];
+
+    strcpy(url, "https://cb.example.com/");
+    memset(url + strlen(url), 'a', 2100);
+    ck_assert_int_eq(ciba_notification_endpoint_check(url, false, err, sizeof(err)), -1);
+    url[2048] = '\0';
+    ck_assert_int_eq(ciba_notification_endpoint_check(url, false, err, sizeof(err)), 0);
+    free(url);
+}
+END_TEST
+
+/* ---- the instance ------------------------------------------------------------------ */
+
+static const char *const base_settings[] = {
+    "CIBAD_SMS_DRIVER=http",
+    "CIBAD_SMS_HTTP_TOKEN=t",
+    "CIBAD_SMS_ALLOW_HTTP_LOOPBACK=true",
+    "CIBAD_LOG_LEVEL=debug",
+    "CIBAD_POLL_INTERVAL=1",
+    "CIBAD_SMS_PER_PHONE_MAX=50",
+    "CIBAD_AUTH_REQ_MIN_EXPIRY=2",
+    "CIBAD_NOTIFICATION_ALLOW_LOOPBACK=true",
+    "CIBAD_NOTIFICATION_TIMEOUT_MS=1000",
+    "CIBAD_NOTIFICATION_RETRY_INITIAL_MS=300",
+    NULL,
+};
+
+struct test_client {
+    char *client_id;
+    char *secret;
+};
+
+struct sms {
+    char code[7];
+    char ref[64];
+};
+
+/* A value that must never appear in the server log. */
+struct secret {
+    const char *label;
+    char *value;
+};
+
+static struct e2e_server srv;
+static struct mock_http *sink; /* SMS gateway */
+static struct mock_http *cb;   /* the client's notification endpoint */
+static struct mock_http_certs certs;
+static bool have_certs;
+static char *user_phone;
+static struct secret secrets[256];
+static size_t n_secrets;
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+}
+
+static void remember_secret(const char *label, const char *value)
+{
+    if (!value || !*value || n_secrets == ARRAY_LEN(secrets))
+        return;
+    secrets[n_secrets].label = label;
+    secrets[n_secrets].value = util_strdup(value);
+    n_secrets++;
+}
+
+static const char *jstr(const json_t *obj, const char *key)
+{
+    return json_string_value(json_object_get(obj, key));
+}
+
+static char *log_tail(void)
+{
+    char *log = e2e_server_log(&srv);
+    size_t len = strlen(log);
+    char *tail = util_strdup(len > 3000 ? log + len - 3000 : log);
+
+    free(log);
+    return tail;
+}
+
+/* Registers a client; endpoint NULL for poll. */
+static struct test_client create_client(const char *mode, const char *endpoint)
+{
+    struct test_client c;
+    json_t *out;
+
+    if (endpoint)
+        out = e2e_cli_json(&srv, "client", "create", "--name", "Notified Agent",
+                           "--scope", SCOPE, "--delivery-mode", mode,
+                           "--notification-endpoint", endpoint, "--json", NULL);
+    else
+        out = e2e_cli_json(&srv, "client", "create", "--name", "Polling Agent", "--scope",
+                           SCOPE, "--json", NULL);
+    ck_assert_msg(out != NULL, "cibad client create (%s) printed no JSON object", mode);
+    ck_assert_str_eq(jstr(out, "backchannel_token_delivery_mode"), mode);
+    if (endpoint)
+        ck_assert_str_eq(jstr(out, "backchannel_client_notification_endpoint"), endpoint);
+    c.client_id = util_strdup(jstr(out, "client_id"));
+    c.secret = util_strdup(jstr(out, "client_secret"));
+    remember_secret("a client secret", c.secret);
+    json_decref(out);
+    return c;
+}
+
+static void client_free(struct test_client *c)
+{
+    free(c->client_id);
+    free(c->secret);
+}
+
+static char *cb_url(struct mock_http *m, const char *host)
+{
+    return mock_http_url(m, host, "/ciba/callback");
+}
+
+/* Prepares the environment, the SMS sink, the callback mock and a user, without
+ * starting serve. extra settings override the base ones. A TLS callback needs certs. */
+static void prepare_instance(const char *const *extra, bool tls_callback)
+{
+    uint32_t n;
+
+    if (tls_callback) {
+        ck_assert_int_eq(mock_http_certs_create(&certs), 0);
+        have_certs = true;
+    }
+    sink = mock_http_start(NULL, NULL);
+    cb = tls_callback ? mock_http_start(certs.cert_file, certs.key_file)
+                      : mock_http_start(NULL, NULL);
+    ck_assert_msg(sink && cb, "a mock server did not start");
+    mock_http_set_default(cb, 204, NULL);
+    ck_assert_int_eq(e2e_server_init(&srv, base_settings), 0);
+    {
+        char *url = mock_http_url(sink, "127.0.0.1", "/sms");
+
+        e2e_server_setenv(&srv, "CIBAD_SMS_HTTP_URL", url);
+        free(url);
+    }
+    if (tls_callback)
+        e2e_server_setenv(&srv, "CIBAD_NOTIFICATION_CA_FILE", certs.ca_file);
+    for (size_t i = 0; extra && extra[i]; i++) {
+        const char *eq = strchr(extra[i], '=');
+        char *name = util_strndup(extra[i], (size_t)(eq - extra[i]));
+
+        e2e_server_setenv(&srv, name, eq + 1);
+        free(name);
+    }
+    ck_assert_msg(e2e_cli(&srv, NULL, "migrate", NULL) == 0, "cibad migrate failed");
+    util_random_bytes(&n, sizeof(n));
+    user_phone = util_asprintf("+1555%07u", n % 10000000u);
+    ck_assert_msg(e2e_cli(&srv, NULL, "user", "create", "--phone", user_phone, NULL) == 0,
+                  "cibad user create failed");
+    remember_secret("the server secret", E2E_SERVER_SECRET);
+}
+
+static void start_server(void)
+{
+    if (e2e_server_start(&srv) != 0) {
+        char *tail = log_tail();
+
+        ck_abort_msg("cibad serve did not become ready; log:\n%s", tail);
+    }
+}
+
+static void setup_default(void)
+{
+    prepare_instance(NULL, false);
+    start_server();
+}
+
+static void teardown_instance(void)
+{
+    int rc = e2e_server_stop(&srv);
+    char *log = e2e_server_log(&srv);
+
+    ck_assert_msg(rc == 0, "cibad serve exited with status %d after SIGTERM", rc);
+    for (size_t i = 0; i < n_secrets; i++)
+        ck_assert_msg(strstr(log, secrets[i].value) == NULL, "the server log contains %s",
+                      secrets[i].label);
+    for (size_t i = 0; i < n_secrets; i++)
+        free(secrets[i].value);
+    n_secrets = 0;
+    free(log);
+    mock_http_free(sink);
+    mock_http_free(cb);
+    sink = cb = NULL;
+    if (have_certs)
+        mock_http_certs_free(&certs);
+    have_certs = false;
+    free(user_phone);
+    e2e_server_free(&srv);
+}
+
+/* ---- direct SQL -------------------------------------------------------------------- */
+
+static PGconn *db_open(void)
+{
+    PGconn *pg = PQconnectdb(getenv("CIBAD_TEST_DATABASE_URL"));
+
+    ck_assert_msg(PQstatus(pg) == CONNECTION_OK, "database: %s", PQerrorMessage(pg));
+    return pg;
+}
+
+/* Runs sql with one text parameter and returns the first column of the first row as
+ * a new string, or NULL when there is no row or it is NULL. */
+static char *db_text(const char *sql, const char *param)
+{
+    PGconn *pg = db_open();
+    const char *values[1] = {param};
+    PGresult *res = PQexecParams(pg, sql, param ? 1 : 0, NULL, values, NULL, NULL, 0);
+    char *out = NULL;
+
+    ck_assert_msg(PQresultStatus(res) == PGRES_TUPLES_OK ||
+                      PQresultStatus(res) == PGRES_COMMAND_OK,
+                  "%s: %s", sql, PQresultErrorMessage(res));
+    if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) > 0 &&
+        !PQgetisnull(res, 0, 0))
+        out = util_strdup(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    PQfinish(pg);
+    return out;
+}
+
+static long long db_int(const char *sql, const char *param)
+{
+    char *text = db_text(sql, param);
+    long long n = text ? strtoll(text, NULL, 10) : -1;
+
+    free(text);
+    return n;
+}
+
+static char *id_hash(const char *auth_req_id)
+{
+    char hash[65];
+
+    util_sha256_hex(auth_req_id, strlen(auth_req_id), hash);
+    return util_strdup(hash);
+}
+
+/* Counts the "notify" audit rows of a request with the given decision. */
+static long long notify_audits(const char *auth_req_id, const char *decision)
+{
+    char *hash = id_hash(auth_req_id);
+    char *sql = util_asprintf("SELECT count(*) FROM audit_log WHERE action = 'notify'"
+                              " AND decision = '%s' AND auth_req_id_hash = $1",
+                              decision);
+    long long n = db_int(sql, hash);
+
+    free(sql);
+    free(hash);
+    return n;
+}
+
+/* Waits until the request has n notify audit rows with decision. */
+static void wait_notify_audits(const char *auth_req_id, const char *decision, long long n)
+{
+    int64_t end = util_mono_ms() + WAIT_MS;
+
+    while (notify_audits(auth_req_id, decision) < n) {
+        if (util_mono_ms() > end) {
+            char *tail = log_tail();
+
+            ck_abort_msg("no %lld \"%s\" notify audit rows; log:\n%s", n, decision, tail);
+        }
+        sleep_ms(50);
+    }
+}
+
+/* ---- HTTP calls -------------------------------------------------------------------- */
+
+static struct e2e_response post_as(const struct test_client *c, const char *path,
+                                   char *form)
+{
+    char *basic = e2e_basic_header(c->client_id, c->secret);
+    const char *headers[] = {FORM_TYPE, basic, NULL};
+    struct e2e_response r;
+
+    ck_assert_msg(e2e_request(srv.port, "POST", path, headers, form, strlen(form), &r) ==
+                      0,
+                  "POST %s: no reply", path);
+    free(basic);
+    free(form);
+    return r;
+}
+
+static struct e2e_response bc_authorize(const struct test_client *c, const char *token,
+                                        const char *expiry)
+{
+    return post_as(c, "/bc-authorize",
+                   e2e_form("scope", SCOPE, "login_hint", user_phone,
+                            "client_notification_token", token, "requested_expiry",
+                            expiry, NULL));
+}
+
+static struct e2e_response poll_token(const struct test_client *c, const char *id)
+{
+    return post_as(c, "/token",
+                   e2e_form("grant_type", CIBA_GRANT, "auth_req_id", id, NULL));
+}
+
+#define assert_error(r, status, code) assert_error_at(__LINE__, (r), (status), (code))
+
+static void assert_error_at(int line, const struct e2e_response *r, int status,
+                            const char *code)
+{
+    json_t *body = e2e_json(r);
+
+    ck_assert_msg(r->status == status, "line %d: status %d, expected %d; body %s", line,
+                  r->status, status, r->body);
+    ck_assert_msg(body && jstr(body, "error") && strcmp(jstr(body, "error"), code) == 0,
+                  "line %d: error %s, expected %s", line, r->body, code);
+    json_decref(body);
+}
+
+/* Starts a request and returns its auth_req_id; checks interval is there unless push. */
+static char *start_auth(const struct test_client *c, const char *token, bool push,
+                        const char *expiry)
+{
+    struct e2e_response r = bc_authorize(c, token, expiry);
+    json_t *body = e2e_json(&r);
+    char *id;
+
+    remember_secret("a client_notification_token", token);
+    ck_assert_msg(r.status == 200, "bc-authorize: %d %s", r.status, r.body);
+    ck_assert_msg(body && jstr(body, "auth_req_id"), "bc-authorize: no auth_req_id");
+    if (push)
+        ck_assert_msg(json_object_get(body, "interval") == NULL,
+                      "bc-authorize: a push client got an interval: %s", r.body);
+    else
+        ck_assert_msg(json_is_integer(json_object_get(body, "interval")),
+                      "bc-authorize: no interval: %s", r.body);
+    id = util_strdup(jstr(body, "auth_req_id"));
+    remember_secret("an auth_req_id", id);
+    json_decref(body);
+    e2e_response_free(&r);
+    return id;
+}
+
+/* Waits for SMS number index (from 0) and takes the code and link reference from it. */
+static void wait_sms(size_t index, struct sms *out)
+{
+    const struct mock_http_request *q;
+    json_t *body;
+    const char *text, *link;
+    size_t n = 0;
+
+    ck_assert_msg(mock_http_wait(sink, index + 1, WAIT_MS) == 0, "SMS %zu not sent",
+                  index + 1);
+    q = mock_http_request_get(sink, index);
+    body = json_loadb(q->body, q->body_len, 0, NULL);
+    text = jstr(body, "text");
+    ck_assert_msg(text != NULL, "SMS body: %s", q->body);
+    link = strstr(text, "/approve/");
+    ck_assert_msg(link != NULL, "no link in the SMS");
+    link += strlen("/approve/");
+    while ((isalnum((unsigned char)link[n]) || link[n] == '-' || link[n] == '_') &&
+           n < sizeof(out->ref) - 1)
+        n++;
+    memcpy(out->ref, link, n);
+    out->ref[n] = '\0';
+    out->code[0] = '\0';
+    for (const char *p = strstr(text, "Code "); p && isdigit((unsigned char)p[5]);) {
+        memcpy(out->code, p + 5, 6);
+        out->code[6] = '\0';
+        break;
+    }
+    ck_assert_msg(strlen(out->code) == 6, "no code in the SMS");
+    remember_secret("an SMS code", out->code);
+    remember_secret("an approval reference", out->ref);
+    json_decref(body);
+}
+
+/* Approves (or denies) the request whose SMS is number index. */
+static void decide(size_t sms_index, bool approve)
+{
+    const char *headers[] = {FORM_TYPE, NULL};
+    struct sms sms;
+    char *path, *form;
+    struct e2e_response r;
+
+    wait_sms(sms_index, &sms);
+    path = util_asprintf("/approve/%s", sms.ref);
+    form = approve ? e2e_form("code", sms.code, "action", "approve", NULL)
+                   : e2e_form("action", "deny", NULL);
+    ck_assert_int_eq(e2e_request(srv.port, "POST", path, headers, form, strlen(form), &r),
+                     0);
+    ck_assert_msg(r.status == 200 && strstr(r.body, approve ? "Approved" : "Denied"),
+                  "approval page: %d %s", r.status, r.body);
+    e2e_response_free(&r);
+    free(path);
+    free(form);
+}
+
+/* A client_notification_token of len characters from the whole b64token alphabet,
+ * ending with "=" padding. New string. */
+static char *make_token(size_t len)
+{
+    static const char alphabet[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/";
+    unsigned char *random = util_malloc(len);
+    char *token = util_malloc(len + 1);
+
+    util_random_bytes(random, len);
+    for (size_t i = 0; i < len; i++)
+        token[i] = alphabet[random[i] % (sizeof(alphabet) - 1)];
+    if (len > 4)
+        token[len - 1] = token[len - 2] = '=';
+    token[len] = '\0';
+    free(random);
+    return token;
+}
+
+static void wait_callbacks(struct mock_http *m, size_t n)
+{
+    if (mock_http_wait(m, n, WAIT_MS) != 0) {
+        char *tail = log_tail();
+
+        ck_abort_msg("the callback got %zu requests, expected %zu; log:\n%s",
+                     mock_http_count(m), n, tail);
+    }
+}
+
+/* Checks one callback request: POST, JSON, the Bearer token, and returns its body. */
+static json_t *callback_body(struct mock_http *m, size_t index, const char *token)
+{
+    const struct mock_http_request *q = mock_http_request_get(m, index);
+    const char *auth = mock_http_header(q, "Authorization");
+    const char *type = mock_http_header(q, "Content-Type");
+    char *expected = util_asprintf("Bearer %s", token);
+    json_t *body;
+
+    ck_assert_str_eq(q->method, "POST");
+    ck_assert_str_eq(q->path, "/ciba/callback");
+    ck_assert_msg(type && strncmp(type, "application/json", 16) == 0,
+                  "callback Content-Type %s", type ? type : "(none)");
+    ck_assert_msg(auth && strcmp(auth, expected) == 0,
+                  "callback Authorization is not Bearer + the request's token (%zu vs "
+                  "%zu characters)",
+                  auth ? strlen(auth) : 0, strlen(expected));
+    ck_assert_uint_eq(mock_http_header_count(q, "Authorization"), 1);
+    body = json_loadb(q->body, q->body_len, JSON_REJECT_DUPLICATES, NULL);
+    ck_assert_msg(json_is_object(body), "callback body is not a JSON object: %s",
+                  q->body);
+    free(expected);
+    return body;
+}
+
+/* ---- 2. ping ----------------------------------------------------------------------- */
+
+START_TEST(ping_delivered_once)
+{
+    char *url = cb_url(cb, "127.0.0.1");
+    struct test_client c = create_client("ping", url);
+    char *token = make_token(1024);
+    char *id = start_auth(&c, token, false, NULL);
+    struct e2e_response r;
+    json_t *body;
+
+    /* CIBA-077: a ping client may poll, and gets the same answers as a poll client. */
+    r = poll_token(&c, id);
+    assert_error(&r, 400, "authorization_pending");
+    e2e_response_free(&r);
+
+    decide(0, true);
+    wait_callbacks(cb, 1);
+    body = callback_body(cb, 0, token);
+    ck_assert_uint_eq(json_object_size(body), 1);
+    ck_assert_str_eq(jstr(body, "auth_req_id"), id);
+    json_decref(body);
+
+    r = poll_token(&c, id);
+    ck_assert_msg(r.status == 200, "poll after ping: %d %s", r.status, r.body);
+    {
+        json_t *tokens = e2e_json(&r);
+
+        remember_secret("an access token", jstr(tokens, "access_token"));
+        remember_secret("an ID token", jstr(tokens, "id_token"));
+        json_decref(tokens);
+    }
+    e2e_response_free(&r);
+
+    wait_notify_audits(id, "delivered", 1);
+    sleep_ms(1500);
+    ck_assert_uint_eq(mock_http_count(cb), 1);
+    {
+        char *hash = id_hash(id);
+
+        ck_assert_int_eq(db_int("SELECT count(*) FROM notification WHERE "
+                                "auth_req_id_hash = $1",
+                                hash),
+                         0);
+        free(hash);
+    }
+    free(id);
+    free(token);
+    free(url);
+    client_free(&c);
+}
+END_TEST
+
+START_TEST(ping_tokens_stay_with_requests)
+{
+    char *url = cb_url(cb, "127.0.0.1");
+    struct test_client c = create_client("ping", url);
+    char *t1 = make_token(40), *t2 = make_token(41);
+    char *id1 = start_auth(&c, t1, false, NULL);
+    char *id2;
+    json_t *b1, *b2;
+
+    decide(0, true);
+    wait_callbacks(cb, 1);
+    id2 = start_auth(&c, t2, false, NULL);
+    decide(1, false);
+    wait_callbacks(cb, 2);
+    b1 = callback_body(cb, 0, t1);
+    b2 = callback_body(cb, 1, t2);
+    ck_assert_str_eq(jstr(b1, "auth_req_id"), id1);
+    ck_assert_str_eq(jstr(b2, "auth_req_id"), id2);
+    ck_assert_uint_eq(json_object_size(b2), 1);
+    json_decref(b1);
+    json_decref(b2);
+    free(id1);
+    free(id2);
+    free(t1);
+    free(t2);
+    free(url);
+    client_free(&c);
+}
+END_TEST
+
+START_TEST(ping_on_expiry)
+{
+    char *url = cb_url(cb, "127.0.0.1");
+    struct test_client c = create_client("ping", url);
+    char *token = make_token(32);
+    char *id = start_auth(&c, token, false, "2");
+    json_t *body;
+    struct e2e_response r;
+
+    /* The sweep runs every 5 s. */
+    ck_assert_msg(mock_http_wait(cb, 1, 15000) == 0, "no ping after expiry");
+    body = callback_body(cb, 0, token);
+    ck_assert_str_eq(jstr(body, "auth_req_id"), id);
+    json_decref(body);
+    r = poll_token(&c, id);
+    assert_error(&r, 400, "expired_token");
+    e2e_response_free(&r);
+    free(id);
+    free(token);
+    free(url);
+    client_free(&c);
+}
+END_TEST
+
+START_TEST(poll_client_never_called)
+{
+    struct test_client c = create_client("poll", NULL);
+    char *id = start_auth(&c, "ignored token with spaces", false, NULL);
+    struct e2e_response r;
+
+    decide(0, true);
+    r = poll_token(&c, id);
+    ck_assert_int_eq(r.status, 200);
+    {
+        json_t *tokens = e2e_json(&r);
+
+        remember_secret("an access token", jstr(tokens, "access_token"));
+        json_decref(tokens);
+    }
+    e2e_response_free(&r);
+    sleep_ms(1500);
+    ck_assert_uint_eq(mock_http_count(cb), 0);
+    free(id);
+    client_free(&c);
+}
+END_TEST
+
+START_TEST(notification_token_checked)
+{
+    char *url = cb_url(cb, "127.0.0.1");
+    struct test_client ping = create_client("ping", url);
+    struct test_client push = create_client("push", url);
+    char *long_token = make_token(1025);
+    static const char *const bad[] = {"has space", "quote\"d",    "=leading",  "a=b",
+                                      "tab\there", "caf\xc3\xa9", "semi;colon"};
+    struct e2e_response r;
+
+    r = bc_authorize(&ping, NULL, NULL);
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+    r = bc_authorize(&push, NULL, NULL);
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+    r = bc_authorize(&ping, "", NULL);
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+    r = bc_authorize(&ping, long_token, NULL);
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+    for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
+        r = bc_authorize(&ping, bad[i], NULL);
+        assert_error(&r, 400, "invalid_request");
+        e2e_response_free(&r);
+    }
+    /* Duplicated parameter. */
+    r = post_as(&ping, "/bc-authorize",
+                e2e_form("scope", SCOPE, "login_hint", user_phone,
+                         "client_notification_token", "abc", "client_notification_token",
+                         "abc", NULL));
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+    /* None of these started a request, so no SMS went out. */
+    ck_assert_uint_eq(mock_http_count(sink), 0);
+    free(long_token);
+    free(url);
+    client_free(&ping);
+    client_free(&push);
+}
+END_TEST
+
+/* ---- 3. push ----------------------------------------------------------------------- */
+
+static json_t *fetch_jwks(void)
+{
+    struct e2e_response r;
+    json_t *jwks;
+
+    ck_assert_int_eq(e2e_request(srv.port, "GET", "/jwks", NULL, NULL, 0, &r), 0);
+    jwks = e2e_json(&r);
+    e2e_response_free(&r);
+    ck_assert_ptr_nonnull(jwks);
+    return jwks;
+}
+
+START_TEST(push_tokens_delivered_once)
+{
+    char *url = cb_url(cb, "127.0.0.1");
+    struct test_client c = create_client("push", url);
+    char *token = make_token(1024);
+    char *id = start_auth(&c, token, true, NULL);
+    json_t *body, *jwks, *claims = NULL;
+    char err[256], *at_hash, *hash;
+    struct e2e_response r;
+
+    decide(0, true);
+    wait_callbacks(cb, 1);
+    body = callback_body(cb, 0, token);
+    remember_secret("a pushed access token", jstr(body, "access_token"));
+    remember_secret("a pushed ID token", jstr(body, "id_token"));
+    ck_assert_str_eq(jstr(body, "auth_req_id"), id);
+    ck_assert_str_eq(jstr(body, "token_type"), "Bearer");
+    ck_assert_msg(json_integer_value(json_object_get(body, "expires_in")) > 0,
+                  "pushed expires_in is not positive");
+    ck_assert_str_eq(jstr(body, "scope"), SCOPE);
+
+    jwks = fetch_jwks();
+    ck_assert_msg(e2e_jwt_verify(jstr(body, "access_token"), jwks, NULL, NULL, err,
+                                 sizeof(err)) == 0,
+                  "pushed access token: %s", err);
+    ck_assert_msg(e2e_jwt_verify(jstr(body, "id_token"), jwks, NULL, &claims, err,
+                                 sizeof(err)) == 0,
+                  "pushed ID token: %s", err);
+    at_hash = e2e_at_hash(jstr(body, "access_token"));
+    ck_assert_str_eq(jstr(claims, "at_hash"), at_hash);
+    ck_assert_str_eq(jstr(claims, "urn:openid:params:jwt:claim:auth_req_id"), id);
+    ck_assert_str_eq(jstr(claims, "aud"), c.client_id);
+
+    /* CIBA-076: a push client may not use the token endpoint. */
+    r = poll_token(&c, id);
+    assert_error(&r, 400, "unauthorized_client");
+    e2e_response_free(&r);
+
+    wait_notify_audits(id, "delivered", 1);
+    sleep_ms(1500);
+    ck_assert_uint_eq(mock_http_count(cb), 1);
+    hash = id_hash(id);
+    ck_assert_int_eq(
+        db_int("SELECT count(*) FROM notification WHERE auth_req_id_hash = $1", hash), 0);
+    ck_assert_int_eq(db_int("SELECT count(*) FROM audit_log WHERE action = 'token'"
+                            " AND decision = 'issued' AND auth_req_id_hash = $1",
+                            hash),
+                     1);
+    free(hash);
+    free(at_hash);
+    json_decref(claims);
+    json_decref(jwks);
+    json_decref(body);
+    free(id);
+    free(token);
+    free(url);
+    client_free(&c);
+}
+END_TEST
+
+START_TEST(push_result_not_redeemable)
+{
+    char *url = cb_url(cb, "127.0.0.1");
+    struct test_client c = create_client("push", url);
+    char *token = make_token(30);
+    char *id = start_auth(&c, token, true, NULL);
+    char *hash = id_hash(id);
+    json_t *body;
+    struct e2e_response r;
+    char *status;
+
+    decide(0, true);
+    wait_callbacks(cb, 1);
+    body = callback_body(cb, 0, token);
+    remember_secret("a pushed access token", jstr(body, "access_token"));
+    remember_secret("a pushed ID token", jstr(body, "id_token"));
+    json_decref(body);
+
+    status = db_text("SELECT status FROM auth_req WHERE auth_req_id_hash = $1", hash);
+    ck_assert_str_eq(status, "redeemed");
+    free(status);
+    /* Even a client switched to poll afterwards cannot redeem the pushed result. */
+    free(db_text("UPDATE client SET backchannel_token_delivery_mode = 'poll'"
+                 " WHERE client_id = $1",
+                 c.client_id));
+    r = poll_token(&c, id);
+    assert_error(&r, 400, "invalid_grant");
+    e2e_response_free(&r);
+    free(hash);
+    free(id);
+    free(token);
+    free(url);
+    client_free(&c);
+}
+END_TEST
+
+START_TEST(push_denial_sends_error)
+{
+    char *url = cb_url(cb, "127.0.0.1");
+    struct test_client c = create_client("push", url);
+    char *token = make_token(30);
+    char *id = start_auth(&c, token, true, NULL);
+    json_t *body;
+
+    decide(0, false);
+    wait_callbacks(cb, 1);
+    body = callback_body(cb, 0, token);
+    ck_assert_str_eq(jstr(body, "auth_req_id"), id);
+    ck_assert_str_eq(jstr(body, "error"), "access_denied");
+    ck_assert_msg(jstr(body, "error_description") != NULL, "no error_description");
+    ck_assert_msg(json_object_get(body, "access_token") == NULL,
+                  "denial carries a token");
+    json_decref(body);
+    free(id);
+    free(token);
+    free(url);
+    client_free(&c);
+}
+END_TEST
+
+START_TEST(push_payload_sealed_in_outbox)
+{
+    char *url = cb_url(cb, "127.0.0.1");
+    struct test_client c = create_client("push", url);
+    char *token = make_token(50);
+    char *id, *hash, *payload, *secrets_text;
+    json_t *body;
+
+    /* Keep the row in the outbox for a while: the first attempt fails. */
+    mock_http_push(cb, 503, "{}", 0);
+    id = start_auth(&c, token, true, NULL);
+    hash = id_hash(id);
+    decide(0, true);
+    wait_callbacks(cb, 1);
+    payload =
+        db_text("SELECT payload FROM notification WHERE auth_req_id_hash = $1", hash);
+    secrets_text =
+        db_text("SELECT secrets FROM notification WHERE auth_req_id_hash = $1", hash);
+    if (payload) {
+        ck_assert_msg(strncmp(payload, "v1.", 3) == 0, "payload is not sealed");
+        ck_assert_msg(strstr(payload, "eyJ") == NULL, "payload holds a JWT in clear");
+        ck_assert_msg(strstr(payload, id) == NULL, "payload holds the auth_req_id");
+        ck_assert_msg(strstr(secrets_text, token) == NULL, "secrets hold the token");
+    }
+    wait_callbacks(cb, 2);
+    body = callback_body(cb, 1, token);
+    remember_secret("a pushed access token", jstr(body, "access_token"));
+    remember_secret("a pushed ID token", jstr(body, "id_token"));
+    json_decref(body);
+    wait_notify_audits(id, "delivered", 1);
+    /* Delivered: the sealed tokens are gone. */
+    ck_assert_int_eq(
+        db_int("SELECT count(*) FROM notification WHERE auth_req_id_hash = $1", hash), 0);
+    {
+        char *stored = db_text("SELECT notification_secrets FROM auth_req"
+                               " WHERE auth_req_id_hash = $1",
+                               hash);
+
+        ck_assert_msg(stored && strncmp(stored, "v1.", 3) == 0, "secrets not sealed");
+        ck_assert_msg(strstr(stored, token) == NULL, "auth_req holds the token in clear");
+        free(stored);
+    }
+    ck_assert_msg(payload != NULL, "the push payload was not in the outbox after the "
+                                   "first failed attempt");
+    free(payload);
+    free(secrets_text);
+    free(hash);
+    free(id);
+    free(token);
+    free(url);
+    client_free(&c);
+}
+END_TEST
+
+/* ---- 4. failures and retries ------------------------------------------------------- */
+
+START_TEST(callback_500_then_recovers)
+{
+    char *url = cb_url(cb, "127.0.0.1");
+    struct test_client c = create_client("ping", url);
+    char *token = make_token(20);
+    char *id;
+
+    mock_http_push(cb, 500, "{}", 0);
+    mock_http_push(cb, 502, "{}", 0);
+    id = start_auth(&c, token, false, NULL);
+    decide(0, true);
+    wait_callbacks(cb, 3);
+    wait_notify_audits(id, "delivered", 1);
+    ck_assert_int_eq(notify_audits(id, "retry"), 2);
+    for (size_t i = 0; i < 3; i++) {
+        json_t *body = callback_body(cb, i, token);
+
+        ck_assert_str_eq(jstr(body, "auth_req_id"), id);
+        json_decref(body);
+    }
+    sleep_ms(1000);
+    ck_assert_uint_eq(mock_http_count(cb), 3);
+    free(id);
+    free(token);
+    free(url);
+    client_free(&c);
+}
+END_TEST
+
+START_TEST(callback_closed_then_recovers)
+{
+    char *url = cb_url(cb, "127.0.0.1");
+    struct test_client c = create_client("push", url);
+    char *token = make_token(20);
+    char *id;
+    json_t *body;
+
+    mock_http_push(cb, MOCK_HTTP_CLOSE, NULL, 0);
+    id = start_auth(&c, token, true, NULL);
+    decide(0, false);
+    wait_callbacks(cb, 2);
+    wait_notify_audits(id, "delivered", 1);
+    ck_assert_int_eq(notify_audits(id, "retry"), 1);
+    body = callback_body(cb, 1, token);
+    ck_assert_str_eq(jstr(body, "error"), "access_denied");
+    json_decref(body);
+    free(id);
+    free(token);
+    free(url);
+    client_free(&c);
+}
+END_TEST
+
+START_TEST(callback_slow_times_out)
+{
+    char *url = cb_url(cb, "127.0.0.1");
+    struct test_client c = create_client("ping", url);
+    char *token = make_token(20);
+    char *id;
+    int64_t started;
+
+    mock_http_push(cb, 204, NULL, 3000); /* past CIBAD_NOTIFICATION_TIMEOUT_MS=1000 */
+    id = start_auth(&c, token, false, NULL);
+    started = util_mono_ms();
+    decide(0, true);
+    /* The approval page did not wait for the slow endpoint. */
+    ck_assert_msg(util_mono_ms() - started < 2500, "approval waited for the callback");
+    wait_callbacks(cb, 2);
+    wait_notify_audits(id, "delivered", 1);
+    ck_assert_int_eq(notify_audits(id, "retry"), 1);
+    {
+        char *hash = id_hash(id);
+        char *detail = db_text("SELECT detail FROM audit_log WHERE action = 'notify'"
+                               " AND decision = 'retry' AND auth_req_id_hash = $1",
+                               hash);
+
+        ck_assert_msg(detail && strstr(detail, "timed out"), "retry detail: %s",
+                      detail ? detail : "(none)");
+        free(detail);
+        free(hash);
+    }
+    free(id);
+    free(token);
+    free(url);
+    client_free(&c);
+}
+END_TEST
+
+/* Returns a loopback port that nothing listens on: bound once, then closed. */
+static int closed_port(void)
+{
+    struct sockaddr_in addr = {.sin_family = AF_INET};
+    socklen_t len = sizeof(addr);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    ck_assert_int_ge(fd, 0);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&addr, sizeof(addr)), 0);
+    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&addr, &len), 0);
+    close(fd);
+    return ntohs(addr.sin_port);
+}
+
+START_TEST(callback_down_gives_up)
+{
+    char *url = util_asprintf("http://127.0.0.1:%d/ciba/callback", closed_port());
+    struct test_client c = create_client("ping", url);
+    char *token = make_token(20);
+    char *id;
+    struct e2e_response r;
+
+    id = start_auth(&c, token, false, NULL);
+    decide(0, true);
+    /* CIBAD_NOTIFICATION_MAX_ATTEMPTS=3 for this test case. */
+    wait_notify_audits(id, "failed", 1);
+    ck_assert_int_eq(notify_audits(id, "retry"), 2);
+    ck_assert_int_eq(notify_audits(id, "delivered"), 0);
+    /* A failed ping does not cancel the request: the client can still poll. */
+    r = poll_token(&c, id);
+    ck_assert_msg(r.status == 200, "poll after failed pings: %d %s", r.status, r.body);
+    {
+        json_t *tokens = e2e_json(&r);
+
+        remember_secret("an access token", jstr(tokens, "access_token"));
+        remember_secret("an ID token", jstr(tokens, "id_token"));
+        json_decref(tokens);
+    }
+    e2e_response_free(&r);
+    free(id);
+    free(token);
+    free(url);
+    client_free(&c);
+}
+END_TEST
+
+static void setup_three_attempts(void)
+{
+    static const char *const extra[] = {"CIBAD_NOTIFICATION_MAX_ATTEMPTS=3", NULL};
+
+    prepare_instance(extra, false);
+    start_server();
+}
+
+START_TEST(redirect_not_followed)
+{
+    struct mock_http *other = mock_http_start(NULL, NULL);
+    char *url = cb_url(cb, "127.0.0.1");
+    char *elsewhere = mock_http_url(other, "127.0.0.1", "/elsewhere");
+    struct mock_http_reply redirect = {.status = 302, .location = elsewhere};
+    struct test_client c = create_client("ping", url);
+    char *token = make_token(20);
+    char *id;
+
+    mock_http_push_reply(cb, &redirect);
+    id = start_auth(&c, token, false, NULL);
+    decide(0, true);
+    wait_notify_audits(id, "failed", 1);
+    sleep_ms(1500);
+    ck_assert_uint_eq(mock_http_count(other), 0);
+    ck_assert_uint_eq(mock_http_count(cb), 1);
+    mock_http_free(other);
+    free(elsewhere);
+    free(id);
+    free(token);
+    free(url);
+    client_free(&c);
+}
+END_TEST
+
+START_TEST(unauthorized_not_retried)
+{
+    char *url = cb_url(cb, "127.0.0.1");
+    struct test_client c = create_client("ping", url);
+    char *token = make_token(20);
+    char *id;
+
+    mock_http_set_default(cb, 401, "{}");
+    id = start_auth(&c, token, false, NULL);
+    decide(0, true);
+    wait_notify_audits(id, "failed", 1);
+    sleep_ms(2000);
+    ck_assert_uint_eq(mock_http_count(cb), 1);
+    free(id);
+    free(token);
+    free(url);
+    client_free(&c);
+}
+END_TEST
+
+/* ---- 5. restart between the decision and the delivery ------------------------------ */
+
+static void setup_slow_retry(void)
+{
+    static const char *const extra[] = {"CIBAD_NOTIFICATION_RETRY_INITIAL_MS=4000", NULL};
+
+    prepare_instance(extra, false);
+    start_server();
+}
+
+START_TEST(killed_before_delivery_still_delivers)
+{
+    char *url = cb_url(cb, "127.0.0.1");
+    struct test_client c = create_client("push", url);
+    char *token = make_token(64);
+    char *id;
+    json_t *body;
+
+    /* The first attempt fails, so the row waits 4 s in the outbox: then cibad dies. */
+    mock_http_push(cb, MOCK_HTTP_CLOSE, NULL, 0);
+    id = start_auth(&c, token, true, NULL);
+    decide(0, true);
+    wait_callbacks(cb, 1);
+    wait_notify_audits(id, "retry", 1);
+    kill(srv.pid, SIGKILL);
+    waitpid(srv.pid, NULL, 0);
+    srv.pid = 0;
+    ck_assert_uint_eq(mock_http_count(cb), 1);
+
+    start_server();
+    wait_callbacks(cb, 2);
+    body = callback_body(cb, 1, token);
+    remember_secret("a pushed access token", jstr(body, "access_token"));
+    remember_secret("a pushed ID token", jstr(body, "id_token"));
+    ck_assert_str_eq(jstr(body, "auth_req_id"), id);
+    ck_assert_msg(jstr(body, "access_token") != NULL, "no access token after restart");
+    json_decref(body);
+    wait_notify_audits(id, "delivered", 1);
+    free(id);
+    free(token);
+    free(url);
+    client_free(&c);
+}
+END_TEST
+
+START_TEST(killed_during_attempt_redelivers)
+{
+    char *url = cb_url(cb, "127.0.0.1");
+    struct test_client c = create_client("ping", url);
+    char *token = make_token(64);
+    char *id;
+    json_t *body;
+
+    /* The endpoint holds the first attempt, and cibad dies while it waits; the row's
+     * lease (timeout + 10 s) then ends and the restarted server sends it again. */
+    mock_http_push(cb, 204, NULL, 5000);
+    id = start_auth(&c, token, false, NULL);
+    decide(0, true);
+    wait_callbacks(cb, 1);
+    kill(srv.pid, SIGKILL);
+    waitpid(srv.pid, NULL, 0);
+    srv.pid = 0;
+    start_server();
+    ck_assert_msg(mock_http_wait(cb, 2, 30000) == 0, "no delivery after the restart");
+    body = callback_body(cb, 1, token);
+    ck_assert_str_eq(jstr(body, "auth_req_id"), id);
+    json_decref(body);
+    wait_notify_audits(id, "delivered", 1);
+    free(id);
+    free(token);
+    free(url);
+    client_free(&c);
+}
+END_TEST
+
+/* ---- 6. TLS and address rules ------------------------------------------------------ */
+
+static void setup_tls(void)
+{
+    prepare_instance(NULL, true);
+    start_server();
+}
+
+START_TEST(https_callback_by_name)
+{
+    char *url = cb_url(cb, "localhost");
+    struct test_client c = create_client("ping", url);
+    char *token = make_token(20);
+    char *id = start_auth(&c, token, false, NULL);
+    const struct mock_http_request *q;
+    json_t *body;
+
+    decide(0, true);
+    wait_callbacks(cb, 1);
+    q = mock_http_request_get(cb, 0);
+    ck_assert_msg(q->tls_server_name && strcmp(q->tls_server_name, "localhost") == 0,
+                  "no SNI localhost");
+    body = callback_body(cb, 0, token);
+    ck_assert_str_eq(jstr(body, "auth_req_id"), id);
+    json_decref(body);
+    wait_notify_audits(id, "delivered", 1);
+    free(id);
+    free(token);
+    free(url);
+    client_free(&c);
+}
+END_TEST
+
+START_TEST(untrusted_certificate_not_delivered)
+{
+    struct mock_http *wrong =
+        mock_http_start(certs.wrong_cert_file, certs.wrong_key_file);
+    char *url = cb_url(wrong, "localhost");
+    struct test_client c = create_client("ping", url);
+    char *token = make_token(20);
+    char *id = start_auth(&c, token, false, NULL);
+    char *hash = id_hash(id);
+    char *detail;
+
+    decide(0, true);
+    wait_notify_audits(id, "retry", 1);
+    ck_assert_uint_eq(mock_http_count(wrong), 0);
+    detail = db_text("SELECT detail FROM audit_log WHERE action = 'notify'"
+                     " AND decision = 'retry' AND auth_req_id_hash = $1",
+                     hash);
+    ck_assert_msg(detail && strstr(detail, "TLS"), "retry detail: %s",
+                  detail ? detail : "(none)");
+    free(detail);
+    free(hash);
+    mock_http_free(wrong);
+    free(id);
+    free(token);
+    free(url);
+    client_free(&c);
+}
+END_TEST
+
+/* The client is registered while loopback endpoints are allowed, then cibad runs with
+ * the default rules: a host name that resolves to 127.0.0.1 must be refused after the
+ * lookup, before anything is sent. */
+static void setup_ssrf(void)
+{
+    prepare_instance(NULL, true);
+}
+
+START_TEST(resolved_loopback_refused)
+{
+    char *url = cb_url(cb, "localhost");
+    struct test_client c = create_client("ping", url);
+    char *token = make_token(20);
+    char *id, *hash, *detail;
+    struct e2e_response r;
+
+    e2e_server_setenv(&srv, "CIBAD_NOTIFICATION_ALLOW_LOOPBACK", "false");
+    /* The command line refuses such endpoints under the default rules. */
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "client", "create", "--name", "x", "--scope",
+                             SCOPE, "--delivery-mode", "ping", "--notification-endpoint",
+                             url, NULL),
+                     2);
+    start_server();
+    id = start_auth(&c, token, false, NULL);
+    hash = id_hash(id);
+    decide(0, true);
+    wait_notify_audits(id, "failed", 1);
+    ck_assert_uint_eq(mock_http_count(cb), 0);
+    detail = db_text("SELECT detail FROM audit_log WHERE action = 'notify'"
+                     " AND decision = 'failed' AND auth_req_id_hash = $1",
+                     hash);
+    ck_assert_msg(detail && strstr(detail, "not allowed"), "failure detail: %s",
+                  detail ? detail : "(none)");
+    /* The request itself stays usable by polling. */
+    r = poll_token(&c, id);
+    ck_assert_int_eq(r.status, 200);
+    {
+        json_t *tokens = e2e_json(&r);
+
+        remember_secret("an access token", jstr(tokens, "access_token"));
+        remember_secret("an ID token", jstr(tokens, "id_token"));
+        json_decref(tokens);
+    }
+    e2e_response_free(&r);
+    free(detail);
+    free(hash);
+    free(id);
+    free(token);
+    free(url);
+    client_free(&c);
+}
+END_TEST
+
+START_TEST(cli_endpoint_rules)
+{
+    static const char *const refused[][2] = {
+        {"ping", NULL},
+        {"push", NULL},
+        {"ping", "http://cb.example.com/cb"},
+        {"ping", "https://10.0.0.5/cb"},
+        {"push", "https://169.254.169.254/cb"},
+        {"poll", "https://cb.example.com/cb"},
+        {"pong", "https://cb.example.com/cb"},
+    };
+
+    e2e_server_setenv(&srv, "CIBAD_NOTIFICATION_ALLOW_LOOPBACK", "false");
+    for (size_t i = 0; i < ARRAY_LEN(refused); i++) {
+        int rc;
+
+        if (refused[i][1])
+            rc = e2e_cli(&srv, NULL, "client", "create", "--name", "x", "--scope", SCOPE,
+                         "--delivery-mode", refused[i][0], "--notification-endpoint",
+                         refused[i][1], NULL);
+        else
+            rc = e2e_cli(&srv, NULL, "client", "create", "--name", "x", "--scope", SCOPE,
+                         "--delivery-mode", refused[i][0], NULL);
+        ck_assert_msg(rc == 2, "client create %s %s: exit %d, expected 2", refused[i][0],
+                      refused[i][1] ? refused[i][1] : "(no endpoint)", rc);
+    }
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "client", "create", "--name", "x", "--scope",
+                             SCOPE, "--delivery-mode", "push", "--notification-endpoint",
+                             "https://cb.example.com/ciba", NULL),
+                     0);
+}
+END_TEST
+
+/* ---- suite ------------------------------------------------------------------------- */
+
+static TCase *tcase_new(const char *name, void (*setup)(void))
+{
+    TCase *tc = tcase_create(name);
+
+    tcase_set_timeout(tc, TEST_TIMEOUT_S);
+    if (setup)
+        tcase_add_checked_fixture(tc, setup, teardown_instance);
+    return tc;
+}
+
+static Suite *notify_suite(void)
+{
+    Suite *s = suite_create("notify");
+    TCase *tc;
+
+    tc = tcase_new("rules", NULL);
+    tcase_add_test(tc, address_rules_table);
+    tcase_add_test(tc, endpoint_rules_table);
+    tcase_add_test(tc, endpoint_too_long_rejected);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_new("ping", setup_default);
+    tcase_add_test(tc, ping_delivered_once);
+    tcase_add_test(tc, ping_tokens_stay_with_requests);
+    tcase_add_test(tc, ping_on_expiry);
+    tcase_add_test(tc, poll_client_never_called);
+    tcase_add_test(tc, notification_token_checked);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_new("push", setup_default);
+    tcase_add_test(tc, push_tokens_delivered_once);
+    tcase_add_test(tc, push_result_not_redeemable);
+    tcase_add_test(tc, push_denial_sends_error);
+    tcase_add_test(tc, push_payload_sealed_in_outbox);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_new("retries", setup_default);
+    tcase_add_test(tc, callback_500_then_recovers);
+    tcase_add_test(tc, callback_closed_then_recovers);
+    tcase_add_test(tc, callback_slow_times_out);
+    tcase_add_test(tc, redirect_not_followed);
+    tcase_add_test(tc, unauthorized_not_retried);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_new("give_up", setup_three_attempts);
+    tcase_add_test(tc, callback_down_gives_up);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_new("restart", setup_slow_retry);
+    tcase_add_test(tc, killed_before_delivery_still_delivers);
+    tcase_add_test(tc, killed_during_attempt_redelivers);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_new("tls", setup_tls);
+    tcase_add_test(tc, https_callback_by_name);
+    tcase_add_test(tc, untrusted_certificate_not_delivered);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_new("ssrf", setup_ssrf);
+    tcase_add_test(tc, resolved_loopback_refused);
+    tcase_add_test(tc, cli_endpoint_rules);
+    suite_add_tcase(s, tc);
+
+    return s;
+}
+
+CHECK_MAIN(notify_suite)
