@@ -415,7 +415,23 @@ try {
     failed++;
     console.log(`FAIL setup: ${e.message}`);
 }
-stopServer();
+
+// cibad must exit cleanly on SIGTERM. Under SANITIZE=1 a sanitizer report makes the exit
+// status non-zero, so it counts as a failure here.
+if (server && server.exitCode === null) {
+    const exited = once(server, 'exit');
+    stopServer();
+    const timer = setTimeout(() => server.kill('SIGKILL'), STEP_MS);
+    const [code, signal] = await exited;
+    clearTimeout(timer);
+    if (code === 0) {
+        passed++;
+        console.log('ok clean shutdown');
+    } else {
+        failed++;
+        console.log(`FAIL clean shutdown: cibad exited with ${code ?? signal}`);
+    }
+}
 sms.close();
 pings.close();
 if (failed) {
