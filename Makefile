@@ -2,7 +2,8 @@
 #
 #   make            build ./cibad (-Wall -Wextra -Werror)
 #   make run        private PostgreSQL under var/, migrate, demo client and user, serve
-#   make check      unit and end-to-end tests against a throwaway PostgreSQL
+#   make check      unit and end-to-end tests against a throwaway PostgreSQL, and the
+#                   openid-client interoperability test when Node.js is present
 #   make check SANITIZE=1   the same suite under AddressSanitizer and UBSan
 #   make bench      load figures with wrk (see docs/benchmarks.md)
 #   make lint       clang-format check and cppcheck
@@ -119,7 +120,8 @@ run: all
 check: all $(TEST_BINS)
 	@tests/no-sql-outside-storage.sh
 	@tests/make-deps.sh
-	@CIBAD_BIN=$(abspath $(BIN)) tests/run.sh $(abspath $(TEST_BINS))
+	@CIBAD_BIN=$(abspath $(BIN)) tests/run.sh $(abspath $(TEST_BINS)) \
+	    $(abspath tests/interop/interop.sh)
 
 # A tiny loopback SMS gateway for `make bench`: 200 to every POST, bodies to a file.
 $(BUILD)/bench_sink: $(BUILD)/tests/bench_sink.o

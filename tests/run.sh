@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# run.sh - run every Check binary against one throwaway PostgreSQL cluster and print one
-# closing line with the totals.
+# run.sh - run every Check binary (or a test script that ends with "N passed, N failed")
+# against one throwaway PostgreSQL cluster and print one closing line with the totals.
 #
 # Each suite gets its own empty database, created from the cluster's template, in
 # CIBAD_TEST_DATABASE_URL. Set CIBAD_TEST_KEEP=1 to keep the cluster for inspection.
@@ -37,12 +37,18 @@ for bin in "$@"; do
     echo "$out"
     # Check's summary: "100%: Checks: 7, Failures: 1, Errors: 2"
     line=$(grep -E '^[0-9]+%: Checks: [0-9]+' <<<"$out" | tail -n 1)
+    # Or a script's plain closing line (tests/interop/interop.sh): "3 passed, 1 failed"
+    plain=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' <<<"$out" | tail -n 1)
     if [[ -n $line ]]; then
         checks=$(sed -E 's/.*Checks: ([0-9]+).*/\1/' <<<"$line")
         bad=$(sed -E 's/.*Failures: ([0-9]+), Errors: ([0-9]+).*/\1+\2/' <<<"$line")
         bad=$((bad))
         passed=$((passed + checks - bad))
         failed=$((failed + bad))
+    elif [[ -n $plain ]]; then
+        passed=$((passed + ${plain%% *}))
+        bad=${plain#*, }
+        failed=$((failed + ${bad%% *}))
     else
         failed=$((failed + 1))
     fi
