@@ -97,6 +97,7 @@ $(BIN): $(OBJS)
 $(BUILD)/check_util: $(BUILD)/tests/check_util.o $(call mod_objs,util)
 $(BUILD)/check_server: $(BUILD)/tests/check_server.o $(call mod_objs,util) \
     $(BUILD)/server/form.o $(BUILD)/server/config.o $(BUILD)/server/http.o \
+    $(BUILD)/server/tls.o \
     $(BUILD)/oauth/errors.o $(BUILD)/tests/e2e_client.o
 $(BUILD)/check_storage: $(BUILD)/tests/check_storage.o $(call mod_objs,util storage)
 $(BUILD)/check_sms: $(BUILD)/tests/check_sms.o $(BUILD)/tests/mock_http.o \

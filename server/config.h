@@ -63,6 +63,14 @@ struct server_config {
     int db_timeout_ms;
     int max_body;            /* bytes */
     int max_headers;         /* bytes */
+
+    /* HTTPS served by cibad itself; see server/tls.c. */
+    char *tls_cert_file;       /* PEM chain; with tls_key_file the listener is TLS only */
+    char *tls_key_file;
+    char *tls_client_ca_file;  /* CA bundle that client certificates are verified against */
+    bool tls_request_client_cert; /* request, never require, a client certificate */
+    char *tls_client_cert_header; /* client certificate from a TLS-terminating proxy */
+    char *trusted_proxies;     /* comma-separated addresses allowed to send that header */
 };
 // clang-format on
 
