@@ -76,7 +76,7 @@ mod_objs  = $(filter $(foreach m,$(1),$(BUILD)/$(m)/%),$(OBJS))
 # builds while unrelated modules are being changed. The e2e suite drives $(BIN).
 TEST_BINS = $(BUILD)/check_util $(BUILD)/check_server $(BUILD)/check_storage \
             $(BUILD)/check_sms $(BUILD)/check_oauth $(BUILD)/check_e2e \
-            $(BUILD)/check_notify
+            $(BUILD)/check_notify $(BUILD)/check_tls
 
 .PHONY: all deps run check bench lint format clean
 
@@ -106,6 +106,8 @@ $(BUILD)/check_oauth: $(BUILD)/tests/check_oauth.o $(call mod_objs,util) \
     $(BUILD)/oauth/errors.o $(BUILD)/oauth/client_auth.o $(BUILD)/oauth/keys.o \
     $(BUILD)/oauth/jose.o $(BUILD)/oauth/discovery.o
 $(BUILD)/check_e2e: $(BUILD)/tests/check_e2e.o $(BUILD)/tests/mock_http.o \
+    $(BUILD)/tests/e2e_client.o $(call mod_objs,util)
+$(BUILD)/check_tls: $(BUILD)/tests/check_tls.o $(BUILD)/tests/mock_http.o \
     $(BUILD)/tests/e2e_client.o $(call mod_objs,util)
 $(BUILD)/check_notify: $(BUILD)/tests/check_notify.o $(BUILD)/tests/mock_http.o \
     $(BUILD)/tests/e2e_client.o $(BUILD)/ciba/endpoint.o $(call mod_objs,util sms)

@@ -142,9 +142,15 @@ static int ctx_open(const struct server_config *cfg)
                   tls_error());
         return -1;
     }
+    ERR_clear_error();
     if (SSL_CTX_use_PrivateKey_file(tls_ctx, cfg->tls_key_file, SSL_FILETYPE_PEM) != 1) {
-        log_error("tls_key_file %s: cannot load the private key: %s", cfg->tls_key_file,
-                  tls_error());
+        if (ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH)
+            log_error(
+                "tls_key_file %s does not match the certificate in tls_cert_file %s",
+                cfg->tls_key_file, cfg->tls_cert_file);
+        else
+            log_error("tls_key_file %s: cannot load the private key: %s",
+                      cfg->tls_key_file, tls_error());
         return -1;
     }
     if (SSL_CTX_check_private_key(tls_ctx) != 1) {
