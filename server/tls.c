@@ -3,9 +3,9 @@
  *
  * One SSL_CTX serves the whole process: it is built at startup, before the worker
  * threads, and only read afterwards (SSL_new is safe from any thread then). A client
- * certificate is requested, never required; the verify callback accepts every
- * certificate, so a self-signed one reaches the application, which learns from the
- * verify result whether it chains to tls_client_ca_file.
+ * certificate is requested, never required. The verify callback accepts every
+ * certificate, so a self-signed one reaches the application, and the verify result
+ * tells whether it chains to tls_client_ca_file.
  *
  * Behind a TLS-terminating proxy the certificate comes from tls_client_cert_header as
  * URL-encoded PEM, and only when the peer is one of trusted_proxies.
@@ -33,7 +33,7 @@
 #include <openssl/x509_vfy.h>
 #include <openssl/x509v3.h>
 
-/* TLS 1.2 suites with forward secrecy and AEAD only; TLS 1.3 keeps OpenSSL's list. */
+/* TLS 1.2 suites with forward secrecy and AEAD only. TLS 1.3 keeps OpenSSL's list. */
 #define TLS12_CIPHERS                                                                    \
     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"                         \
     "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"                         \
@@ -58,7 +58,7 @@ static const char *tls_error(void)
     return e ? ERR_reason_error_string(e) : "unknown error";
 }
 
-/* Fails with a clear message when path cannot be read, before OpenSSL's own. */
+/* Logs the errno reason when path cannot be read, which OpenSSL's message omits. */
 static int file_readable(const char *setting, const char *path)
 {
     if (access(path, R_OK) != 0) {
@@ -313,7 +313,7 @@ void server_tls_client_cert(const struct server_req *sr, struct server_client_ce
         /* Behind the proxy only the header counts: a TLS certificate on this
          * connection would be the proxy's own. */
         if (header && cert_from_header(header, cert) != 0)
-            rlog_warn(sr->rid, NULL, "header %s holds no PEM certificate; ignored",
+            rlog_warn(sr->rid, NULL, "header %s contains no PEM certificate; ignored",
                       header_name);
         return;
     }

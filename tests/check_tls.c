@@ -4,9 +4,9 @@
  *
  * Each test runs the real `cibad serve` ($CIBAD_BIN) against the test database, with
  * certificates from tests/mock_http.h, and talks to it with an OpenSSL client over
- * loopback. The server logs, at debug level, the first characters of the x5t#S256 of
- * every client certificate it sees and whether it chains to tls_client_ca_file; the
- * tests compare that line with the thumbprint they compute themselves.
+ * loopback. At debug level the server logs the first characters of the x5t#S256 of
+ * every client certificate it receives and whether it chains to tls_client_ca_file.
+ * The tests compare that line with the thumbprint they compute themselves.
  */
 #include <check.h>
 #include <ctype.h>
@@ -43,7 +43,7 @@ static struct mock_http_certs certs;
 /* ---- the server ------------------------------------------------------------------- */
 
 /* Starts `cibad serve` with its output in the log. With wait_ready, waits for "ready"
- * in the log, because GET /readyz over plain HTTP cannot reach a TLS listener; without
+ * in the log, because GET /readyz over plain HTTP cannot reach a TLS listener. Without
  * it, waits for the process to exit. Returns 0 when that happened in time. */
 static int serve(bool wait_ready)
 {
@@ -274,7 +274,7 @@ START_TEST(plain_http_gets_no_http_answer)
 }
 END_TEST
 
-START_TEST(tls11_refused)
+START_TEST(tls11_rejected)
 {
     SSL_CTX *ctx = client_ctx(NULL, NULL, TLS1_1_VERSION);
     char *reply = tls_get(ctx);
@@ -341,7 +341,7 @@ static void expect_startup_error(const char *message)
     ck_assert_msg(log_has(message), "the log lacks \"%s\"", message);
 }
 
-START_TEST(key_not_matching_refused)
+START_TEST(mismatched_key_rejected)
 {
     e2e_server_setenv(&srv, "CIBAD_TLS_CERT_FILE", certs.cert_file);
     e2e_server_setenv(&srv, "CIBAD_TLS_KEY_FILE", certs.wrong_key_file);
@@ -349,7 +349,7 @@ START_TEST(key_not_matching_refused)
 }
 END_TEST
 
-START_TEST(missing_cert_file_refused)
+START_TEST(missing_cert_file_rejected)
 {
     e2e_server_setenv(&srv, "CIBAD_TLS_CERT_FILE", "/nonexistent/cert.pem");
     e2e_server_setenv(&srv, "CIBAD_TLS_KEY_FILE", certs.key_file);
@@ -357,7 +357,7 @@ START_TEST(missing_cert_file_refused)
 }
 END_TEST
 
-START_TEST(garbage_cert_file_refused)
+START_TEST(garbage_cert_file_rejected)
 {
     e2e_server_setenv(&srv, "CIBAD_TLS_CERT_FILE", certs.key_file);
     e2e_server_setenv(&srv, "CIBAD_TLS_KEY_FILE", certs.key_file);
@@ -446,7 +446,7 @@ START_TEST(proxy_header_from_trusted_address)
     ck_assert_msg(log_has_cert(certs.client_cert_file, "verified"),
                   "the proxy's header was not honoured");
     ck_assert(log_has_cert(certs.self_cert_file, "not verified"));
-    ck_assert(log_has("header X-Client-Cert holds no PEM certificate; ignored"));
+    ck_assert(log_has("header X-Client-Cert contains no PEM certificate; ignored"));
     free(client);
     free(self);
 }
@@ -505,7 +505,7 @@ static Suite *tls_suite(void)
     tcase_set_timeout(tc, TEST_TIMEOUT_S);
     tcase_add_test(tc, https_healthz_answers);
     tcase_add_test(tc, plain_http_gets_no_http_answer);
-    tcase_add_test(tc, tls11_refused);
+    tcase_add_test(tc, tls11_rejected);
     tcase_add_test(tc, ca_client_cert_seen_and_verified);
     tcase_add_test(tc, tls12_client_cert_seen);
     tcase_add_test(tc, self_signed_client_cert_seen_unverified);
@@ -514,10 +514,15 @@ static Suite *tls_suite(void)
     tc = tcase_create("startup");
     tcase_add_checked_fixture(tc, setup_plain, teardown);
     tcase_set_timeout(tc, TEST_TIMEOUT_S);
-    tcase_add_test(tc, key_not_matching_refused);
-    tcase_add_test(tc, missing_cert_file_refused);
-    tcase_add_test(tc, garbage_cert_file_refused);
+    tcase_add_test(tc, mismatched_key_rejected);
+    tcase_add_test(tc, missing_cert_file_rejected);
+    tcase_add_test(tc, garbage_cert_file_rejected);
     tcase_add_test(tc, config_rules);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("proxy");
+    tcase_add_checked_fixture(tc, setup_plain, teardown);
+    tcase_set_timeout(tc, TEST_TIMEOUT_S);
     tcase_add_test(tc, proxy_header_from_trusted_address);
     tcase_add_test(tc, proxy_header_from_other_address_ignored);
     tcase_add_test(tc, proxy_settings_checked);
