@@ -20,11 +20,13 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/http.h>
+#include <event2/keyvalq_struct.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -299,6 +301,19 @@ out:
     return rc;
 }
 
+/* Counts the copies of header name in the request. */
+static size_t header_count(const struct server_req *sr, const char *name)
+{
+    struct evkeyvalq *headers = evhttp_request_get_input_headers(sr->req);
+    size_t n = 0;
+
+    for (struct evkeyval *h = headers->tqh_first; h; h = h->next.tqe_next) {
+        if (strcasecmp(h->key, name) == 0)
+            n++;
+    }
+    return n;
+}
+
 void server_tls_client_cert(const struct server_req *sr, struct server_client_cert *cert)
 {
     struct evhttp_connection *conn = evhttp_request_get_connection(sr->req);
@@ -312,7 +327,9 @@ void server_tls_client_cert(const struct server_req *sr, struct server_client_ce
     if (header_name && peer_is_trusted_proxy(conn)) {
         /* Behind the proxy only the header counts: a TLS certificate on this
          * connection would be the proxy's own. */
-        if (header && cert_from_header(header, cert) != 0)
+        if (header && header_count(sr, header_name) > 1)
+            rlog_warn(sr->rid, NULL, "header %s is repeated; ignored", header_name);
+        else if (header && cert_from_header(header, cert) != 0)
             rlog_warn(sr->rid, NULL, "header %s contains no PEM certificate; ignored",
                       header_name);
         return;

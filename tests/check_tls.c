@@ -414,9 +414,9 @@ static char *cert_header(const char *name, const char *path)
     return line;
 }
 
-static int get_with_header(const char *header)
+static int get_with_headers(const char *header, const char *header2)
 {
-    const char *headers[] = {header, NULL};
+    const char *headers[] = {header, header2, NULL};
     struct e2e_response r;
     int status;
 
@@ -424,6 +424,11 @@ static int get_with_header(const char *header)
     status = r.status;
     e2e_response_free(&r);
     return status;
+}
+
+static int get_with_header(const char *header)
+{
+    return get_with_headers(header, NULL);
 }
 
 static void serve_behind_proxy(const char *proxies)
@@ -447,6 +452,21 @@ START_TEST(proxy_header_from_trusted_address)
                   "the proxy's header was not honoured");
     ck_assert(log_has_cert(certs.self_cert_file, "not verified"));
     ck_assert(log_has("header X-Client-Cert contains no PEM certificate; ignored"));
+    free(client);
+    free(self);
+}
+END_TEST
+
+START_TEST(proxy_header_repeated_ignored)
+{
+    char *client = cert_header("X-Client-Cert", certs.client_cert_file);
+    char *self = cert_header("x-client-cert", certs.self_cert_file);
+
+    serve_behind_proxy("127.0.0.1");
+    ck_assert_int_eq(get_with_headers(self, client), 200);
+    ck_assert(log_has("header X-Client-Cert is repeated; ignored"));
+    ck_assert_msg(!log_has("client certificate x5t#S256"),
+                  "a repeated certificate header was honoured");
     free(client);
     free(self);
 }
@@ -524,6 +544,7 @@ static Suite *tls_suite(void)
     tcase_add_checked_fixture(tc, setup_plain, teardown);
     tcase_set_timeout(tc, TEST_TIMEOUT_S);
     tcase_add_test(tc, proxy_header_from_trusted_address);
+    tcase_add_test(tc, proxy_header_repeated_ignored);
     tcase_add_test(tc, proxy_header_from_other_address_ignored);
     tcase_add_test(tc, proxy_settings_checked);
     suite_add_tcase(s, tc);
