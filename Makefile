@@ -77,7 +77,7 @@ mod_objs  = $(filter $(foreach m,$(1),$(BUILD)/$(m)/%),$(OBJS))
 # builds while unrelated modules are being changed. The e2e suite drives $(BIN).
 TEST_BINS = $(BUILD)/check_util $(BUILD)/check_server $(BUILD)/check_storage \
             $(BUILD)/check_sms $(BUILD)/check_oauth $(BUILD)/check_e2e \
-            $(BUILD)/check_notify
+            $(BUILD)/check_notify $(BUILD)/check_tls
 
 .PHONY: all deps run check bench lint format clean
 
@@ -98,6 +98,7 @@ $(BIN): $(OBJS)
 $(BUILD)/check_util: $(BUILD)/tests/check_util.o $(call mod_objs,util)
 $(BUILD)/check_server: $(BUILD)/tests/check_server.o $(call mod_objs,util) \
     $(BUILD)/server/form.o $(BUILD)/server/config.o $(BUILD)/server/http.o \
+    $(BUILD)/server/tls.o \
     $(BUILD)/oauth/errors.o $(BUILD)/tests/e2e_client.o
 $(BUILD)/check_storage: $(BUILD)/tests/check_storage.o $(call mod_objs,util storage)
 $(BUILD)/check_sms: $(BUILD)/tests/check_sms.o $(BUILD)/tests/mock_http.o \
@@ -107,6 +108,8 @@ $(BUILD)/check_oauth: $(BUILD)/tests/check_oauth.o $(call mod_objs,util) \
     $(BUILD)/oauth/jose.o $(BUILD)/oauth/jwk.o $(BUILD)/oauth/discovery.o \
     $(BUILD)/oauth/client_assertion.o $(BUILD)/oauth/jwks_cache.o $(BUILD)/tests/mock_http.o
 $(BUILD)/check_e2e: $(BUILD)/tests/check_e2e.o $(BUILD)/tests/mock_http.o \
+    $(BUILD)/tests/e2e_client.o $(call mod_objs,util)
+$(BUILD)/check_tls: $(BUILD)/tests/check_tls.o $(BUILD)/tests/mock_http.o \
     $(BUILD)/tests/e2e_client.o $(call mod_objs,util)
 $(BUILD)/check_notify: $(BUILD)/tests/check_notify.o $(BUILD)/tests/mock_http.o \
     $(BUILD)/tests/e2e_client.o $(BUILD)/ciba/endpoint.o $(call mod_objs,util sms)

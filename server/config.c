@@ -139,6 +139,18 @@ static const struct setting settings[] = {
      "Least seconds between two fetches of one jwks_uri (on an unknown kid or after a failure)"},
     {"jwks_uri_allow_http_loopback", "CIBAD_JWKS_URI_ALLOW_HTTP_LOOPBACK", SETTING_BOOL, FIELD(jwks_uri_allow_http_loopback), "false", 0, 0, false,
      "Accept a plain http:// jwks_uri on a loopback address (tests and local use)"},
+    {"tls_cert_file", "CIBAD_TLS_CERT_FILE", SETTING_STRING, FIELD(tls_cert_file), NULL, 0, 0, false,
+     "PEM certificate chain; with tls_key_file set too, the listener speaks HTTPS only (TLS 1.2 and 1.3)"},
+    {"tls_key_file", "CIBAD_TLS_KEY_FILE", SETTING_STRING, FIELD(tls_key_file), NULL, 0, 0, false,
+     "PEM private key of tls_cert_file"},
+    {"tls_client_ca_file", "CIBAD_TLS_CLIENT_CA_FILE", SETTING_STRING, FIELD(tls_client_ca_file), NULL, 0, 0, false,
+     "CA bundle that client certificates are verified against; unset: no client certificate counts as verified"},
+    {"tls_request_client_cert", "CIBAD_TLS_REQUEST_CLIENT_CERT", SETTING_BOOL, FIELD(tls_request_client_cert), "false", 0, 0, false,
+     "Ask TLS clients for a certificate (never required; self-signed ones are accepted and marked unverified)"},
+    {"tls_client_cert_header", "CIBAD_TLS_CLIENT_CERT_HEADER", SETTING_STRING, FIELD(tls_client_cert_header), NULL, 0, 0, false,
+     "Header in which a TLS-terminating proxy passes the client certificate as URL-encoded PEM, such as X-Client-Cert"},
+    {"trusted_proxies", "CIBAD_TRUSTED_PROXIES", SETTING_STRING, FIELD(trusted_proxies), NULL, 0, 0, false,
+     "Comma-separated IP addresses whose tls_client_cert_header is believed; from any other peer it is ignored"},
 };
 // clang-format on
 
@@ -446,6 +458,78 @@ static int check_country_code(const char *cc)
 }
 
 /* Checks the rules that span fields or go beyond a type's range. */
+/* True when text is an HTTP header name (an RFC 9110 token). */
+static bool header_name_ok(const char *text)
+{
+    if (!*text)
+        return false;
+    for (const char *p = text; *p; p++) {
+        if (!isalnum((unsigned char)*p) && !strchr("!#$%&'*+-.^_`|~", *p))
+            return false;
+    }
+    return true;
+}
+
+/* Checks the TLS settings: the certificate and key go together, the issuer of a TLS
+ * listener is https, client certificate settings need a way to receive one, and
+ * trusted_proxies holds IP addresses only. The files themselves are read by
+ * server_tls_init at startup. */
+static int check_tls(const struct server_config *cfg, char *err, size_t err_len)
+{
+    bool tls = cfg->tls_cert_file && cfg->tls_key_file;
+
+    if (!!cfg->tls_cert_file != !!cfg->tls_key_file) {
+        snprintf(err, err_len, "tls_cert_file and tls_key_file must be set together");
+        return -1;
+    }
+    if (tls && strncmp(cfg->issuer, "https://", 8) != 0) {
+        snprintf(err, err_len, "issuer must be an https:// URL when TLS is on");
+        return -1;
+    }
+    if (!tls && cfg->tls_request_client_cert) {
+        snprintf(err, err_len,
+                 "tls_request_client_cert needs tls_cert_file and tls_key_file");
+        return -1;
+    }
+    if (!tls && cfg->tls_client_ca_file && !cfg->tls_client_cert_header) {
+        snprintf(err, err_len,
+                 "tls_client_ca_file needs tls_cert_file and tls_key_file, or "
+                 "tls_client_cert_header behind a proxy");
+        return -1;
+    }
+    if (cfg->tls_client_cert_header && !header_name_ok(cfg->tls_client_cert_header)) {
+        snprintf(err, err_len, "invalid tls_client_cert_header: expected a header name");
+        return -1;
+    }
+    if (!!cfg->tls_client_cert_header != !!cfg->trusted_proxies) {
+        snprintf(err, err_len,
+                 "tls_client_cert_header and trusted_proxies must be set together");
+        return -1;
+    }
+    if (cfg->trusted_proxies) {
+        char *list = util_strdup(cfg->trusted_proxies), *save = NULL;
+        int n = 0, rc = 0;
+
+        for (char *item = strtok_r(list, ",", &save); item && rc == 0;
+             item = strtok_r(NULL, ",", &save)) {
+            unsigned char addr[16];
+
+            item = trim(item);
+            if (inet_pton(AF_INET, item, addr) != 1 &&
+                inet_pton(AF_INET6, item, addr) != 1)
+                rc = -1;
+            n++;
+        }
+        free(list);
+        if (rc != 0 || n == 0) {
+            snprintf(err, err_len,
+                     "invalid trusted_proxies: expected comma-separated IP addresses");
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int validate(const struct server_config *cfg, char *err, size_t err_len)
 {
     enum util_log_level level;
@@ -504,6 +588,8 @@ static int validate(const struct server_config *cfg, char *err, size_t err_len)
             DEADLINE_DB_TIMEOUTS * cfg->db_timeout_ms);
         return -1;
     }
+    if (check_tls(cfg, err, err_len) != 0)
+        return -1;
     if (cfg->auth_req_min_expiry > cfg->auth_req_default_expiry ||
         cfg->auth_req_default_expiry > cfg->auth_req_max_expiry) {
         snprintf(err, err_len,

@@ -70,6 +70,13 @@ struct server_config {
     int jwks_uri_cache_seconds;
     int jwks_uri_refetch_seconds;
     bool jwks_uri_allow_http_loopback;
+    /* HTTPS served by cibad itself; see server/tls.c. */
+    char *tls_cert_file;       /* PEM chain; with tls_key_file the listener is TLS only */
+    char *tls_key_file;
+    char *tls_client_ca_file;  /* CA bundle that client certificates are verified against */
+    bool tls_request_client_cert; /* request, never require, a client certificate */
+    char *tls_client_cert_header; /* client certificate from a TLS-terminating proxy */
+    char *trusted_proxies;     /* comma-separated addresses allowed to send that header */
 };
 // clang-format on
 

@@ -26,6 +26,7 @@ struct server_req_state {
     const char *method;
     char *path;
     bool in_deadline; /* the deadline callback is sending its 503 */
+    struct server_client_cert cert;
 };
 
 /* Headers that must not appear twice: evhttp keeps every copy and its lookups return
@@ -89,6 +90,7 @@ static void state_free(struct server_req_state *rs)
     if (rs->next)
         rs->next->prev = rs->prev;
     free(rs->path);
+    free(rs->cert.subject);
     free(rs);
 }
 
@@ -338,7 +340,30 @@ void server_http_on_request(struct evhttp_request *req, void *arg)
                           "A header that may appear once is repeated");
         return;
     }
+    server_tls_client_cert(sr, &rs->cert);
+    if (rs->cert.present)
+        rlog_debug(sr->rid, NULL, "client certificate x5t#S256 %.8s..., %s",
+                   rs->cert.thumbprint, rs->cert.verified ? "verified" : "not verified");
     server_route(sr);
+}
+
+const char *server_req_client_cert_thumbprint(const struct server_req *sr)
+{
+    const struct server_req_state *rs = state_of(sr);
+
+    return rs->cert.present ? rs->cert.thumbprint : NULL;
+}
+
+const char *server_req_client_cert_subject(const struct server_req *sr)
+{
+    const struct server_req_state *rs = state_of(sr);
+
+    return rs->cert.present ? rs->cert.subject : NULL;
+}
+
+bool server_req_client_cert_verified(const struct server_req *sr)
+{
+    return state_of(sr)->cert.present && state_of(sr)->cert.verified;
 }
 
 void server_http_abandon_all(struct server_thread *t)

@@ -81,6 +81,17 @@ const char *server_req_path(const struct server_req *sr);
 /* The query string of the URI (without "?"), or NULL when there is none. */
 const char *server_req_query(const struct server_req *sr);
 
+/* The client certificate of the request: from the TLS connection, or from
+ * tls_client_cert_header when the peer is one of trusted_proxies. The thumbprint is
+ * x5t#S256 (RFC 8705: base64url of the SHA-256 of the DER certificate), or NULL when
+ * the request has no client certificate; the subject is its RFC 2253 distinguished
+ * name, or NULL. verified is true only when the certificate chains to
+ * tls_client_ca_file; a self-signed certificate is present but not verified. The
+ * strings live as long as sr. */
+const char *server_req_client_cert_thumbprint(const struct server_req *sr);
+const char *server_req_client_cert_subject(const struct server_req *sr);
+bool server_req_client_cert_verified(const struct server_req *sr);
+
 /* Sends body (reference stolen) as application/json with the given status. */
 void server_reply_json(struct server_req *sr, int status, json_t *body);
 /* Sends len bytes with the content type given. */

@@ -31,6 +31,7 @@ int server_keys_publish_seconds(const struct server_config *cfg);
 struct evhttp;
 struct evhttp_bound_socket;
 struct event;
+struct event_base;
 struct server_req_state;
 
 /* One worker thread. Handlers see only the public part, w. */
@@ -68,5 +69,31 @@ void server_route(struct server_req *sr);
 /* Writes the path as the access log shows it to out: a secret reference at the end of
  * a path (the approval link) is replaced by "*". */
 void server_route_log_path(const char *path, char *out, size_t out_len);
+
+/* ---- TLS (tls.c) ------------------------------------------------------------------ */
+
+struct bufferevent;
+
+/* The client certificate of one request. */
+struct server_client_cert {
+    bool present;
+    bool verified;       /* chains to tls_client_ca_file */
+    char thumbprint[44]; /* x5t#S256: base64url of the SHA-256 of the DER form */
+    char *subject;       /* RFC 2253 distinguished name; free it */
+};
+
+/* Loads the certificate, key and client CA bundle and parses trusted_proxies, once,
+ * before the worker threads start. Logs the reason and returns -1 when a file is
+ * missing or unreadable, or the key does not match the certificate. */
+int server_tls_init(const struct server_config *cfg);
+void server_tls_free(void);
+/* True when the listener speaks TLS. */
+bool server_tls_enabled(void);
+/* The evhttp_set_bevcb callback of a TLS listener; aborts rather than return NULL,
+ * which would make evhttp serve plain HTTP. */
+struct bufferevent *server_tls_on_accept(struct event_base *base, void *arg);
+/* Reads the client certificate of sr's connection, or of tls_client_cert_header when
+ * the peer is a trusted proxy. cert is zeroed when there is none. */
+void server_tls_client_cert(const struct server_req *sr, struct server_client_cert *cert);
 
 #endif

@@ -346,6 +346,8 @@ static int worker_open_http(struct server_thread *t, const struct server_config 
         t->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
                      EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
     evhttp_set_gencb(t->http, server_http_on_request, t);
+    if (server_tls_enabled())
+        evhttp_set_bevcb(t->http, server_tls_on_accept, NULL);
     return worker_listen(t, cfg);
 }
 
@@ -828,7 +830,8 @@ int server_run(const struct server_config *cfg)
     server_config_log(cfg);
     server_routes_init(cfg->issuer);
 
-    if (check_address_free(cfg->listen) != 0 || main_open(&m) != 0)
+    if (server_tls_init(cfg) != 0 || check_address_free(cfg->listen) != 0 ||
+        main_open(&m) != 0)
         goto out;
     switch (wait_for_database(&m, &rows)) {
     case 0:
@@ -867,5 +870,6 @@ out:
     free(m.threads);
     main_close(&m);
     key_rows_free(&rows);
+    server_tls_free();
     return rc;
 }

@@ -581,7 +581,8 @@ static int add_extension(X509 *cert, X509 *issuer, int nid, const char *value)
 }
 
 /* Creates a certificate for key. With issuer NULL it is a self-signed CA; otherwise a
- * server certificate for san, signed by issuer and issuer_key. */
+ * server certificate for san, or a client certificate when san is NULL, signed by
+ * issuer and issuer_key. */
 static X509 *make_cert(EVP_PKEY *key, const char *common_name, X509 *issuer,
                        EVP_PKEY *issuer_key, const char *san)
 {
@@ -614,8 +615,9 @@ static X509 *make_cert(EVP_PKEY *key, const char *common_name, X509 *issuer,
                  0 &&
              add_extension(cert, issuer, NID_key_usage, "critical,digitalSignature") ==
                  0 &&
-             add_extension(cert, issuer, NID_ext_key_usage, "serverAuth") == 0 &&
-             add_extension(cert, issuer, NID_subject_alt_name, san) == 0 &&
+             add_extension(cert, issuer, NID_ext_key_usage,
+                           san ? "serverAuth" : "clientAuth") == 0 &&
+             (!san || add_extension(cert, issuer, NID_subject_alt_name, san) == 0) &&
              add_extension(cert, issuer, NID_authority_key_identifier, "keyid") == 0;
     }
     if (ok)
@@ -690,6 +692,10 @@ int mock_http_certs_create(struct mock_http_certs *out)
     out->wrong_cert_file = util_asprintf("%s/wrong.pem", out->dir);
     out->wrong_key_file = util_asprintf("%s/wrong.key", out->dir);
     out->other_ca_file = util_asprintf("%s/other-ca.pem", out->dir);
+    out->client_cert_file = util_asprintf("%s/client.pem", out->dir);
+    out->client_key_file = util_asprintf("%s/client.key", out->dir);
+    out->self_cert_file = util_asprintf("%s/self.pem", out->dir);
+    out->self_key_file = util_asprintf("%s/self.key", out->dir);
 
     if (make_pair("cibad test CA", NULL, NULL, NULL, out->ca_file, NULL, &ca, &ca_key) ||
         make_pair("localhost", ca, ca_key, "DNS:localhost,IP:127.0.0.1", out->cert_file,
@@ -697,7 +703,11 @@ int mock_http_certs_create(struct mock_http_certs *out)
         make_pair("wrong.example.invalid", ca, ca_key, "DNS:wrong.example.invalid",
                   out->wrong_cert_file, out->wrong_key_file, NULL, NULL) ||
         make_pair("cibad other test CA", NULL, NULL, NULL, out->other_ca_file, NULL, NULL,
-                  NULL)) {
+                  NULL) ||
+        make_pair("cibad test client", ca, ca_key, NULL, out->client_cert_file,
+                  out->client_key_file, NULL, NULL) ||
+        make_pair("cibad self-signed client", NULL, NULL, NULL, out->self_cert_file,
+                  out->self_key_file, NULL, NULL)) {
         fprintf(stderr, "mock_http: creating test certificates failed: %s\n",
                 ERR_reason_error_string(ERR_get_error()));
         goto out;
@@ -713,8 +723,10 @@ out:
 
 void mock_http_certs_free(struct mock_http_certs *c)
 {
-    char *files[] = {c->ca_file,         c->cert_file,      c->key_file,
-                     c->wrong_cert_file, c->wrong_key_file, c->other_ca_file};
+    char *files[] = {c->ca_file,          c->cert_file,       c->key_file,
+                     c->wrong_cert_file,  c->wrong_key_file,  c->other_ca_file,
+                     c->client_cert_file, c->client_key_file, c->self_cert_file,
+                     c->self_key_file};
 
     for (size_t i = 0; i < ARRAY_LEN(files); i++) {
         if (files[i])

@@ -106,12 +106,17 @@ size_t mock_http_header_count(const struct mock_http_request *r, const char *nam
  * for one day. */
 struct mock_http_certs {
     char *dir;
-    char *ca_file;         /* a throwaway CA */
-    char *cert_file;       /* server certificate for localhost and 127.0.0.1, by ca */
-    char *key_file;        /* its private key */
-    char *wrong_cert_file; /* server certificate for wrong.example.invalid only, by ca */
-    char *wrong_key_file;  /* its private key */
-    char *other_ca_file;   /* a second CA that signed none of the certificates above */
+    char *ca_file;          /* a throwaway CA */
+    char *cert_file;        /* server certificate for localhost and 127.0.0.1, by ca */
+    char *key_file;         /* its private key */
+    char *wrong_cert_file;  /* server certificate for wrong.example.invalid only, by ca */
+    char *wrong_key_file;   /* its private key */
+    char *other_ca_file;    /* a second CA that signed none of the certificates above */
+    char *client_cert_file; /* client certificate (clientAuth, CN "cibad test client"), by
+                               ca */
+    char *client_key_file;
+    char *self_cert_file; /* self-signed certificate (CN "cibad self-signed client") */
+    char *self_key_file;
 };
 
 /* Creates the CA, the certificates and their keys with OpenSSL under a new directory
