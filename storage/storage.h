@@ -96,7 +96,8 @@ int storage_client_get(struct storage_conn *db, const char *client_id,
 
 enum storage_hint_kind {
     STORAGE_HINT_PHONE,      /* value is E.164, already normalized */
-    STORAGE_HINT_NAME_OR_SUB /* value is a username or a subject identifier */
+    STORAGE_HINT_NAME_OR_SUB, /* value is a username or a subject identifier */
+    STORAGE_HINT_SUB          /* value is a subject identifier only (id_token_hint) */
 };
 
 struct storage_user {

@@ -28,6 +28,11 @@ static const char sql_user_by_name_or_sub[] =
 static const struct storage_stmt stmt_user_by_name_or_sub = {"user_by_name_or_sub",
                                                              sql_user_by_name_or_sub, 1};
 
+/* The sub of an ID token names a subject only, never a username. */
+static const char sql_user_by_sub[] =
+    "SELECT subject, username, phone_number FROM app_user WHERE subject = $1";
+static const struct storage_stmt stmt_user_by_sub = {"user_by_sub", sql_user_by_sub, 1};
+
 static void finish_user_find(union storage_cb cb, void *arg, enum storage_status status,
                              const PGresult *res)
 {
@@ -62,6 +67,9 @@ int storage_user_find(struct storage_conn *db, enum storage_hint_kind kind,
         break;
     case STORAGE_HINT_NAME_OR_SUB:
         stmt = &stmt_user_by_name_or_sub;
+        break;
+    case STORAGE_HINT_SUB:
+        stmt = &stmt_user_by_sub;
         break;
     default:
         return -1;

@@ -282,6 +282,13 @@ static void setup_expiry(void)
     start_instance(extra);
 }
 
+static void setup_short_id_token(void)
+{
+    static const char *const extra[] = {"CIBAD_ID_TOKEN_LIFETIME=30", NULL};
+
+    start_instance(extra);
+}
+
 static void setup_phone_limit(void)
 {
     static const char *const extra[] = {"CIBAD_SMS_PER_PHONE_MAX=3", NULL};
@@ -3300,6 +3307,261 @@ START_TEST(serve_waits_for_database)
 }
 END_TEST
 
+/* ---- id_token_hint ------------------------------------------------------------------
+ */
+
+/* Decodes the claims of a JWT without checking it. New reference. */
+static json_t *jwt_claims(const char *jwt)
+{
+    json_t *header = NULL, *claims = NULL;
+
+    ck_assert_int_eq(e2e_jwt_decode(jwt, &header, &claims), 0);
+    json_decref(header);
+    return claims;
+}
+
+/* Runs a whole poll flow for u1 by client c and returns the ID token issued (new
+ * string). */
+static char *issued_id_token(const struct test_client *c)
+{
+    size_t sent_before = mock_http_count(sink);
+    char *id = start_auth(c, u1.phone, NULL);
+    struct e2e_response r;
+    struct sms sms;
+    json_t *body;
+    char *token;
+
+    wait_sms(sent_before, &sms);
+    r = enter_code(sms.ref, sms.code);
+    ck_assert_msg(r.status == 200 && body_has(&r, "Approved"), "approval failed: %s",
+                  r.body);
+    e2e_response_free(&r);
+    sleep_ms(POLL_GAP_MS);
+    r = poll_token(c, id);
+    free(check_token_reply(&r, c->client_id, id));
+    body = e2e_json(&r);
+    token = util_strdup(jstr(body, "id_token"));
+    json_decref(body);
+    e2e_response_free(&r);
+    sms_free(&sms);
+    free(id);
+    return token;
+}
+
+/* Sends an id_token_hint request by c and returns the reply. */
+static struct e2e_response bc_with_id_token(const struct test_client *c,
+                                            const char *token)
+{
+    return bc_authorize(c, e2e_form("scope", SCOPE, "id_token_hint", token, NULL));
+}
+
+/* Expects a 200 for an id_token_hint request, then approves it and checks that the new
+ * ID token names the same subject. */
+static void assert_hint_flow_works(const struct test_client *c, const char *token)
+{
+    size_t sent_before = mock_http_count(sink);
+    struct e2e_response r = bc_with_id_token(c, token);
+    json_t *body = e2e_json(&r), *claims = NULL;
+    struct sms sms;
+    char *id;
+
+    ck_assert_msg(r.status == 200, "id_token_hint: status %d, body %s", r.status, r.body);
+    id = util_strdup(jstr(body, "auth_req_id"));
+    remember_secret("an auth_req_id", id);
+    json_decref(body);
+    e2e_response_free(&r);
+
+    wait_sms(sent_before, &sms);
+    ck_assert_str_eq(sms.to, u1.phone);
+    r = enter_code(sms.ref, sms.code);
+    ck_assert_msg(r.status == 200 && body_has(&r, "Approved"), "approval failed");
+    e2e_response_free(&r);
+    sleep_ms(POLL_GAP_MS);
+    r = poll_token(c, id);
+    free(check_token_reply(&r, c->client_id, id));
+    body = e2e_json(&r);
+    claims = jwt_claims(jstr(body, "id_token"));
+    ck_assert_str_eq(jstr(claims, "sub"), u1.subject);
+    json_decref(claims);
+    json_decref(body);
+    e2e_response_free(&r);
+    sms_free(&sms);
+    free(id);
+}
+
+START_TEST(id_token_hint_names_the_user)
+{
+    char *token = issued_id_token(&c1);
+
+    assert_hint_flow_works(&c1, token);
+    /* A hint names a user, so the same token works again. */
+    assert_hint_flow_works(&c1, token);
+    free(token);
+}
+END_TEST
+
+START_TEST(id_token_hint_of_another_client)
+{
+    char *token = issued_id_token(&c1);
+    struct e2e_response r = bc_with_id_token(&c2, token);
+
+    assert_error(&r, 400, "unknown_user_id");
+    e2e_response_free(&r);
+    ck_assert_int_ge(audit_rejections("unknown_user_id", c2.client_id, 1), 1);
+    free(token);
+}
+END_TEST
+
+/* Replaces the character at i with another base64url character. */
+static void flip_char(char *s, size_t i)
+{
+    s[i] = s[i] == 'A' ? 'B' : 'A';
+}
+
+START_TEST(id_token_hint_tampered_or_garbage)
+{
+    char *token = issued_id_token(&c1);
+    char *dot1 = strchr(token, '.'), *dot2 = strrchr(token, '.');
+    char *copy;
+    struct e2e_response r;
+    json_t *header = NULL, *claims = NULL;
+    static const char *const garbage[] = {
+        "x.y.z", "abc", "", "a..b", "eyJhbGciOiJub25lIn0.e30.", "....",
+    };
+
+    /* A changed payload, signature or header. */
+    for (size_t at = 0; at < 3; at++) {
+        copy = util_strdup(token);
+        flip_char(copy, at == 0   ? 2
+                        : at == 1 ? (size_t)(dot1 - token) + 3
+                                  : (size_t)(dot2 - token) + 3);
+        r = bc_with_id_token(&c1, copy);
+        assert_error(&r, 400, "invalid_request");
+        e2e_response_free(&r);
+        free(copy);
+    }
+    for (size_t i = 0; i < sizeof(garbage) / sizeof(garbage[0]); i++) {
+        r = bc_with_id_token(&c1, garbage[i]);
+        assert_error(&r, 400, "invalid_request");
+        e2e_response_free(&r);
+    }
+
+    /* The right claims with alg none: refused, the alg comes from our key. */
+    ck_assert_int_eq(e2e_jwt_decode(token, &header, &claims), 0);
+    {
+        char *payload = json_dumps(claims, JSON_COMPACT);
+        char *b64 = util_b64url_encode_new(payload, strlen(payload));
+        char *none = util_calloc(1, strlen(b64) + 64);
+
+        sprintf(none, "eyJhbGciOiJub25lIn0.%s.", b64);
+        r = bc_with_id_token(&c1, none);
+        assert_error(&r, 400, "invalid_request");
+        e2e_response_free(&r);
+        free(none);
+        free(b64);
+        free(payload);
+    }
+    json_decref(header);
+    json_decref(claims);
+
+    free(token);
+}
+END_TEST
+
+/* An access token is signed with the same key, but it is no ID token. */
+START_TEST(id_token_hint_access_token_refused)
+{
+    size_t sent_before = mock_http_count(sink);
+    char *id = start_auth(&c1, u1.phone, NULL);
+    struct e2e_response r;
+    struct sms sms;
+    json_t *body;
+
+    wait_sms(sent_before, &sms);
+    r = enter_code(sms.ref, sms.code);
+    e2e_response_free(&r);
+    sleep_ms(POLL_GAP_MS);
+    r = poll_token(&c1, id);
+    free(check_token_reply(&r, c1.client_id, id));
+    body = e2e_json(&r);
+    e2e_response_free(&r);
+    r = bc_with_id_token(&c1, jstr(body, "access_token"));
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+    json_decref(body);
+    sms_free(&sms);
+    free(id);
+}
+END_TEST
+
+START_TEST(id_token_hint_with_another_hint)
+{
+    char *token = issued_id_token(&c1);
+    struct e2e_response r =
+        bc_authorize(&c1, e2e_form("scope", SCOPE, "id_token_hint", token, "login_hint",
+                                   u1.phone, NULL));
+
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+    r = bc_authorize(&c1, e2e_form("scope", SCOPE, "id_token_hint", token,
+                                   "login_hint_token", "abc", NULL));
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+    r = bc_authorize(&c1, e2e_form("scope", SCOPE, "id_token_hint", token,
+                                   "id_token_hint", token, NULL));
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+    /* An empty login_hint counts as absent. */
+    r = bc_authorize(
+        &c1, e2e_form("scope", SCOPE, "login_hint", "", "id_token_hint", token, NULL));
+    ck_assert_msg(r.status == 200, "empty login_hint and id_token_hint: %d %s", r.status,
+                  r.body);
+    remember_auth_req_id(&r);
+    e2e_response_free(&r);
+    free(token);
+}
+END_TEST
+
+START_TEST(id_token_hint_of_deleted_user)
+{
+    char *token = issued_id_token(&c1);
+    struct e2e_response r;
+
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "user", "delete", u1.subject, NULL), 0);
+    r = bc_with_id_token(&c1, token);
+    assert_error(&r, 400, "unknown_user_id");
+    e2e_response_free(&r);
+    free(token);
+}
+END_TEST
+
+/* An expired ID token is still a hint, up to id_token_hint_max_age after its iat. */
+START_TEST(id_token_hint_expired_accepted_until_max_age)
+{
+    char *token = issued_id_token(&c1);
+    json_t *claims = NULL;
+    struct e2e_response r;
+
+    claims = jwt_claims(token);
+    ck_assert_msg(json_integer_value(json_object_get(claims, "exp")) -
+                          json_integer_value(json_object_get(claims, "iat")) ==
+                      30,
+                  "the ID token does not live 30 s");
+    json_decref(claims);
+    sleep_ms(32000);
+    assert_hint_flow_works(&c1, token);
+
+    /* With a cap below its age, the same token is refused. */
+    ck_assert_int_eq(e2e_server_stop(&srv), 0);
+    e2e_server_setenv(&srv, "CIBAD_ID_TOKEN_HINT_MAX_AGE", "30");
+    start_server();
+    r = bc_with_id_token(&c1, token);
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+    free(token);
+}
+END_TEST
+
 /* ---- suite ------------------------------------------------------------------------- */
 
 static TCase *new_tcase(const char *name, void (*setup)(void))
@@ -3362,6 +3624,19 @@ static Suite *e2e_suite(void)
     tcase_add_test(tc, token_invalid_client);
     tcase_add_test(tc, token_slow_down_grows_interval);
     tcase_add_test(tc, token_fast_polls_never_5xx);
+    suite_add_tcase(s, tc);
+
+    tc = new_tcase("id_token_hint", setup_default);
+    tcase_add_test(tc, id_token_hint_names_the_user);
+    tcase_add_test(tc, id_token_hint_of_another_client);
+    tcase_add_test(tc, id_token_hint_tampered_or_garbage);
+    tcase_add_test(tc, id_token_hint_access_token_refused);
+    tcase_add_test(tc, id_token_hint_with_another_hint);
+    tcase_add_test(tc, id_token_hint_of_deleted_user);
+    suite_add_tcase(s, tc);
+
+    tc = new_tcase("id_token_hint_expired", setup_short_id_token);
+    tcase_add_test(tc, id_token_hint_expired_accepted_until_max_age);
     suite_add_tcase(s, tc);
 
     tc = new_tcase("expiry", setup_expiry);
