@@ -2,7 +2,8 @@
  * SPDX-License-Identifier: MIT
  *
  * The flow, one callback per step, in the order they run:
- *   handle -> on_client_authenticated -> on_user_found -> on_auth_req_stored -> reply,
+ *   handle -> on_client_authenticated -> on_user_found [-> on_user_code_checked]
+ *   -> on_auth_req_stored -> reply,
  * then the code goes out by SMS in the background (delivery.c). For a ping or push
  * client the request also stores its auth_req_id and client_notification_token, sealed,
  * for the notification sent when the request ends (notify.c).
@@ -37,6 +38,7 @@ struct bc_ctx {
     const char *binding_message;
     const char *acr_values;
     const char *notification_token; /* ping and push only; a bearer secret */
+    const char *user_code;          /* only for clients registered for user codes */
     int expires_in;
 
     /* The user the hint names. */
@@ -387,6 +389,26 @@ static enum oauth_err check_notification_token(struct bc_ctx *ctx,
     return OAUTH_OK;
 }
 
+/* A client registered with backchannel_user_code_parameter must send user_code; from
+ * any other client it is ignored. The code is a secret, so no description repeats it. */
+static enum oauth_err check_user_code(struct bc_ctx *ctx, const char **description)
+{
+    const char *code = server_form_get(&ctx->form, "user_code");
+
+    if (!ctx->client->backchannel_user_code_parameter)
+        return OAUTH_OK;
+    if (!code) {
+        *description = "user_code is required for this client";
+        return OAUTH_ERR_MISSING_USER_CODE;
+    }
+    if (strlen(code) > CIBA_USER_CODE_MAX) {
+        *description = "user_code is invalid";
+        return OAUTH_ERR_INVALID_USER_CODE;
+    }
+    ctx->user_code = code;
+    return OAUTH_OK;
+}
+
 static enum oauth_err check_request(struct bc_ctx *ctx, const char **description)
 {
     enum oauth_err err;
@@ -407,6 +429,8 @@ static enum oauth_err check_request(struct bc_ctx *ctx, const char **description
     if ((err = check_expiry(ctx, description)) != OAUTH_OK)
         return err;
     if ((err = check_notification_token(ctx, description)) != OAUTH_OK)
+        return err;
+    if ((err = check_user_code(ctx, description)) != OAUTH_OK)
         return err;
 
     ctx->acr_values = server_form_get(&ctx->form, "acr_values");
@@ -512,6 +536,36 @@ static void store_auth_req(struct bc_ctx *ctx)
         finish_error(ctx, OAUTH_ERR_TEMPORARILY_UNAVAILABLE, NULL);
 }
 
+static void on_user_code_checked(void *arg, bool matched)
+{
+    struct bc_ctx *ctx = arg;
+    struct server_req *sr = ctx->sr;
+
+    /* The count is updated in the background: a lost update costs one more guess. */
+    if (storage_user_code_result(sr->worker->db, ctx->subject, matched, NULL, NULL) != 0)
+        rlog_warn(sr->rid, ctx->client->client_id, "user code result not recorded");
+    if (!matched) {
+        rlog_info(sr->rid, ctx->client->client_id, "wrong user code for a user");
+        finish_error(ctx, OAUTH_ERR_INVALID_USER_CODE, "user_code is invalid");
+        return;
+    }
+    store_auth_req(ctx);
+}
+
+/* Verifies the user code on the pool of ciba/user_code.c. A user with no code, or
+ * with CIBA_USER_CODE_MAX_FAILURES wrong codes since it was set, never matches, and
+ * takes as long as a wrong code. */
+static void check_user_code_of(struct bc_ctx *ctx, const struct storage_user *user)
+{
+    const char *stored = user->user_code_failures < CIBA_USER_CODE_MAX_FAILURES
+                             ? user->user_code_hash
+                             : NULL;
+
+    if (ciba_user_code_verify(ctx->sr->worker->base, stored, ctx->user_code,
+                              on_user_code_checked, ctx) != 0)
+        finish_error(ctx, OAUTH_ERR_TEMPORARILY_UNAVAILABLE, NULL);
+}
+
 static void on_user_found(void *arg, enum storage_status status,
                           const struct storage_user *user)
 {
@@ -531,6 +585,10 @@ static void on_user_found(void *arg, enum storage_status status,
 
     ctx->subject = util_strdup(user->subject);
     ctx->phone_number = util_strdup(user->phone_number);
+    if (ctx->user_code) {
+        check_user_code_of(ctx, user);
+        return;
+    }
     store_auth_req(ctx);
 }
 

@@ -12,6 +12,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/crypto.h>
+
 #include "ciba/ciba.h"
 #include "oauth/oauth.h"
 #include "storage/storage.h"
@@ -279,14 +281,15 @@ static json_t *client_json(const struct storage_client *c)
 {
     const char *endpoint = c->backchannel_client_notification_endpoint;
 
-    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:o, s:s, s:I}", "client_id",
-                     c->client_id, "client_name", c->client_name,
-                     "token_endpoint_auth_method", c->token_endpoint_auth_method, "scope",
-                     c->scope, "backchannel_token_delivery_mode",
-                     c->backchannel_token_delivery_mode,
-                     "backchannel_client_notification_endpoint",
-                     endpoint ? json_string(endpoint) : json_null(), "grant_types",
-                     c->grant_types, "created_at", (json_int_t)c->created_at);
+    return json_pack(
+        "{s:s, s:s, s:s, s:s, s:s, s:o, s:s, s:I, s:b}", "client_id", c->client_id,
+        "client_name", c->client_name, "token_endpoint_auth_method",
+        c->token_endpoint_auth_method, "scope", c->scope,
+        "backchannel_token_delivery_mode", c->backchannel_token_delivery_mode,
+        "backchannel_client_notification_endpoint",
+        endpoint ? json_string(endpoint) : json_null(), "grant_types", c->grant_types,
+        "created_at", (json_int_t)c->created_at, "backchannel_user_code_parameter",
+        c->backchannel_user_code_parameter);
 }
 
 /* Checks the options of `client create`; prints why and returns EXIT_USAGE on error. */
@@ -356,15 +359,12 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
 {
     const char *name = NULL, *scope = NULL, *client_id = NULL, *method = NULL,
                *mode = NULL, *endpoint = NULL;
-    bool as_json = false;
+    bool as_json = false, user_code = false;
     struct cli_opt opts[] = {
-        {"--name", &name, NULL},
-        {"--scope", &scope, NULL},
-        {"--client-id", &client_id, NULL},
-        {"--auth-method", &method, NULL},
-        {"--delivery-mode", &mode, NULL},
-        {"--json", NULL, &as_json},
-        {"--notification-endpoint", &endpoint, NULL},
+        {"--name", &name, NULL},          {"--user-code", NULL, &user_code},
+        {"--scope", &scope, NULL},        {"--client-id", &client_id, NULL},
+        {"--auth-method", &method, NULL}, {"--delivery-mode", &mode, NULL},
+        {"--json", NULL, &as_json},       {"--notification-endpoint", &endpoint, NULL},
     };
     char *scope_list = NULL, *id = NULL, *secret = NULL, hash[65], err[512];
     struct storage_sync *s = NULL;
@@ -405,19 +405,20 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
         .backchannel_token_delivery_mode = mode,
         .backchannel_client_notification_endpoint = endpoint,
         .grant_types = OAUTH_GRANT_TYPE_CIBA,
+        .backchannel_user_code_parameter = user_code,
     };
     if (storage_sync_client_create(s, &c, err, sizeof(err)) != 0) {
         fprintf(stderr, "cibad: cannot create client %s: %s\n", id, err);
         goto out;
     }
     if (as_json) {
-        print_json(json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:o, s:s}", "client_id", id,
-                             "client_secret", secret, "client_name", name,
-                             "token_endpoint_auth_method", method, "scope", scope_list,
-                             "backchannel_token_delivery_mode", mode,
-                             "backchannel_client_notification_endpoint",
-                             endpoint ? json_string(endpoint) : json_null(),
-                             "grant_types", OAUTH_GRANT_TYPE_CIBA));
+        print_json(json_pack(
+            "{s:s, s:s, s:s, s:s, s:s, s:s, s:o, s:s, s:b}", "client_id", id,
+            "client_secret", secret, "client_name", name, "token_endpoint_auth_method",
+            method, "scope", scope_list, "backchannel_token_delivery_mode", mode,
+            "backchannel_client_notification_endpoint",
+            endpoint ? json_string(endpoint) : json_null(), "grant_types",
+            OAUTH_GRANT_TYPE_CIBA, "backchannel_user_code_parameter", user_code));
     } else {
         printf("client_id:     %s\nclient_secret: %s\n", id, secret);
         printf(
@@ -777,6 +778,82 @@ static int cmd_user_delete(struct cli *cli, int argc, char **argv)
     return 0;
 }
 
+/* Reads one line of at most CIBA_USER_CODE_MAX bytes from stdin, without its line end,
+ * into buf. Returns 0, or -1 when there is no line or it is too long. */
+static int read_code_line(char *buf, size_t size)
+{
+    size_t len;
+
+    if (!fgets(buf, (int)size, stdin))
+        return -1;
+    len = strlen(buf);
+    if (len > 0 && buf[len - 1] == '\n')
+        buf[--len] = '\0';
+    else if (!feof(stdin))
+        return -1;
+    if (len > 0 && buf[len - 1] == '\r')
+        buf[--len] = '\0';
+    return 0;
+}
+
+static int cmd_user_set_code(struct cli *cli, int argc, char **argv)
+{
+    const char *subject_or_name, *code = NULL;
+    struct cli_opt opts[] = {{"--code", &code, NULL}};
+    char line[CIBA_USER_CODE_MAX + 3], *hash = NULL;
+    struct storage_sync *s = NULL;
+    int rc = parse_args(cli->cmd, argc, argv, opts, ARRAY_LEN(opts), &subject_or_name, 1);
+
+    if (rc != 0)
+        return rc == ARGS_HELP ? 0 : rc;
+    if (!code) {
+        if (read_code_line(line, sizeof(line)) != 0) {
+            fprintf(stderr,
+                    "cibad: no user code on stdin, or longer than %d "
+                    "characters\n",
+                    CIBA_USER_CODE_MAX);
+            return EXIT_USAGE;
+        }
+        code = line;
+    }
+    /* The error never repeats the code: it is a secret. */
+    if (ciba_user_code_check(code) != 0) {
+        fprintf(stderr,
+                "cibad: a user code must have %d to %d printable ASCII "
+                "characters\n",
+                CIBA_USER_CODE_MIN, CIBA_USER_CODE_MAX);
+        rc = EXIT_USAGE;
+        goto out;
+    }
+    rc = 1;
+    hash = ciba_user_code_hash(code);
+    if (!hash) {
+        fprintf(stderr, "cibad: hashing the user code failed\n");
+        goto out;
+    }
+    s = open_db(cli);
+    if (!s)
+        goto out;
+    switch (storage_sync_user_set_code(s, subject_or_name, hash)) {
+    case 1:
+        printf("set the user code of %s\n", subject_or_name);
+        rc = 0;
+        break;
+    case 0:
+        fprintf(stderr, "cibad: no user has the subject or username %s\n",
+                subject_or_name);
+        break;
+    default:
+        fprintf(stderr, "cibad: cannot set the user code of %s\n", subject_or_name);
+        break;
+    }
+out:
+    storage_sync_close(s);
+    OPENSSL_cleanse(line, sizeof(line));
+    free(hash);
+    return rc;
+}
+
 /* ---- signing keys ---------------------------------------------------------------------
  */
 
@@ -961,7 +1038,8 @@ static const struct command commands[] = {
     {"client", "create",
      "client create --name NAME --scope \"openid ...\" [--client-id ID]\n"
      "         [--auth-method client_secret_basic|client_secret_post]\n"
-     "         [--delivery-mode poll|ping|push [--notification-endpoint https://...]] [--json]",
+     "         [--delivery-mode poll|ping|push [--notification-endpoint https://...]]\n"
+     "         [--user-code] [--json]",
      "Register a client and print its secret, once.", cmd_client_create},
     {"client", "list", "client list [--json]", "List the registered clients.", cmd_client_list},
     {"client", "show", "client show ID [--json]", "Show one client.", cmd_client_show},
@@ -970,6 +1048,8 @@ static const struct command commands[] = {
      "Add a user who approves requests by SMS.", cmd_user_create},
     {"user", "list", "user list [--json]", "List the users.", cmd_user_list},
     {"user", "delete", "user delete SUB|NAME", "Delete a user and their requests.", cmd_user_delete},
+    {"user", "set-code", "user set-code SUB|NAME [--code CODE]",
+     "Set the user code clients registered with --user-code must send (read from stdin without --code).", cmd_user_set_code},
     {"keys", "rotate", "keys rotate", "Make a new signing key current; the old one stays published.", cmd_keys_rotate},
     {"keys", "list", "keys list [--all] [--json]", "List the published (or, with --all, every) signing key.", cmd_keys_list},
     {"scope", "set", "scope set NAME DESCRIPTION", "Set the words the approval page shows for a scope.", cmd_scope_set},

@@ -10,7 +10,8 @@
 #define CLIENT_COLUMNS                                                                   \
     "client_id, client_name, secret_hash, token_endpoint_auth_method, scope,"            \
     " backchannel_token_delivery_mode, backchannel_client_notification_endpoint,"        \
-    " grant_types, floor(extract(epoch FROM created_at))::int8"
+    " grant_types, floor(extract(epoch FROM created_at))::int8,"                         \
+    " backchannel_user_code_parameter"
 
 static void client_from_row(const PGresult *res, int row, struct storage_client *c)
 {
@@ -23,6 +24,7 @@ static void client_from_row(const PGresult *res, int row, struct storage_client 
     c->backchannel_client_notification_endpoint = storage_col_text(res, row, 6);
     c->grant_types = storage_col_text(res, row, 7);
     c->created_at = storage_col_int64(res, row, 8);
+    c->backchannel_user_code_parameter = strcmp(storage_col_text(res, row, 9), "t") == 0;
 }
 
 /* ---- asynchronous lookup ----------------------------------------------------------- */
@@ -65,9 +67,9 @@ int storage_client_get(struct storage_conn *db, const char *client_id,
 static const char sql_client_create[] =
     "INSERT INTO client (client_id, client_name, secret_hash, token_endpoint_auth_method,"
     " scope, backchannel_token_delivery_mode, backchannel_client_notification_endpoint,"
-    " grant_types)"
+    " grant_types, backchannel_user_code_parameter)"
     " VALUES ($1, $2, $3, $4, $5, coalesce($6, 'poll'), $7,"
-    " coalesce($8, 'urn:openid:params:grant-type:ciba'))";
+    " coalesce($8, 'urn:openid:params:grant-type:ciba'), $9)";
 
 /* Explains a rejected insert in words an operator can act on. */
 static void describe_client_error(const PGresult *res, char *err, size_t err_len)
@@ -104,6 +106,7 @@ int storage_sync_client_create(struct storage_sync *s, const struct storage_clie
     storage_param_text(&p, c->backchannel_token_delivery_mode);
     storage_param_text(&p, c->backchannel_client_notification_endpoint);
     storage_param_text(&p, c->grant_types);
+    storage_param_bool(&p, c->backchannel_user_code_parameter);
     res = storage_sync_exec(s, sql_client_create, &p);
     if (storage_status_of(res) != STORAGE_OK) {
         describe_client_error(res, err, err_len);

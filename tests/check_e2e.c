@@ -683,9 +683,8 @@ static void check_metadata(const json_t *doc)
                       array_has(modes, "poll") && array_has(modes, "ping") &&
                       array_has(modes, "push"),
                   "discovery: delivery modes are not exactly poll, ping and push");
-    ck_assert_msg(
-        !user_code || json_is_boolean(user_code),
-        "discovery: backchannel_user_code_parameter_supported is not a boolean");
+    ck_assert_msg(json_is_true(user_code),
+                  "discovery: backchannel_user_code_parameter_supported is not true");
     ck_assert_msg(!signing ||
                       (!array_has(signing, "none") && !array_has(signing, "HS256")),
                   "discovery: request signing algorithms include none or HS256");
@@ -3562,6 +3561,195 @@ START_TEST(id_token_hint_expired_accepted_until_max_age)
 }
 END_TEST
 
+/* ---- user_code ----------------------------------------------------------------------
+ */
+
+#define USER_CODE "4711-blue-door"
+
+/* Creates a client registered for user codes. */
+static void create_user_code_client(struct test_client *c)
+{
+    json_t *out = e2e_cli_json(&srv, "client", "create", "--name", "Agent Code",
+                               "--scope", SCOPE, "--user-code", "--json", NULL);
+
+    ck_assert_msg(out != NULL, "client create --user-code printed no JSON object");
+    ck_assert_msg(json_is_true(json_object_get(out, "backchannel_user_code_parameter")),
+                  "client create --user-code: backchannel_user_code_parameter not true");
+    c->client_id = util_strdup(jstr(out, "client_id"));
+    c->secret = util_strdup(jstr(out, "client_secret"));
+    c->name = util_strdup("Agent Code");
+    c->basic = true;
+    remember_secret("a client secret", c->secret);
+    json_decref(out);
+}
+
+static void set_user_code(const struct test_user *u, const char *code)
+{
+    remember_secret("a user code", code);
+    ck_assert_msg(
+        e2e_cli(&srv, NULL, "user", "set-code", u->subject, "--code", code, NULL) == 0,
+        "cibad user set-code failed");
+}
+
+static struct e2e_response bc_with_code(const struct test_client *c,
+                                        const struct test_user *u, const char *code)
+{
+    if (strlen(code) < 100)
+        remember_secret("a user code", code);
+    return bc_authorize(
+        c, e2e_form("scope", SCOPE, "login_hint", u->phone, "user_code", code, NULL));
+}
+
+/* Reads the stored hash of a user's code straight from the database. New string. */
+static char *stored_code_hash(const char *subject)
+{
+    PGconn *pg = PQconnectdb(getenv("CIBAD_TEST_DATABASE_URL"));
+    const char *params[1] = {subject};
+    PGresult *res;
+    char *hash;
+
+    ck_assert_msg(PQstatus(pg) == CONNECTION_OK, "test database: %s", PQerrorMessage(pg));
+    res = PQexecParams(pg,
+                       "SELECT coalesce(user_code_hash, '') FROM app_user"
+                       " WHERE subject = $1",
+                       1, NULL, params, NULL, NULL, 0);
+    ck_assert_int_eq(PQresultStatus(res), PGRES_TUPLES_OK);
+    ck_assert_int_eq(PQntuples(res), 1);
+    hash = util_strdup(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    PQfinish(pg);
+    return hash;
+}
+
+START_TEST(user_code_required_and_checked)
+{
+    struct test_client c3 = {0};
+    size_t sent_before;
+    struct e2e_response r;
+    struct sms sms;
+    char *hash;
+
+    create_user_code_client(&c3);
+    set_user_code(&u1, USER_CODE);
+    hash = stored_code_hash(u1.subject);
+    ck_assert_msg(strncmp(hash, "pbkdf2-sha256$", 14) == 0, "user code hash format: %s",
+                  hash);
+    ck_assert_msg(strstr(hash, USER_CODE) == NULL, "the user code is stored in clear");
+    free(hash);
+
+    r = bc_authorize(&c3, e2e_form("scope", SCOPE, "login_hint", u1.phone, NULL));
+    assert_error(&r, 400, "missing_user_code");
+    e2e_response_free(&r);
+    r = bc_with_code(&c3, &u1, "");
+    assert_error(&r, 400, "missing_user_code");
+    e2e_response_free(&r);
+
+    r = bc_with_code(&c3, &u1, "4711-blue-doo");
+    assert_error(&r, 400, "invalid_user_code");
+    ck_assert_msg(!body_has(&r, "4711"), "invalid_user_code echoes the code");
+    e2e_response_free(&r);
+    r = bc_with_code(&c3, &u1, USER_CODE "x");
+    assert_error(&r, 400, "invalid_user_code");
+    e2e_response_free(&r);
+
+    /* The right code: the request goes on and the user gets the SMS. */
+    sent_before = mock_http_count(sink);
+    r = bc_with_code(&c3, &u1, USER_CODE);
+    ck_assert_msg(r.status == 200, "right user code: %d %s", r.status, r.body);
+    remember_auth_req_id(&r);
+    e2e_response_free(&r);
+    wait_sms(sent_before, &sms);
+    ck_assert_str_eq(sms.to, u1.phone);
+    sms_free(&sms);
+
+    /* Duplicated user_code. */
+    r = bc_authorize(&c3, e2e_form("scope", SCOPE, "login_hint", u1.phone, "user_code",
+                                   USER_CODE, "user_code", USER_CODE, NULL));
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+
+    /* Longer than any code. */
+    {
+        char long_code[200];
+
+        memset(long_code, 'a', sizeof(long_code) - 1);
+        long_code[sizeof(long_code) - 1] = '\0';
+        r = bc_with_code(&c3, &u1, long_code);
+        assert_error(&r, 400, "invalid_user_code");
+        e2e_response_free(&r);
+    }
+    ck_assert_int_ge(audit_rejections("invalid_user_code", c3.client_id, 3), 3);
+
+    /* A client not registered for user codes: user_code is ignored. */
+    r = bc_with_code(&c1, &u1, "wrong-but-ignored");
+    ck_assert_msg(r.status == 200, "user_code from a client without --user-code: %d %s",
+                  r.status, r.body);
+    remember_auth_req_id(&r);
+    e2e_response_free(&r);
+}
+END_TEST
+
+START_TEST(user_code_not_set_rejected)
+{
+    struct test_client c3 = {0};
+    struct e2e_response r;
+
+    create_user_code_client(&c3);
+    r = bc_with_code(&c3, &u1, USER_CODE);
+    assert_error(&r, 400, "invalid_user_code");
+    e2e_response_free(&r);
+}
+END_TEST
+
+/* After five wrong codes even the right one is rejected until the code is set again. */
+START_TEST(user_code_locks_after_failures)
+{
+    struct test_client c3 = {0};
+    struct e2e_response r;
+
+    create_user_code_client(&c3);
+    set_user_code(&u1, USER_CODE);
+    for (int i = 0; i < 5; i++) {
+        r = bc_with_code(&c3, &u1, "wrong-code");
+        assert_error(&r, 400, "invalid_user_code");
+        e2e_response_free(&r);
+    }
+    /* The count is updated after the reply. */
+    sleep_ms(300);
+    r = bc_with_code(&c3, &u1, USER_CODE);
+    assert_error(&r, 400, "invalid_user_code");
+    e2e_response_free(&r);
+
+    set_user_code(&u1, "another-code-1");
+    r = bc_with_code(&c3, &u1, "another-code-1");
+    ck_assert_msg(r.status == 200, "after set-code: %d %s", r.status, r.body);
+    remember_auth_req_id(&r);
+    e2e_response_free(&r);
+}
+END_TEST
+
+START_TEST(user_set_code_bad_input)
+{
+    char *out = NULL;
+
+    ck_assert_int_ne(
+        e2e_cli(&srv, NULL, "user", "set-code", u1.subject, "--code", "abc", NULL), 0);
+    ck_assert_int_ne(e2e_cli(&srv, NULL, "user", "set-code", u1.subject, "--code",
+                             "tab\tin code", NULL),
+                     0);
+    ck_assert_int_ne(
+        e2e_cli(&srv, NULL, "user", "set-code", "nobody-here", "--code", USER_CODE, NULL),
+        0);
+    ck_assert_int_ne(e2e_cli(&srv, NULL, "user", "set-code", "--code", USER_CODE, NULL),
+                     0);
+    ck_assert_int_eq(
+        e2e_cli(&srv, &out, "user", "set-code", u1.subject, "--code", USER_CODE, NULL),
+        0);
+    ck_assert_msg(strstr(out, USER_CODE) == NULL, "set-code prints the code");
+    free(out);
+}
+END_TEST
+
 /* ---- suite ------------------------------------------------------------------------- */
 
 static TCase *new_tcase(const char *name, void (*setup)(void))
@@ -3637,6 +3825,13 @@ static Suite *e2e_suite(void)
 
     tc = new_tcase("id_token_hint_expired", setup_short_id_token);
     tcase_add_test(tc, id_token_hint_expired_accepted_until_max_age);
+    suite_add_tcase(s, tc);
+
+    tc = new_tcase("user_code", setup_default);
+    tcase_add_test(tc, user_code_required_and_checked);
+    tcase_add_test(tc, user_code_not_set_rejected);
+    tcase_add_test(tc, user_code_locks_after_failures);
+    tcase_add_test(tc, user_set_code_bad_input);
     suite_add_tcase(s, tc);
 
     tc = new_tcase("expiry", setup_expiry);
