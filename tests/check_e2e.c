@@ -3583,6 +3583,13 @@ static void create_user_code_client(struct test_client *c)
     json_decref(out);
 }
 
+static void free_test_client(struct test_client *c)
+{
+    free(c->client_id);
+    free(c->secret);
+    free(c->name);
+}
+
 static void set_user_code(const struct test_user *u, const char *code)
 {
     remember_secret("a user code", code);
@@ -3686,6 +3693,7 @@ START_TEST(user_code_required_and_checked)
                   r.status, r.body);
     remember_auth_req_id(&r);
     e2e_response_free(&r);
+    free_test_client(&c3);
 }
 END_TEST
 
@@ -3698,6 +3706,7 @@ START_TEST(user_code_not_set_rejected)
     r = bc_with_code(&c3, &u1, USER_CODE);
     assert_error(&r, 400, "invalid_user_code");
     e2e_response_free(&r);
+    free_test_client(&c3);
 }
 END_TEST
 
@@ -3725,6 +3734,7 @@ START_TEST(user_code_locks_after_failures)
     ck_assert_msg(r.status == 200, "after set-code: %d %s", r.status, r.body);
     remember_auth_req_id(&r);
     e2e_response_free(&r);
+    free_test_client(&c3);
 }
 END_TEST
 
