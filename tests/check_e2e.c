@@ -13,6 +13,7 @@
  */
 #include <check.h>
 #include <ctype.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -23,6 +24,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 
 #include <jansson.h>
 #include <libpq-fe.h>
@@ -3738,6 +3740,65 @@ START_TEST(user_code_locks_after_failures)
 }
 END_TEST
 
+/* Runs `cibad user set-code subject` with input on its stdin. Returns the exit status,
+ * or -1. */
+static int set_code_from_stdin(const char *subject, const char *input)
+{
+    char *const argv[] = {getenv("CIBAD_BIN"), "user", "set-code", (char *)subject, NULL};
+    int fds[2], status;
+    pid_t pid;
+
+    ck_assert_int_eq(pipe(fds), 0);
+    pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        int null_fd = open("/dev/null", O_WRONLY);
+
+        dup2(fds[0], STDIN_FILENO);
+        dup2(null_fd, STDOUT_FILENO);
+        close(fds[1]);
+        execve(argv[0], argv, srv.env);
+        _exit(127);
+    }
+    close(fds[0]);
+    ck_assert_int_eq(write(fds[1], input, strlen(input)), (ssize_t)strlen(input));
+    close(fds[1]);
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+START_TEST(user_set_code_from_stdin)
+{
+    struct test_client c3 = {0};
+    struct e2e_response r;
+
+    create_user_code_client(&c3);
+    remember_secret("a user code", "code-from-stdin");
+    ck_assert_int_eq(set_code_from_stdin(u1.subject, "code-from-stdin\n"), 0);
+    r = bc_with_code(&c3, &u1, "code-from-stdin");
+    ck_assert_msg(r.status == 200, "code set from stdin: %d %s", r.status, r.body);
+    remember_auth_req_id(&r);
+    e2e_response_free(&r);
+
+    /* No line, or a line longer than any code. */
+    ck_assert_int_ne(set_code_from_stdin(u1.subject, ""), 0);
+    {
+        char long_line[200];
+
+        memset(long_line, 'a', sizeof(long_line) - 2);
+        long_line[sizeof(long_line) - 2] = '\n';
+        long_line[sizeof(long_line) - 1] = '\0';
+        ck_assert_int_ne(set_code_from_stdin(u1.subject, long_line), 0);
+    }
+    /* The code is unchanged after the rejected inputs. */
+    r = bc_with_code(&c3, &u1, "code-from-stdin");
+    ck_assert_msg(r.status == 200, "code after rejected inputs: %d %s", r.status, r.body);
+    remember_auth_req_id(&r);
+    e2e_response_free(&r);
+    free_test_client(&c3);
+}
+END_TEST
+
 START_TEST(user_set_code_bad_input)
 {
     char *out = NULL;
@@ -3842,6 +3903,7 @@ static Suite *e2e_suite(void)
     tcase_add_test(tc, user_code_not_set_rejected);
     tcase_add_test(tc, user_code_locks_after_failures);
     tcase_add_test(tc, user_set_code_bad_input);
+    tcase_add_test(tc, user_set_code_from_stdin);
     suite_add_tcase(s, tc);
 
     tc = new_tcase("expiry", setup_expiry);
