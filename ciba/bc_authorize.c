@@ -2,7 +2,8 @@
  * SPDX-License-Identifier: MIT
  *
  * The flow, one callback per step, in the order they run:
- *   handle -> on_client_authenticated -> on_user_found -> on_auth_req_stored -> reply,
+ *   handle -> on_client_authenticated -> on_user_found [-> on_user_code_checked]
+ *   -> on_auth_req_stored -> reply,
  * then the code goes out by SMS in the background (delivery.c). For a ping or push
  * client the request also stores its auth_req_id and client_notification_token, sealed,
  * for the notification sent when the request ends (notify.c).
@@ -11,6 +12,7 @@
 #include "ciba/ciba_int.h"
 
 #include <string.h>
+#include <time.h>
 
 #include "oauth/oauth.h"
 #include "server/config.h"
@@ -21,6 +23,9 @@
 #define MAX_SCOPE_LEN 1024
 #define MAX_ACR_LEN   255
 
+/* Seconds an id_token_hint's iat may lie in the future, for clocks of other instances. */
+#define ID_TOKEN_HINT_SKEW_S 60
+
 struct bc_ctx {
     struct server_req *sr;
     struct server_form form;
@@ -29,9 +34,11 @@ struct bc_ctx {
     /* Validated request parameters. */
     char *scope; /* normalized: duplicates removed, single spaces */
     const char *login_hint;
+    char *hint_subject; /* the sub of a verified id_token_hint */
     const char *binding_message;
     const char *acr_values;
     const char *notification_token; /* ping and push only; a bearer secret */
+    const char *user_code;          /* only for clients registered for user codes */
     int expires_in;
 
     /* The user the hint names. */
@@ -51,6 +58,7 @@ static void bc_free(struct bc_ctx *ctx)
     server_form_free(&ctx->form);
     oauth_client_free(ctx->client);
     free(ctx->scope);
+    free(ctx->hint_subject);
     free(ctx->subject);
     free(ctx->phone_number);
     free(ctx->auth_req_id);
@@ -154,7 +162,84 @@ static enum oauth_err check_scope(struct bc_ctx *ctx, const char **description)
     return OAUTH_OK;
 }
 
-/* Exactly one hint, and for now only login_hint (CIBA Core 1.0 section 7.1). */
+/* True when the aud claim, a string or an array of strings, includes client_id. */
+static bool aud_includes(const json_t *aud, const char *client_id)
+{
+    size_t i;
+    json_t *value;
+
+    if (json_is_string(aud))
+        return strcmp(json_string_value(aud), client_id) == 0;
+    if (!json_is_array(aud))
+        return false;
+    json_array_foreach(aud, i, value)
+    {
+        if (json_is_string(value) && strcmp(json_string_value(value), client_id) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Checks an id_token_hint: an ID token that cibad issued to this client, signed by a
+ * key it still publishes, at most id_token_hint_max_age seconds after its iat. An
+ * expired ID token is accepted, because CIBA Core 1.0 lets an OP accept one as a hint,
+ * and the age limit bounds how long it names a user. An ID token of another client is
+ * unknown_user_id, as if its sub named nobody, so the reply reveals nothing about the
+ * users of other clients. */
+static enum oauth_err check_id_token_hint(struct bc_ctx *ctx, const char *token,
+                                          const char **description)
+{
+    json_t *header = NULL;
+    json_t *claims = oauth_jws_verify(ctx->sr->worker->keys, token, &header);
+    json_t *iat, *exp;
+    const char *iss, *sub, *typ;
+    time_t now = time(NULL);
+    enum oauth_err err = OAUTH_ERR_INVALID_REQUEST;
+
+    if (!claims) {
+        *description = "id_token_hint is not an ID token signed by this server";
+        return OAUTH_ERR_INVALID_REQUEST;
+    }
+    /* Access tokens are signed with the same keys; only an ID token is a hint. */
+    typ = json_string_value(json_object_get(header, "typ"));
+    if (!typ || strcmp(typ, "JWT") != 0) {
+        *description = "id_token_hint is not an ID token";
+        goto done;
+    }
+    iss = json_string_value(json_object_get(claims, "iss"));
+    sub = json_string_value(json_object_get(claims, "sub"));
+    iat = json_object_get(claims, "iat");
+    exp = json_object_get(claims, "exp");
+    if (!iss || strcmp(iss, server_config->issuer) != 0) {
+        *description = "id_token_hint was not issued by this server";
+        goto done;
+    }
+    if (!sub || sub[0] == '\0' || strlen(sub) > MAX_HINT_LEN || !json_is_integer(iat) ||
+        !json_is_integer(exp)) {
+        *description = "id_token_hint lacks sub, iat or exp";
+        goto done;
+    }
+    if (json_integer_value(iat) > (json_int_t)now + ID_TOKEN_HINT_SKEW_S ||
+        (json_int_t)now - json_integer_value(iat) >
+            server_config->id_token_hint_max_age) {
+        *description = "id_token_hint is too old or not yet valid";
+        goto done;
+    }
+    if (!aud_includes(json_object_get(claims, "aud"), ctx->client->client_id)) {
+        *description = "id_token_hint does not name a known user";
+        err = OAUTH_ERR_UNKNOWN_USER_ID;
+        goto done;
+    }
+    ctx->hint_subject = util_strdup(sub);
+    err = OAUTH_OK;
+
+done:
+    json_decref(header);
+    json_decref(claims);
+    return err;
+}
+
+/* Exactly one hint (CIBA Core 1.0 section 7.1): login_hint or id_token_hint. */
 static enum oauth_err check_hints(struct bc_ctx *ctx, const char **description)
 {
     const char *login_hint = server_form_get(&ctx->form, "login_hint");
@@ -167,12 +252,13 @@ static enum oauth_err check_hints(struct bc_ctx *ctx, const char **description)
                        "is required";
         return OAUTH_ERR_INVALID_REQUEST;
     }
-    if (!login_hint) {
-        /* TODO: id_token_hint and login_hint_token are not implemented yet. */
-        *description = "only login_hint is supported; id_token_hint and "
-                       "login_hint_token are not";
+    if (login_hint_token) {
+        /* TODO: login_hint_token is not implemented yet. */
+        *description = "login_hint_token is not supported";
         return OAUTH_ERR_INVALID_REQUEST;
     }
+    if (id_token_hint)
+        return check_id_token_hint(ctx, id_token_hint, description);
     if (strlen(login_hint) > MAX_HINT_LEN) {
         *description = "login_hint is too long";
         return OAUTH_ERR_INVALID_REQUEST;
@@ -303,6 +389,26 @@ static enum oauth_err check_notification_token(struct bc_ctx *ctx,
     return OAUTH_OK;
 }
 
+/* A client registered with backchannel_user_code_parameter must send user_code; from
+ * any other client it is ignored. The code is a secret, so no description repeats it. */
+static enum oauth_err check_user_code(struct bc_ctx *ctx, const char **description)
+{
+    const char *code = server_form_get(&ctx->form, "user_code");
+
+    if (!ctx->client->backchannel_user_code_parameter)
+        return OAUTH_OK;
+    if (!code) {
+        *description = "user_code is required for this client";
+        return OAUTH_ERR_MISSING_USER_CODE;
+    }
+    if (strlen(code) > CIBA_USER_CODE_MAX) {
+        *description = "user_code is invalid";
+        return OAUTH_ERR_INVALID_USER_CODE;
+    }
+    ctx->user_code = code;
+    return OAUTH_OK;
+}
+
 static enum oauth_err check_request(struct bc_ctx *ctx, const char **description)
 {
     enum oauth_err err;
@@ -323,6 +429,8 @@ static enum oauth_err check_request(struct bc_ctx *ctx, const char **description
     if ((err = check_expiry(ctx, description)) != OAUTH_OK)
         return err;
     if ((err = check_notification_token(ctx, description)) != OAUTH_OK)
+        return err;
+    if ((err = check_user_code(ctx, description)) != OAUTH_OK)
         return err;
 
     ctx->acr_values = server_form_get(&ctx->form, "acr_values");
@@ -428,6 +536,36 @@ static void store_auth_req(struct bc_ctx *ctx)
         finish_error(ctx, OAUTH_ERR_TEMPORARILY_UNAVAILABLE, NULL);
 }
 
+static void on_user_code_checked(void *arg, bool matched)
+{
+    struct bc_ctx *ctx = arg;
+    struct server_req *sr = ctx->sr;
+
+    /* The count is updated in the background: a lost update costs one more guess. */
+    if (storage_user_code_result(sr->worker->db, ctx->subject, matched, NULL, NULL) != 0)
+        rlog_warn(sr->rid, ctx->client->client_id, "user code result not recorded");
+    if (!matched) {
+        rlog_info(sr->rid, ctx->client->client_id, "wrong user code for a user");
+        finish_error(ctx, OAUTH_ERR_INVALID_USER_CODE, "user_code is invalid");
+        return;
+    }
+    store_auth_req(ctx);
+}
+
+/* Verifies the user code on the pool of ciba/user_code.c. A user with no code, or
+ * with CIBA_USER_CODE_MAX_FAILURES wrong codes since it was set, never matches, and
+ * takes as long as a wrong code. */
+static void check_user_code_of(struct bc_ctx *ctx, const struct storage_user *user)
+{
+    const char *stored = user->user_code_failures < CIBA_USER_CODE_MAX_FAILURES
+                             ? user->user_code_hash
+                             : NULL;
+
+    if (ciba_user_code_verify(ctx->sr->worker->base, stored, ctx->user_code,
+                              on_user_code_checked, ctx) != 0)
+        finish_error(ctx, OAUTH_ERR_TEMPORARILY_UNAVAILABLE, NULL);
+}
+
 static void on_user_found(void *arg, enum storage_status status,
                           const struct storage_user *user)
 {
@@ -436,7 +574,8 @@ static void on_user_found(void *arg, enum storage_status status,
     if (status == STORAGE_NOT_FOUND) {
         /* The description never repeats the hint: it may be a phone number. */
         finish_error(ctx, OAUTH_ERR_UNKNOWN_USER_ID,
-                     "login_hint does not name a known user");
+                     ctx->hint_subject ? "id_token_hint does not name a known user"
+                                       : "login_hint does not name a known user");
         return;
     }
     if (status != STORAGE_OK) {
@@ -446,12 +585,16 @@ static void on_user_found(void *arg, enum storage_status status,
 
     ctx->subject = util_strdup(user->subject);
     ctx->phone_number = util_strdup(user->phone_number);
+    if (ctx->user_code) {
+        check_user_code_of(ctx, user);
+        return;
+    }
     store_auth_req(ctx);
 }
 
-/* A login_hint that reads as a phone number is looked up by its E.164 form, so every
- * common way of writing one number finds the same user; anything else is a username or
- * a subject. */
+/* The sub of an id_token_hint is looked up as a subject only. A login_hint that reads
+ * as a phone number is looked up by its E.164 form, so every common way of writing one
+ * number finds the same user; anything else is a username or a subject. */
 static void find_user(struct bc_ctx *ctx)
 {
     char e164[17];
@@ -459,8 +602,11 @@ static void find_user(struct bc_ctx *ctx)
     const char *value = ctx->login_hint;
     int rc;
 
-    if (util_phone_normalize(ctx->login_hint, server_config->default_country_code,
-                             e164) == 0) {
+    if (ctx->hint_subject) {
+        kind = STORAGE_HINT_SUB;
+        value = ctx->hint_subject;
+    } else if (util_phone_normalize(ctx->login_hint, server_config->default_country_code,
+                                    e164) == 0) {
         kind = STORAGE_HINT_PHONE;
         value = e164;
     }

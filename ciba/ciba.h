@@ -46,4 +46,36 @@ void ciba_notifier_kick(struct server_worker *w);
 int ciba_notification_endpoint_check(const char *url, bool allow_loopback, char *err,
                                      size_t err_len) MUST_CHECK;
 
+/* ---- user codes -------------------------------------------------------------------- */
+
+/* Length limits of a user code, in bytes. */
+#define CIBA_USER_CODE_MIN 4
+#define CIBA_USER_CODE_MAX 64
+
+/* Wrong user codes after which every code of that user is rejected until the operator
+ * sets a new one. */
+#define CIBA_USER_CODE_MAX_FAILURES 5
+
+/* Checks a user code chosen with `cibad user set-code`: CIBA_USER_CODE_MIN to
+ * CIBA_USER_CODE_MAX printable ASCII characters. Returns 0 or -1. */
+int ciba_user_code_check(const char *code);
+
+/* Hashes a user code with PBKDF2-HMAC-SHA256 and a random 16-byte salt, as
+ * "pbkdf2-sha256$ITERATIONS$SALT$HASH" (base64url). Slow on purpose, so call it off the
+ * event loop. Returns a new string, or NULL on failure. */
+char *ciba_user_code_hash(const char *code);
+
+/* Completion of ciba_user_code_verify, on the loop thread of the base given: matched
+ * is true when the code matches the stored hash. */
+typedef void (*ciba_user_code_cb)(void *arg, bool matched);
+
+struct event_base;
+
+/* Verifies code against stored (a ciba_user_code_hash result, or NULL for a user with
+ * no code, which never matches but costs the same time) on a thread of a small pool,
+ * so PBKDF2 never blocks an event loop, and calls cb on base's loop. Returns 0, or -1
+ * when the pool's queue is full and cb will not be called. */
+int ciba_user_code_verify(struct event_base *base, const char *stored, const char *code,
+                          ciba_user_code_cb cb, void *arg) MUST_CHECK;
+
 #endif

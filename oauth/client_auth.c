@@ -133,6 +133,7 @@ static struct oauth_client *client_copy(const struct storage_client *row)
     c->backchannel_token_delivery_mode =
         strdup_or_empty(row->backchannel_token_delivery_mode);
     c->grant_types = strdup_or_empty(row->grant_types);
+    c->backchannel_user_code_parameter = row->backchannel_user_code_parameter;
     return c;
 }
 

@@ -29,8 +29,7 @@ static json_t *string_array(const char *const *values, size_t n)
                  sizeof((const char *const[]){__VA_ARGS__}) / sizeof(const char *))
 
 /* Builds the metadata from the issuer. Lists only what cibad implements: no signed
- * authentication requests, no user_code, and RS256 for client assertions only with
- * allow_rs256.
+ * authentication requests, and RS256 for client assertions only with allow_rs256.
  *
  * authorization_endpoint is left out, as RFC 8414 section 2 allows when no supported
  * grant type uses it: cibad serves only the CIBA grant and has no authorization
@@ -52,7 +51,7 @@ static json_t *discovery_document(const char *issuer, bool allow_rs256)
                         json_sprintf("%s/bc-authorize", issuer));
     json_object_set_new(doc, "backchannel_token_delivery_modes_supported",
                         STRING_ARRAY("poll", "ping", "push"));
-    json_object_set_new(doc, "backchannel_user_code_parameter_supported", json_false());
+    json_object_set_new(doc, "backchannel_user_code_parameter_supported", json_true());
     json_object_set_new(doc, "grant_types_supported",
                         STRING_ARRAY(OAUTH_GRANT_TYPE_CIBA));
     json_object_set_new(doc, "token_endpoint_auth_methods_supported",

@@ -97,6 +97,7 @@ struct oauth_client {
     char *scope;
     char *backchannel_token_delivery_mode;
     char *grant_types;
+    bool backchannel_user_code_parameter; /* the client must send user_code */
 };
 
 void oauth_client_free(struct oauth_client *c);

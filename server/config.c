@@ -92,6 +92,8 @@ static const struct setting settings[] = {
      "Seconds an access token is valid"},
     {"id_token_lifetime", "CIBAD_ID_TOKEN_LIFETIME", SETTING_INT, FIELD(id_token_lifetime), "300", 30, 86400, false,
      "Seconds an ID token is valid"},
+    {"id_token_hint_max_age", "CIBAD_ID_TOKEN_HINT_MAX_AGE", SETTING_INT, FIELD(id_token_hint_max_age), "86400", 30, 2592000, false,
+     "Seconds after its iat that an ID token is still accepted as id_token_hint, expired or not"},
     {"auth_req_default_expiry", "CIBAD_AUTH_REQ_DEFAULT_EXPIRY", SETTING_INT, FIELD(auth_req_default_expiry), "300", 1, 86400, false,
      "expires_in, in seconds, of a request without requested_expiry"},
     {"auth_req_min_expiry", "CIBAD_AUTH_REQ_MIN_EXPIRY", SETTING_INT, FIELD(auth_req_min_expiry), "10", 1, 86400, false,

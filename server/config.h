@@ -43,6 +43,7 @@ struct server_config {
     char *access_token_audience; /* aud of access tokens; NULL means the issuer */
     int access_token_lifetime; /* seconds */
     int id_token_lifetime;     /* seconds */
+    int id_token_hint_max_age; /* seconds since iat an id_token_hint is accepted */
     int auth_req_default_expiry;
     int auth_req_min_expiry;
     int auth_req_max_expiry;

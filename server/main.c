@@ -12,6 +12,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/crypto.h>
+
 #include "ciba/ciba.h"
 #include "oauth/oauth.h"
 #include "storage/storage.h"
@@ -295,6 +297,8 @@ static json_t *client_json(const struct storage_client *c)
         json_object_set_new(out, "jwks_uri", json_string(c->jwks_uri));
     if (c->jwks)
         json_object_set_new(out, "jwks", json_loads(c->jwks, 0, NULL));
+    json_object_set_new(out, "backchannel_user_code_parameter",
+                        json_boolean(c->backchannel_user_code_parameter));
     return out;
 }
 
@@ -357,7 +361,7 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
     const char *name = NULL, *scope = NULL, *client_id = NULL, *method = NULL,
                *mode = NULL, *endpoint = NULL, *jwks = NULL, *jwks_uri = NULL,
                *signing_alg = NULL;
-    bool as_json = false;
+    bool as_json = false, user_code = false;
     struct cli_opt opts[] = {
         {"--name", &name, NULL},
         {"--scope", &scope, NULL},
@@ -369,6 +373,7 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
         {"--jwks", &jwks, NULL},
         {"--jwks-uri", &jwks_uri, NULL},
         {"--auth-signing-alg", &signing_alg, NULL},
+        {"--user-code", NULL, &user_code},
     };
     char *scope_list = NULL, *id = NULL, err[512];
     struct oauth_client_credentials cred = {0};
@@ -428,6 +433,7 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
         .jwks_uri = cred.jwks_uri,
         .token_endpoint_auth_signing_alg = cred.signing_alg,
         .client_secret_sealed = cred.secret_sealed,
+        .backchannel_user_code_parameter = user_code,
     };
     if (storage_sync_client_create(s, &c, err, sizeof(err)) != 0) {
         fprintf(stderr, "cibad: cannot create client %s: %s\n", id, err);
@@ -450,6 +456,8 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
             json_object_set_new(out, "jwks_uri", json_string(cred.jwks_uri));
         if (cred.jwks)
             json_object_set_new(out, "jwks", json_loads(cred.jwks, 0, NULL));
+        json_object_set_new(out, "backchannel_user_code_parameter",
+                            json_boolean(user_code));
         print_json(out);
     } else {
         printf("client_id:     %s\n", id);
@@ -822,6 +830,82 @@ static int cmd_user_delete(struct cli *cli, int argc, char **argv)
     return 0;
 }
 
+/* Reads one line of at most CIBA_USER_CODE_MAX bytes from stdin, without its line end,
+ * into buf. Returns 0, or -1 when there is no line or it is too long. */
+static int read_code_line(char *buf, size_t size)
+{
+    size_t len;
+
+    if (!fgets(buf, (int)size, stdin))
+        return -1;
+    len = strlen(buf);
+    if (len > 0 && buf[len - 1] == '\n')
+        buf[--len] = '\0';
+    else if (!feof(stdin))
+        return -1;
+    if (len > 0 && buf[len - 1] == '\r')
+        buf[--len] = '\0';
+    return 0;
+}
+
+static int cmd_user_set_code(struct cli *cli, int argc, char **argv)
+{
+    const char *subject_or_name, *code = NULL;
+    struct cli_opt opts[] = {{"--code", &code, NULL}};
+    char line[CIBA_USER_CODE_MAX + 3], *hash = NULL;
+    struct storage_sync *s = NULL;
+    int rc = parse_args(cli->cmd, argc, argv, opts, ARRAY_LEN(opts), &subject_or_name, 1);
+
+    if (rc != 0)
+        return rc == ARGS_HELP ? 0 : rc;
+    if (!code) {
+        if (read_code_line(line, sizeof(line)) != 0) {
+            fprintf(stderr,
+                    "cibad: no user code on stdin, or longer than %d "
+                    "characters\n",
+                    CIBA_USER_CODE_MAX);
+            return EXIT_USAGE;
+        }
+        code = line;
+    }
+    /* The error never repeats the code: it is a secret. */
+    if (ciba_user_code_check(code) != 0) {
+        fprintf(stderr,
+                "cibad: a user code must have %d to %d printable ASCII "
+                "characters\n",
+                CIBA_USER_CODE_MIN, CIBA_USER_CODE_MAX);
+        rc = EXIT_USAGE;
+        goto out;
+    }
+    rc = 1;
+    hash = ciba_user_code_hash(code);
+    if (!hash) {
+        fprintf(stderr, "cibad: hashing the user code failed\n");
+        goto out;
+    }
+    s = open_db(cli);
+    if (!s)
+        goto out;
+    switch (storage_sync_user_set_code(s, subject_or_name, hash)) {
+    case 1:
+        printf("set the user code of %s\n", subject_or_name);
+        rc = 0;
+        break;
+    case 0:
+        fprintf(stderr, "cibad: no user has the subject or username %s\n",
+                subject_or_name);
+        break;
+    default:
+        fprintf(stderr, "cibad: cannot set the user code of %s\n", subject_or_name);
+        break;
+    }
+out:
+    storage_sync_close(s);
+    OPENSSL_cleanse(line, sizeof(line));
+    free(hash);
+    return rc;
+}
+
 /* ---- signing keys ---------------------------------------------------------------------
  */
 
@@ -1007,7 +1091,8 @@ static const struct command commands[] = {
      "client create --name NAME --scope \"openid ...\" [--client-id ID]\n"
      "         [--auth-method private_key_jwt|client_secret_jwt|client_secret_basic|client_secret_post]\n"
      "         [--jwks FILE_OR_JSON | --jwks-uri URL] [--auth-signing-alg ES256|PS256|RS256|HS256]\n"
-     "         [--delivery-mode poll|ping|push [--notification-endpoint https://...]] [--json]",
+     "         [--delivery-mode poll|ping|push [--notification-endpoint https://...]]\n"
+     "         [--user-code] [--json]",
      "Register a client and print its secret, if it has one, once.", cmd_client_create},
     {"client", "list", "client list [--json]", "List the registered clients.", cmd_client_list},
     {"client", "show", "client show ID [--json]", "Show one client.", cmd_client_show},
@@ -1016,6 +1101,8 @@ static const struct command commands[] = {
      "Add a user who approves requests by SMS.", cmd_user_create},
     {"user", "list", "user list [--json]", "List the users.", cmd_user_list},
     {"user", "delete", "user delete SUB|NAME", "Delete a user and their requests.", cmd_user_delete},
+    {"user", "set-code", "user set-code SUB|NAME [--code CODE]",
+     "Set the user code clients registered with --user-code must send (read from stdin without --code).", cmd_user_set_code},
     {"keys", "rotate", "keys rotate", "Make a new signing key current; the old one stays published.", cmd_keys_rotate},
     {"keys", "list", "keys list [--all] [--json]", "List the published (or, with --all, every) signing key.", cmd_keys_list},
     {"scope", "set", "scope set NAME DESCRIPTION", "Set the words the approval page shows for a scope.", cmd_scope_set},

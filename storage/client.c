@@ -11,7 +11,8 @@
     "client_id, client_name, secret_hash, token_endpoint_auth_method, scope,"            \
     " backchannel_token_delivery_mode, backchannel_client_notification_endpoint,"        \
     " grant_types, floor(extract(epoch FROM created_at))::int8,"                         \
-    " jwks::text, jwks_uri, token_endpoint_auth_signing_alg, client_secret_sealed"
+    " jwks::text, jwks_uri, token_endpoint_auth_signing_alg, client_secret_sealed,"      \
+    " backchannel_user_code_parameter"
 
 static void client_from_row(const PGresult *res, int row, struct storage_client *c)
 {
@@ -28,6 +29,7 @@ static void client_from_row(const PGresult *res, int row, struct storage_client 
     c->jwks_uri = storage_col_text(res, row, 10);
     c->token_endpoint_auth_signing_alg = storage_col_text(res, row, 11);
     c->client_secret_sealed = storage_col_text(res, row, 12);
+    c->backchannel_user_code_parameter = strcmp(storage_col_text(res, row, 13), "t") == 0;
 }
 
 /* ---- asynchronous lookup ----------------------------------------------------------- */
@@ -70,9 +72,10 @@ int storage_client_get(struct storage_conn *db, const char *client_id,
 static const char sql_client_create[] =
     "INSERT INTO client (client_id, client_name, secret_hash, token_endpoint_auth_method,"
     " scope, backchannel_token_delivery_mode, backchannel_client_notification_endpoint,"
-    " grant_types, jwks, jwks_uri, token_endpoint_auth_signing_alg, client_secret_sealed)"
+    " grant_types, jwks, jwks_uri, token_endpoint_auth_signing_alg, client_secret_sealed,"
+    " backchannel_user_code_parameter)"
     " VALUES ($1, $2, $3, $4, $5, coalesce($6, 'poll'), $7,"
-    " coalesce($8, 'urn:openid:params:grant-type:ciba'), $9::jsonb, $10, $11, $12)";
+    " coalesce($8, 'urn:openid:params:grant-type:ciba'), $9::jsonb, $10, $11, $12, $13)";
 
 /* Explains a rejected insert in words an operator can act on. */
 static void describe_client_error(const PGresult *res, char *err, size_t err_len)
@@ -113,6 +116,7 @@ int storage_sync_client_create(struct storage_sync *s, const struct storage_clie
     storage_param_text(&p, c->jwks_uri);
     storage_param_text(&p, c->token_endpoint_auth_signing_alg);
     storage_param_text(&p, c->client_secret_sealed);
+    storage_param_bool(&p, c->backchannel_user_code_parameter);
     res = storage_sync_exec(s, sql_client_create, &p);
     if (storage_status_of(res) != STORAGE_OK) {
         describe_client_error(res, err, err_len);

@@ -88,6 +88,7 @@ struct storage_client {
     const char *jwks_uri; /* or the URL where the client publishes it */
     const char *token_endpoint_auth_signing_alg; /* ES256 | PS256 | RS256 | HS256 */
     const char *client_secret_sealed;            /* client_secret_jwt: sealed by oauth/ */
+    bool backchannel_user_code_parameter;        /* the client must send user_code */
 };
 
 typedef void (*storage_client_cb)(void *arg, enum storage_status status,
@@ -117,14 +118,17 @@ int storage_client_assertion_purge(struct storage_conn *db, storage_count_cb cb,
 /* ---- users ------------------------------------------------------------------------ */
 
 enum storage_hint_kind {
-    STORAGE_HINT_PHONE,      /* value is E.164, already normalized */
-    STORAGE_HINT_NAME_OR_SUB /* value is a username or a subject identifier */
+    STORAGE_HINT_PHONE,       /* value is E.164, already normalized */
+    STORAGE_HINT_NAME_OR_SUB, /* value is a username or a subject identifier */
+    STORAGE_HINT_SUB          /* value is a subject identifier only (id_token_hint) */
 };
 
 struct storage_user {
     const char *subject;
     const char *username;
-    const char *phone_number; /* E.164 */
+    const char *phone_number;   /* E.164 */
+    const char *user_code_hash; /* NULL when the user has no user code */
+    int user_code_failures;     /* wrong user codes since it was set or last matched */
 };
 
 typedef void (*storage_user_cb)(void *arg, enum storage_status status,
@@ -134,6 +138,11 @@ typedef void (*storage_user_cb)(void *arg, enum storage_status status,
  * match wins over a username match (storage_sync_user_create keeps the two apart). */
 int storage_user_find(struct storage_conn *db, enum storage_hint_kind kind,
                       const char *value, storage_user_cb cb, void *arg) MUST_CHECK;
+
+/* Records the outcome of a user code check for a subject: a match resets the count of
+ * wrong codes to zero, a wrong code adds one. cb may be NULL. */
+int storage_user_code_result(struct storage_conn *db, const char *subject, bool matched,
+                             storage_done_cb cb, void *arg) MUST_CHECK;
 
 /* ---- authentication requests (CIBA) ----------------------------------------------- */
 
@@ -424,6 +433,7 @@ struct storage_client_new {
     const char *jwks_uri;                        /* may be NULL */
     const char *token_endpoint_auth_signing_alg; /* may be NULL */
     const char *client_secret_sealed;            /* may be NULL */
+    bool backchannel_user_code_parameter;
 };
 
 /* Returns 0, or -1 (with err) for a duplicate client_id or any failure. */
@@ -444,6 +454,10 @@ int storage_sync_user_create(struct storage_sync *s, const char *subject,
 int storage_sync_user_each(struct storage_sync *s,
                            void (*fn)(void *arg, const struct storage_user *u),
                            void *arg) MUST_CHECK;
+/* Sets the user code hash of the user with this subject or username and resets the
+ * count of wrong codes. Returns 1, 0 when not found, or -1. */
+int storage_sync_user_set_code(struct storage_sync *s, const char *subject_or_name,
+                               const char *code_hash) MUST_CHECK;
 /* Deletes by subject or username. Returns 1, 0 when not found, or -1. */
 int storage_sync_user_delete(struct storage_sync *s,
                              const char *subject_or_name) MUST_CHECK;

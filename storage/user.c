@@ -16,17 +16,25 @@
 /* ---- asynchronous lookup ----------------------------------------------------------- */
 
 static const char sql_user_by_phone[] =
-    "SELECT subject, username, phone_number FROM app_user WHERE phone_number = $1";
+    "SELECT subject, username, phone_number, user_code_hash, user_code_failures"
+    " FROM app_user WHERE phone_number = $1";
 static const struct storage_stmt stmt_user_by_phone = {"user_by_phone", sql_user_by_phone,
                                                        1};
 
 /* A subject match wins over a username match; user creation keeps the two apart, so
  * the ORDER BY only matters for rows written by hand. */
 static const char sql_user_by_name_or_sub[] =
-    "SELECT subject, username, phone_number FROM app_user"
-    " WHERE subject = $1 OR username = $1 ORDER BY subject = $1 DESC LIMIT 1";
+    "SELECT subject, username, phone_number, user_code_hash, user_code_failures"
+    " FROM app_user WHERE subject = $1 OR username = $1 ORDER BY subject = $1 DESC LIMIT "
+    "1";
 static const struct storage_stmt stmt_user_by_name_or_sub = {"user_by_name_or_sub",
                                                              sql_user_by_name_or_sub, 1};
+
+/* The sub of an ID token names a subject only, never a username. */
+static const char sql_user_by_sub[] =
+    "SELECT subject, username, phone_number, user_code_hash, user_code_failures"
+    " FROM app_user WHERE subject = $1";
+static const struct storage_stmt stmt_user_by_sub = {"user_by_sub", sql_user_by_sub, 1};
 
 static void finish_user_find(union storage_cb cb, void *arg, enum storage_status status,
                              const PGresult *res)
@@ -44,6 +52,8 @@ static void finish_user_find(union storage_cb cb, void *arg, enum storage_status
     user.subject = storage_col_text(res, 0, 0);
     user.username = storage_col_text(res, 0, 1);
     user.phone_number = storage_col_text(res, 0, 2);
+    user.user_code_hash = storage_col_text(res, 0, 3);
+    user.user_code_failures = storage_col_int(res, 0, 4);
     cb.user(arg, STORAGE_OK, &user);
 }
 
@@ -63,11 +73,43 @@ int storage_user_find(struct storage_conn *db, enum storage_hint_kind kind,
     case STORAGE_HINT_NAME_OR_SUB:
         stmt = &stmt_user_by_name_or_sub;
         break;
+    case STORAGE_HINT_SUB:
+        stmt = &stmt_user_by_sub;
+        break;
     default:
         return -1;
     }
     storage_param_text(&p, value);
     return storage_conn_send(db, stmt, &p, finish_user_find, u, arg);
+}
+
+/* A match resets the count of wrong codes, and a wrong code adds one. */
+static const char sql_user_code_result[] =
+    "UPDATE app_user SET user_code_failures = CASE WHEN $2 THEN 0"
+    " ELSE user_code_failures + 1 END WHERE subject = $1";
+static const struct storage_stmt stmt_user_code_result = {"user_code_result",
+                                                          sql_user_code_result, 2};
+
+static void finish_user_code_result(union storage_cb cb, void *arg,
+                                    enum storage_status status, const PGresult *res)
+{
+    (void)res;
+    if (cb.done)
+        cb.done(arg, status);
+}
+
+int storage_user_code_result(struct storage_conn *db, const char *subject, bool matched,
+                             storage_done_cb cb, void *arg)
+{
+    struct storage_params p = {0};
+    union storage_cb u = {.done = cb};
+
+    if (subject == NULL)
+        return -1;
+    storage_param_text(&p, subject);
+    storage_param_bool(&p, matched);
+    return storage_conn_send(db, &stmt_user_code_result, &p, finish_user_code_result, u,
+                             arg);
 }
 
 /* ---- command line ------------------------------------------------------------------ */
@@ -159,6 +201,34 @@ int storage_sync_user_each(struct storage_sync *s,
     }
     PQclear(res);
     return n;
+}
+
+/* Sets the user code of one user: the one with this subject, or else the one with this
+ * username. */
+static const char sql_user_set_code[] =
+    "UPDATE app_user SET user_code_hash = $2, user_code_failures = 0"
+    " WHERE subject = coalesce("
+    " (SELECT subject FROM app_user WHERE subject = $1),"
+    " (SELECT subject FROM app_user WHERE username = $1))";
+
+int storage_sync_user_set_code(struct storage_sync *s, const char *subject_or_name,
+                               const char *code_hash)
+{
+    struct storage_params p = {0};
+    PGresult *res;
+    int rc;
+
+    storage_param_text(&p, subject_or_name);
+    storage_param_text(&p, code_hash);
+    res = storage_sync_exec(s, sql_user_set_code, &p);
+    if (storage_status_of(res) != STORAGE_OK) {
+        storage_log_failure("setting a user code", res);
+        rc = -1;
+    } else {
+        rc = strcmp(PQcmdTuples(res), "0") == 0 ? 0 : 1;
+    }
+    PQclear(res);
+    return rc;
 }
 
 /* Deletes one user: the one with this subject, or else the one with this username. */

@@ -13,6 +13,7 @@
  */
 #include <check.h>
 #include <ctype.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -23,6 +24,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 
 #include <jansson.h>
 #include <openssl/evp.h>
@@ -282,6 +284,13 @@ static void setup_default(void)
 static void setup_expiry(void)
 {
     static const char *const extra[] = {"CIBAD_AUTH_REQ_MIN_EXPIRY=2", NULL};
+
+    start_instance(extra);
+}
+
+static void setup_short_id_token(void)
+{
+    static const char *const extra[] = {"CIBAD_ID_TOKEN_LIFETIME=30", NULL};
 
     start_instance(extra);
 }
@@ -680,9 +689,8 @@ static void check_metadata(const json_t *doc)
                       array_has(modes, "poll") && array_has(modes, "ping") &&
                       array_has(modes, "push"),
                   "discovery: delivery modes are not exactly poll, ping and push");
-    ck_assert_msg(
-        !user_code || json_is_boolean(user_code),
-        "discovery: backchannel_user_code_parameter_supported is not a boolean");
+    ck_assert_msg(json_is_true(user_code),
+                  "discovery: backchannel_user_code_parameter_supported is not true");
     ck_assert_msg(!signing ||
                       (!array_has(signing, "none") && !array_has(signing, "HS256")),
                   "discovery: request signing algorithms include none or HS256");
@@ -3819,6 +3827,519 @@ START_TEST(serve_waits_for_database)
 }
 END_TEST
 
+/* ---- id_token_hint ------------------------------------------------------------------
+ */
+
+/* Decodes the claims of a JWT without checking it. New reference. */
+static json_t *jwt_claims(const char *jwt)
+{
+    json_t *header = NULL, *claims = NULL;
+
+    ck_assert_int_eq(e2e_jwt_decode(jwt, &header, &claims), 0);
+    json_decref(header);
+    return claims;
+}
+
+/* Runs a whole poll flow for u1 by client c and returns the ID token issued (new
+ * string). */
+static char *issued_id_token(const struct test_client *c)
+{
+    size_t sent_before = mock_http_count(sink);
+    char *id = start_auth(c, u1.phone, NULL);
+    struct e2e_response r;
+    struct sms sms;
+    json_t *body;
+    char *token;
+
+    wait_sms(sent_before, &sms);
+    r = enter_code(sms.ref, sms.code);
+    ck_assert_msg(r.status == 200 && body_has(&r, "Approved"), "approval failed: %s",
+                  r.body);
+    e2e_response_free(&r);
+    sleep_ms(POLL_GAP_MS);
+    r = poll_token(c, id);
+    free(check_token_reply(&r, c->client_id, id));
+    body = e2e_json(&r);
+    token = util_strdup(jstr(body, "id_token"));
+    json_decref(body);
+    e2e_response_free(&r);
+    sms_free(&sms);
+    free(id);
+    return token;
+}
+
+/* Sends an id_token_hint request by c and returns the reply. */
+static struct e2e_response bc_with_id_token(const struct test_client *c,
+                                            const char *token)
+{
+    return bc_authorize(c, e2e_form("scope", SCOPE, "id_token_hint", token, NULL));
+}
+
+/* Expects a 200 for an id_token_hint request, then approves it and checks that the new
+ * ID token names the same subject. */
+static void assert_hint_flow_works(const struct test_client *c, const char *token)
+{
+    size_t sent_before = mock_http_count(sink);
+    struct e2e_response r = bc_with_id_token(c, token);
+    json_t *body = e2e_json(&r), *claims = NULL;
+    struct sms sms;
+    char *id;
+
+    ck_assert_msg(r.status == 200, "id_token_hint: status %d, body %s", r.status, r.body);
+    id = util_strdup(jstr(body, "auth_req_id"));
+    remember_secret("an auth_req_id", id);
+    json_decref(body);
+    e2e_response_free(&r);
+
+    wait_sms(sent_before, &sms);
+    ck_assert_str_eq(sms.to, u1.phone);
+    r = enter_code(sms.ref, sms.code);
+    ck_assert_msg(r.status == 200 && body_has(&r, "Approved"), "approval failed");
+    e2e_response_free(&r);
+    sleep_ms(POLL_GAP_MS);
+    r = poll_token(c, id);
+    free(check_token_reply(&r, c->client_id, id));
+    body = e2e_json(&r);
+    claims = jwt_claims(jstr(body, "id_token"));
+    ck_assert_str_eq(jstr(claims, "sub"), u1.subject);
+    json_decref(claims);
+    json_decref(body);
+    e2e_response_free(&r);
+    sms_free(&sms);
+    free(id);
+}
+
+START_TEST(id_token_hint_names_the_user)
+{
+    char *token = issued_id_token(&c1);
+
+    assert_hint_flow_works(&c1, token);
+    /* A hint names a user, so the same token works again. */
+    assert_hint_flow_works(&c1, token);
+    free(token);
+}
+END_TEST
+
+START_TEST(id_token_hint_of_another_client)
+{
+    char *token = issued_id_token(&c1);
+    struct e2e_response r = bc_with_id_token(&c2, token);
+
+    assert_error(&r, 400, "unknown_user_id");
+    e2e_response_free(&r);
+    ck_assert_int_ge(audit_rejections("unknown_user_id", c2.client_id, 1), 1);
+    free(token);
+}
+END_TEST
+
+/* Replaces the character at i with another base64url character. */
+static void flip_char(char *s, size_t i)
+{
+    s[i] = s[i] == 'A' ? 'B' : 'A';
+}
+
+START_TEST(id_token_hint_tampered_or_garbage)
+{
+    char *token = issued_id_token(&c1);
+    char *dot1 = strchr(token, '.'), *dot2 = strrchr(token, '.');
+    char *copy;
+    struct e2e_response r;
+    json_t *header = NULL, *claims = NULL;
+    static const char *const garbage[] = {
+        "x.y.z", "abc", "", "a..b", "eyJhbGciOiJub25lIn0.e30.", "....",
+    };
+
+    /* A changed payload, signature or header. */
+    for (size_t at = 0; at < 3; at++) {
+        copy = util_strdup(token);
+        flip_char(copy, at == 0   ? 2
+                        : at == 1 ? (size_t)(dot1 - token) + 3
+                                  : (size_t)(dot2 - token) + 3);
+        r = bc_with_id_token(&c1, copy);
+        assert_error(&r, 400, "invalid_request");
+        e2e_response_free(&r);
+        free(copy);
+    }
+    for (size_t i = 0; i < sizeof(garbage) / sizeof(garbage[0]); i++) {
+        r = bc_with_id_token(&c1, garbage[i]);
+        assert_error(&r, 400, "invalid_request");
+        e2e_response_free(&r);
+    }
+
+    /* The right claims with alg none: refused, the alg comes from our key. */
+    ck_assert_int_eq(e2e_jwt_decode(token, &header, &claims), 0);
+    {
+        char *payload = json_dumps(claims, JSON_COMPACT);
+        char *b64 = util_b64url_encode_new(payload, strlen(payload));
+        char *none = util_calloc(1, strlen(b64) + 64);
+
+        sprintf(none, "eyJhbGciOiJub25lIn0.%s.", b64);
+        r = bc_with_id_token(&c1, none);
+        assert_error(&r, 400, "invalid_request");
+        e2e_response_free(&r);
+        free(none);
+        free(b64);
+        free(payload);
+    }
+    json_decref(header);
+    json_decref(claims);
+
+    free(token);
+}
+END_TEST
+
+/* An access token is signed with the same key, but it is no ID token. */
+START_TEST(id_token_hint_access_token_refused)
+{
+    size_t sent_before = mock_http_count(sink);
+    char *id = start_auth(&c1, u1.phone, NULL);
+    struct e2e_response r;
+    struct sms sms;
+    json_t *body;
+
+    wait_sms(sent_before, &sms);
+    r = enter_code(sms.ref, sms.code);
+    e2e_response_free(&r);
+    sleep_ms(POLL_GAP_MS);
+    r = poll_token(&c1, id);
+    free(check_token_reply(&r, c1.client_id, id));
+    body = e2e_json(&r);
+    e2e_response_free(&r);
+    r = bc_with_id_token(&c1, jstr(body, "access_token"));
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+    json_decref(body);
+    sms_free(&sms);
+    free(id);
+}
+END_TEST
+
+START_TEST(id_token_hint_with_another_hint)
+{
+    char *token = issued_id_token(&c1);
+    struct e2e_response r =
+        bc_authorize(&c1, e2e_form("scope", SCOPE, "id_token_hint", token, "login_hint",
+                                   u1.phone, NULL));
+
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+    r = bc_authorize(&c1, e2e_form("scope", SCOPE, "id_token_hint", token,
+                                   "login_hint_token", "abc", NULL));
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+    r = bc_authorize(&c1, e2e_form("scope", SCOPE, "id_token_hint", token,
+                                   "id_token_hint", token, NULL));
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+    /* An empty login_hint counts as absent. */
+    r = bc_authorize(
+        &c1, e2e_form("scope", SCOPE, "login_hint", "", "id_token_hint", token, NULL));
+    ck_assert_msg(r.status == 200, "empty login_hint and id_token_hint: %d %s", r.status,
+                  r.body);
+    remember_auth_req_id(&r);
+    e2e_response_free(&r);
+    free(token);
+}
+END_TEST
+
+START_TEST(id_token_hint_of_deleted_user)
+{
+    char *token = issued_id_token(&c1);
+    struct e2e_response r;
+
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "user", "delete", u1.subject, NULL), 0);
+    r = bc_with_id_token(&c1, token);
+    assert_error(&r, 400, "unknown_user_id");
+    e2e_response_free(&r);
+    free(token);
+}
+END_TEST
+
+/* An expired ID token is still a hint, up to id_token_hint_max_age after its iat. */
+START_TEST(id_token_hint_expired_accepted_until_max_age)
+{
+    char *token = issued_id_token(&c1);
+    json_t *claims = NULL;
+    struct e2e_response r;
+
+    claims = jwt_claims(token);
+    ck_assert_msg(json_integer_value(json_object_get(claims, "exp")) -
+                          json_integer_value(json_object_get(claims, "iat")) ==
+                      30,
+                  "the ID token does not live 30 s");
+    json_decref(claims);
+    sleep_ms(32000);
+    assert_hint_flow_works(&c1, token);
+
+    /* With a cap below its age, the same token is refused. */
+    ck_assert_int_eq(e2e_server_stop(&srv), 0);
+    e2e_server_setenv(&srv, "CIBAD_ID_TOKEN_HINT_MAX_AGE", "30");
+    start_server();
+    r = bc_with_id_token(&c1, token);
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+    free(token);
+}
+END_TEST
+
+/* ---- user_code ----------------------------------------------------------------------
+ */
+
+#define USER_CODE "4711-blue-door"
+
+/* Creates a client registered for user codes. */
+static void create_user_code_client(struct test_client *c)
+{
+    json_t *out = e2e_cli_json(&srv, "client", "create", "--name", "Agent Code",
+                               "--scope", SCOPE, "--user-code", "--json", NULL);
+
+    ck_assert_msg(out != NULL, "client create --user-code printed no JSON object");
+    ck_assert_msg(json_is_true(json_object_get(out, "backchannel_user_code_parameter")),
+                  "client create --user-code: backchannel_user_code_parameter not true");
+    c->client_id = util_strdup(jstr(out, "client_id"));
+    c->secret = util_strdup(jstr(out, "client_secret"));
+    c->name = util_strdup("Agent Code");
+    c->basic = true;
+    remember_secret("a client secret", c->secret);
+    json_decref(out);
+}
+
+static void free_test_client(struct test_client *c)
+{
+    free(c->client_id);
+    free(c->secret);
+    free(c->name);
+}
+
+static void set_user_code(const struct test_user *u, const char *code)
+{
+    remember_secret("a user code", code);
+    ck_assert_msg(
+        e2e_cli(&srv, NULL, "user", "set-code", u->subject, "--code", code, NULL) == 0,
+        "cibad user set-code failed");
+}
+
+static struct e2e_response bc_with_code(const struct test_client *c,
+                                        const struct test_user *u, const char *code)
+{
+    if (strlen(code) < 100)
+        remember_secret("a user code", code);
+    return bc_authorize(
+        c, e2e_form("scope", SCOPE, "login_hint", u->phone, "user_code", code, NULL));
+}
+
+/* Reads the stored hash of a user's code straight from the database. New string. */
+static char *stored_code_hash(const char *subject)
+{
+    PGconn *pg = PQconnectdb(getenv("CIBAD_TEST_DATABASE_URL"));
+    const char *params[1] = {subject};
+    PGresult *res;
+    char *hash;
+
+    ck_assert_msg(PQstatus(pg) == CONNECTION_OK, "test database: %s", PQerrorMessage(pg));
+    res = PQexecParams(pg,
+                       "SELECT coalesce(user_code_hash, '') FROM app_user"
+                       " WHERE subject = $1",
+                       1, NULL, params, NULL, NULL, 0);
+    ck_assert_int_eq(PQresultStatus(res), PGRES_TUPLES_OK);
+    ck_assert_int_eq(PQntuples(res), 1);
+    hash = util_strdup(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    PQfinish(pg);
+    return hash;
+}
+
+START_TEST(user_code_required_and_checked)
+{
+    struct test_client c3 = {0};
+    size_t sent_before;
+    struct e2e_response r;
+    struct sms sms;
+    char *hash;
+
+    create_user_code_client(&c3);
+    set_user_code(&u1, USER_CODE);
+    hash = stored_code_hash(u1.subject);
+    ck_assert_msg(strncmp(hash, "pbkdf2-sha256$", 14) == 0, "user code hash format: %s",
+                  hash);
+    ck_assert_msg(strstr(hash, USER_CODE) == NULL, "the user code is stored in clear");
+    free(hash);
+
+    r = bc_authorize(&c3, e2e_form("scope", SCOPE, "login_hint", u1.phone, NULL));
+    assert_error(&r, 400, "missing_user_code");
+    e2e_response_free(&r);
+    r = bc_with_code(&c3, &u1, "");
+    assert_error(&r, 400, "missing_user_code");
+    e2e_response_free(&r);
+
+    r = bc_with_code(&c3, &u1, "4711-blue-doo");
+    assert_error(&r, 400, "invalid_user_code");
+    ck_assert_msg(!body_has(&r, "4711"), "invalid_user_code echoes the code");
+    e2e_response_free(&r);
+    r = bc_with_code(&c3, &u1, USER_CODE "x");
+    assert_error(&r, 400, "invalid_user_code");
+    e2e_response_free(&r);
+
+    /* The right code: the request goes on and the user gets the SMS. */
+    sent_before = mock_http_count(sink);
+    r = bc_with_code(&c3, &u1, USER_CODE);
+    ck_assert_msg(r.status == 200, "right user code: %d %s", r.status, r.body);
+    remember_auth_req_id(&r);
+    e2e_response_free(&r);
+    wait_sms(sent_before, &sms);
+    ck_assert_str_eq(sms.to, u1.phone);
+    sms_free(&sms);
+
+    /* Duplicated user_code. */
+    r = bc_authorize(&c3, e2e_form("scope", SCOPE, "login_hint", u1.phone, "user_code",
+                                   USER_CODE, "user_code", USER_CODE, NULL));
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+
+    /* Longer than any code. */
+    {
+        char long_code[200];
+
+        memset(long_code, 'a', sizeof(long_code) - 1);
+        long_code[sizeof(long_code) - 1] = '\0';
+        r = bc_with_code(&c3, &u1, long_code);
+        assert_error(&r, 400, "invalid_user_code");
+        e2e_response_free(&r);
+    }
+    ck_assert_int_ge(audit_rejections("invalid_user_code", c3.client_id, 3), 3);
+
+    /* A client not registered for user codes: user_code is ignored. */
+    r = bc_with_code(&c1, &u1, "wrong-but-ignored");
+    ck_assert_msg(r.status == 200, "user_code from a client without --user-code: %d %s",
+                  r.status, r.body);
+    remember_auth_req_id(&r);
+    e2e_response_free(&r);
+    free_test_client(&c3);
+}
+END_TEST
+
+START_TEST(user_code_not_set_rejected)
+{
+    struct test_client c3 = {0};
+    struct e2e_response r;
+
+    create_user_code_client(&c3);
+    r = bc_with_code(&c3, &u1, USER_CODE);
+    assert_error(&r, 400, "invalid_user_code");
+    e2e_response_free(&r);
+    free_test_client(&c3);
+}
+END_TEST
+
+/* After five wrong codes even the right one is rejected until the code is set again. */
+START_TEST(user_code_locks_after_failures)
+{
+    struct test_client c3 = {0};
+    struct e2e_response r;
+
+    create_user_code_client(&c3);
+    set_user_code(&u1, USER_CODE);
+    for (int i = 0; i < 5; i++) {
+        r = bc_with_code(&c3, &u1, "wrong-code");
+        assert_error(&r, 400, "invalid_user_code");
+        e2e_response_free(&r);
+    }
+    /* The count is updated after the reply. */
+    sleep_ms(300);
+    r = bc_with_code(&c3, &u1, USER_CODE);
+    assert_error(&r, 400, "invalid_user_code");
+    e2e_response_free(&r);
+
+    set_user_code(&u1, "another-code-1");
+    r = bc_with_code(&c3, &u1, "another-code-1");
+    ck_assert_msg(r.status == 200, "after set-code: %d %s", r.status, r.body);
+    remember_auth_req_id(&r);
+    e2e_response_free(&r);
+    free_test_client(&c3);
+}
+END_TEST
+
+/* Runs `cibad user set-code subject` with input on its stdin. Returns the exit status,
+ * or -1. */
+static int set_code_from_stdin(const char *subject, const char *input)
+{
+    char *const argv[] = {getenv("CIBAD_BIN"), "user", "set-code", (char *)subject, NULL};
+    int fds[2], status;
+    pid_t pid;
+
+    ck_assert_int_eq(pipe(fds), 0);
+    pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        int null_fd = open("/dev/null", O_WRONLY);
+
+        dup2(fds[0], STDIN_FILENO);
+        dup2(null_fd, STDOUT_FILENO);
+        close(fds[1]);
+        execve(argv[0], argv, srv.env);
+        _exit(127);
+    }
+    close(fds[0]);
+    ck_assert_int_eq(write(fds[1], input, strlen(input)), (ssize_t)strlen(input));
+    close(fds[1]);
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+START_TEST(user_set_code_from_stdin)
+{
+    struct test_client c3 = {0};
+    struct e2e_response r;
+
+    create_user_code_client(&c3);
+    remember_secret("a user code", "code-from-stdin");
+    ck_assert_int_eq(set_code_from_stdin(u1.subject, "code-from-stdin\n"), 0);
+    r = bc_with_code(&c3, &u1, "code-from-stdin");
+    ck_assert_msg(r.status == 200, "code set from stdin: %d %s", r.status, r.body);
+    remember_auth_req_id(&r);
+    e2e_response_free(&r);
+
+    /* No line, or a line longer than any code. */
+    ck_assert_int_ne(set_code_from_stdin(u1.subject, ""), 0);
+    {
+        char long_line[200];
+
+        memset(long_line, 'a', sizeof(long_line) - 2);
+        long_line[sizeof(long_line) - 2] = '\n';
+        long_line[sizeof(long_line) - 1] = '\0';
+        ck_assert_int_ne(set_code_from_stdin(u1.subject, long_line), 0);
+    }
+    /* The code is unchanged after the rejected inputs. */
+    r = bc_with_code(&c3, &u1, "code-from-stdin");
+    ck_assert_msg(r.status == 200, "code after rejected inputs: %d %s", r.status, r.body);
+    remember_auth_req_id(&r);
+    e2e_response_free(&r);
+    free_test_client(&c3);
+}
+END_TEST
+
+START_TEST(user_set_code_bad_input)
+{
+    char *out = NULL;
+
+    ck_assert_int_ne(
+        e2e_cli(&srv, NULL, "user", "set-code", u1.subject, "--code", "abc", NULL), 0);
+    ck_assert_int_ne(e2e_cli(&srv, NULL, "user", "set-code", u1.subject, "--code",
+                             "tab\tin code", NULL),
+                     0);
+    ck_assert_int_ne(
+        e2e_cli(&srv, NULL, "user", "set-code", "nobody-here", "--code", USER_CODE, NULL),
+        0);
+    ck_assert_int_ne(e2e_cli(&srv, NULL, "user", "set-code", "--code", USER_CODE, NULL),
+                     0);
+    ck_assert_int_eq(
+        e2e_cli(&srv, &out, "user", "set-code", u1.subject, "--code", USER_CODE, NULL),
+        0);
+    ck_assert_msg(strstr(out, USER_CODE) == NULL, "set-code prints the code");
+    free(out);
+}
+END_TEST
+
 /* ---- suite ------------------------------------------------------------------------- */
 
 static TCase *new_tcase(const char *name, void (*setup)(void))
@@ -3881,6 +4402,27 @@ static Suite *e2e_suite(void)
     tcase_add_test(tc, token_invalid_client);
     tcase_add_test(tc, token_slow_down_grows_interval);
     tcase_add_test(tc, token_fast_polls_never_5xx);
+    suite_add_tcase(s, tc);
+
+    tc = new_tcase("id_token_hint", setup_default);
+    tcase_add_test(tc, id_token_hint_names_the_user);
+    tcase_add_test(tc, id_token_hint_of_another_client);
+    tcase_add_test(tc, id_token_hint_tampered_or_garbage);
+    tcase_add_test(tc, id_token_hint_access_token_refused);
+    tcase_add_test(tc, id_token_hint_with_another_hint);
+    tcase_add_test(tc, id_token_hint_of_deleted_user);
+    suite_add_tcase(s, tc);
+
+    tc = new_tcase("id_token_hint_expired", setup_short_id_token);
+    tcase_add_test(tc, id_token_hint_expired_accepted_until_max_age);
+    suite_add_tcase(s, tc);
+
+    tc = new_tcase("user_code", setup_default);
+    tcase_add_test(tc, user_code_required_and_checked);
+    tcase_add_test(tc, user_code_not_set_rejected);
+    tcase_add_test(tc, user_code_locks_after_failures);
+    tcase_add_test(tc, user_set_code_bad_input);
+    tcase_add_test(tc, user_set_code_from_stdin);
     suite_add_tcase(s, tc);
 
     tc = new_tcase("expiry", setup_expiry);

@@ -3527,7 +3527,7 @@ START_TEST(discovery_document)
     ck_assert_str_eq(json_string_value(json_object_get(
                          sent.body, "backchannel_authentication_endpoint")),
                      "https://as.example.test/bc-authorize");
-    ck_assert(json_is_false(
+    ck_assert(json_is_true(
         json_object_get(sent.body, "backchannel_user_code_parameter_supported")));
     ASSERT_ARRAY(sent.body, "backchannel_token_delivery_modes_supported", "poll", "ping",
                  "push");
