@@ -90,7 +90,7 @@ static void audit_rejection(struct bc_ctx *ctx, enum oauth_err err)
         rlog_warn(sr->rid, row.client_id, "audit row for a rejected request not written");
 }
 
-/* Answers with an error and releases the request's state. */
+/* Sends an error reply and releases the request's state. */
 static void finish_error(struct bc_ctx *ctx, enum oauth_err err, const char *description)
 {
     audit_rejection(ctx, err);

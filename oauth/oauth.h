@@ -43,8 +43,8 @@ enum oauth_err {
     OAUTH_ERR_COUNT
 };
 
-/* Where an error is sent: some codes map to different statuses (access_denied is 403 at
- * the backchannel endpoint and 400 at the token endpoint). */
+/* The endpoint an error is sent from, because some codes map to different statuses
+ * (access_denied is 403 at the backchannel endpoint and 400 at the token endpoint). */
 enum oauth_endpoint {
     OAUTH_EP_BACKCHANNEL,
     OAUTH_EP_TOKEN,

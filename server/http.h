@@ -65,7 +65,7 @@ struct server_req {
     const char *endpoint;
     int64_t started_ms;  /* monotonic */
     struct event *deadline;
-    bool replied;        /* the deadline answered already */
+    bool replied;        /* the deadline already sent its reply */
     int status;          /* status code sent */
 };
 // clang-format on

@@ -62,7 +62,7 @@ struct storage_conn *storage_conn_new(struct event_base *base, const char *conni
 void storage_conn_free(struct storage_conn *db);
 /* True while connected and ready for statements. */
 bool storage_conn_is_up(const struct storage_conn *db);
-/* Number of statements queued and not yet answered. */
+/* Number of statements queued and still waiting for their result. */
 size_t storage_conn_pending(const struct storage_conn *db);
 
 /* Generic completion for statements that return no rows of interest. */
@@ -146,7 +146,7 @@ int storage_user_code_result(struct storage_conn *db, const char *subject, bool 
 
 /* ---- authentication requests (CIBA) ----------------------------------------------- */
 
-/* What the backchannel endpoint stores for a new request. */
+/* The fields the backchannel endpoint stores for a new request. */
 struct storage_auth_req_new {
     const char *auth_req_id_hash; /* SHA-256 hex of auth_req_id */
     const char *ref_hash;         /* SHA-256 hex of the approval link reference */
@@ -222,7 +222,7 @@ int storage_auth_req_poll(struct storage_conn *db, const char *auth_req_id_hash,
                           const char *client_id, const char *request_id,
                           storage_poll_cb cb, void *arg) MUST_CHECK;
 
-/* Lifecycle of a request as the approval page sees it. */
+/* Lifecycle state of a request, as the approval page shows it. */
 enum storage_auth_req_status {
     STORAGE_AR_PENDING,
     STORAGE_AR_APPROVED,

@@ -613,7 +613,7 @@ START_TEST(ping_delivered_once)
     struct e2e_response r;
     json_t *body;
 
-    /* CIBA-077: a ping client may poll, and gets the same answers as a poll client. */
+    /* A ping client may also poll, and gets the same replies as a poll client. */
     r = poll_token(&c, id);
     assert_error(&r, 400, "authorization_pending");
     e2e_response_free(&r);
@@ -822,7 +822,7 @@ START_TEST(push_tokens_delivered_once)
     ck_assert_str_eq(jstr(claims, "urn:openid:params:jwt:claim:auth_req_id"), id);
     ck_assert_str_eq(jstr(claims, "aud"), c.client_id);
 
-    /* CIBA-076: a push client may not use the token endpoint. */
+    /* A push client gets its tokens pushed, so the token endpoint rejects it. */
     r = poll_token(&c, id);
     assert_error(&r, 400, "unauthorized_client");
     e2e_response_free(&r);
