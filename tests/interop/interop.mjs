@@ -1,11 +1,12 @@
 // interop.mjs - drives cibad with openid-client, a real OpenID client library, the way an
 // agent would: discovery, a backchannel authentication request, the user's approval
-// through the SMS link, then the token grant. Covers client_secret_basic and
-// private_key_jwt in poll mode, ping mode, and a denial.
+// through the SMS link, then the token grant. Covers client_secret_basic,
+// client_secret_jwt and private_key_jwt (keys inline and at a jwks_uri) in poll mode,
+// ping mode, and a denial.
 //
 // It starts its own `cibad serve` on 127.0.0.1 against the empty database in
 // CIBAD_TEST_DATABASE_URL (tests/run.sh provides it), with a mock SMS gateway and a ping
-// receiver that are node http servers on loopback. The binary comes from CIBAD_BIN.
+// receiver and the agent's jwks_uri, all node http servers on loopback. The binary comes from CIBAD_BIN.
 // Prints "N passed, N failed" last and exits non-zero when a case fails.
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
@@ -116,6 +117,7 @@ Object.assign(env, {
     CIBAD_SMS_HTTP_TOKEN: 't',
     CIBAD_SMS_ALLOW_HTTP_LOOPBACK: 'true',
     CIBAD_NOTIFICATION_ALLOW_LOOPBACK: 'true',
+    CIBAD_JWKS_URI_ALLOW_HTTP_LOOPBACK: 'true',
     CIBAD_NOTIFICATION_RETRY_INITIAL_MS: '200',
     CIBAD_POLL_INTERVAL: '1',
     CIBAD_SMS_PER_PHONE_MAX: '20',
@@ -336,6 +338,61 @@ async function casePrivateKeyJwt() {
     assert(body.error === 'invalid_client', `unknown key: ${body.error}`);
 }
 
+async function caseSecretJwt() {
+    const c = cliJson('client', 'create', '--name', 'Interop secret JWT', '--scope', SCOPE,
+                      '--auth-method', 'client_secret_jwt', '--auth-signing-alg', 'HS256');
+    assert(typeof c.client_secret === 'string', 'client_secret_jwt client has no secret');
+    const config = await discover(c.client_id, undefined,
+                                  client.ClientSecretJwt(c.client_secret));
+    assert(config.serverMetadata().token_endpoint_auth_methods_supported
+               ?.includes('client_secret_jwt'),
+           'discovery lacks client_secret_jwt');
+    await pollCase(config, c.client_id, 'Secret JWT poll');
+
+    // The same assertion signed with another secret is rejected.
+    const wrong = await discover(c.client_id, undefined,
+                                 client.ClientSecretJwt(`${c.client_secret}x`));
+    let error = null;
+    try {
+        await client.initiateBackchannelAuthentication(wrong, {
+            scope: SCOPE,
+            login_hint: createUser().phone_number,
+        });
+    } catch (e) {
+        error = e;
+    }
+    assert(error, 'an assertion signed with a wrong secret was accepted');
+    assert(error.status === 401, `wrong secret: status ${error.status}`);
+}
+
+// The agent publishes its public key at a jwks_uri, a node server on loopback.
+async function casePrivateKeyJwtUri() {
+    const { privateKey, publicKey } = await jose.generateKeyPair('PS256', { extractable: true });
+    const jwk = { ...(await jose.exportJWK(publicKey)), kid: 'interop-uri', alg: 'PS256',
+                  use: 'sig' };
+    let fetches = 0;
+    const keys = http.createServer((req, res) => {
+        fetches++;
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ keys: [jwk] }));
+    });
+    keys.listen(0, '127.0.0.1');
+    await once(keys, 'listening');
+    try {
+        const c = cliJson('client', 'create', '--name', 'Interop jwks_uri', '--scope', SCOPE,
+                          '--auth-method', 'private_key_jwt', '--jwks-uri',
+                          `http://127.0.0.1:${keys.address().port}/jwks`,
+                          '--auth-signing-alg', 'PS256');
+        const config = await discover(c.client_id, undefined,
+                                      client.PrivateKeyJwt({ key: privateKey,
+                                                             kid: 'interop-uri' }));
+        await pollCase(config, c.client_id, 'Key URI poll');
+        assert(fetches >= 1, 'cibad never fetched the jwks_uri');
+    } finally {
+        keys.close();
+    }
+}
+
 async function casePing() {
     const c = cliJson('client', 'create', '--name', 'Interop ping', '--scope', SCOPE,
                       '--auth-method', 'client_secret_basic', '--delivery-mode', 'ping',
@@ -392,6 +449,8 @@ async function caseDenied() {
 const cases = [
     ['client_secret_basic poll', caseSecretBasic],
     ['private_key_jwt poll', casePrivateKeyJwt],
+    ['private_key_jwt poll, key at a jwks_uri', casePrivateKeyJwtUri],
+    ['client_secret_jwt poll', caseSecretJwt],
     ['ping', casePing],
     ['denial is access_denied', caseDenied],
 ];
