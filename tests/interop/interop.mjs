@@ -349,7 +349,7 @@ async function caseSecretJwt() {
            'discovery lacks client_secret_jwt');
     await pollCase(config, c.client_id, 'Secret JWT poll');
 
-    // The same assertion signed with another secret is rejected.
+    // An assertion signed with a wrong secret is rejected with 401.
     const wrong = await discover(c.client_id, undefined,
                                  client.ClientSecretJwt(`${c.client_secret}x`));
     let error = null;
