@@ -488,11 +488,15 @@ static void start_post(struct approve_ctx *ctx)
 static bool parse_ref(struct approve_ctx *ctx)
 {
     const char *path = server_req_path(ctx->sr);
-    const char *ref;
+    size_t prefix_len = strlen(APPROVE_PREFIX);
+    const char *ref = path ? strrchr(path, '/') : NULL;
 
-    if (!path || strncmp(path, APPROVE_PREFIX, strlen(APPROVE_PREFIX)) != 0)
+    /* The router has matched ISSUER_PATH/approve/REF, where the issuer's path (as in
+     * https://host/tenant) may come first, so the reference is the last segment. */
+    if (!ref || (size_t)(ref - path) + 1 < prefix_len ||
+        strncmp(ref + 1 - prefix_len, APPROVE_PREFIX, prefix_len) != 0)
         return false;
-    ref = path + strlen(APPROVE_PREFIX);
+    ref++;
     if (strlen(ref) != CIBA_REF_LEN)
         return false;
     for (const char *p = ref; *p; p++)

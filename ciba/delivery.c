@@ -69,16 +69,18 @@ static void on_sms_sent(void *arg, bool ok, const char *reason)
     }
 }
 
-/* Builds the SMS text: who asks, what for, the code and the link. */
+/* Builds the SMS text: who asks, the code, the link and then what for. The
+ * binding_message comes from the client, so it goes last, on its own line: a message
+ * that imitates a code or a link cannot come before the real ones. */
 static char *build_text(const struct ciba_code_message *msg)
 {
     const char *issuer = server_config->issuer;
 
     if (msg->binding_message)
-        return util_asprintf("%s asks for your approval: \"%s\". Code %s. "
-                             "Review: %s/approve/%s",
-                             msg->client_name, msg->binding_message, msg->code, issuer,
-                             msg->ref);
+        return util_asprintf("%s asks for your approval. Code %s. Review: %s/approve/%s\n"
+                             "Their message: \"%s\"",
+                             msg->client_name, msg->code, issuer, msg->ref,
+                             msg->binding_message);
     return util_asprintf("%s asks for your approval. Code %s. Review: %s/approve/%s",
                          msg->client_name, msg->code, issuer, msg->ref);
 }

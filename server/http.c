@@ -15,6 +15,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <event2/http_struct.h>
 #include <event2/keyvalq_struct.h>
 
 #include "oauth/oauth.h"
@@ -124,6 +125,15 @@ static void send_reply(struct server_req *sr, int status, const char *content_ty
     evhttp_remove_header(headers, "Content-Type");
     evhttp_add_header(headers, "Content-Type", content_type);
     sr->status = status;
+    if (evhttp_request_get_command(sr->req) == EVHTTP_REQ_HEAD) {
+        /* libevent 2.1 writes a HEAD reply's body anyway and leaves out its length, so
+         * a keep-alive client would read the body as the next reply. */
+        char length[24];
+
+        snprintf(length, sizeof(length), "%zu", evbuffer_get_length(body));
+        evhttp_add_header(headers, "Content-Length", length);
+        evbuffer_drain(body, evbuffer_get_length(body));
+    }
     evhttp_send_reply(sr->req, status, NULL, body);
     evbuffer_free(body);
     atomic_fetch_sub(&rs->thread->unanswered, 1);
@@ -242,6 +252,31 @@ static const char *repeated_header(struct evhttp_request *req)
     return NULL;
 }
 
+/* Returns the header that makes the request's framing ambiguous, or NULL. libevent 2.1
+ * ignores a Transfer-Encoding other than "chunked" and accepts a signed Content-Length.
+ * The bytes it did not read as the body would then be parsed as a next request, so
+ * RFC 9112 sections 6.1 and 6.3 require a 400 and a closed connection. */
+static const char *framing_error(struct evhttp_request *req)
+{
+    struct evkeyvalq *headers = evhttp_request_get_input_headers(req);
+    const char *te = evhttp_find_header(headers, "Transfer-Encoding");
+    const char *length = evhttp_find_header(headers, "Content-Length");
+    const char *repeated = repeated_header(req);
+
+    if (repeated)
+        return repeated;
+    if (te && strcasecmp(te, "chunked") != 0)
+        return "Transfer-Encoding";
+    if (te && length)
+        return "Content-Length";
+    if (length && (!*length || strspn(length, "0123456789") != strlen(length)))
+        return "Content-Length";
+    /* RFC 9112 section 3.2: an HTTP/1.1 request without Host gets a 400. */
+    if (req->major == 1 && req->minor >= 1 && !evhttp_find_header(headers, "Host"))
+        return "Host";
+    return NULL;
+}
+
 /* The deadline reply on the approval page, which people read in a browser. It has the
  * security headers of the pages ciba/approve.c sends, and no style, so its
  * Content-Security-Policy allows nothing at all. */
@@ -319,7 +354,7 @@ void server_http_on_request(struct evhttp_request *req, void *arg)
         .tv_sec = server_config->request_deadline_ms / 1000,
         .tv_usec = (server_config->request_deadline_ms % 1000) * 1000,
     };
-    const char *repeated;
+    const char *bad_header;
 
     /* The one place that sets X-Request-Id: every reply below goes through sr. */
     evhttp_add_header(evhttp_request_get_output_headers(req), "X-Request-Id", sr->rid);
@@ -333,11 +368,13 @@ void server_http_on_request(struct evhttp_request *req, void *arg)
         return;
     }
 
-    repeated = repeated_header(req);
-    if (repeated) {
-        rlog_info(sr->rid, NULL, "header %s is repeated", repeated);
+    bad_header = framing_error(req);
+    if (bad_header) {
+        rlog_info(sr->rid, NULL, "invalid or repeated %s header; closing the connection",
+                  bad_header);
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
         oauth_reply_error(sr, OAUTH_EP_OTHER, OAUTH_ERR_INVALID_REQUEST,
-                          "A header that may appear once is repeated");
+                          "A header is repeated, missing or invalid");
         return;
     }
     server_tls_client_cert(sr, &rs->cert);

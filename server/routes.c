@@ -133,11 +133,15 @@ void server_route(struct server_req *sr)
 
 void server_route_log_path(const char *path, char *out, size_t out_len)
 {
+    /* Whatever follows a prefix route's path may be a secret reference, also when the
+     * request does not match the route (a trailing slash, an extra segment, a missing
+     * issuer path), so everything after the first occurrence is cut. */
     for (size_t i = 0; i < ARRAY_LEN(routes); i++) {
-        const struct route *r = &routes[i];
+        const char *at = routes[i].prefix ? strstr(path, routes[i].path) : NULL;
 
-        if (r->prefix && route_matches(r, path)) {
-            snprintf(out, out_len, "%.*s*", (int)(strrchr(path, '/') - path + 1), path);
+        if (at) {
+            snprintf(out, out_len, "%.*s*", (int)(at - path + strlen(routes[i].path)),
+                     path);
             return;
         }
     }

@@ -44,6 +44,9 @@ struct server_thread {
     char *keys_fingerprint; /* kid and retired_at of each loaded key */
     bool keys_loading;
     struct event *accept_timer; /* runs until the database is up, then starts accepting */
+    struct event *accept_pause; /* re-enables the listener after accept() failed */
+    int64_t accept_failures;    /* accept() failures since the last log line */
+    int64_t accept_logged_ms;   /* when the last of those lines was written */
     int64_t started_ms;         /* when the loop started, for accept_timer */
     bool draining;              /* set on this thread when shutdown starts */
     struct server_req_state *reqs; /* every live request context */

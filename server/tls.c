@@ -334,9 +334,10 @@ void server_tls_client_cert(const struct server_req *sr, struct server_client_ce
                       header_name);
         return;
     }
+    /* Debug only: any client can send the header, once per request. */
     if (header)
-        rlog_warn(sr->rid, NULL, "header %s from a peer not in trusted_proxies; ignored",
-                  header_name);
+        rlog_debug(sr->rid, NULL, "header %s from a peer not in trusted_proxies; ignored",
+                   header_name);
     if (!tls_ctx || !conn)
         return;
     bev = evhttp_connection_get_bufferevent(conn);

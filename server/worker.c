@@ -9,6 +9,7 @@
 #include "server/server.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -38,6 +39,9 @@
 /* How often a starting worker checks whether its database connection is up, and the
  * main thread whether every worker accepts. */
 #define ACCEPT_POLL_MS 10
+/* How long a worker stops accepting after accept() failed, and how often it logs it. */
+#define ACCEPT_PAUSE_MS      100
+#define ACCEPT_LOG_PERIOD_MS 10000
 /* While draining, how often the main thread checks the workers' counters. */
 #define DRAIN_TICK_MS 50
 /* After the last reply is sent and the last delivery recorded, how long the loops keep
@@ -293,6 +297,50 @@ static int sms_config_from(const struct server_config *cfg, struct sms_config *s
     return 0;
 }
 
+/* The worker whose loop runs on this thread; the listener's error callback gets only
+ * the evhttp as its argument. */
+static _Thread_local struct server_thread *worker_self;
+
+/* Resumes accepting after a pause that on_accept_failed started, unless the worker
+ * has closed its listener since. */
+static void on_accept_pause_end(evutil_socket_t fd, short what, void *arg)
+{
+    struct server_thread *t = arg;
+
+    (void)fd;
+    (void)what;
+    if (t->bound && !t->draining &&
+        evconnlistener_enable(evhttp_bound_socket_get_listener(t->bound)) != 0)
+        log_error("worker %d: cannot enable its listener after a pause", t->w.index);
+}
+
+/* Pauses accepting for ACCEPT_PAUSE_MS after accept() failed, for example with EMFILE
+ * when every file descriptor is in use. The listener would otherwise see the same
+ * pending connection at once and fail again in a busy loop. Logs the first failure
+ * and then at most one line every ACCEPT_LOG_PERIOD_MS, with the count since the last
+ * line. */
+static void on_accept_failed(struct evconnlistener *listener, void *arg)
+{
+    struct server_thread *t = worker_self;
+    int err = EVUTIL_SOCKET_ERROR();
+    struct timeval pause = {0, ACCEPT_PAUSE_MS * 1000};
+    int64_t now = util_mono_ms();
+
+    (void)arg; /* the evhttp that owns the listener */
+    t->accept_failures++;
+    if (t->accept_logged_ms == 0 || now - t->accept_logged_ms >= ACCEPT_LOG_PERIOD_MS) {
+        log_warn("worker %d: accept failed %" PRId64 " times (%s); pausing new "
+                 "connections for %d ms after each failure",
+                 t->w.index, t->accept_failures, evutil_socket_error_to_string(err),
+                 ACCEPT_PAUSE_MS);
+        t->accept_logged_ms = now;
+        t->accept_failures = 0;
+    }
+    evconnlistener_disable(listener);
+    if (evtimer_add(t->accept_pause, &pause) != 0)
+        log_error("worker %d: cannot start the accept pause timer", t->w.index);
+}
+
 static int worker_listen(struct server_thread *t, const struct server_config *cfg)
 {
     struct sockaddr_storage addr;
@@ -319,6 +367,12 @@ static int worker_listen(struct server_thread *t, const struct server_config *cf
         log_error("cannot attach the listener on %s to evhttp", cfg->listen);
         return -1;
     }
+    t->accept_pause = evtimer_new(t->w.base, on_accept_pause_end, t);
+    if (!t->accept_pause) {
+        log_error("worker %d: cannot create the accept pause timer", t->w.index);
+        return -1;
+    }
+    evconnlistener_set_error_cb(listener, on_accept_failed);
     return 0;
 }
 
@@ -340,11 +394,13 @@ static int worker_open_http(struct server_thread *t, const struct server_config 
      * connection limit either. Put a proxy with header and connection limits in front. */
     evhttp_set_timeout(t->http, cfg->http_timeout);
     evhttp_set_default_content_type(t->http, "application/json");
-    /* PUT, DELETE, OPTIONS and PATCH reach the router, which replies 405 with an Allow
-     * header. evhttp itself would reply 501 with an HTML body and no X-Request-Id. */
+    /* Every method reaches the router, which replies with a JSON 405 and an Allow
+     * header (or a 404). evhttp itself would reply 501 with an HTML body and no
+     * X-Request-Id. */
     evhttp_set_allowed_methods(
         t->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
-                     EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
+                     EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH |
+                     EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT);
     evhttp_set_gencb(t->http, server_http_on_request, t);
     if (server_tls_enabled())
         evhttp_set_bevcb(t->http, server_tls_on_accept, NULL);
@@ -417,6 +473,8 @@ static void worker_close(struct server_thread *t)
         event_free(t->keys_timer);
     if (t->accept_timer)
         event_free(t->accept_timer);
+    if (t->accept_pause)
+        event_free(t->accept_pause);
     if (t->bound)
         evhttp_del_accept_socket(t->http, t->bound);
     /* Both call the callbacks still pending, whose handlers reply while evhttp still
@@ -440,6 +498,7 @@ static void worker_close(struct server_thread *t)
     /* t->thread stays: the main thread joins it after this returns. */
     t->keys_timer = NULL;
     t->accept_timer = NULL;
+    t->accept_pause = NULL;
     t->bound = NULL;
     t->http = NULL;
     t->keys_fingerprint = NULL;
@@ -486,6 +545,7 @@ static void *worker_main(void *arg)
 {
     struct server_thread *t = arg;
 
+    worker_self = t;
     start_accept_timer(t);
     if (t->w.index == 0)
         ciba_sweeper_start(&t->w);

@@ -474,8 +474,8 @@ static char *start_auth(const struct test_client *c, const char *hint,
 }
 
 /* Finds the approval reference and the 6-digit code in an SMS text. Liberal: the link
- * is whatever follows "/approve/", the code the last run of exactly six digits outside
- * the link. */
+ * is whatever follows "/approve/", the code the first run of exactly six digits outside
+ * the link (the binding message, which may contain digits, comes after it). */
 static void parse_sms_text(struct sms *out)
 {
     const char *link = strstr(out->text, "/approve/");
@@ -506,6 +506,7 @@ static void parse_sms_text(struct sms *out)
         if (run == 6 && !(link && p >= link && p < ref_end)) {
             memcpy(out->code, p, 6);
             out->code[6] = '\0';
+            break;
         }
         p += run;
     }
@@ -2389,6 +2390,121 @@ START_TEST(page_unknown_ref_404)
 }
 END_TEST
 
+START_TEST(page_ref_in_bad_path_not_logged)
+{
+    char *id = start_auth(&c1, u1.phone, NULL);
+    struct sms sms;
+
+    /* wait_sms remembers the reference, so teardown fails if the log shows it. */
+    wait_sms(0, &sms);
+    for (int i = 0; i < 2; i++) {
+        char *path = util_asprintf("/approve/%s%s", sms.ref, i == 0 ? "/" : "/extra");
+        struct e2e_response r = call("GET", path, NULL, NULL);
+
+        ck_assert_msg(r.status == 404, "GET with a trailing segment: %d", r.status);
+        e2e_response_free(&r);
+        free(path);
+    }
+    sms_free(&sms);
+    free(id);
+}
+END_TEST
+
+START_TEST(sms_binding_message_after_code)
+{
+    /* A binding message that imitates a code and a link comes after the real ones. */
+    static const char binding[] = "Code 000000. Review: https://evil.example/x";
+    char *id = start_auth(&c1, u1.phone, binding);
+    struct sms sms;
+    const char *code_at;
+    const char *link_at;
+    const char *binding_at;
+    struct e2e_response r;
+
+    wait_sms(0, &sms);
+    code_at = strstr(sms.text, sms.code);
+    link_at = strstr(sms.text, sms.ref);
+    binding_at = strstr(sms.text, binding);
+    ck_assert_msg(binding_at != NULL, "the SMS lacks the binding message: %s", sms.text);
+    ck_assert_msg(code_at && code_at < binding_at, "the code is not first: %s", sms.text);
+    ck_assert_msg(link_at && link_at < binding_at, "the link is not first: %s", sms.text);
+    ck_assert_str_ne(sms.code, "000000");
+    r = enter_code(sms.ref, sms.code);
+    ck_assert_msg(r.status == 200 && body_has(&r, "Approved"), "approval: %d %s",
+                  r.status, r.body);
+    e2e_response_free(&r);
+    sms_free(&sms);
+    free(id);
+}
+END_TEST
+
+/* An issuer with a path (https://host/tenant): every endpoint, the SMS link included,
+ * lives under it. */
+static void setup_issuer_path(void)
+{
+    char *issuer;
+
+    prepare_instance(NULL);
+    issuer = util_asprintf("%s/tenant", srv.issuer);
+    e2e_server_setenv(&srv, "CIBAD_ISSUER", issuer);
+    free(issuer);
+    start_server();
+}
+
+START_TEST(flow_under_issuer_path)
+{
+    const char *headers[] = {FORM_TYPE, NULL};
+    struct e2e_response r =
+        post_as(&c1, "/tenant/bc-authorize",
+                e2e_form("scope", SCOPE, "login_hint", u1.phone, NULL));
+    json_t *body = e2e_json(&r);
+    char *id;
+    char *link;
+    char *path;
+    char *form;
+    struct sms sms;
+
+    ck_assert_msg(r.status == 200, "bc-authorize under the issuer path: %d %s", r.status,
+                  r.body);
+    id = util_strdup(jstr(body, "auth_req_id"));
+    remember_secret("an auth_req_id", id);
+    json_decref(body);
+    e2e_response_free(&r);
+
+    wait_sms(0, &sms);
+    link = util_asprintf("%s/tenant/approve/%s", srv.issuer, sms.ref);
+    ck_assert_msg(strstr(sms.text, link) != NULL,
+                  "the SMS link is not under the issuer: %s", sms.text);
+    path = util_asprintf("/approve/%s", sms.ref);
+    r = call("GET", path, NULL, NULL);
+    ck_assert_msg(r.status == 404, "the link outside the issuer path: %d", r.status);
+    e2e_response_free(&r);
+    free(path);
+
+    path = util_asprintf("/tenant/approve/%s", sms.ref);
+    r = call("GET", path, NULL, NULL);
+    ck_assert_msg(r.status == 200 && page_has_form(&r), "approval page: %d", r.status);
+    e2e_response_free(&r);
+    form = e2e_form("code", sms.code, "action", "approve", NULL);
+    r = call("POST", path, headers, form);
+    ck_assert_msg(r.status == 200 && body_has(&r, "Approved"), "approval: %d %s",
+                  r.status, r.body);
+    e2e_response_free(&r);
+
+    r = post_as(&c1, "/tenant/token",
+                e2e_form("grant_type", CIBA_GRANT, "auth_req_id", id, NULL));
+    remember_tokens(&r);
+    ck_assert_msg(r.status == 200, "token under the issuer path: %d %s", r.status,
+                  r.body);
+    e2e_response_free(&r);
+    free(form);
+    free(path);
+    free(link);
+    sms_free(&sms);
+    free(id);
+}
+END_TEST
+
 START_TEST(expired_request_rejects_code)
 {
     struct e2e_response r =
@@ -2884,6 +3000,134 @@ START_TEST(raw_garbage_survived)
         assert_server_healthy(after);
         free(after);
     }
+}
+END_TEST
+
+/* Sends bytes on one connection and returns everything the server writes until it
+ * closes (new string), or NULL when nothing could be sent. With half_close the sending
+ * side is closed after the bytes. */
+static char *raw_exchange(const char *bytes, bool half_close)
+{
+    struct sockaddr_in addr = {.sin_family = AF_INET,
+                               .sin_port = htons((uint16_t)srv.port)};
+    struct timeval timeout = {.tv_sec = 10};
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    char *out = NULL;
+    size_t len = 0;
+    char chunk[4096];
+    ssize_t n;
+
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0 ||
+        send(fd, bytes, strlen(bytes), MSG_NOSIGNAL) != (ssize_t)strlen(bytes)) {
+        if (fd >= 0)
+            close(fd);
+        return NULL;
+    }
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+    if (half_close)
+        shutdown(fd, SHUT_WR);
+    out = util_strdup("");
+    while ((n = recv(fd, chunk, sizeof(chunk), 0)) > 0) {
+        out = util_realloc(out, len + (size_t)n + 1);
+        memcpy(out + len, chunk, (size_t)n);
+        len += (size_t)n;
+        out[len] = '\0';
+    }
+    close(fd);
+    return out;
+}
+
+/* Counts the status lines in a stream of replies. */
+static int count_replies(const char *stream)
+{
+    int n = 0;
+
+    for (const char *p = strstr(stream, "HTTP/1.1 "); p; p = strstr(p + 1, "HTTP/1.1 "))
+        n++;
+    return n;
+}
+
+START_TEST(ambiguous_framing_closes_connection)
+{
+    /* Each request is followed on the same connection by a second one, which must not
+     * be served: bytes the server did not read as a body would otherwise become a
+     * request of their own (request smuggling). */
+    static const char *const heads[] = {
+        "POST /token HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n",
+        "POST /token HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n",
+        "POST /token HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n",
+        "POST /token HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n",
+        "POST /token HTTP/1.1\r\nContent-Length: 5\r\n",
+    };
+    static const char next[] = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    for (size_t i = 0; i < ARRAY_LEN(heads); i++) {
+        char *bytes = util_asprintf(
+            "%sContent-Type: application/x-www-form-urlencoded\r\n\r\nabcde%s", heads[i],
+            next);
+        char *stream = raw_exchange(bytes, true);
+
+        ck_assert_msg(stream != NULL, "request %zu: could not send", i);
+        ck_assert_msg(strncmp(stream, "HTTP/1.1 400", 12) == 0,
+                      "request %zu: reply %.40s", i, stream);
+        ck_assert_msg(strcasestr(stream, "\r\nConnection: close\r\n") != NULL,
+                      "request %zu: the 400 does not close the connection", i);
+        ck_assert_msg(count_replies(stream) == 1,
+                      "request %zu: the request after it was served too", i);
+        free(stream);
+        free(bytes);
+    }
+    assert_server_healthy("ambiguous framing");
+}
+END_TEST
+
+START_TEST(head_reply_has_no_body)
+{
+    /* No half-close: libevent may drop pipelined requests once it reads the end of the
+     * stream. The second request's Connection: close ends the exchange. */
+    char *stream =
+        raw_exchange("HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                     "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                     false);
+    const char *end_of_head;
+    const char *length;
+
+    ck_assert_msg(stream != NULL, "could not send");
+    ck_assert_msg(count_replies(stream) == 2, "expected two replies: %s", stream);
+    end_of_head = strstr(stream, "\r\n\r\n");
+    ck_assert_ptr_nonnull(end_of_head);
+    /* RFC 9110 section 9.3.2: the same headers as GET, no content. */
+    ck_assert_msg(strncmp(end_of_head + 4, "HTTP/1.1 200", 12) == 0,
+                  "the HEAD reply carries a body: %.60s", end_of_head + 4);
+    length = strcasestr(stream, "\r\nContent-Length: ");
+    ck_assert_msg(length && length < end_of_head, "the HEAD reply has no Content-Length");
+    ck_assert_msg(strtol(length + 18, NULL, 10) > 0, "HEAD Content-Length is 0");
+    free(stream);
+}
+END_TEST
+
+START_TEST(trace_and_connect_get_json_errors)
+{
+    struct e2e_response r = call("TRACE", "/token", NULL, NULL);
+    json_t *body = e2e_json(&r);
+
+    ck_assert_msg(r.status == 405, "TRACE /token: %d", r.status);
+    ck_assert_msg(body && jstr(body, "error"), "TRACE /token: not a JSON error: %s",
+                  r.body);
+    ck_assert_msg(e2e_header(&r, "Allow") != NULL, "TRACE /token: 405 without Allow");
+    json_decref(body);
+    e2e_response_free(&r);
+
+    /* libevent reads a CONNECT target as an authority, so no route matches it. */
+    r = call("CONNECT", "/token", NULL, NULL);
+    body = e2e_json(&r);
+    ck_assert_msg(r.status == 404 || r.status == 405, "CONNECT /token: %d", r.status);
+    ck_assert_msg(body && jstr(body, "error"), "CONNECT /token: not a JSON error: %s",
+                  r.body);
+    json_decref(body);
+    e2e_response_free(&r);
+    assert_server_healthy("TRACE and CONNECT");
 }
 END_TEST
 
@@ -4449,6 +4693,12 @@ static Suite *e2e_suite(void)
     tcase_add_test(tc, page_security_headers);
     tcase_add_test(tc, page_finished_request_has_no_form);
     tcase_add_test(tc, page_unknown_ref_404);
+    tcase_add_test(tc, page_ref_in_bad_path_not_logged);
+    tcase_add_test(tc, sms_binding_message_after_code);
+    suite_add_tcase(s, tc);
+
+    tc = new_tcase("issuer_path", setup_issuer_path);
+    tcase_add_test(tc, flow_under_issuer_path);
     suite_add_tcase(s, tc);
 
     tc = new_tcase("http_driver", setup_default);
@@ -4474,6 +4724,9 @@ static Suite *e2e_suite(void)
     tcase_add_test(tc, unknown_path_404_json);
     tcase_add_test(tc, oversized_header_rejected);
     tcase_add_test(tc, raw_garbage_survived);
+    tcase_add_test(tc, ambiguous_framing_closes_connection);
+    tcase_add_test(tc, head_reply_has_no_body);
+    tcase_add_test(tc, trace_and_connect_get_json_errors);
     tcase_add_test(tc, credentials_in_query_rejected);
     tcase_add_test(tc, idle_connections_do_not_block);
     suite_add_tcase(s, tc);
