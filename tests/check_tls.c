@@ -1108,6 +1108,78 @@ START_TEST(mtls_push_token_bound)
 }
 END_TEST
 
+START_TEST(mtls_cli_registration)
+{
+    char *out = NULL;
+    char *id = mtls_client("--auth-method", "tls_client_auth", "--tls-san-ip",
+                           "2001:DB8::0:7", "--client-id", "cli-mtls", NULL);
+    json_t *shown;
+
+    ck_assert_str_eq(id, "cli-mtls");
+    ck_assert_int_eq(e2e_cli(&srv, &out, "client", "show", "cli-mtls", NULL), 0);
+    ck_assert_msg(strstr(out, "tls_client_auth_san_ip") && strstr(out, "2001:db8::7"),
+                  "client show: %.300s", out);
+    free(out);
+    shown = e2e_cli_json(&srv, "client", "show", "cli-mtls", "--json", NULL);
+    ck_assert_ptr_nonnull(shown);
+    ck_assert_str_eq(
+        json_string_value(json_object_get(shown, "token_endpoint_auth_method")),
+        "tls_client_auth");
+    ck_assert_str_eq(json_string_value(json_object_get(shown, "tls_client_auth_san_ip")),
+                     "2001:db8::7");
+    ck_assert_ptr_null(json_object_get(shown, "tls_client_auth_subject_dn"));
+    json_decref(shown);
+    free(id);
+
+    id = mtls_client("--auth-method", "self_signed_tls_client_auth", "--jwks", mf.jwks,
+                     "--client-id", "cli-self", NULL);
+    shown = e2e_cli_json(&srv, "client", "show", "cli-self", "--json", NULL);
+    ck_assert_ptr_nonnull(shown);
+    ck_assert(json_is_object(json_object_get(shown, "jwks")));
+    ck_assert_ptr_null(json_object_get(shown, "token_endpoint_auth_signing_alg"));
+    json_decref(shown);
+    free(id);
+
+    /* Refused: no subject member, two, a bad value, a member for another method. */
+    ck_assert_int_ne(e2e_cli(&srv, &out, "client", "create", "--name", "x", "--scope",
+                             "openid", "--auth-method", "tls_client_auth", NULL),
+                     0);
+    free(out);
+    ck_assert_int_ne(e2e_cli(&srv, &out, "client", "create", "--name", "x", "--scope",
+                             "openid", "--auth-method", "tls_client_auth",
+                             "--tls-san-dns", "a.example", "--tls-subject-dn", "CN=a",
+                             NULL),
+                     0);
+    free(out);
+    ck_assert_int_ne(e2e_cli(&srv, &out, "client", "create", "--name", "x", "--scope",
+                             "openid", "--auth-method", "tls_client_auth",
+                             "--tls-subject-dn", "CN=#0101", NULL),
+                     0);
+    free(out);
+    ck_assert_int_ne(e2e_cli(&srv, &out, "client", "create", "--name", "x", "--scope",
+                             "openid", "--tls-san-dns", "a.example", NULL),
+                     0);
+    free(out);
+    ck_assert_int_ne(e2e_cli(&srv, &out, "client", "create", "--name", "x", "--scope",
+                             "openid", "--auth-method", "self_signed_tls_client_auth",
+                             NULL),
+                     0);
+    free(out);
+    /* None of the refused clients was stored. */
+    ck_assert_int_eq(e2e_cli(&srv, &out, "client", "list", "--json", NULL), 0);
+    shown = json_loads(out, 0, NULL);
+    ck_assert_ptr_nonnull(shown);
+    for (size_t i = 0; i < json_array_size(shown); i++) {
+        const char *name =
+            json_string_value(json_object_get(json_array_get(shown, i), "client_name"));
+
+        ck_assert_str_ne(name, "x");
+    }
+    json_decref(shown);
+    free(out);
+}
+END_TEST
+
 /* ---- 6. client authentication by a proxy's certificate header ---------------------- */
 
 /* POSTs /bc-authorize over plain HTTP with the header line given (or none). */
@@ -1239,6 +1311,7 @@ static Suite *tls_suite(void)
     tcase_add_test(tc, mtls_rejections_e2e);
     tcase_add_test(tc, mtls_poll_token_bound);
     tcase_add_test(tc, mtls_push_token_bound);
+    tcase_add_test(tc, mtls_cli_registration);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("mtls_proxy");
