@@ -13,7 +13,7 @@
  * A TLS client certificate (RFC 8705 section 2) is a method of its own: a request with
  * a certificate names its client by the client_id parameter and carries no other
  * credentials. tls_client_auth needs a certificate that chains to tls_client_ca_file
- * and has the registered subject member; self_signed_tls_client_auth needs a
+ * and has the registered subject member. self_signed_tls_client_auth needs a
  * certificate whose public key is in the client's jwks or jwks_uri.
  */
 #include "oauth/oauth_int.h"

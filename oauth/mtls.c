@@ -2,10 +2,10 @@
  * check in a client certificate: the registered subject member, or a registered key
  * SPDX-License-Identifier: MIT
  *
- * A subject DN is compared as OpenSSL's canonical form of an X509_NAME, the one
- * X509_NAME_cmp and X509_NAME_hash use: every string value is converted to UTF-8, its
- * leading and trailing white space is removed, inner runs of white space become one
- * space, and ASCII letters are lowered. The attribute types, their order and the
+ * A subject DN is compared in OpenSSL's canonical form of an X509_NAME, the form that
+ * X509_NAME_cmp and X509_NAME_hash use. In it every string value is converted to UTF-8
+ * and loses its leading and trailing white space. Inner runs of white space become one
+ * space, and ASCII letters become lower case. The attribute types, their order and the
  * grouping into RDNs must match exactly. So "CN=Agent 1, O=Example" registered matches
  * a certificate whose subject is O=example,CN=agent  1 in X.509 order, but not one that
  * adds an OU.
@@ -25,7 +25,8 @@
 
 #include "storage/storage.h"
 
-/* The most attribute values in one registered DN, and its longest text. */
+/* The maximum number of attribute values in one registered DN, and the maximum length
+ * of its text. */
 #define DN_MAX_AVAS 32
 #define DN_MAX_LEN  1024
 
@@ -210,7 +211,7 @@ char *oauth_mtls_dn_print(const X509_NAME *name)
     return text;
 }
 
-/* True when the ASN1 string holds exactly the len bytes of s, compared as is or
+/* True when the ASN1 string contains exactly the len bytes of s, compared as is or
  * ignoring ASCII case. */
 static bool asn1_equals(const ASN1_STRING *a, const char *s, size_t len, bool nocase)
 {

@@ -179,9 +179,9 @@ struct oauth_client_credentials {
  * jwks and jwks_uri. Its keys must be public and fit the signing alg, which is
  * otherwise taken from the keys (required with jwks_uri). RS256 needs allow_rs256.
  * client_secret_jwt takes HS256 only and seals its new secret with server_secret.
- * tls_client_auth needs exactly one tls_* subject member, and
- * self_signed_tls_client_auth exactly one of jwks and jwks_uri (keys of any supported
- * type, no signing alg); neither gets a secret. The secret methods take none of these
+ * tls_client_auth needs exactly one tls_* subject member. self_signed_tls_client_auth
+ * needs exactly one of jwks and jwks_uri, with keys of any supported type and no
+ * signing alg. Neither gets a secret. The secret methods take none of these
  * options. Returns 0, or -1 with a message for the operator in err. */
 int oauth_client_credentials_new(const struct oauth_client_auth_options *options,
                                  struct oauth_client_credentials *out, char *err,

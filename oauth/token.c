@@ -140,8 +140,8 @@ static void finish_tokens(struct token_ctx *ctx, const struct storage_poll *poll
         .scope = poll->scope,
         .auth_req_id = ctx->auth_req_id,
         .auth_time = poll->auth_time,
-        /* Bound to the certificate of this token request, which the client holds
-         * now, rather than the one it used at the backchannel endpoint. */
+        /* Bound to the certificate of this token request, which the client has now,
+         * rather than to the one it used at the backchannel endpoint. */
         .cnf_x5t_s256 = ctx->client->cnf_x5t_s256,
     };
     json_t *body = oauth_token_response_new(ctx->sr->worker->keys, &grant);

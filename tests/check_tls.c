@@ -1066,7 +1066,7 @@ START_TEST(mtls_poll_token_bound)
     free(id);
     free(dn);
 
-    /* Discovery says that tokens are bound. */
+    /* Discovery advertises bound tokens. */
     r = tls_request(NULL, NULL, "GET", "/.well-known/openid-configuration", NULL, NULL);
     body = json_loads(r.body, 0, NULL);
     ck_assert(json_is_true(
