@@ -41,7 +41,9 @@
 static const char DESC_FAILED[] = "Client authentication failed";
 static const char DESC_NONE[] =
     "Client authentication is required: use client_secret_basic or client_secret_post";
-static const char DESC_NO_SECRET[] = "The client_secret is missing";
+static const char DESC_NO_SECRET[] =
+    "Client credentials are missing: send the client_secret, a client assertion or a "
+    "TLS client certificate";
 static const char DESC_TWO_METHODS[] =
     "More than one client authentication method was used";
 static const char DESC_ID_MISMATCH[] =

@@ -4041,6 +4041,9 @@ START_TEST(mtls_only_registered_method)
     fake_cert_set(NULL, false);
     authenticate_cert("m-dn");
     assert_auth_failed(OAUTH_ERR_INVALID_CLIENT);
+    ck_assert_str_eq(auth.description,
+                     "Client credentials are missing: send the client_secret, a client "
+                     "assertion or a TLS client certificate");
     authenticate(NULL, (const char *[]){"client_id", "m-dn", "client_secret", "x", NULL});
     assert_auth_failed(OAUTH_ERR_INVALID_CLIENT);
     authenticate(basic("m-self:x"), NULL);
