@@ -876,8 +876,9 @@ static char *auth_req_id_of(const struct tls_reply *r)
     return copy;
 }
 
-/* Approves the request whose SMS is the index-th at the gateway (from 0). */
-static void approve_sms(size_t index)
+/* Approves the request whose SMS is the index-th at the gateway (from 0), over TLS
+ * or, with plain, over HTTP. */
+static void approve_sms_over(size_t index, bool plain)
 {
     const struct mock_http_request *q;
     json_t *sms;
@@ -912,12 +913,29 @@ static void approve_sms(size_t index)
     json_decref(sms);
     path = util_asprintf("/approve/%s", ref);
     form = util_asprintf("code=%s&action=approve", code);
-    r = tls_request(NULL, NULL, "POST", path, NULL, form);
+    if (plain) {
+        const char *headers[] = {"Content-Type: application/x-www-form-urlencoded", NULL};
+        struct e2e_response plain_reply;
+
+        ck_assert_int_eq(e2e_request(srv.port, "POST", path, headers, form, strlen(form),
+                                     &plain_reply),
+                         0);
+        r.status = plain_reply.status;
+        r.body = util_strdup(plain_reply.body ? plain_reply.body : "");
+        e2e_response_free(&plain_reply);
+    } else {
+        r = tls_request(NULL, NULL, "POST", path, NULL, form);
+    }
     ck_assert_msg(r.status == 200 && strstr(r.body, "Approved"), "approval: %d",
                   r.status);
     free(r.body);
     free(path);
     free(form);
+}
+
+static void approve_sms(size_t index)
+{
+    approve_sms_over(index, false);
 }
 
 /* The cnf.x5t#S256 of an access token, or "" (static buffer). */
@@ -1252,6 +1270,51 @@ START_TEST(mtls_proxy_header_trusted)
 }
 END_TEST
 
+START_TEST(mtls_proxy_token_bound)
+{
+    char *dn = mtls_client("--auth-method", "tls_client_auth", "--tls-subject-dn",
+                           AGENT_DN, NULL);
+    char *agent = cert_header("X-Client-Cert", mf.agent);
+    const char *headers[] = {"Content-Type: application/x-www-form-urlencoded", agent,
+                             NULL};
+    struct e2e_response r;
+    json_t *body;
+    char *id, *form, x5t[44];
+    int64_t deadline = util_mono_ms() + 10000;
+
+    serve_mtls_behind_proxy("127.0.0.1");
+    r = bc_authorize_plain(dn, agent);
+    ck_assert_msg(r.status == 200, "bc-authorize: %d %s", r.status, r.body);
+    body = e2e_json(&r);
+    id = util_strdup(json_string_value(json_object_get(body, "auth_req_id")));
+    json_decref(body);
+    e2e_response_free(&r);
+    approve_sms_over(0, true);
+    form = util_asprintf("grant_type=urn%%3Aopenid%%3Aparams%%3Agrant-type%%3Aciba&"
+                         "auth_req_id=%s&client_id=%s",
+                         id, dn);
+    for (;;) {
+        usleep(200000);
+        ck_assert_int_eq(
+            e2e_request(srv.port, "POST", "/token", headers, form, strlen(form), &r), 0);
+        if (r.status == 200 || util_mono_ms() > deadline)
+            break;
+        e2e_response_free(&r);
+    }
+    ck_assert_msg(r.status == 200, "token: %d %s", r.status, r.body);
+    body = e2e_json(&r);
+    thumbprint_of(mf.agent, x5t);
+    ck_assert_str_eq(token_x5t(json_string_value(json_object_get(body, "access_token"))),
+                     x5t);
+    json_decref(body);
+    e2e_response_free(&r);
+    free(form);
+    free(id);
+    free(agent);
+    free(dn);
+}
+END_TEST
+
 START_TEST(mtls_proxy_header_untrusted)
 {
     char *dn = mtls_client("--auth-method", "tls_client_auth", "--tls-subject-dn",
@@ -1323,6 +1386,7 @@ static Suite *tls_suite(void)
     tcase_set_timeout(tc, TEST_TIMEOUT_S);
     tcase_add_test(tc, mtls_proxy_header_trusted);
     tcase_add_test(tc, mtls_proxy_header_untrusted);
+    tcase_add_test(tc, mtls_proxy_token_bound);
     suite_add_tcase(s, tc);
 
     return s;
