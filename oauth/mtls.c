@@ -118,7 +118,7 @@ static int type_nid(const char *type)
     for (int pass = 0; nid == NID_undef && pass < 2; pass++) {
         size_t i;
 
-        for (i = 0; type[i] && i < sizeof(other) - 1; i++)
+        for (i = 0; i < sizeof(other) - 1 && type[i]; i++)
             other[i] = (char)(pass == 0 ? toupper((unsigned char)type[i])
                                         : tolower((unsigned char)type[i]));
         other[i] = '\0';
