@@ -527,6 +527,8 @@ static void store_auth_req(struct bc_ctx *ctx)
         .request_id = ctx->sr->rid,
         .delivery_mode = ctx->client->backchannel_token_delivery_mode,
         .notification_secrets = secrets,
+        /* Only a pushed token uses it; see ciba_push_payload_new. */
+        .cnf_x5t_s256 = ctx->client->cnf_x5t_s256,
     };
 
     /* The statement copies its parameters when it is queued. */

@@ -170,6 +170,9 @@ char *ciba_push_payload_new(struct server_worker *w, const struct storage_approv
         .scope = a->scope,
         .auth_req_id = auth_req_id,
         .auth_time = util_now_s(),
+        /* A push client never calls the token endpoint, so the certificate it
+         * authenticated with at the backchannel endpoint is the one it holds. */
+        .cnf_x5t_s256 = a->cnf_x5t_s256,
     };
     body = oauth_token_response_new(w->keys, &grant);
     if (!body) {

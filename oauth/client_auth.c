@@ -1,5 +1,5 @@
 /* client_auth.c - client authentication by client_secret_basic, client_secret_post,
- * private_key_jwt or client_secret_jwt
+ * private_key_jwt, client_secret_jwt, tls_client_auth or self_signed_tls_client_auth
  * SPDX-License-Identifier: MIT
  *
  * A JWT client assertion (RFC 7523) goes through these steps. Read the form and peek at
@@ -9,6 +9,12 @@
  * claims, and record the jti so the assertion cannot be used twice. Every failure after
  * the form is read gives the client the same invalid_client text, and the log line says
  * why.
+ *
+ * A TLS client certificate (RFC 8705 section 2) is a method of its own: a request with
+ * a certificate names its client by the client_id parameter and carries no other
+ * credentials. tls_client_auth needs a certificate that chains to tls_client_ca_file
+ * and has the registered subject member. self_signed_tls_client_auth needs a
+ * certificate whose public key is in the client's jwks or jwks_uri.
  */
 #include "oauth/oauth_int.h"
 
@@ -18,6 +24,7 @@
 
 #include <event2/event.h>
 #include <openssl/crypto.h>
+#include <openssl/x509.h>
 
 #include "server/config.h"
 #include "server/http.h"
@@ -34,7 +41,9 @@
 static const char DESC_FAILED[] = "Client authentication failed";
 static const char DESC_NONE[] =
     "Client authentication is required: use client_secret_basic or client_secret_post";
-static const char DESC_NO_SECRET[] = "The client_secret is missing";
+static const char DESC_NO_SECRET[] =
+    "Client credentials are missing: send the client_secret, a client assertion or a "
+    "TLS client certificate";
 static const char DESC_TWO_METHODS[] =
     "More than one client authentication method was used";
 static const char DESC_ID_MISMATCH[] =
@@ -51,17 +60,21 @@ static const char DESC_ASSERTION_TYPE[] =
 static const char DESC_WRONG_METHOD[] =
     "The client must use its registered token_endpoint_auth_method";
 static const char DESC_UNAVAILABLE[] = "The client registry is unavailable, retry later";
+static const char DESC_CERT_NO_CLIENT_ID[] =
+    "client_id is required with a TLS client certificate";
 
 enum auth_method {
     METHOD_BASIC,
     METHOD_POST,
     METHOD_ASSERTION, /* private_key_jwt or client_secret_jwt, as registered */
+    METHOD_CERT,      /* tls_client_auth or self_signed_tls_client_auth, as registered */
 };
 
 static const char *const method_names[] = {
     [METHOD_BASIC] = "client_secret_basic",
     [METHOD_POST] = "client_secret_post",
     [METHOD_ASSERTION] = "client_assertion",
+    [METHOD_CERT] = "a TLS client certificate",
 };
 
 /* State of one authentication, from the request until the callback. */
@@ -80,6 +93,8 @@ struct auth_ctx {
     unsigned alg;                /* the OAUTH_ALG_* bit registered for the client */
     struct oauth_client *client; /* the loaded client, until the end */
     json_t *claims;              /* verified claims, until the jti is recorded */
+    /* METHOD_CERT only: */
+    X509 *cert; /* the client certificate, parsed */
 };
 
 void oauth_secret_hash(const char *secret, char out[65])
@@ -114,6 +129,7 @@ void oauth_client_free(struct oauth_client *c)
     free(c->scope);
     free(c->backchannel_token_delivery_mode);
     free(c->grant_types);
+    free(c->cnf_x5t_s256);
     free(c);
 }
 
@@ -149,6 +165,7 @@ static void finish(struct auth_ctx *ctx, enum oauth_err err, const char *descrip
     json_decref(ctx->claims);
     free(ctx->assertion);
     free(ctx->kid);
+    X509_free(ctx->cert);
     free(ctx);
     cb(arg, err, description, client);
 }
@@ -301,6 +318,34 @@ static enum oauth_err read_assertion(struct auth_ctx *ctx, const struct server_f
     return err;
 }
 
+/* Takes the client_id of a request that authenticates by its TLS client certificate
+ * (RFC 8705 section 2: the client_id parameter is required) and parses the
+ * certificate. */
+static enum oauth_err read_cert(struct auth_ctx *ctx, const char *client_id,
+                                const char **description)
+{
+    size_t der_len = 0;
+    const unsigned char *der = server_req_client_cert_der(ctx->sr, &der_len);
+
+    ctx->method = METHOD_CERT;
+    *description = DESC_FAILED;
+    if (!client_id) {
+        *description = DESC_CERT_NO_CLIENT_ID;
+        return OAUTH_ERR_INVALID_CLIENT;
+    }
+    if (strlen(client_id) > CLIENT_ID_MAX ||
+        !util_utf8_valid(client_id, strlen(client_id)))
+        return OAUTH_ERR_INVALID_CLIENT;
+    strcpy(ctx->client_id, client_id);
+    ctx->cert = d2i_X509(NULL, &der, (long)der_len);
+    if (!ctx->cert) {
+        rlog_error(ctx->sr->rid, ctx->client_id,
+                   "the client certificate cannot be parsed again");
+        return OAUTH_ERR_INVALID_CLIENT;
+    }
+    return OAUTH_OK;
+}
+
 /* Finds the one authentication method the request uses and reads its credentials. */
 static enum oauth_err read_credentials(struct auth_ctx *ctx,
                                        const struct server_form *form,
@@ -311,7 +356,16 @@ static enum oauth_err read_credentials(struct auth_ctx *ctx,
     const char *secret = server_form_get(form, "client_secret");
     bool assertion = server_form_get(form, "client_assertion") ||
                      server_form_get(form, "client_assertion_type");
+    size_t der_len = 0;
+    bool cert = server_req_client_cert_der(ctx->sr, &der_len) != NULL;
 
+    /* A certificate with any other credentials is two methods (RFC 6749 section 2.3). */
+    if (cert && (header || secret || assertion)) {
+        *description = DESC_TWO_METHODS;
+        return OAUTH_ERR_INVALID_REQUEST;
+    }
+    if (cert)
+        return read_cert(ctx, client_id, description);
     if (header) {
         if (strlen(header) > AUTHORIZATION_MAX) {
             *description = DESC_TOO_LONG;
@@ -488,6 +542,106 @@ static void assertion_start(struct auth_ctx *ctx, const struct storage_client *r
                              ctx);
 }
 
+/* ---- TLS client certificates (RFC 8705) ------------------------------------------- */
+
+/* Fails a certificate authentication: the client learns only DESC_FAILED. */
+static void cert_fail(struct auth_ctx *ctx, const char *reason)
+{
+    rlog_info(ctx->sr->rid, ctx->client_id,
+              "client authentication by certificate failed: %s", reason);
+    finish(ctx, OAUTH_ERR_INVALID_CLIENT, DESC_FAILED, NULL);
+}
+
+/* Completes a certificate authentication. The client keeps the certificate's
+ * thumbprint, so its access tokens are bound to it (RFC 8705 section 3). */
+static void cert_succeed(struct auth_ctx *ctx)
+{
+    struct oauth_client *client = ctx->client;
+
+    ctx->client = NULL;
+    client->cnf_x5t_s256 = util_strdup(server_req_client_cert_thumbprint(ctx->sr));
+    rlog_debug(ctx->sr->rid, ctx->client_id, "client authenticated by %s",
+               client->token_endpoint_auth_method);
+    finish(ctx, OAUTH_OK, NULL, client);
+}
+
+/* self_signed_tls_client_auth: the certificate's public key must be registered. Chain
+ * and validity dates are not checked (RFC 8705 section 2.2): the registration is what
+ * the key is trusted by. set may be NULL, with error saying why there are no keys. */
+static void cert_key_check(struct auth_ctx *ctx, const struct oauth_jwk_set *set,
+                           const char *error)
+{
+    if (!set) {
+        cert_fail(ctx, error ? error : "no keys");
+        return;
+    }
+    if (!oauth_mtls_key_registered(ctx->cert, set)) {
+        cert_fail(ctx, "the certificate's public key is not in the client's keys");
+        return;
+    }
+    cert_succeed(ctx);
+}
+
+static void on_cert_keys(void *arg, const struct oauth_jwk_set *set, const char *error)
+{
+    cert_key_check(arg, set, error);
+}
+
+/* Continues a certificate authentication once its client is loaded. */
+static void cert_start(struct auth_ctx *ctx, const struct storage_client *row)
+{
+    const char *method = row->token_endpoint_auth_method;
+    struct oauth_jwks_cache *cache = ctx->sr->worker->jwks;
+    const struct oauth_jwk_set *set;
+    const char *reason;
+    char err[200];
+
+    if (method && strcmp(method, "tls_client_auth") == 0) {
+        /* The TLS layer (or the proxy's header) verified the chain against
+         * tls_client_ca_file, the validity dates included. */
+        if (!server_req_client_cert_verified(ctx->sr)) {
+            cert_fail(ctx, "the certificate does not chain to tls_client_ca_file");
+            return;
+        }
+        reason = oauth_mtls_subject_check(ctx->cert, row);
+        if (reason) {
+            cert_fail(ctx, reason);
+            return;
+        }
+        ctx->client = client_copy(row);
+        cert_succeed(ctx);
+        return;
+    }
+    if (!method || strcmp(method, "self_signed_tls_client_auth") != 0) {
+        rlog_info(ctx->sr->rid, ctx->client_id,
+                  "client authentication failed: used %s, registered %s",
+                  method_names[ctx->method], method ? method : "(none)");
+        finish(ctx, OAUTH_ERR_INVALID_CLIENT, DESC_FAILED, NULL);
+        return;
+    }
+    if (!cache) {
+        finish(ctx, OAUTH_ERR_TEMPORARILY_UNAVAILABLE, DESC_UNAVAILABLE, NULL);
+        return;
+    }
+    ctx->client = client_copy(row);
+    if (row->jwks) {
+        set = oauth_jwks_cache_inline(cache, row->jwks, 0, err, sizeof(err));
+        cert_key_check(ctx, set, set ? NULL : err);
+        return;
+    }
+    if (!row->jwks_uri) {
+        cert_fail(ctx, "the client has neither jwks nor jwks_uri");
+        return;
+    }
+    /* A certificate names no kid: a cached set of one key is used at once, and a
+     * larger one is fetched again at most once per jwks_uri_refetch_seconds. */
+    set = oauth_jwks_cache_peek(cache, row->jwks_uri, 0, NULL);
+    if (set)
+        cert_key_check(ctx, set, NULL);
+    else
+        oauth_jwks_cache_get(cache, row->jwks_uri, 0, NULL, on_cert_keys, ctx);
+}
+
 static void on_client_loaded(void *arg, enum storage_status status,
                              const struct storage_client *row)
 {
@@ -514,6 +668,10 @@ static void on_client_loaded(void *arg, enum storage_status status,
 
     if (ctx->method == METHOD_ASSERTION) {
         assertion_start(ctx, row);
+        return;
+    }
+    if (ctx->method == METHOD_CERT) {
+        cert_start(ctx, row);
         return;
     }
     if (!row->secret_hash || strlen(row->secret_hash) != 64 ||

@@ -4,6 +4,8 @@
  */
 #include "oauth/oauth_int.h"
 
+#include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -60,8 +62,9 @@ static unsigned set_alg(const struct oauth_jwk_set *set)
 }
 
 /* Checks an inline JWKS: JSON, public keys only, every key usable with alg (0: any
- * one algorithm shared by all keys). Stores the compact JSON and the alg. */
-static int prepare_jwks(const char *value, unsigned alg,
+ * one algorithm shared by all keys). Stores the compact JSON and, with need_alg, the
+ * alg. */
+static int prepare_jwks(const char *value, unsigned alg, bool need_alg,
                         struct oauth_client_credentials *out, char *err, size_t err_len)
 {
     char key_err[256];
@@ -81,6 +84,11 @@ static int prepare_jwks(const char *value, unsigned alg,
     set = oauth_jwk_set_parse(doc, alg, true, key_err, sizeof(key_err));
     if (!set) {
         snprintf(err, err_len, "invalid --jwks: %s", key_err);
+        goto out;
+    }
+    if (!need_alg) {
+        out->jwks = json_dumps(doc, JSON_COMPACT);
+        rc = out->jwks ? 0 : -1;
         goto out;
     }
     if (!alg)
@@ -159,7 +167,7 @@ static int prepare_private_key_jwt(const struct oauth_client_auth_options *o,
         }
     }
     if (o->jwks)
-        return prepare_jwks(o->jwks, alg, out, err, err_len);
+        return prepare_jwks(o->jwks, alg, true, out, err, err_len);
 
     if (!alg) {
         snprintf(err, err_len,
@@ -177,26 +185,188 @@ static int prepare_private_key_jwt(const struct oauth_client_auth_options *o,
     return 0;
 }
 
+/* Checks the options of self_signed_tls_client_auth: the keys of the client's
+ * certificates, inline or published, and no signing alg. */
+static int prepare_self_signed(const struct oauth_client_auth_options *o,
+                               struct oauth_client_credentials *out, char *err,
+                               size_t err_len)
+{
+    char url_err[200];
+
+    if (!o->jwks == !o->jwks_uri) {
+        snprintf(
+            err, err_len,
+            "self_signed_tls_client_auth needs exactly one of --jwks and --jwks-uri");
+        return -1;
+    }
+    if (o->signing_alg) {
+        snprintf(err, err_len,
+                 "--auth-signing-alg is for private_key_jwt and client_secret_jwt only");
+        return -1;
+    }
+    if (o->jwks)
+        return prepare_jwks(o->jwks, 0, false, out, err, err_len);
+    if (util_http_url_check(o->jwks_uri, o->allow_http_loopback, true, url_err,
+                            sizeof(url_err)) != 0) {
+        snprintf(err, err_len, "invalid --jwks-uri: %s", url_err);
+        return -1;
+    }
+    out->jwks_uri = util_strdup(o->jwks_uri);
+    return 0;
+}
+
+/* True when s is a host name: dot-separated labels of letters, digits and "-", at
+ * most 253 characters (RFC 1123 section 2.1). */
+static bool is_dns_name(const char *s)
+{
+    size_t label = 0, n = strlen(s);
+
+    if (n == 0 || n > 253)
+        return false;
+    for (const char *p = s; *p; p++) {
+        if (*p == '.') {
+            if (label == 0)
+                return false;
+            label = 0;
+        } else if (isalnum((unsigned char)*p) || *p == '-') {
+            if (++label > 63)
+                return false;
+        } else {
+            return false;
+        }
+    }
+    return label > 0;
+}
+
+/* True when s is printable ASCII without spaces, 1 to max characters long. */
+static bool is_visible_ascii(const char *s, size_t max)
+{
+    size_t n = strlen(s);
+
+    for (const char *p = s; *p; p++) {
+        if (*p <= 0x20 || *p >= 0x7f)
+            return false;
+    }
+    return n > 0 && n <= max;
+}
+
+/* Checks and normalizes the expected subject member of a tls_client_auth client. */
+static int prepare_tls_client_auth(const struct oauth_client_auth_options *o,
+                                   struct oauth_client_credentials *out, char *err,
+                                   size_t err_len)
+{
+    int members = !!o->tls_subject_dn + !!o->tls_san_dns + !!o->tls_san_uri +
+                  !!o->tls_san_ip + !!o->tls_san_email;
+    unsigned char ip[16];
+    char text[INET6_ADDRSTRLEN], dn_err[200];
+    const char *at;
+
+    if (members != 1) {
+        snprintf(err, err_len,
+                 "tls_client_auth needs exactly one of --tls-subject-dn, --tls-san-dns, "
+                 "--tls-san-uri, --tls-san-ip and --tls-san-email");
+        return -1;
+    }
+    if (o->jwks || o->jwks_uri || o->signing_alg) {
+        snprintf(err, err_len,
+                 "tls_client_auth takes no --jwks, --jwks-uri or "
+                 "--auth-signing-alg");
+        return -1;
+    }
+    if (o->tls_subject_dn) {
+        X509_NAME *name = oauth_mtls_dn_parse(o->tls_subject_dn, dn_err, sizeof(dn_err));
+
+        if (!name) {
+            snprintf(err, err_len, "invalid --tls-subject-dn: %s", dn_err);
+            return -1;
+        }
+        out->tls_subject_dn = oauth_mtls_dn_print(name);
+        X509_NAME_free(name);
+        return out->tls_subject_dn ? 0 : -1;
+    }
+    if (o->tls_san_dns) {
+        if (!is_dns_name(o->tls_san_dns)) {
+            snprintf(err, err_len, "invalid --tls-san-dns: expected a host name");
+            return -1;
+        }
+        out->tls_san_dns = util_strdup(o->tls_san_dns);
+        for (char *p = out->tls_san_dns; *p; p++)
+            *p = (char)tolower((unsigned char)*p);
+        return 0;
+    }
+    if (o->tls_san_uri) {
+        const char *colon = strchr(o->tls_san_uri, ':');
+        size_t scheme = colon ? (size_t)(colon - o->tls_san_uri) : 0;
+
+        if (!is_visible_ascii(o->tls_san_uri, 2048) || scheme == 0 ||
+            !isalpha((unsigned char)o->tls_san_uri[0]) ||
+            strspn(o->tls_san_uri, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                   "0123456789+.-") != scheme) {
+            snprintf(err, err_len,
+                     "invalid --tls-san-uri: expected an absolute URI such as "
+                     "spiffe://example.org/agent");
+            return -1;
+        }
+        out->tls_san_uri = util_strdup(o->tls_san_uri);
+        return 0;
+    }
+    if (o->tls_san_ip) {
+        int family = strchr(o->tls_san_ip, ':') ? AF_INET6 : AF_INET;
+
+        if (inet_pton(family, o->tls_san_ip, ip) != 1 ||
+            !inet_ntop(family, ip, text, sizeof(text))) {
+            snprintf(err, err_len,
+                     "invalid --tls-san-ip: expected an IPv4 or IPv6 "
+                     "address");
+            return -1;
+        }
+        out->tls_san_ip = util_strdup(text);
+        return 0;
+    }
+    at = strrchr(o->tls_san_email, '@');
+    if (!is_visible_ascii(o->tls_san_email, 320) || !at || at == o->tls_san_email ||
+        !is_dns_name(at + 1)) {
+        snprintf(err, err_len, "invalid --tls-san-email: expected local@domain");
+        return -1;
+    }
+    out->tls_san_email = util_strdup(o->tls_san_email);
+    return 0;
+}
+
 int oauth_client_credentials_new(const struct oauth_client_auth_options *o,
                                  struct oauth_client_credentials *out, char *err,
                                  size_t err_len)
 {
     const char *m = o->method;
     bool secret_jwt = strcmp(m, "client_secret_jwt") == 0;
+    bool tls_members = o->tls_subject_dn || o->tls_san_dns || o->tls_san_uri ||
+                       o->tls_san_ip || o->tls_san_email;
     int rc;
 
     memset(out, 0, sizeof(*out));
-    if (strcmp(m, "private_key_jwt") == 0) {
+    if (strcmp(m, "tls_client_auth") == 0) {
+        rc = prepare_tls_client_auth(o, out, err, err_len);
+    } else if (tls_members) {
+        snprintf(err, err_len,
+                 "--tls-subject-dn and --tls-san-* are for tls_client_auth "
+                 "only");
+        rc = -1;
+    } else if (strcmp(m, "self_signed_tls_client_auth") == 0) {
+        rc = prepare_self_signed(o, out, err, err_len);
+    } else if (strcmp(m, "private_key_jwt") == 0) {
         rc = prepare_private_key_jwt(o, out, err, err_len);
     } else if (!secret_jwt && strcmp(m, "client_secret_basic") != 0 &&
                strcmp(m, "client_secret_post") != 0) {
         snprintf(err, err_len,
                  "invalid --auth-method \"%s\": expected private_key_jwt, "
-                 "client_secret_jwt, client_secret_basic or client_secret_post",
+                 "client_secret_jwt, client_secret_basic, client_secret_post, "
+                 "tls_client_auth or self_signed_tls_client_auth",
                  m);
         rc = -1;
     } else if (o->jwks || o->jwks_uri) {
-        snprintf(err, err_len, "--jwks and --jwks-uri are for private_key_jwt only");
+        snprintf(err, err_len,
+                 "--jwks and --jwks-uri are for private_key_jwt and "
+                 "self_signed_tls_client_auth only");
         rc = -1;
     } else if (o->signing_alg && (!secret_jwt || strcmp(o->signing_alg, "HS256") != 0)) {
         snprintf(err, err_len,
@@ -222,5 +392,10 @@ void oauth_client_credentials_clear(struct oauth_client_credentials *c)
     free(c->secret_sealed);
     free(c->jwks);
     free(c->jwks_uri);
+    free(c->tls_subject_dn);
+    free(c->tls_san_dns);
+    free(c->tls_san_uri);
+    free(c->tls_san_ip);
+    free(c->tls_san_email);
     memset(c, 0, sizeof(*c));
 }

@@ -39,10 +39,18 @@ static json_t *string_array(const char *const *values, size_t n)
  * section 3.2 forbids an empty array. RFC 8414 erratum 7793 (reported, not verified)
  * asks to make the member required only with the authorization endpoint. NOTE: a
  * client that validates the metadata strictly may reject it for the missing member. */
-static json_t *discovery_document(const char *issuer, bool allow_rs256)
+static json_t *discovery_document(const struct server_config *cfg)
 {
+    const char *issuer = cfg->issuer;
     json_t *doc = json_object();
     json_t *auth_algs = STRING_ARRAY("ES256", "PS256");
+    json_t *auth_methods = STRING_ARRAY("private_key_jwt", "client_secret_jwt",
+                                        "client_secret_basic", "client_secret_post");
+    /* A client certificate reaches cibad over its own TLS when it requests one, or in
+     * the header of a trusted proxy. tls_client_auth also needs a CA to verify it. */
+    bool certs =
+        (cfg->tls_cert_file && cfg->tls_key_file && cfg->tls_request_client_cert) ||
+        (cfg->tls_client_cert_header && cfg->trusted_proxies);
 
     json_object_set_new(doc, "issuer", json_string(issuer));
     json_object_set_new(doc, "token_endpoint", json_sprintf("%s/token", issuer));
@@ -54,11 +62,19 @@ static json_t *discovery_document(const char *issuer, bool allow_rs256)
     json_object_set_new(doc, "backchannel_user_code_parameter_supported", json_true());
     json_object_set_new(doc, "grant_types_supported",
                         STRING_ARRAY(OAUTH_GRANT_TYPE_CIBA));
-    json_object_set_new(doc, "token_endpoint_auth_methods_supported",
-                        STRING_ARRAY("private_key_jwt", "client_secret_jwt",
-                                     "client_secret_basic", "client_secret_post"));
+    if (certs && cfg->tls_client_ca_file)
+        json_array_append_new(auth_methods, json_string("tls_client_auth"));
+    if (certs)
+        json_array_append_new(auth_methods, json_string("self_signed_tls_client_auth"));
+    json_object_set_new(doc, "token_endpoint_auth_methods_supported", auth_methods);
+    /* Tokens of clients that authenticate by certificate are bound to it (RFC 8705
+     * section 3.3). The endpoints are the same with and without a certificate, so
+     * there are no mtls_endpoint_aliases. */
+    if (certs)
+        json_object_set_new(doc, "tls_client_certificate_bound_access_tokens",
+                            json_true());
     /* The algorithms client assertions may use; HS256 is for client_secret_jwt only. */
-    if (allow_rs256)
+    if (cfg->allow_rs256)
         json_array_append_new(auth_algs, json_string("RS256"));
     json_array_append_new(auth_algs, json_string("HS256"));
     json_object_set_new(doc, "token_endpoint_auth_signing_alg_values_supported",
@@ -97,8 +113,7 @@ void oauth_discovery_handle(struct server_req *sr)
         return;
     }
     server_req_add_header(sr, "Cache-Control", DISCOVERY_CACHE_CONTROL);
-    server_reply_json(
-        sr, 200, discovery_document(server_config->issuer, server_config->allow_rs256));
+    server_reply_json(sr, 200, discovery_document(server_config));
 }
 
 void oauth_jwks_handle(struct server_req *sr)

@@ -98,6 +98,9 @@ struct oauth_client {
     char *backchannel_token_delivery_mode;
     char *grant_types;
     bool backchannel_user_code_parameter; /* the client must send user_code */
+    /* x5t#S256 of the TLS client certificate the client authenticated with (RFC 8705),
+     * or NULL for the other methods; its access tokens are bound to it. */
+    char *cnf_x5t_s256;
 };
 
 void oauth_client_free(struct oauth_client *c);
@@ -122,7 +125,15 @@ typedef void (*oauth_client_cb)(void *arg, enum oauth_err err, const char *descr
  * temporarily_unavailable while the database is down, and otherwise server_error.
  * Copies the claimed client_id into sr->client_id for log lines as soon as it is read,
  * before it is verified: take the authenticated id from client->client_id. Assertions
- * need server_config (issuer, secret, allow_rs256) and sr->worker->jwks. */
+ * need server_config (issuer, secret, allow_rs256) and sr->worker->jwks.
+ *
+ * A request with a TLS client certificate (server_req_client_cert_der) authenticates
+ * by it, for tls_client_auth and self_signed_tls_client_auth clients (RFC 8705 section
+ * 2). It names the client by the client_id parameter (invalid_client without it) and
+ * carries no other credentials (invalid_request otherwise). tls_client_auth needs a
+ * certificate verified against tls_client_ca_file that has the registered subject
+ * member; self_signed_tls_client_auth needs its public key in the client's jwks or
+ * jwks_uri. Any failure is invalid_client. On success client->cnf_x5t_s256 is set. */
 void oauth_client_authenticate(struct server_req *sr, const struct server_form *form,
                                oauth_client_cb cb, void *arg);
 
@@ -140,6 +151,12 @@ struct oauth_client_auth_options {
     const char *server_secret; /* seals a client_secret_jwt secret */
     bool allow_rs256;
     bool allow_http_loopback; /* accept an http:// jwks_uri on a loopback address */
+    /* tls_client_auth: exactly one expected subject member (RFC 8705 section 2.1.2). */
+    const char *tls_subject_dn; /* RFC 4514 text */
+    const char *tls_san_dns;
+    const char *tls_san_uri;
+    const char *tls_san_ip;
+    const char *tls_san_email;
 };
 
 /* What is stored for a new client's authentication; strings are owned. */
@@ -150,14 +167,22 @@ struct oauth_client_credentials {
     char *jwks;          /* compact JSON of the registered jwks */
     char *jwks_uri;
     const char *signing_alg; /* static name, or NULL for secret methods */
+    /* tls_client_auth: the one subject member, normalized; the others NULL. */
+    char *tls_subject_dn; /* RFC 2253 text as OpenSSL prints the parsed DN */
+    char *tls_san_dns;    /* lower case */
+    char *tls_san_uri;
+    char *tls_san_ip; /* as inet_ntop writes it */
+    char *tls_san_email;
 };
 
 /* Checks the options and prepares the credentials. private_key_jwt needs exactly one of
  * jwks and jwks_uri. Its keys must be public and fit the signing alg, which is
  * otherwise taken from the keys (required with jwks_uri). RS256 needs allow_rs256.
- * client_secret_jwt takes HS256 only and seals its new secret with server_secret. The
- * secret methods take none of these options. Returns 0, or -1 with a message for the
- * operator in err. */
+ * client_secret_jwt takes HS256 only and seals its new secret with server_secret.
+ * tls_client_auth needs exactly one tls_* subject member. self_signed_tls_client_auth
+ * needs exactly one of jwks and jwks_uri, with keys of any supported type and no
+ * signing alg. Neither gets a secret. The secret methods take none of these
+ * options. Returns 0, or -1 with a message for the operator in err. */
 int oauth_client_credentials_new(const struct oauth_client_auth_options *options,
                                  struct oauth_client_credentials *out, char *err,
                                  size_t err_len) MUST_CHECK;
@@ -366,12 +391,16 @@ struct oauth_grant {
     const char
         *auth_req_id;  /* for the ID token's urn:openid:params:jwt:claim:auth_req_id */
     int64_t auth_time; /* Unix seconds of the approval */
+    /* x5t#S256 of the client certificate the access token is bound to (RFC 8705
+     * section 3), or NULL for a bearer token without cnf. */
+    const char *cnf_x5t_s256;
 };
 
 /* Signs an RFC 9068 access token and an ID token (with at_hash and the auth_req_id
  * claim) for grant with the signing key of ks, and returns the token response
  * {"access_token", "token_type": "Bearer", "expires_in", "id_token", "scope"} as a new
- * reference, or NULL when signing failed (no usable signing key). The tokens are
+ * reference, or NULL when signing failed (no usable signing key). With
+ * grant->cnf_x5t_s256 the access token has the claim cnf {"x5t#S256"}. The tokens are
  * bearer secrets: wipe any text dumped from the result before freeing it. */
 json_t *oauth_token_response_new(const struct oauth_keyset *ks,
                                  const struct oauth_grant *grant);

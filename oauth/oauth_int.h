@@ -6,6 +6,7 @@
 #define CIBAD_OAUTH_INT_H
 
 #include <openssl/evp.h>
+#include <openssl/x509.h>
 
 #include "oauth/oauth.h"
 
@@ -76,5 +77,24 @@ struct oauth_assertion_claims {
 const char *oauth_assertion_check(const json_t *claims, const char *client_id,
                                   const char *issuer, int64_t now,
                                   struct oauth_assertion_claims *out);
+
+/* ---- TLS client certificates (RFC 8705) -------------------------------------------
+ */
+
+struct storage_client;
+
+/* Parses a distinguished name written as RFC 4514 says (most specific RDN first, "+"
+ * inside a multi-valued RDN, backslash escapes). Types are short names such as CN, O,
+ * OU, C, DC or UID in any case, or dotted OIDs; "#" hex values are not supported.
+ * Returns a new X509_NAME, or NULL with the reason in err. */
+X509_NAME *oauth_mtls_dn_parse(const char *text, char *err, size_t err_len);
+/* Prints name as RFC 2253 text that oauth_mtls_dn_parse reads back (UTF-8 kept).
+ * Returns a new string, or NULL. */
+char *oauth_mtls_dn_print(const X509_NAME *name);
+/* Checks cert against the one subject member the tls_client_auth client row registered
+ * (RFC 8705 section 2.1.2). Returns NULL on a match, or a static reason for the log. */
+const char *oauth_mtls_subject_check(X509 *cert, const struct storage_client *row);
+/* True when the public key of cert is one of the keys of set (RFC 8705 section 2.2). */
+bool oauth_mtls_key_registered(X509 *cert, const struct oauth_jwk_set *set);
 
 #endif

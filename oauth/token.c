@@ -71,6 +71,10 @@ static char *issue_access_token(const struct oauth_keyset *ks,
     free(jti);
     if (!claims)
         return NULL;
+    /* A certificate-bound token (RFC 8705 section 3.1); token_type stays Bearer. */
+    if (grant->cnf_x5t_s256)
+        json_object_set_new(claims, "cnf",
+                            json_pack("{s:s}", "x5t#S256", grant->cnf_x5t_s256));
     token = oauth_jws_sign(ks, "at+jwt", claims);
     json_decref(claims);
     return token;
@@ -136,6 +140,9 @@ static void finish_tokens(struct token_ctx *ctx, const struct storage_poll *poll
         .scope = poll->scope,
         .auth_req_id = ctx->auth_req_id,
         .auth_time = poll->auth_time,
+        /* Bound to the certificate of this token request, which the client has now,
+         * rather than to the one it used at the backchannel endpoint. */
+        .cnf_x5t_s256 = ctx->client->cnf_x5t_s256,
     };
     json_t *body = oauth_token_response_new(ctx->sr->worker->keys, &grant);
 

@@ -92,6 +92,7 @@ static void state_free(struct server_req_state *rs)
         rs->next->prev = rs->prev;
     free(rs->path);
     free(rs->cert.subject);
+    free(rs->cert.der);
     free(rs);
 }
 
@@ -396,6 +397,14 @@ const char *server_req_client_cert_subject(const struct server_req *sr)
     const struct server_req_state *rs = state_of(sr);
 
     return rs->cert.present ? rs->cert.subject : NULL;
+}
+
+const unsigned char *server_req_client_cert_der(const struct server_req *sr, size_t *len)
+{
+    const struct server_req_state *rs = state_of(sr);
+
+    *len = rs->cert.present ? rs->cert.der_len : 0;
+    return rs->cert.present ? rs->cert.der : NULL;
 }
 
 bool server_req_client_cert_verified(const struct server_req *sr)

@@ -91,6 +91,9 @@ const char *server_req_query(const struct server_req *sr);
 const char *server_req_client_cert_thumbprint(const struct server_req *sr);
 const char *server_req_client_cert_subject(const struct server_req *sr);
 bool server_req_client_cert_verified(const struct server_req *sr);
+/* The DER form of the same certificate, with its length in *len, or NULL (and 0) when
+ * the request has none. It lives as long as sr. */
+const unsigned char *server_req_client_cert_der(const struct server_req *sr, size_t *len);
 
 /* Sends body (reference stolen) as application/json with the given status. */
 void server_reply_json(struct server_req *sr, int status, json_t *body);

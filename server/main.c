@@ -277,6 +277,21 @@ static int cmd_migrate(struct cli *cli, int argc, char **argv)
 /* ---- clients --------------------------------------------------------------------------
  */
 
+/* Adds the tls_client_auth subject member (RFC 8705 section 2.1.2) that is not NULL. */
+static void add_tls_members(json_t *out, const char *dn, const char *dns, const char *uri,
+                            const char *ip, const char *email)
+{
+    const char *names[] = {"tls_client_auth_subject_dn", "tls_client_auth_san_dns",
+                           "tls_client_auth_san_uri", "tls_client_auth_san_ip",
+                           "tls_client_auth_san_email"};
+    const char *values[] = {dn, dns, uri, ip, email};
+
+    for (size_t i = 0; i < ARRAY_LEN(names); i++) {
+        if (values[i])
+            json_object_set_new(out, names[i], json_string(values[i]));
+    }
+}
+
 static json_t *client_json(const struct storage_client *c)
 {
     const char *endpoint = c->backchannel_client_notification_endpoint;
@@ -297,6 +312,9 @@ static json_t *client_json(const struct storage_client *c)
         json_object_set_new(out, "jwks_uri", json_string(c->jwks_uri));
     if (c->jwks)
         json_object_set_new(out, "jwks", json_loads(c->jwks, 0, NULL));
+    add_tls_members(out, c->tls_client_auth_subject_dn, c->tls_client_auth_san_dns,
+                    c->tls_client_auth_san_uri, c->tls_client_auth_san_ip,
+                    c->tls_client_auth_san_email);
     json_object_set_new(out, "backchannel_user_code_parameter",
                         json_boolean(c->backchannel_user_code_parameter));
     return out;
@@ -360,7 +378,8 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
 {
     const char *name = NULL, *scope = NULL, *client_id = NULL, *method = NULL,
                *mode = NULL, *endpoint = NULL, *jwks = NULL, *jwks_uri = NULL,
-               *signing_alg = NULL;
+               *signing_alg = NULL, *tls_dn = NULL, *tls_dns = NULL, *tls_uri = NULL,
+               *tls_ip = NULL, *tls_email = NULL;
     bool as_json = false, user_code = false;
     struct cli_opt opts[] = {
         {"--name", &name, NULL},
@@ -374,6 +393,11 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
         {"--jwks-uri", &jwks_uri, NULL},
         {"--auth-signing-alg", &signing_alg, NULL},
         {"--user-code", NULL, &user_code},
+        {"--tls-subject-dn", &tls_dn, NULL},
+        {"--tls-san-dns", &tls_dns, NULL},
+        {"--tls-san-uri", &tls_uri, NULL},
+        {"--tls-san-ip", &tls_ip, NULL},
+        {"--tls-san-email", &tls_email, NULL},
     };
     char *scope_list = NULL, *id = NULL, err[512];
     struct oauth_client_credentials cred = {0};
@@ -403,6 +427,11 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
                 .server_secret = cli->cfg.secret,
                 .allow_rs256 = cli->cfg.allow_rs256,
                 .allow_http_loopback = cli->cfg.jwks_uri_allow_http_loopback,
+                .tls_subject_dn = tls_dn,
+                .tls_san_dns = tls_dns,
+                .tls_san_uri = tls_uri,
+                .tls_san_ip = tls_ip,
+                .tls_san_email = tls_email,
             },
             &cred, err, sizeof(err)) != 0) {
         fprintf(stderr, "cibad: %s\n", err);
@@ -434,6 +463,11 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
         .token_endpoint_auth_signing_alg = cred.signing_alg,
         .client_secret_sealed = cred.secret_sealed,
         .backchannel_user_code_parameter = user_code,
+        .tls_client_auth_subject_dn = cred.tls_subject_dn,
+        .tls_client_auth_san_dns = cred.tls_san_dns,
+        .tls_client_auth_san_uri = cred.tls_san_uri,
+        .tls_client_auth_san_ip = cred.tls_san_ip,
+        .tls_client_auth_san_email = cred.tls_san_email,
     };
     if (storage_sync_client_create(s, &c, err, sizeof(err)) != 0) {
         fprintf(stderr, "cibad: cannot create client %s: %s\n", id, err);
@@ -456,6 +490,8 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
             json_object_set_new(out, "jwks_uri", json_string(cred.jwks_uri));
         if (cred.jwks)
             json_object_set_new(out, "jwks", json_loads(cred.jwks, 0, NULL));
+        add_tls_members(out, cred.tls_subject_dn, cred.tls_san_dns, cred.tls_san_uri,
+                        cred.tls_san_ip, cred.tls_san_email);
         json_object_set_new(out, "backchannel_user_code_parameter",
                             json_boolean(user_code));
         print_json(out);
@@ -1089,8 +1125,11 @@ static const struct command commands[] = {
     {NULL, "migrate", "migrate", "Apply the database migrations not applied yet.", cmd_migrate},
     {"client", "create",
      "client create --name NAME --scope \"openid ...\" [--client-id ID]\n"
-     "         [--auth-method private_key_jwt|client_secret_jwt|client_secret_basic|client_secret_post]\n"
+     "         [--auth-method private_key_jwt|client_secret_jwt|client_secret_basic|client_secret_post\n"
+     "                        |tls_client_auth|self_signed_tls_client_auth]\n"
      "         [--jwks FILE_OR_JSON | --jwks-uri URL] [--auth-signing-alg ES256|PS256|RS256|HS256]\n"
+     "         [--tls-subject-dn DN | --tls-san-dns NAME | --tls-san-uri URI | --tls-san-ip IP\n"
+     "          | --tls-san-email ADDRESS]   (tls_client_auth: exactly one)\n"
      "         [--delivery-mode poll|ping|push [--notification-endpoint https://...]]\n"
      "         [--user-code] [--json]",
      "Register a client and print its secret, if it has one, once.", cmd_client_create},

@@ -83,6 +83,8 @@ struct server_client_cert {
     bool verified;       /* chains to tls_client_ca_file */
     char thumbprint[44]; /* x5t#S256: base64url of the SHA-256 of the DER form */
     char *subject;       /* RFC 2253 distinguished name; free it */
+    unsigned char *der;  /* the certificate, DER-encoded; free it */
+    size_t der_len;
 };
 
 /* Loads the certificate, key and client CA bundle and parses trusted_proxies, once,

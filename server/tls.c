@@ -10,9 +10,8 @@
  * Behind a TLS-terminating proxy the certificate comes from tls_client_cert_header as
  * URL-encoded PEM, and only when the peer is one of trusted_proxies.
  *
- * TODO: tls_client_auth and self_signed_tls_client_auth (RFC 8705) are not implemented
- * yet; this file provides the certificate they will check, and discovery does not
- * advertise them.
+ * oauth/mtls.c checks the certificate for tls_client_auth and
+ * self_signed_tls_client_auth (RFC 8705 section 2).
  */
 #include "server/server.h"
 
@@ -228,12 +227,14 @@ struct bufferevent *server_tls_on_accept(struct event_base *base, void *arg)
     return bev;
 }
 
-/* Fills cert's thumbprint and subject from x509. */
+/* Fills cert's thumbprint, subject and DER form from x509. */
 static int cert_describe(X509 *x509, struct server_client_cert *cert)
 {
     unsigned char digest[EVP_MAX_MD_SIZE];
     unsigned int digest_len = 0;
     BIO *bio = BIO_new(BIO_s_mem());
+    unsigned char *der = NULL;
+    int der_len;
     char *text;
     long len;
     int rc = -1;
@@ -241,6 +242,13 @@ static int cert_describe(X509 *x509, struct server_client_cert *cert)
     if (!bio || X509_digest(x509, EVP_sha256(), digest, &digest_len) != 1 ||
         digest_len != 32)
         goto out;
+    der_len = i2d_X509(x509, &der);
+    if (der_len <= 0)
+        goto out;
+    cert->der = util_malloc((size_t)der_len);
+    memcpy(cert->der, der, (size_t)der_len);
+    cert->der_len = (size_t)der_len;
+    OPENSSL_free(der);
     util_b64url_encode(digest, digest_len, cert->thumbprint);
     if (X509_NAME_print_ex(bio, X509_get_subject_name(x509), 0, XN_FLAG_RFC2253) < 0)
         goto out;

@@ -24,7 +24,8 @@
     " floor(extract(epoch FROM a.otp_expires_at))::int8,"                                \
     " floor(extract(epoch FROM a.otp_sent_at))::int8,"                                   \
     " a.otp_attempts, a.otp_generation, a.otp_hmac,"                                     \
-    " floor(extract(epoch FROM now()))::int8, a.delivery_mode, a.notification_secrets"
+    " floor(extract(epoch FROM now()))::int8, a.delivery_mode, a.notification_secrets,"  \
+    " a.cnf_x5t_s256"
 
 static const struct {
     const char *name;
@@ -75,6 +76,7 @@ static int approval_from_row(const PGresult *res, int first, struct storage_appr
     a->now = storage_col_int64(res, 0, first + 15);
     a->delivery_mode = storage_col_text(res, 0, first + 16);
     a->notification_secrets = storage_col_text(res, 0, first + 17);
+    a->cnf_x5t_s256 = storage_col_text(res, 0, first + 18);
     return 0;
 }
 

@@ -26,12 +26,14 @@ static const char sql_auth_req_create[] =
     "), created AS ("
     "  INSERT INTO auth_req (auth_req_id_hash, ref_hash, client_id, subject, phone_number,"
     "    scope, binding_message, acr_values, expires_at, poll_interval, otp_hmac,"
-    "    otp_expires_at, otp_sent_at, delivery_mode, notification_secrets)"
+    "    otp_expires_at, otp_sent_at, delivery_mode, notification_secrets,"
+    "    cnf_x5t_s256)"
     "  SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text,"
     "    $8::text, now() + $9::int * interval '1 second', $10::int, $11::bytea,"
     "    now() + least($12::int, $9::int) * interval '1 second', now(),"
     "    coalesce($16::text, 'poll'),"
-    "    CASE WHEN coalesce($16::text, 'poll') = 'poll' THEN NULL ELSE $17::text END"
+    "    CASE WHEN coalesce($16::text, 'poll') = 'poll' THEN NULL ELSE $17::text END,"
+    "    $18::text"
     "  FROM quota"
     "  RETURNING auth_req_id_hash, client_id, subject, scope"
     "), audit AS ("
@@ -43,7 +45,7 @@ static const char sql_auth_req_create[] =
     " SELECT count(*) FROM created";
 /* clang-format on */
 static const struct storage_stmt stmt_auth_req_create = {"auth_req_create",
-                                                         sql_auth_req_create, 17};
+                                                         sql_auth_req_create, 18};
 
 /* Completes statements that return one count: 0 means the condition refused. */
 static void finish_counted(union storage_cb cb, void *arg, enum storage_status status,
@@ -97,6 +99,7 @@ int storage_auth_req_create(struct storage_conn *db,
     storage_param_text(&p, in->request_id);
     storage_param_text(&p, in->delivery_mode);
     storage_param_text(&p, in->notification_secrets);
+    storage_param_text(&p, in->cnf_x5t_s256);
     return storage_conn_send(db, &stmt_auth_req_create, &p, finish_create, u, arg);
 }
 

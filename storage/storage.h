@@ -89,6 +89,12 @@ struct storage_client {
     const char *token_endpoint_auth_signing_alg; /* ES256 | PS256 | RS256 | HS256 */
     const char *client_secret_sealed;            /* client_secret_jwt: sealed by oauth/ */
     bool backchannel_user_code_parameter;        /* the client must send user_code */
+    /* tls_client_auth (RFC 8705 section 2.1.2): exactly one is set, else all NULL. */
+    const char *tls_client_auth_subject_dn; /* RFC 2253 string, most specific first */
+    const char *tls_client_auth_san_dns;
+    const char *tls_client_auth_san_uri;
+    const char *tls_client_auth_san_ip; /* IPv4 or IPv6 text, as inet_ntop writes it */
+    const char *tls_client_auth_san_email;
 };
 
 typedef void (*storage_client_cb)(void *arg, enum storage_status status,
@@ -169,6 +175,9 @@ struct storage_auth_req_new {
     /* Sealed auth_req_id and client_notification_token, as ciba/ wrote them; required
      * for ping and push, ignored for poll. */
     const char *notification_secrets;
+    /* x5t#S256 of the client certificate the client authenticated with, or NULL; a
+     * pushed access token is bound to it. */
+    const char *cnf_x5t_s256;
 };
 
 /* Inserts the request, counts a code against the phone number's quota and appends the
@@ -253,6 +262,7 @@ struct storage_approval {
     int64_t now;                      /* the database's clock, Unix seconds */
     const char *delivery_mode;        /* poll, ping or push */
     const char *notification_secrets; /* sealed; NULL for poll */
+    const char *cnf_x5t_s256;         /* see storage_auth_req_new; may be NULL */
 };
 
 typedef void (*storage_approval_cb)(void *arg, enum storage_status status,
@@ -434,6 +444,12 @@ struct storage_client_new {
     const char *token_endpoint_auth_signing_alg; /* may be NULL */
     const char *client_secret_sealed;            /* may be NULL */
     bool backchannel_user_code_parameter;
+    /* tls_client_auth only: exactly one of these, the others NULL. */
+    const char *tls_client_auth_subject_dn;
+    const char *tls_client_auth_san_dns;
+    const char *tls_client_auth_san_uri;
+    const char *tls_client_auth_san_ip;
+    const char *tls_client_auth_san_email;
 };
 
 /* Returns 0, or -1 (with err) for a duplicate client_id or any failure. */

@@ -26,9 +26,11 @@
 #include <openssl/rsa.h>
 #include <openssl/sha.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include "check_runner.h"
 #include "oauth/oauth.h"
+#include "oauth/oauth_int.h"
 #include "server/config.h"
 #include "server/http.h"
 #include "storage/storage.h"
@@ -82,6 +84,53 @@ const char *server_req_method(const struct server_req *sr)
 {
     (void)sr;
     return request_method;
+}
+
+/* The client certificate of the request: none until fake_cert_set. */
+static unsigned char *fake_cert_der;
+static size_t fake_cert_der_len;
+static char fake_cert_x5t[44];
+static bool fake_cert_verified;
+
+const char *server_req_client_cert_thumbprint(const struct server_req *sr)
+{
+    (void)sr;
+    return fake_cert_der ? fake_cert_x5t : NULL;
+}
+
+bool server_req_client_cert_verified(const struct server_req *sr)
+{
+    (void)sr;
+    return fake_cert_der && fake_cert_verified;
+}
+
+const unsigned char *server_req_client_cert_der(const struct server_req *sr, size_t *len)
+{
+    (void)sr;
+    *len = fake_cert_der_len;
+    return fake_cert_der;
+}
+
+/* Makes cert (or none, for NULL) the request's client certificate. */
+static void fake_cert_set(X509 *cert, bool verified)
+{
+    unsigned char digest[32];
+    unsigned int digest_len = 0;
+    unsigned char *der = NULL;
+    int len;
+
+    OPENSSL_free(fake_cert_der);
+    fake_cert_der = NULL;
+    fake_cert_der_len = 0;
+    fake_cert_verified = verified;
+    if (!cert)
+        return;
+    len = i2d_X509(cert, &der);
+    ck_assert_int_gt(len, 0);
+    fake_cert_der = der;
+    fake_cert_der_len = (size_t)len;
+    ck_assert_int_eq(X509_digest(cert, EVP_sha256(), digest, &digest_len), 1);
+    util_b64url_encode(digest, digest_len, fake_cert_x5t);
 }
 
 void server_reply_json(struct server_req *sr, int status, json_t *body)
@@ -160,6 +209,15 @@ struct fake_jwt_client {
 };
 static struct fake_jwt_client jwt_clients[4];
 
+/* Clients that authenticate by TLS client certificate, filled by the mTLS tests. */
+struct fake_mtls_client {
+    const char *client_id;
+    const char *method;
+    const char *dn, *dns, *uri, *ip, *email;
+    const char *jwks, *jwks_uri;
+};
+static struct fake_mtls_client mtls_clients[8];
+
 static enum {
     FAKE_ANSWER,      /* look the client up */
     FAKE_QUEUE_FAILS, /* return -1, as while the database is down */
@@ -216,6 +274,26 @@ static void on_fake_lookup(evutil_socket_t fd, short what, void *arg)
         row.jwks_uri = j->jwks_uri;
         row.token_endpoint_auth_signing_alg = j->alg;
         row.client_secret_sealed = j->sealed;
+        status = STORAGE_OK;
+    }
+    for (size_t i = 0; fake_mode == FAKE_ANSWER && i < ARRAY_LEN(mtls_clients); i++) {
+        const struct fake_mtls_client *m = &mtls_clients[i];
+
+        if (!m->client_id || strcmp(m->client_id, lookup->client_id) != 0)
+            continue;
+        row.client_id = m->client_id;
+        row.client_name = "mTLS agent";
+        row.token_endpoint_auth_method = m->method;
+        row.scope = "openid";
+        row.backchannel_token_delivery_mode = "poll";
+        row.grant_types = OAUTH_GRANT_TYPE_CIBA;
+        row.tls_client_auth_subject_dn = m->dn;
+        row.tls_client_auth_san_dns = m->dns;
+        row.tls_client_auth_san_uri = m->uri;
+        row.tls_client_auth_san_ip = m->ip;
+        row.tls_client_auth_san_email = m->email;
+        row.jwks = m->jwks;
+        row.jwks_uri = m->jwks_uri;
         status = STORAGE_OK;
     }
     lookup->cb(lookup->arg, status, status == STORAGE_OK ? &row : NULL);
@@ -314,6 +392,7 @@ static void setup(void)
 
 static void teardown(void)
 {
+    fake_cert_set(NULL, false);
     event_base_free(test_base);
     sent_reset();
     for (size_t i = 0; i < n_request_headers; i++) {
@@ -3630,6 +3709,515 @@ START_TEST(jwks_endpoint_without_keys)
 }
 END_TEST
 
+/* ---- client authentication by TLS client certificate (RFC 8705) ------------------- */
+
+static EVP_PKEY *ca_key, *agent_key, *self_key;
+static X509 *ca_cert;
+static X509 *agent_cert; /* by ca_cert: the DN and SANs below */
+static X509 *self_cert;  /* self-signed with self_key */
+static X509 *other_cert; /* self-signed with ec_key2 */
+static char *self_jwks;  /* self_key's public JWK */
+static char *mixed_jwks; /* ec_key's and self_key's, without kid */
+
+#define AGENT_DN "CN=Agent One,OU=Agents,O=Example Corp,C=DE"
+#define AGENT_SANS                                                                       \
+    "DNS:agent-1.example.com,URI:spiffe://example.org/agent-1,IP:192.0.2.7,"             \
+    "IP:2001:db8::7,email:Agent.One@Example.com"
+
+static void add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
+{
+    X509V3_CTX ctx;
+    X509_EXTENSION *ext;
+
+    X509V3_set_ctx(&ctx, issuer, cert, NULL, NULL, 0);
+    ext = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
+    ck_assert_ptr_nonnull(ext);
+    ck_assert_int_eq(X509_add_ext(cert, ext, -1), 1);
+    X509_EXTENSION_free(ext);
+}
+
+/* A certificate for key with the subject given as X.509 order (C first) entries,
+ * signed by issuer_key (itself when issuer is NULL). */
+static X509 *cert_new(EVP_PKEY *key, const char *const *subject, X509 *issuer,
+                      EVP_PKEY *issuer_key, const char *sans)
+{
+    X509 *cert = X509_new();
+    X509_NAME *name = X509_NAME_new();
+
+    ck_assert_int_eq(X509_set_version(cert, 2), 1);
+    ck_assert_int_eq(ASN1_INTEGER_set(X509_get_serialNumber(cert), 7), 1);
+    X509_gmtime_adj(X509_getm_notBefore(cert), -60);
+    X509_gmtime_adj(X509_getm_notAfter(cert), 3600);
+    for (size_t i = 0; subject[i]; i += 2)
+        ck_assert_int_eq(X509_NAME_add_entry_by_txt(name, subject[i], MBSTRING_UTF8,
+                                                    (const unsigned char *)subject[i + 1],
+                                                    -1, -1, 0),
+                         1);
+    X509_set_subject_name(cert, name);
+    X509_set_issuer_name(cert, issuer ? X509_get_subject_name(issuer) : name);
+    X509_set_pubkey(cert, key);
+    if (!issuer)
+        add_ext(cert, cert, NID_basic_constraints, "critical,CA:TRUE");
+    if (sans)
+        add_ext(cert, issuer ? issuer : cert, NID_subject_alt_name, sans);
+    ck_assert_int_gt(X509_sign(cert, issuer ? issuer_key : key, EVP_sha256()), 0);
+    X509_NAME_free(name);
+    return cert;
+}
+
+static void mtls_setup(void)
+{
+    static const char *const ca_subject[] = {"CN", "mtls test CA", NULL};
+    static const char *const agent_subject[] = {
+        "C", "DE", "O", "Example Corp", "OU", "Agents", "CN", "Agent One", NULL};
+    static const char *const self_subject[] = {"CN", "self-signed agent", NULL};
+    json_t *jwks;
+
+    assertion_setup();
+    ca_key = EVP_EC_gen("P-256");
+    agent_key = EVP_EC_gen("P-256");
+    self_key = EVP_EC_gen("P-256");
+    ca_cert = cert_new(ca_key, ca_subject, NULL, NULL, NULL);
+    agent_cert = cert_new(agent_key, agent_subject, ca_cert, ca_key, AGENT_SANS);
+    self_cert = cert_new(self_key, self_subject, NULL, NULL, NULL);
+    other_cert = cert_new(ec_key2, self_subject, NULL, NULL, NULL);
+    jwks = json_pack("{s:[o]}", "keys", public_jwk_of(self_key, "s1", NULL));
+    self_jwks = json_dumps(jwks, JSON_COMPACT);
+    json_decref(jwks);
+    jwks = json_pack("{s:[o, o]}", "keys", public_jwk_of(ec_key, "e1", NULL),
+                     public_jwk_of(self_key, "s1", NULL));
+    mixed_jwks = json_dumps(jwks, JSON_COMPACT);
+    json_decref(jwks);
+
+    memset(mtls_clients, 0, sizeof(mtls_clients));
+    mtls_clients[0] =
+        (struct fake_mtls_client){"m-dn", "tls_client_auth", .dn = AGENT_DN};
+    mtls_clients[1] = (struct fake_mtls_client){"m-dns", "tls_client_auth",
+                                                .dns = "agent-1.example.com"};
+    mtls_clients[2] = (struct fake_mtls_client){"m-uri", "tls_client_auth",
+                                                .uri = "spiffe://example.org/agent-1"};
+    mtls_clients[3] =
+        (struct fake_mtls_client){"m-ip", "tls_client_auth", .ip = "2001:db8::7"};
+    mtls_clients[4] = (struct fake_mtls_client){"m-email", "tls_client_auth",
+                                                .email = "Agent.One@example.COM"};
+    mtls_clients[5] = (struct fake_mtls_client){"m-self", "self_signed_tls_client_auth",
+                                                .jwks = mixed_jwks};
+    mtls_clients[6] = (struct fake_mtls_client){
+        "m-self-uri", "self_signed_tls_client_auth", .jwks_uri = jwks_url};
+    mtls_clients[7] =
+        (struct fake_mtls_client){"m-ip4", "tls_client_auth", .ip = "192.0.2.7"};
+}
+
+static void mtls_teardown(void)
+{
+    memset(mtls_clients, 0, sizeof(mtls_clients));
+    X509_free(ca_cert);
+    X509_free(agent_cert);
+    X509_free(self_cert);
+    X509_free(other_cert);
+    EVP_PKEY_free(ca_key);
+    EVP_PKEY_free(agent_key);
+    EVP_PKEY_free(self_key);
+    free(self_jwks);
+    free(mixed_jwks);
+    assertion_teardown();
+}
+
+/* Authenticates as client_id with the current certificate and only a client_id. */
+static void authenticate_cert(const char *client_id)
+{
+    authenticate(NULL, (const char *[]){"client_id", client_id, NULL});
+}
+
+static void assert_cert_auth_ok(const char *client_id)
+{
+    ck_assert_msg(auth.err == OAUTH_OK, "%s: got %s (%s)", client_id,
+                  oauth_err_code(auth.err), auth.description);
+    ck_assert_str_eq(auth.client->client_id, client_id);
+    ck_assert_ptr_nonnull(auth.client->cnf_x5t_s256);
+    ck_assert_str_eq(auth.client->cnf_x5t_s256, fake_cert_x5t);
+    oauth_client_free(auth.client);
+    auth.client = NULL;
+}
+
+START_TEST(mtls_each_subject_member)
+{
+    const char *ids[] = {"m-dn", "m-dns", "m-uri", "m-ip", "m-email", "m-ip4"};
+
+    fake_cert_set(agent_cert, true);
+    for (size_t i = 0; i < ARRAY_LEN(ids); i++) {
+        authenticate_cert(ids[i]);
+        assert_cert_auth_ok(ids[i]);
+    }
+}
+END_TEST
+
+START_TEST(mtls_subject_mismatch)
+{
+    /* Each registration differs from the certificate in one way. */
+    struct fake_mtls_client wrong[] = {
+        {"w", "tls_client_auth", .dn = "CN=Agent Two,OU=Agents,O=Example Corp,C=DE"},
+        {"w", "tls_client_auth", .dn = "CN=Agent One,O=Example Corp,C=DE"},
+        {"w", "tls_client_auth", .dn = "OU=Agents,CN=Agent One,O=Example Corp,C=DE"},
+        {"w", "tls_client_auth", .dn = "CN=Agent One+OU=Agents,O=Example Corp,C=DE"},
+        {"w", "tls_client_auth", .dns = "agent-2.example.com"},
+        {"w", "tls_client_auth", .dns = "example.com"},
+        {"w", "tls_client_auth", .uri = "spiffe://example.org/agent-2"},
+        {"w", "tls_client_auth", .uri = "SPIFFE://example.org/agent-1"},
+        {"w", "tls_client_auth", .ip = "192.0.2.8"},
+        {"w", "tls_client_auth", .email = "agent.one@example.com"},
+        {"w", "tls_client_auth", .dn = "CN=Agent One,OU=Agents,O=Example Corp,C=DE,"},
+    };
+
+    fake_cert_set(agent_cert, true);
+    for (size_t i = 0; i < ARRAY_LEN(wrong); i++) {
+        mtls_clients[0] = wrong[i];
+        authenticate_cert("w");
+        ck_assert_msg(auth.err == OAUTH_ERR_INVALID_CLIENT, "case %zu: got %s", i,
+                      oauth_err_code(auth.err));
+        ck_assert_int_eq(sent.replies, 0);
+    }
+}
+END_TEST
+
+START_TEST(mtls_dn_canonical_form)
+{
+    /* Case, spaces and the string type do not matter; escapes are decoded. */
+    const char *same[] = {
+        "cn=agent one, ou=AGENTS, o=Example  Corp, c=de",
+        "CN = Agent One ,OU=Agents,O=Example\\20Corp,C=DE",
+        "CN=Agent\\20One,OU=Agents,O=Example Corp,C=DE",
+        "2.5.4.3=Agent One,OU=Agents,O=Example Corp,C=DE",
+    };
+
+    fake_cert_set(agent_cert, true);
+    for (size_t i = 0; i < ARRAY_LEN(same); i++) {
+        mtls_clients[0].dn = same[i];
+        authenticate_cert("m-dn");
+        ck_assert_msg(auth.err == OAUTH_OK, "\"%s\" did not match", same[i]);
+        oauth_client_free(auth.client);
+        auth.client = NULL;
+    }
+}
+END_TEST
+
+START_TEST(mtls_dn_parse_rules)
+{
+    const char *bad[] = {
+        "",        "CN",   "CN=",    "=x",          "CN=a,,O=b", "CN=#0403616263",
+        "CN=a\\q", "XX=a", "CN=a\\", "CN=\\ff\\fe",
+    };
+    char err[200];
+    X509_NAME *name;
+    char *text;
+
+    for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
+        err[0] = '\0';
+        name = oauth_mtls_dn_parse(bad[i], err, sizeof(err));
+        ck_assert_msg(name == NULL, "\"%s\" was accepted", bad[i]);
+        ck_assert_msg(err[0] != '\0', "no reason for \"%s\"", bad[i]);
+    }
+    /* A multi-valued RDN and escaped specials survive printing and parsing. */
+    name = oauth_mtls_dn_parse("CN=a\\,b+UID=u1, O=x\\+y\\\\z ,DC=example", err,
+                               sizeof(err));
+    ck_assert_msg(name != NULL, "rejected: %s", err);
+    ck_assert_int_eq(X509_NAME_entry_count(name), 4);
+    text = oauth_mtls_dn_print(name);
+    ck_assert_ptr_nonnull(text);
+    /* X509_NAME_print_ex reverses the values inside an RDN too. */
+    ck_assert_str_eq(text, "UID=u1+CN=a\\,b,O=x\\+y\\\\z,DC=example");
+    X509_NAME *again = oauth_mtls_dn_parse(text, err, sizeof(err));
+    ck_assert_ptr_nonnull(again);
+    ck_assert_int_eq(X509_NAME_cmp(name, again), 0);
+    X509_NAME_free(again);
+    X509_NAME_free(name);
+    free(text);
+    /* UTF-8 stays as it is. */
+    name = oauth_mtls_dn_parse("CN=J\\C3\\BCrgen,O=M\xc3\xbcnchen", err, sizeof(err));
+    ck_assert_ptr_nonnull(name);
+    text = oauth_mtls_dn_print(name);
+    ck_assert_str_eq(text, "CN=J\xc3\xbcrgen,O=M\xc3\xbcnchen");
+    free(text);
+    X509_NAME_free(name);
+}
+END_TEST
+
+START_TEST(mtls_unverified_chain)
+{
+    /* The same certificate, not chained to tls_client_ca_file: tls_client_auth
+     * refuses it, self_signed_tls_client_auth takes it when its key is registered. */
+    fake_cert_set(agent_cert, false);
+    authenticate_cert("m-dn");
+    assert_auth_failed(OAUTH_ERR_INVALID_CLIENT);
+    authenticate_cert("m-dns");
+    assert_auth_failed(OAUTH_ERR_INVALID_CLIENT);
+
+    fake_cert_set(self_cert, false);
+    authenticate_cert("m-self");
+    assert_cert_auth_ok("m-self");
+    fake_cert_set(self_cert, true);
+    authenticate_cert("m-dn");
+    assert_auth_failed(OAUTH_ERR_INVALID_CLIENT);
+}
+END_TEST
+
+START_TEST(mtls_self_signed_keys)
+{
+    fake_cert_set(other_cert, false);
+    authenticate_cert("m-self");
+    assert_auth_failed(OAUTH_ERR_INVALID_CLIENT);
+    ck_assert_str_eq(auth.description, "Client authentication failed");
+
+    /* The CA-issued certificate's key is not registered either. */
+    fake_cert_set(agent_cert, true);
+    authenticate_cert("m-self");
+    assert_auth_failed(OAUTH_ERR_INVALID_CLIENT);
+
+    /* Keys published at jwks_uri. */
+    mock_http_push(jwks_server, 200, self_jwks, 0);
+    fake_cert_set(self_cert, false);
+    authenticate_cert("m-self-uri");
+    assert_cert_auth_ok("m-self-uri");
+    fake_cert_set(other_cert, false);
+    authenticate_cert("m-self-uri");
+    assert_auth_failed(OAUTH_ERR_INVALID_CLIENT);
+    ck_assert_int_eq(mock_http_count(jwks_server), 1);
+}
+END_TEST
+
+START_TEST(mtls_jwks_uri_down)
+{
+    mock_http_push(jwks_server, 500, "down", 0);
+    fake_cert_set(self_cert, false);
+    authenticate_cert("m-self-uri");
+    assert_auth_failed(OAUTH_ERR_INVALID_CLIENT);
+}
+END_TEST
+
+START_TEST(mtls_two_methods)
+{
+    fake_cert_set(agent_cert, true);
+    authenticate(basic("c-basic:s3cret-basic"), NULL);
+    assert_auth_failed(OAUTH_ERR_INVALID_REQUEST);
+    authenticate(NULL, (const char *[]){"client_id", "c-post", "client_secret",
+                                        "s3cret-post", NULL});
+    assert_auth_failed(OAUTH_ERR_INVALID_REQUEST);
+    authenticate(NULL,
+                 (const char *[]){"client_id", "m-dn", "client_assertion_type",
+                                  ASSERTION_TYPE, "client_assertion", "x.y.z", NULL});
+    assert_auth_failed(OAUTH_ERR_INVALID_REQUEST);
+    ck_assert_int_eq(fake_calls, 0);
+}
+END_TEST
+
+START_TEST(mtls_client_id_required)
+{
+    char long_id[200];
+
+    fake_cert_set(agent_cert, true);
+    authenticate(NULL, NULL);
+    assert_auth_failed(OAUTH_ERR_INVALID_CLIENT);
+    ck_assert_str_eq(auth.description,
+                     "client_id is required with a TLS client certificate");
+    memset(long_id, 'a', sizeof(long_id) - 1);
+    long_id[sizeof(long_id) - 1] = '\0';
+    authenticate_cert(long_id);
+    assert_auth_failed(OAUTH_ERR_INVALID_CLIENT);
+    authenticate_cert("no-such-client");
+    assert_auth_failed(OAUTH_ERR_INVALID_CLIENT);
+    ck_assert_int_eq(fake_calls, 1);
+}
+END_TEST
+
+START_TEST(mtls_only_registered_method)
+{
+    /* A secret client that sends only a certificate, and a certificate client that
+     * sends a secret or nothing. */
+    fake_cert_set(agent_cert, true);
+    authenticate_cert("c-post");
+    assert_auth_failed(OAUTH_ERR_INVALID_CLIENT);
+    authenticate_cert("c-pkj");
+    assert_auth_failed(OAUTH_ERR_INVALID_CLIENT);
+    fake_cert_set(NULL, false);
+    authenticate_cert("m-dn");
+    assert_auth_failed(OAUTH_ERR_INVALID_CLIENT);
+    ck_assert_str_eq(auth.description,
+                     "Client credentials are missing: send the client_secret, a client "
+                     "assertion or a TLS client certificate");
+    authenticate(NULL, (const char *[]){"client_id", "m-dn", "client_secret", "x", NULL});
+    assert_auth_failed(OAUTH_ERR_INVALID_CLIENT);
+    authenticate(basic("m-self:x"), NULL);
+    assert_auth_failed(OAUTH_ERR_INVALID_CLIENT);
+    /* Other methods give no certificate binding. */
+    authenticate(basic("c-basic:s3cret-basic"), NULL);
+    ck_assert_int_eq(auth.err, OAUTH_OK);
+    ck_assert_ptr_null(auth.client->cnf_x5t_s256);
+    oauth_client_free(auth.client);
+    auth.client = NULL;
+}
+END_TEST
+
+/* Runs oauth_client_credentials_new and returns its result; err gets the message. */
+static int register_client(const struct oauth_client_auth_options *o,
+                           struct oauth_client_credentials *out, char *err)
+{
+    err[0] = '\0';
+    return oauth_client_credentials_new(o, out, err, 300);
+}
+
+START_TEST(mtls_registration_rules)
+{
+    struct oauth_client_credentials c;
+    char err[300];
+    struct {
+        struct oauth_client_auth_options o;
+        const char *message;
+    } bad[] = {
+        {{.method = "tls_client_auth"}, "exactly one of --tls-subject-dn"},
+        {{.method = "tls_client_auth", .tls_san_dns = "a.example", .tls_san_ip = "::1"},
+         "exactly one of --tls-subject-dn"},
+        {{.method = "tls_client_auth", .tls_subject_dn = "CN=#00"}, "--tls-subject-dn"},
+        {{.method = "tls_client_auth", .tls_san_dns = "a..example"}, "--tls-san-dns"},
+        {{.method = "tls_client_auth", .tls_san_dns = "a b"}, "--tls-san-dns"},
+        {{.method = "tls_client_auth", .tls_san_uri = "no-scheme"}, "--tls-san-uri"},
+        {{.method = "tls_client_auth", .tls_san_uri = "https://a b"}, "--tls-san-uri"},
+        {{.method = "tls_client_auth", .tls_san_ip = "300.1.1.1"}, "--tls-san-ip"},
+        {{.method = "tls_client_auth", .tls_san_email = "nobody"}, "--tls-san-email"},
+        {{.method = "tls_client_auth", .tls_san_email = "@example.com"},
+         "--tls-san-email"},
+        {{.method = "tls_client_auth", .tls_san_dns = "a.example", .jwks = "{}"},
+         "takes no --jwks"},
+        {{.method = "client_secret_basic", .tls_san_dns = "a.example"},
+         "for tls_client_auth only"},
+        {{.method = "self_signed_tls_client_auth"}, "exactly one of --jwks"},
+        {{.method = "self_signed_tls_client_auth", .jwks = "{}", .jwks_uri = "https://x"},
+         "exactly one of --jwks"},
+        {{.method = "self_signed_tls_client_auth",
+          .jwks_uri = "https://x",
+          .signing_alg = "ES256"},
+         "--auth-signing-alg"},
+        {{.method = "self_signed_tls_client_auth", .jwks = "{\"keys\":[]}"}, "--jwks"},
+        {{.method = "self_signed_tls_client_auth", .jwks_uri = "ftp://x"}, "--jwks-uri"},
+    };
+
+    for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
+        ck_assert_msg(register_client(&bad[i].o, &c, err) == -1, "case %zu accepted", i);
+        ck_assert_msg(strstr(err, bad[i].message), "case %zu: \"%s\"", i, err);
+        ck_assert_ptr_null(c.secret);
+    }
+
+    /* Normalized values, and no secret. */
+    ck_assert_int_eq(
+        register_client(&(struct oauth_client_auth_options){.method = "tls_client_auth",
+                                                            .tls_subject_dn =
+                                                                " cn = Agent One , o=Ex"},
+                        &c, err),
+        0);
+    ck_assert_str_eq(c.tls_subject_dn, "CN=Agent One,O=Ex");
+    ck_assert_ptr_null(c.secret);
+    ck_assert_ptr_null(c.secret_hash);
+    ck_assert_ptr_null(c.signing_alg);
+    oauth_client_credentials_clear(&c);
+    ck_assert_int_eq(
+        register_client(
+            &(struct oauth_client_auth_options){.method = "tls_client_auth",
+                                                .tls_san_ip = "2001:DB8:0::0:7"},
+            &c, err),
+        0);
+    ck_assert_str_eq(c.tls_san_ip, "2001:db8::7");
+    oauth_client_credentials_clear(&c);
+    ck_assert_int_eq(
+        register_client(
+            &(struct oauth_client_auth_options){.method = "tls_client_auth",
+                                                .tls_san_dns = "Agent-1.Example.COM"},
+            &c, err),
+        0);
+    ck_assert_str_eq(c.tls_san_dns, "agent-1.example.com");
+    oauth_client_credentials_clear(&c);
+    ck_assert_int_eq(register_client(
+                         &(struct oauth_client_auth_options){
+                             .method = "self_signed_tls_client_auth", .jwks = mixed_jwks},
+                         &c, err),
+                     0);
+    ck_assert_ptr_nonnull(c.jwks);
+    ck_assert_ptr_null(c.signing_alg);
+    ck_assert_ptr_null(c.secret);
+    oauth_client_credentials_clear(&c);
+}
+END_TEST
+
+static struct server_config mtls_discovery_config = {.issuer = "https://as.example.test"};
+
+/* The discovery document for mtls_discovery_config. */
+static json_t *discovery_with(void)
+{
+    sent_reset();
+    server_config = &mtls_discovery_config;
+    oauth_discovery_handle(&sr);
+    ck_assert_int_eq(sent.status, 200);
+    return sent.body;
+}
+
+static bool methods_have(const json_t *doc, const char *method)
+{
+    const json_t *methods = json_object_get(doc, "token_endpoint_auth_methods_supported");
+    size_t i;
+    const json_t *m;
+
+    json_array_foreach(methods, i, m)
+    {
+        if (strcmp(json_string_value(m), method) == 0)
+            return true;
+    }
+    return false;
+}
+
+START_TEST(discovery_mtls_members)
+{
+    struct server_config *c = &mtls_discovery_config;
+    json_t *doc;
+
+    doc = discovery_with();
+    ck_assert(!methods_have(doc, "tls_client_auth"));
+    ck_assert(!methods_have(doc, "self_signed_tls_client_auth"));
+    ck_assert_ptr_null(
+        json_object_get(doc, "tls_client_certificate_bound_access_tokens"));
+
+    /* TLS without a client CA: only self-signed certificates can authenticate. */
+    c->tls_cert_file = "cert.pem";
+    c->tls_key_file = "key.pem";
+    c->tls_request_client_cert = true;
+    doc = discovery_with();
+    ck_assert(!methods_have(doc, "tls_client_auth"));
+    ck_assert(methods_have(doc, "self_signed_tls_client_auth"));
+    ck_assert(
+        json_is_true(json_object_get(doc, "tls_client_certificate_bound_access_tokens")));
+    ck_assert_ptr_null(json_object_get(doc, "mtls_endpoint_aliases"));
+
+    c->tls_client_ca_file = "ca.pem";
+    doc = discovery_with();
+    ck_assert(methods_have(doc, "tls_client_auth"));
+    ck_assert(methods_have(doc, "self_signed_tls_client_auth"));
+
+    /* TLS that does not request a certificate. */
+    c->tls_request_client_cert = false;
+    doc = discovery_with();
+    ck_assert(!methods_have(doc, "tls_client_auth"));
+    ck_assert_ptr_null(
+        json_object_get(doc, "tls_client_certificate_bound_access_tokens"));
+
+    /* Behind a proxy that passes the certificate. */
+    c->tls_cert_file = c->tls_key_file = NULL;
+    c->tls_client_cert_header = "X-Client-Cert";
+    c->trusted_proxies = "127.0.0.1";
+    doc = discovery_with();
+    ck_assert(methods_have(doc, "tls_client_auth"));
+    ck_assert(
+        json_is_true(json_object_get(doc, "tls_client_certificate_bound_access_tokens")));
+    server_config = NULL;
+}
+END_TEST
+
 static Suite *oauth_suite(void)
 {
     Suite *s = suite_create("oauth");
@@ -3640,6 +4228,7 @@ static Suite *oauth_suite(void)
     TCase *endpoints = tcase_create("endpoints");
     TCase *client_keys = tcase_create("client_keys");
     TCase *assertion = tcase_create("assertion");
+    TCase *mtls = tcase_create("mtls");
 
     tcase_add_checked_fixture(errors, setup, teardown);
     tcase_add_test(errors, error_table_statuses);
@@ -3767,11 +4356,28 @@ static Suite *oauth_suite(void)
     tcase_add_test(assertion, jwks_cache_free_fails_waiters);
     suite_add_tcase(s, assertion);
 
+    tcase_add_unchecked_fixture(mtls, keys_generate, keys_free);
+    tcase_add_checked_fixture(mtls, mtls_setup, mtls_teardown);
+    tcase_set_timeout(mtls, 30);
+    tcase_add_test(mtls, mtls_each_subject_member);
+    tcase_add_test(mtls, mtls_subject_mismatch);
+    tcase_add_test(mtls, mtls_dn_canonical_form);
+    tcase_add_test(mtls, mtls_dn_parse_rules);
+    tcase_add_test(mtls, mtls_unverified_chain);
+    tcase_add_test(mtls, mtls_self_signed_keys);
+    tcase_add_test(mtls, mtls_jwks_uri_down);
+    tcase_add_test(mtls, mtls_two_methods);
+    tcase_add_test(mtls, mtls_client_id_required);
+    tcase_add_test(mtls, mtls_only_registered_method);
+    tcase_add_test(mtls, mtls_registration_rules);
+    suite_add_tcase(s, mtls);
+
     tcase_add_checked_fixture(endpoints, key_setup, key_teardown);
     tcase_add_test(endpoints, discovery_document);
     tcase_add_test(endpoints, discovery_rs256_when_allowed);
     tcase_add_test(endpoints, discovery_head_and_post);
     tcase_add_test(endpoints, discovery_without_issuer);
+    tcase_add_test(endpoints, discovery_mtls_members);
     tcase_add_test(endpoints, jwks_endpoint);
     tcase_add_test(endpoints, jwks_endpoint_without_keys);
     suite_add_tcase(s, endpoints);

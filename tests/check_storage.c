@@ -2566,6 +2566,102 @@ START_TEST(client_jwt_credentials_checked)
 }
 END_TEST
 
+static void collect_tls_member(void *arg, const struct storage_client *c)
+{
+    char **out = arg;
+
+    *out =
+        util_asprintf("%s|%s|%s|%s|%s|%s", c->token_endpoint_auth_method,
+                      c->tls_client_auth_subject_dn ? c->tls_client_auth_subject_dn : "",
+                      c->tls_client_auth_san_dns ? c->tls_client_auth_san_dns : "",
+                      c->tls_client_auth_san_uri ? c->tls_client_auth_san_uri : "",
+                      c->tls_client_auth_san_ip ? c->tls_client_auth_san_ip : "",
+                      c->tls_client_auth_san_email ? c->tls_client_auth_san_email : "");
+}
+
+/* tls_client_auth has exactly one subject member; no other method has one. */
+START_TEST(client_mtls_credentials_checked)
+{
+    struct storage_sync *s = sync_open();
+    char hex[13], id[32], err[256];
+    char *row = NULL;
+    const char *hash = "0000000000000000000000000000000000000000000000000000000000000000";
+    const struct {
+        const char *method, *secret_hash, *jwks, *jwks_uri, *alg, *dn, *dns;
+    } bad[] = {
+        {"tls_client_auth", NULL, NULL, NULL, NULL, NULL, NULL},
+        {"tls_client_auth", NULL, NULL, NULL, NULL, "CN=a", "a.example"},
+        {"tls_client_auth", hash, NULL, NULL, NULL, "CN=a", NULL},
+        {"tls_client_auth", NULL, TEST_JWKS, NULL, NULL, "CN=a", NULL},
+        {"tls_client_auth", NULL, NULL, NULL, "ES256", "CN=a", NULL},
+        {"self_signed_tls_client_auth", NULL, NULL, NULL, NULL, NULL, NULL},
+        {"self_signed_tls_client_auth", NULL, TEST_JWKS, "https://a.example/j", NULL,
+         NULL, NULL},
+        {"self_signed_tls_client_auth", hash, TEST_JWKS, NULL, NULL, NULL, NULL},
+        {"self_signed_tls_client_auth", NULL, TEST_JWKS, NULL, "ES256", NULL, NULL},
+        {"self_signed_tls_client_auth", NULL, TEST_JWKS, NULL, NULL, "CN=a", NULL},
+        {"client_secret_basic", hash, NULL, NULL, NULL, NULL, "a.example"},
+        {"private_key_jwt", NULL, TEST_JWKS, NULL, "ES256", "CN=a", NULL},
+    };
+
+    random_hex(hex, 6);
+    snprintf(id, sizeof(id), "mtls-%s", hex);
+    for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
+        struct storage_client_new c = {
+            .client_id = id,
+            .client_name = "Agent",
+            .secret_hash = bad[i].secret_hash,
+            .token_endpoint_auth_method = bad[i].method,
+            .scope = "openid",
+            .jwks = bad[i].jwks,
+            .jwks_uri = bad[i].jwks_uri,
+            .token_endpoint_auth_signing_alg = bad[i].alg,
+            .tls_client_auth_subject_dn = bad[i].dn,
+            .tls_client_auth_san_dns = bad[i].dns,
+        };
+
+        err[0] = '\0';
+        ck_assert_msg(storage_sync_client_create(s, &c, err, sizeof(err)) == -1,
+                      "case %zu accepted", i);
+        ck_assert_msg(strstr(err, "invalid client field") != NULL, "case %zu: %s", i,
+                      err);
+    }
+
+    /* Each member is stored and read back. */
+    {
+        struct storage_client_new c = {
+            .client_id = id,
+            .client_name = "Agent",
+            .token_endpoint_auth_method = "tls_client_auth",
+            .scope = "openid",
+            .tls_client_auth_san_ip = "2001:db8::7",
+        };
+
+        ck_assert_msg(storage_sync_client_create(s, &c, err, sizeof(err)) == 0, "%s",
+                      err);
+        ck_assert_int_eq(storage_sync_client_each(s, id, collect_tls_member, &row), 1);
+        ck_assert_str_eq(row, "tls_client_auth||||2001:db8::7|");
+        free(row);
+        ck_assert_int_eq(storage_sync_client_delete(s, id), 1);
+        c.tls_client_auth_san_ip = NULL;
+        c.tls_client_auth_san_email = "a@example.com";
+        ck_assert_msg(storage_sync_client_create(s, &c, err, sizeof(err)) == 0, "%s",
+                      err);
+        ck_assert_int_eq(storage_sync_client_each(s, id, collect_tls_member, &row), 1);
+        ck_assert_str_eq(row, "tls_client_auth|||||a@example.com");
+        free(row);
+        ck_assert_int_eq(storage_sync_client_delete(s, id), 1);
+        c.tls_client_auth_san_email = NULL;
+        c.token_endpoint_auth_method = "self_signed_tls_client_auth";
+        c.jwks_uri = "https://a.example/j";
+        ck_assert_msg(storage_sync_client_create(s, &c, err, sizeof(err)) == 0, "%s",
+                      err);
+        ck_assert_int_eq(storage_sync_client_delete(s, id), 1);
+    }
+    storage_sync_close(s);
+}
+END_TEST
+
 static enum storage_status jti_record(struct storage_conn *db, const char *client_id,
                                       const char *jti, int64_t expires_at)
 {
@@ -3223,6 +3319,7 @@ static Suite *storage_suite(void)
     tcase_add_test(tc, client_get_found_and_missing);
     tcase_add_test(tc, client_jwt_methods_stored);
     tcase_add_test(tc, client_jwt_credentials_checked);
+    tcase_add_test(tc, client_mtls_credentials_checked);
     tcase_add_test(tc, assertion_jti_single_use);
     tcase_add_test(tc, assertion_jti_purge);
     tcase_add_test(tc, user_create_list_delete);
