@@ -155,11 +155,14 @@ static void format_time(int64_t unix_seconds, char out[32])
 /* ---- input checks ---------------------------------------------------------------------
  */
 
-/* True when s has 1 to max characters (UTF-8 code points) and no control character. */
+/* True when s is valid UTF-8 with 1 to max characters (code points) and no control
+ * character. */
 static bool text_ok(const char *s, size_t max)
 {
     size_t chars = 0;
 
+    if (!util_utf8_valid(s, strlen(s)))
+        return false;
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
         if (*p < 0x20 || *p == 0x7f)
             return false;
@@ -325,7 +328,7 @@ static int client_create_check(const char *name, const char *client_id, const ch
 {
     if (!text_ok(name, CLIENT_NAME_MAX)) {
         fprintf(stderr,
-                "cibad: --name must have 1 to %d characters and no control "
+                "cibad: --name must be UTF-8 with 1 to %d characters and no control "
                 "characters\n",
                 CLIENT_NAME_MAX);
         return EXIT_USAGE;
@@ -718,10 +721,11 @@ static int user_create_check(const char *subject, const char *username)
         return EXIT_USAGE;
     }
     if (username && (!text_ok(username, USER_FIELD_MAX) || strchr(username, ' '))) {
-        fprintf(stderr,
-                "cibad: --username must have 1 to %d characters, no space and no "
-                "control characters\n",
-                USER_FIELD_MAX);
+        fprintf(
+            stderr,
+            "cibad: --username must be UTF-8 with 1 to %d characters, no space and no "
+            "control characters\n",
+            USER_FIELD_MAX);
         return EXIT_USAGE;
     }
     return 0;
@@ -1057,7 +1061,7 @@ static int cmd_scope_set(struct cli *cli, int argc, char **argv)
     }
     if (!text_ok(pos[1], SCOPE_DESCRIPTION_MAX)) {
         fprintf(stderr,
-                "cibad: the description must have 1 to %d characters and no "
+                "cibad: the description must be UTF-8 with 1 to %d characters and no "
                 "control characters\n",
                 SCOPE_DESCRIPTION_MAX);
         return EXIT_USAGE;

@@ -3295,6 +3295,14 @@ START_TEST(cli_rejects_bad_input)
     ck_assert_int_ne(e2e_cli(&srv, NULL, "user", "create", "--phone", u1.phone, NULL), 0);
     ck_assert_int_ne(e2e_cli(&srv, NULL, "scope", "set", "payments", NULL), 0);
     ck_assert_int_ne(e2e_cli(&srv, NULL, "frobnicate", NULL), 0);
+    /* Invalid UTF-8 is a usage error (exit status 2), not a database error. */
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "client", "create", "--name", "Bad \xc3\x28",
+                             "--scope", SCOPE, NULL),
+                     2);
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "user", "create", "--username", "bad\xff", NULL),
+                     2);
+    ck_assert_int_eq(
+        e2e_cli(&srv, NULL, "scope", "set", "payments", "Pay \xe2\x82", NULL), 2);
 
     /* The refused duplicate did not replace the first client or print its secret. */
     ck_assert_int_eq(e2e_cli(&srv, &out, "client", "show", c1.client_id, "--json", NULL),
