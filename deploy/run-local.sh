@@ -70,8 +70,8 @@ write_config() {
         fi
         cat >"$conf" <<EOF
 # Written by deploy/run-local.sh on every run; edit that script, not this file.
-issuer = http://127.0.0.1:8080
-listen = 127.0.0.1:8080
+issuer = ${CIBAD_ISSUER:-http://127.0.0.1:8080}
+listen = ${CIBAD_LISTEN:-127.0.0.1:8080}
 database_url = host=$pg/sock port=$port dbname=cibad user=cibad
 migrations_dir = $root/migrations
 sms_driver = console
@@ -119,6 +119,6 @@ ensure_demo_client
 ensure_demo_user
 echo
 echo "Other commands: ./cibad --config var/cibad.conf --help"
-echo "Starting cibad on http://127.0.0.1:8080 (Ctrl-C stops it; PostgreSQL keeps running:"
+echo "Starting cibad on ${CIBAD_ISSUER:-http://127.0.0.1:8080} (Ctrl-C stops it; PostgreSQL keeps running:"
 echo "  stop it with $( [[ $(id -u) -eq 0 ]] && echo 'runuser -u postgres -- ')$bindir/pg_ctl -D $pg/data stop)"
 exec "$bin" --config "$conf" serve

@@ -352,6 +352,16 @@ START_TEST(log_line_shape_and_escaping)
 }
 END_TEST
 
+START_TEST(log_client_id_spaces_escaped)
+{
+    char *line = capture_log(NULL, "agent token 200 issued", "x");
+
+    /* Spaces in a client_id could forge fields of the line; in the message they stay. */
+    ck_assert_ptr_nonnull(
+        strstr(line, " client_id=agent\\x20token\\x20200\\x20issued x\n"));
+}
+END_TEST
+
 START_TEST(log_level_filters)
 {
     enum util_log_level level;
@@ -384,6 +394,7 @@ static Suite *util_suite(void)
     tcase_add_test(tc, utf8_next_decodes_code_points);
     tcase_add_test(tc, utf8_rejects_invalid_sequences);
     tcase_add_test(tc, log_line_shape_and_escaping);
+    tcase_add_test(tc, log_client_id_spaces_escaped);
     tcase_add_test(tc, log_level_filters);
     suite_add_tcase(s, tc);
     return s;

@@ -33,14 +33,15 @@ bool util_log_enabled(enum util_log_level level)
     return level >= min_level;
 }
 
-/* Appends src to buf at *pos, escaping control characters so that one event is always
- * one line. */
-static void append_escaped(char *buf, size_t cap, size_t *pos, const char *src)
+/* Appends src to buf at *pos as \xNN escapes for control characters (and spaces with
+ * escape_space), so that one event is always one line. */
+static void append_escaped(char *buf, size_t cap, size_t *pos, const char *src,
+                           bool escape_space)
 {
     for (; *src && *pos + 5 < cap; src++) {
         unsigned char c = (unsigned char)*src;
 
-        if (c == '\n' || c == '\r' || c == '\t' || c < 0x20 || c == 0x7f)
+        if (c < 0x20 || c == 0x7f || (escape_space && c == ' '))
             *pos += (size_t)snprintf(buf + *pos, cap - *pos, "\\x%02x", c);
         else
             buf[(*pos)++] = (char)c;
@@ -67,12 +68,14 @@ void util_vlog(enum util_log_level level, const char *rid, const char *client_id
         pos += (size_t)snprintf(line + pos, sizeof(line) - pos, " [%s]", rid);
     if (client_id) {
         pos += (size_t)snprintf(line + pos, sizeof(line) - pos, " client_id=");
-        append_escaped(line, sizeof(line), &pos, client_id);
+        /* A client_id comes from the request before it is checked, so a space in it
+         * could make the rest of the line look like other fields. */
+        append_escaped(line, sizeof(line), &pos, client_id, true);
     }
     line[pos++] = ' ';
 
     vsnprintf(msg, sizeof(msg), fmt, ap);
-    append_escaped(line, sizeof(line) - 1, &pos, msg);
+    append_escaped(line, sizeof(line) - 1, &pos, msg, false);
     line[pos++] = '\n';
 
     /* One write per line keeps lines from different threads whole. */
