@@ -315,31 +315,29 @@ static int key_open(struct oauth_key *k, const struct storage_key *row,
     return 0;
 }
 
-/* Picks the key that signs: the current one once it has been published for
+/* The key that signs is the current one once it has been published for
  * prepublish_seconds, and until then the key it replaced, so a resource server that
  * cached the JWKS before the rotation never sees a token with an unknown kid. The very
  * first key signs at once, since there is nothing to fall back to. */
-static struct oauth_key *choose_signing_key(struct oauth_keyset *ks,
-                                            const struct storage_key *keys, size_t n,
-                                            int prepublish_seconds)
+int oauth_key_signing_index(const struct storage_key *keys, size_t n,
+                            int prepublish_seconds, int64_t now)
 {
-    int64_t now = util_now_s();
-
     for (size_t i = 0; i < n; i++) {
         if (keys[i].retired_at != 0)
             continue;
         if (keys[i].created_at > now - prepublish_seconds && i + 1 < n &&
             keys[i + 1].retired_at != 0)
-            return &ks->keys[i + 1];
-        return &ks->keys[i];
+            return (int)i + 1;
+        return (int)i;
     }
-    return NULL;
+    return -1;
 }
 
 struct oauth_keyset *oauth_keyset_new(const struct storage_key *keys, size_t n,
                                       const char *secret, int prepublish_seconds)
 {
     struct oauth_keyset *ks = util_calloc(1, sizeof(*ks));
+    int signing;
 
     if (!secret || !*secret) {
         log_error("cannot open signing keys: the server secret is empty");
@@ -362,7 +360,8 @@ struct oauth_keyset *oauth_keyset_new(const struct storage_key *keys, size_t n,
             }
         }
     }
-    ks->signing = choose_signing_key(ks, keys, n, prepublish_seconds);
+    signing = oauth_key_signing_index(keys, n, prepublish_seconds, util_now_s());
+    ks->signing = signing >= 0 ? &ks->keys[signing] : NULL;
     return ks;
 }
 

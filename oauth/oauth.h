@@ -199,6 +199,12 @@ struct oauth_keyset;
 int oauth_key_generate(const char *secret, char **kid, char **sealed_private,
                        char **public_jwk) MUST_CHECK;
 
+/* Returns the index of the key that signs at time now among keys (newest first, as
+ * storage_keys_load lists them), or -1 when there is none: the newest key once it has
+ * been published for prepublish_seconds, and until then the key it replaced. */
+int oauth_key_signing_index(const struct storage_key *keys, size_t n,
+                            int prepublish_seconds, int64_t now);
+
 /* Builds a keyset from rows loaded by storage (newest first). The key whose retired_at
  * is 0 signs once it is prepublish_seconds old; until then the key it replaced signs,
  * so resource servers that cache the JWKS learn a new key before they meet it. Unseals

@@ -973,10 +973,10 @@ static int cmd_keys_rotate(struct cli *cli, int argc, char **argv)
         fprintf(stderr, "cibad: cannot store the new signing key\n");
         goto out;
     }
-    printf(
-        "%s is published now and signs in %d s, once JWKS caches know it; the previous "
-        "key stays published for %d s\n",
-        kid, cli->cfg.key_prepublish_seconds, server_keys_publish_seconds(&cli->cfg));
+    printf("%s is stored; every instance publishes it within 30 s and signs with it %d s "
+           "from now, once JWKS caches know it; the previous key stays published for %d "
+           "s\n",
+           kid, cli->cfg.key_prepublish_seconds, server_keys_publish_seconds(&cli->cfg));
     rc = 0;
 out:
     storage_sync_close(s);
@@ -996,6 +996,27 @@ static void collect_key(void *arg, const struct storage_key *k)
                   "current", k->retired_at == 0, "created_at", (json_int_t)k->created_at,
                   "retired_at", k->retired_at ? json_integer(k->retired_at) : json_null(),
                   "public_jwk", jwk ? jwk : json_null()));
+}
+
+/* Sets "signing" on each listed key: true for the one key that signs now, which the
+ * workers pick the same way once they reload the keys (every 30 s). */
+static void mark_signing_key(json_t *list, int prepublish_seconds)
+{
+    size_t n = json_array_size(list);
+    struct storage_key *keys = util_calloc(n ? n : 1, sizeof(*keys));
+    int signing;
+
+    for (size_t i = 0; i < n; i++) {
+        json_t *k = json_array_get(list, i);
+
+        keys[i].created_at = json_integer_value(json_object_get(k, "created_at"));
+        keys[i].retired_at = json_integer_value(json_object_get(k, "retired_at"));
+    }
+    signing = oauth_key_signing_index(keys, n, prepublish_seconds, util_now_s());
+    for (size_t i = 0; i < n; i++)
+        json_object_set_new(json_array_get(list, i), "signing",
+                            json_boolean((int)i == signing));
+    free(keys);
 }
 
 static int cmd_keys_list(struct cli *cli, int argc, char **argv)
@@ -1021,21 +1042,24 @@ static int cmd_keys_list(struct cli *cli, int argc, char **argv)
         json_decref(list);
         return 1;
     }
+    mark_signing_key(list, cli->cfg.key_prepublish_seconds);
     if (as_json) {
         print_json(list);
         return 0;
     }
-    printf("%-44s %-6s %-21s %s\n", "KID", "ALG", "CREATED", "RETIRED");
+    printf("%-44s %-6s %-21s %-21s %s\n", "KID", "ALG", "CREATED", "RETIRED", "SIGNS");
     json_array_foreach(list, i, k)
     {
-        char created[32], retired[32] = "- (signing)";
+        char created[32], retired[32] = "-";
         json_t *r = json_object_get(k, "retired_at");
 
         format_time(json_integer_value(json_object_get(k, "created_at")), created);
         if (json_is_integer(r))
             format_time(json_integer_value(r), retired);
-        printf("%-44s %-6s %-21s %s\n", json_string_value(json_object_get(k, "kid")),
-               json_string_value(json_object_get(k, "alg")), created, retired);
+        printf("%-44s %-6s %-21s %-21s %s\n",
+               json_string_value(json_object_get(k, "kid")),
+               json_string_value(json_object_get(k, "alg")), created, retired,
+               json_is_true(json_object_get(k, "signing")) ? "yes" : "no");
     }
     json_decref(list);
     return 0;

@@ -3403,6 +3403,32 @@ static char *verified_kid(json_t *body, json_t *jwks, const char *when)
     return kid;
 }
 
+/* Checks that `keys list --json` marks exactly the key kid as the one that signs. */
+static void assert_listed_signing_key(const char *kid)
+{
+    char *out = NULL;
+    json_t *list;
+    json_t *k;
+    size_t i;
+    int signing = 0;
+
+    ck_assert_int_eq(e2e_cli(&srv, &out, "keys", "list", "--json", NULL), 0);
+    list = json_loads(out ? out : "", 0, NULL);
+    free(out);
+    ck_assert_msg(json_is_array(list), "keys list --json printed no array");
+    json_array_foreach(list, i, k)
+    {
+        if (!json_is_true(json_object_get(k, "signing")))
+            continue;
+        signing++;
+        ck_assert_msg(strcmp(jstr(k, "kid"), kid) == 0,
+                      "keys list marks %s as signing, tokens carry %s", jstr(k, "kid"),
+                      kid);
+    }
+    ck_assert_int_eq(signing, 1);
+    json_decref(list);
+}
+
 START_TEST(key_rotation_keeps_old_tokens_valid)
 {
     json_t *first = issue_tokens(), *second, *third, *jwks;
@@ -3422,6 +3448,7 @@ START_TEST(key_rotation_keeps_old_tokens_valid)
     second_kid = verified_kid(second, jwks, "issued during pre-publication");
     ck_assert_msg(strcmp(first_kid, second_kid) == 0,
                   "the new key signed before its pre-publication delay passed");
+    assert_listed_signing_key(second_kid);
     json_decref(jwks);
 
     /* Without the delay the new key signs, and the old tokens still verify. */
