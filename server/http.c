@@ -118,6 +118,7 @@ static void send_reply(struct server_req *sr, int status, const char *content_ty
         rlog_debug(sr->rid, NULL, "handler replied %d after the deadline; dropped",
                    status);
         evbuffer_free(body);
+        atomic_fetch_sub(&rs->thread->unanswered, 1);
         state_free(rs);
         return;
     }
@@ -137,15 +138,16 @@ static void send_reply(struct server_req *sr, int status, const char *content_ty
     }
     evhttp_send_reply(sr->req, status, NULL, body);
     evbuffer_free(body);
-    atomic_fetch_sub(&rs->thread->unanswered, 1);
     log_access(rs);
 
     if (rs->in_deadline) {
-        /* The handler still owns sr and will reply later; that call frees it. */
+        /* The handler still owns sr and will reply later; that call frees it. Until
+         * then the request stays counted, so a drain waits for the handler's work. */
         sr->replied = true;
         sr->req = NULL;
         return;
     }
+    atomic_fetch_sub(&rs->thread->unanswered, 1);
     state_free(rs);
 }
 

@@ -50,8 +50,8 @@ struct server_thread {
     int64_t started_ms;         /* when the loop started, for accept_timer */
     bool draining;              /* set on this thread when shutdown starts */
     struct server_req_state *reqs; /* every live request context */
-    /* Requests received and not replied to yet; the main thread reads it while draining.
-     */
+    /* Requests whose handler has not finished, including those that got the deadline
+     * reply already; the main thread reads it while draining. */
     atomic_size_t unanswered;
     atomic_bool
         accepting; /* the listener accepts; the main thread logs "ready" after all */

@@ -653,7 +653,7 @@ static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
         /* A reply may start a delivery right after it, so idleness starts over. */
         m->idle_ms = 0;
     } else if (m->idle_ms == 0) {
-        log_info("every request has its reply and every delivery its outcome after "
+        log_info("every request handler and every delivery has finished after "
                  "%lld ms",
                  (long long)(now - m->drain_started_ms));
         m->idle_ms = now;
