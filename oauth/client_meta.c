@@ -224,3 +224,83 @@ void oauth_client_credentials_clear(struct oauth_client_credentials *c)
     free(c->jwks_uri);
     memset(c, 0, sizeof(*c));
 }
+
+/* ---- trusted issuers of login_hint_token ------------------------------------------- */
+
+unsigned oauth_issuer_algs(bool allow_rs256)
+{
+    return OAUTH_ALG_ES256 | OAUTH_ALG_PS256 | (allow_rs256 ? OAUTH_ALG_RS256 : 0);
+}
+
+/* Parses an issuer's inline JWKS strictly and checks each key's algorithm. */
+static int issuer_jwks_check(const char *value, unsigned algs, char **jwks_out, char *err,
+                             size_t err_len)
+{
+    char key_err[256];
+    char *text = jwks_text_read(value, err, err_len);
+    json_error_t json_err;
+    json_t *doc = text ? json_loads(text, JSON_REJECT_DUPLICATES, &json_err) : NULL;
+    struct oauth_jwk_set *set = NULL;
+    int rc = -1;
+
+    if (!text)
+        return -1;
+    if (!doc) {
+        snprintf(err, err_len, "--jwks is not valid JSON: %s (line %d)", json_err.text,
+                 json_err.line);
+        goto out;
+    }
+    set = oauth_jwk_set_parse(doc, 0, true, key_err, sizeof(key_err));
+    if (!set) {
+        snprintf(err, err_len, "invalid --jwks: %s", key_err);
+        goto out;
+    }
+    for (size_t i = 0; i < oauth_jwk_set_count(set); i++) {
+        unsigned alg = oauth_jwk_alg(oauth_jwk_set_get(set, i));
+
+        if (!(alg & algs)) {
+            snprintf(err, err_len,
+                     alg == OAUTH_ALG_RS256
+                         ? "invalid --jwks: key %zu is for RS256, which is disabled (set "
+                           "allow_rs256 = true)"
+                         : "invalid --jwks: key %zu has an algorithm cibad does not "
+                           "verify",
+                     i);
+            goto out;
+        }
+    }
+    *jwks_out = json_dumps(doc, JSON_COMPACT);
+    rc = *jwks_out ? 0 : -1;
+
+out:
+    oauth_jwk_set_free(set);
+    json_decref(doc);
+    free(text);
+    return rc;
+}
+
+int oauth_issuer_keys_check(const char *jwks, const char *jwks_uri, bool allow_rs256,
+                            bool allow_http_loopback, char **jwks_out, char *err,
+                            size_t err_len)
+{
+    char url_err[200];
+
+    *jwks_out = NULL;
+    if (!jwks == !jwks_uri) {
+        snprintf(err, err_len, "exactly one of --jwks and --jwks-uri is required");
+        return -1;
+    }
+    if (jwks)
+        return issuer_jwks_check(jwks, oauth_issuer_algs(allow_rs256), jwks_out, err,
+                                 err_len);
+    if (strlen(jwks_uri) > 2048) {
+        snprintf(err, err_len, "--jwks-uri is longer than 2048 characters");
+        return -1;
+    }
+    if (util_http_url_check(jwks_uri, allow_http_loopback, true, url_err,
+                            sizeof(url_err)) != 0) {
+        snprintf(err, err_len, "invalid --jwks-uri: %s", url_err);
+        return -1;
+    }
+    return 0;
+}
