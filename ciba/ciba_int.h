@@ -57,22 +57,22 @@ bool ciba_address_allowed(const struct sockaddr *addr, bool allow_loopback);
 
 struct server_req;
 
-/* Completion of ciba_hint_token_verify. On OAUTH_OK, kind and value say how to find the
- * user the token names (value is borrowed until the callback returns). Otherwise err is
- * the reply: invalid_request, expired_login_hint_token, unknown_user_id,
- * temporarily_unavailable or server_error, and description (static, or NULL for the
- * default) goes to the client. */
+/* Completion of ciba_hint_token_verify. On OAUTH_OK, kind and value give the user
+ * lookup for the user the token names (value is borrowed until the callback returns).
+ * Otherwise err is the reply: invalid_request, expired_login_hint_token,
+ * unknown_user_id, temporarily_unavailable or server_error, and description (static, or
+ * NULL for the default) goes to the client. */
 typedef void (*ciba_hint_token_cb)(void *arg, enum oauth_err err, const char *description,
                                    enum storage_hint_kind kind, const char *value);
 
-/* Verifies a login_hint_token: a compact JWS whose iss is a trusted issuer, signed by
- * one of that issuer's keys (inline, or from its jwks_uri through the worker's cache)
- * with the key's own algorithm, with exp not past and nbf and iat not in the future
- * (OAUTH_JWT_SKEW_S of skew either way). The issuer's configured claim (sub,
- * phone_number or email) then names the user. Returns OAUTH_OK when the check started;
- * cb then runs exactly once, later, on sr's loop. Returns an error with *description
- * set, and never calls cb, when the token is malformed or too long (invalid_request)
- * or the database is unreachable (temporarily_unavailable). */
+/* Verifies a login_hint_token. It must be a compact JWS whose iss is a trusted issuer,
+ * signed with the key's own algorithm by one of that issuer's keys (inline, or from its
+ * jwks_uri through the worker's cache). exp must not be past, and nbf and iat not in
+ * the future, with OAUTH_JWT_SKEW_S of skew. The issuer's configured claim (sub,
+ * phone_number or email) then names the user. Returns OAUTH_OK when the check started,
+ * and cb then runs exactly once, later, on sr's loop. Returns an error with
+ * *description set, and never calls cb, when the token is malformed or too long
+ * (invalid_request) or the database is unreachable (temporarily_unavailable). */
 enum oauth_err ciba_hint_token_verify(struct server_req *sr, const char *token,
                                       ciba_hint_token_cb cb, void *arg,
                                       const char **description) MUST_CHECK;

@@ -21,14 +21,14 @@
 #include "server/http.h"
 #include "storage/storage.h"
 
-/* Longest iss looked up, as the trusted_issuer table allows. */
+/* Maximum length of an iss that is looked up, as the trusted_issuer table allows. */
 #define ISS_MAX 255
-/* Longest token accepted: the longest compact JWS that oauth/jose.c verifies. */
+/* Maximum token length: the maximum compact JWS length that oauth/jose.c verifies. */
 #define HINT_TOKEN_MAX 16384
-/* Longest sub or phone_number claim accepted, as the app_user table allows. */
+/* Maximum length of a sub or phone_number claim, as the app_user table allows. */
 #define USER_CLAIM_MAX 255
-/* Longest email claim accepted, as the app_user table allows (RFC 5321 section 4.5.3.1.3
- * limits a path to 256 octets, so an address to 254). */
+/* Maximum length of an email claim, as the app_user table allows (RFC 5321 section
+ * 4.5.3.1.3 limits a path to 256 octets, so an address to 254). */
 #define EMAIL_MAX 254
 
 /* The one description of every token that does not verify, whatever the reason. */
