@@ -4859,7 +4859,7 @@ START_TEST(lht_jwks_uri_down_slow_garbage)
     char *garbage_url = mock_http_url(garbage, "127.0.0.1", "/jwks");
     char *gone_url = mock_http_url(gone, "127.0.0.1", "/jwks");
     char *slow_iss = iss_name("slow"), *garbage_iss = iss_name("garbage");
-    char *gone_iss = iss_name("gone");
+    char *gone_iss = iss_name("gone"), *token;
     struct e2e_response r;
     int64_t started;
 
@@ -4874,7 +4874,9 @@ START_TEST(lht_jwks_uri_down_slow_garbage)
 
     /* The issuer's fault, which the client can only wait out: 503 with Retry-After. */
     started = util_mono_ms();
-    r = bc_with_hint_token(hint_token(key, "k1", slow_iss, "sub", u1.subject, NULL));
+    token = hint_token(key, "k1", slow_iss, "sub", u1.subject, NULL);
+    r = bc_with_hint_token(token);
+    free(token);
     assert_error(&r, 503, "temporarily_unavailable");
     ck_assert_msg(e2e_header(&r, "Retry-After") != NULL, "503 without Retry-After");
     e2e_response_free(&r);
