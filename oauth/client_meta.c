@@ -4,13 +4,16 @@
  */
 #include "oauth/oauth_int.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
 
 #include <openssl/crypto.h>
 
 #include "util/http_client.h"
+#include "util/netaddr.h"
 
 /* Bytes of randomness in a generated client secret: 256 bits, which also makes it a
  * long enough HS256 key for client_secret_jwt (RFC 7518 section 3.2). */
@@ -279,9 +282,38 @@ out:
     return rc;
 }
 
+/* True unless the host of url is an IP literal that util_netaddr_allowed rejects. A
+ * host name is checked after each DNS lookup, when the keys are fetched. */
+static bool literal_host_allowed(const char *url, bool allow_loopback)
+{
+    struct evhttp_uri *uri = evhttp_uri_parse(url);
+    const char *host = uri ? evhttp_uri_get_host(uri) : NULL;
+    struct sockaddr_storage sa = {0};
+    struct sockaddr_in *v4 = (struct sockaddr_in *)&sa;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&sa;
+    char literal[64] = "";
+    size_t len = host ? strlen(host) : 0;
+    bool ok = true;
+
+    if (len >= 2 && host[0] == '[' && host[len - 1] == ']' && len - 2 < sizeof(literal))
+        memcpy(literal, host + 1, len - 2);
+    else if (host && len < sizeof(literal))
+        memcpy(literal, host, len);
+    if (inet_pton(AF_INET, literal, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        ok = util_netaddr_allowed((const struct sockaddr *)&sa, allow_loopback);
+    } else if (inet_pton(AF_INET6, literal, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        ok = util_netaddr_allowed((const struct sockaddr *)&sa, allow_loopback);
+    }
+    if (uri)
+        evhttp_uri_free(uri);
+    return ok;
+}
+
 int oauth_issuer_keys_check(const char *jwks, const char *jwks_uri, bool allow_rs256,
-                            bool allow_http_loopback, char **jwks_out, char *err,
-                            size_t err_len)
+                            bool allow_http_loopback, bool allow_loopback,
+                            char **jwks_out, char *err, size_t err_len)
 {
     char url_err[200];
 
@@ -300,6 +332,14 @@ int oauth_issuer_keys_check(const char *jwks, const char *jwks_uri, bool allow_r
     if (util_http_url_check(jwks_uri, allow_http_loopback, true, url_err,
                             sizeof(url_err)) != 0) {
         snprintf(err, err_len, "invalid --jwks-uri: %s", url_err);
+        return -1;
+    }
+    /* Plain http passed util_http_url_check only on a loopback literal. */
+    if (!literal_host_allowed(jwks_uri,
+                              allow_loopback || strncmp(jwks_uri, "http:", 5) == 0)) {
+        snprintf(err, err_len,
+                 "invalid --jwks-uri: its address is loopback, private, link-local or "
+                 "reserved (set jwks_uri_allow_loopback = true for a loopback one)");
         return -1;
     }
     return 0;

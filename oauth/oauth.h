@@ -300,11 +300,12 @@ unsigned oauth_issuer_algs(bool allow_rs256);
  * "{", or the name of a file holding it) and jwks_uri. Every key of the JWKS must be a
  * public key that imports (oauth_jwk_import) with an algorithm of oauth_issuer_algs.
  * The URL must be https, or http to a loopback IP literal with allow_http_loopback.
+ * An IP literal host must pass util_netaddr_allowed (loopback with allow_loopback).
  * Stores the compact JWKS text in *jwks_out (a new string; NULL for a jwks_uri).
  * Returns 0, or -1 with a message for the operator in err. */
 int oauth_issuer_keys_check(const char *jwks, const char *jwks_uri, bool allow_rs256,
-                            bool allow_http_loopback, char **jwks_out, char *err,
-                            size_t err_len) MUST_CHECK;
+                            bool allow_http_loopback, bool allow_loopback,
+                            char **jwks_out, char *err, size_t err_len) MUST_CHECK;
 
 /* ---- client key sets of one worker ------------------------------------------------- */
 

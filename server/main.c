@@ -1009,9 +1009,9 @@ static int cmd_issuer_add(struct cli *cli, int argc, char **argv)
     rc = issuer_add_check(issuer, claim);
     if (rc != 0)
         return rc;
-    if (oauth_issuer_keys_check(jwks, jwks_uri, cli->cfg.allow_rs256,
-                                cli->cfg.jwks_uri_allow_http_loopback, &jwks_text, err,
-                                sizeof(err)) != 0) {
+    if (oauth_issuer_keys_check(
+            jwks, jwks_uri, cli->cfg.allow_rs256, cli->cfg.jwks_uri_allow_http_loopback,
+            cli->cfg.jwks_uri_allow_loopback, &jwks_text, err, sizeof(err)) != 0) {
         fprintf(stderr, "cibad: %s\n", err);
         return EXIT_USAGE;
     }

@@ -4921,10 +4921,17 @@ START_TEST(lht_jwks_uri_loopback_needs_setting)
     ck_assert_ptr_nonnull(tls_keys);
     mock_http_set_default(tls_keys, 200, doc);
     url = mock_http_url(tls_keys, "127.0.0.1", "/jwks");
+    /* Registration refuses a loopback literal unless the setting allows it. */
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "issuer", "add", tls_iss, "--jwks-uri", url,
+                             "--claim", "sub", NULL),
+                     2);
+    e2e_server_setenv(&srv, "CIBAD_JWKS_URI_ALLOW_LOOPBACK", "true");
     add_issuer(tls_iss, NULL, url, "sub");
 
-    /* https to a loopback address is refused before anything is sent... */
+    /* At fetch time, https to a loopback address is refused before anything is
+     * sent... */
     ck_assert_int_eq(e2e_server_stop(&srv), 0);
+    e2e_server_setenv(&srv, "CIBAD_JWKS_URI_ALLOW_LOOPBACK", "false");
     e2e_server_setenv(&srv, "CIBAD_JWKS_URI_CA_FILE", certs.ca_file);
     start_server();
     free(expect_hint_token_error(hint_token(key, "t1", tls_iss, "sub", u1.subject, NULL),
@@ -4997,6 +5004,8 @@ START_TEST(lht_issuer_cli)
         {"https://new.example", "--jwks-uri", "http://idp.example/jwks", "sub"},
         {"https://new.example", "--jwks-uri", "ftp://idp.example/jwks", "sub"},
         {"https://new.example", "--jwks-uri", "not a url", "sub"},
+        {"https://new.example", "--jwks-uri", "https://10.0.0.1/jwks", "sub"},
+        {"https://new.example", "--jwks-uri", "https://[::1]/jwks", "sub"},
         {"two words", "--jwks", jwks, "sub"},
         {"", "--jwks", jwks, "sub"},
     };

@@ -3576,46 +3576,58 @@ START_TEST(jwks_cache_address_policy)
 END_TEST
 
 /* The keys `cibad issuer add` accepts: public keys of ES256 or PS256 (RS256 only with
- * allow_rs256), or an https jwks_uri; exactly one of the two. */
+ * allow_rs256), or an https jwks_uri whose IP literal host is allowed; exactly one. */
 START_TEST(issuer_keys_checked)
 {
     json_t *ec = json_pack("{s:[o]}", "keys", public_jwk_of(ec_key, "i1", NULL));
     json_t *rs = json_pack("{s:[o]}", "keys", public_jwk_of(rsa_key, "r1", "RS256"));
     char *ec_text = json_dumps(ec, JSON_COMPACT), *rs_text = json_dumps(rs, JSON_COMPACT);
     char *out = NULL, err[256];
+    const struct {
+        const char *jwks, *jwks_uri;
+        bool allow_rs256, allow_http_loopback, allow_loopback;
+        int rc;
+    } cases[] = {
+        {ec_text, NULL, false, false, false, 0},
+        {rs_text, NULL, false, false, false, -1},
+        {rs_text, NULL, true, false, false, 0},
+        {ec_text, "https://idp.example/jwks", false, false, false, -1},
+        {NULL, NULL, false, false, false, -1},
+        {"{\"keys\":[]}", NULL, false, false, false, -1},
+        {"{oops", NULL, false, false, false, -1},
+        {NULL, "https://idp.example/jwks", false, false, false, 0},
+        {NULL, "http://idp.example/jwks", false, true, true, -1},
+        {NULL, "http://127.0.0.1:9/jwks", false, false, true, -1},
+        {NULL, "http://127.0.0.1:9/jwks", false, true, false, 0},
+        /* IP literals are judged at once; nothing is sent to them. */
+        {NULL, "https://10.0.0.1/jwks", false, false, true, -1},
+        {NULL, "https://169.254.169.254/jwks", false, false, true, -1},
+        {NULL, "https://[fd00::1]/jwks", false, false, true, -1},
+        {NULL, "https://127.0.0.1/jwks", false, false, false, -1},
+        {NULL, "https://[::1]/jwks", false, false, true, 0},
+        {NULL, "https://93.184.216.34/jwks", false, false, false, 0},
+    };
 
-    ck_assert_int_eq(
-        oauth_issuer_keys_check(ec_text, NULL, false, false, &out, err, sizeof(err)), 0);
-    ck_assert_msg(out && strstr(out, "\"i1\""), "stored jwks: %s", out ? out : "");
-    free(out);
-    ck_assert_int_eq(
-        oauth_issuer_keys_check(rs_text, NULL, false, false, &out, err, sizeof(err)), -1);
-    ck_assert_msg(strstr(err, "RS256"), "err: %s", err);
-    ck_assert_ptr_null(out);
-    ck_assert_int_eq(
-        oauth_issuer_keys_check(rs_text, NULL, true, false, &out, err, sizeof(err)), 0);
-    free(out);
-    ck_assert_int_eq(oauth_issuer_keys_check(ec_text, "https://idp.example/jwks", false,
-                                             false, &out, err, sizeof(err)),
-                     -1);
-    ck_assert_int_eq(
-        oauth_issuer_keys_check(NULL, NULL, false, false, &out, err, sizeof(err)), -1);
-    ck_assert_int_eq(oauth_issuer_keys_check("{\"keys\":[]}", NULL, false, false, &out,
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        int rc =
+            oauth_issuer_keys_check(cases[i].jwks, cases[i].jwks_uri,
+                                    cases[i].allow_rs256, cases[i].allow_http_loopback,
+                                    cases[i].allow_loopback, &out, err, sizeof(err));
+
+        ck_assert_msg(rc == cases[i].rc, "case %zu: rc %d, err %s", i, rc, rc ? err : "");
+        ck_assert_msg((out != NULL) == (rc == 0 && cases[i].jwks != NULL),
+                      "case %zu: jwks_out %s", i, out ? out : "NULL");
+        free(out);
+        out = NULL;
+    }
+    ck_assert_int_eq(oauth_issuer_keys_check(rs_text, NULL, false, false, false, &out,
                                              err, sizeof(err)),
                      -1);
-    ck_assert_int_eq(oauth_issuer_keys_check(NULL, "https://idp.example/jwks", false,
-                                             false, &out, err, sizeof(err)),
-                     0);
-    ck_assert_ptr_null(out);
-    ck_assert_int_eq(oauth_issuer_keys_check(NULL, "http://idp.example/jwks", false, true,
-                                             &out, err, sizeof(err)),
-                     -1);
-    ck_assert_int_eq(oauth_issuer_keys_check(NULL, "http://127.0.0.1:9/jwks", false,
+    ck_assert_msg(strstr(err, "allow_rs256"), "err: %s", err);
+    ck_assert_int_eq(oauth_issuer_keys_check(NULL, "https://127.0.0.1/jwks", false, false,
                                              false, &out, err, sizeof(err)),
                      -1);
-    ck_assert_int_eq(oauth_issuer_keys_check(NULL, "http://127.0.0.1:9/jwks", false, true,
-                                             &out, err, sizeof(err)),
-                     0);
+    ck_assert_msg(strstr(err, "jwks_uri_allow_loopback"), "err: %s", err);
     ck_assert_uint_eq(oauth_issuer_algs(false), OAUTH_ALG_ES256 | OAUTH_ALG_PS256);
     ck_assert(oauth_issuer_algs(true) & OAUTH_ALG_RS256);
     ck_assert(!(oauth_issuer_algs(true) & OAUTH_ALG_HS256));
