@@ -312,8 +312,9 @@ int oauth_issuer_keys_check(const char *jwks, const char *jwks_uri, bool allow_r
 struct event_base;
 struct evdns_base;
 
-/* A worker's cache of client key sets: inline jwks documents parsed once, and remote
- * ones fetched from jwks_uri without blocking the loop. Used by one thread only. */
+/* A worker's cache of the key sets of clients and of trusted login_hint_token issuers:
+ * inline jwks documents parsed once, and remote ones fetched from jwks_uri without
+ * blocking the loop. Used by one thread only. */
 struct oauth_jwks_cache;
 
 struct oauth_jwks_cache_config {
