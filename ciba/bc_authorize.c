@@ -2,8 +2,8 @@
  * SPDX-License-Identifier: MIT
  *
  * The flow, one callback per step, in the order they run:
- *   handle -> on_client_authenticated -> on_user_found [-> on_user_code_checked]
- *   -> on_auth_req_stored -> reply,
+ *   handle -> on_client_authenticated [-> on_hint_token_verified] -> on_user_found
+ *   [-> on_user_code_checked] -> on_auth_req_stored -> reply,
  * then the code goes out by SMS in the background (delivery.c). For a ping or push
  * client the request also stores its auth_req_id and client_notification_token, sealed,
  * for the notification sent when the request ends (notify.c).
@@ -34,7 +34,8 @@ struct bc_ctx {
     /* Validated request parameters. */
     char *scope; /* normalized: duplicates removed, single spaces */
     const char *login_hint;
-    char *hint_subject; /* the sub of a verified id_token_hint */
+    char *hint_subject;           /* the sub of a verified id_token_hint */
+    const char *login_hint_token; /* verified in hint_token.c after the checks here */
     const char *binding_message;
     const char *acr_values;
     const char *notification_token; /* ping and push only; a bearer secret */
@@ -239,7 +240,8 @@ done:
     return err;
 }
 
-/* Exactly one hint (CIBA Core 1.0 section 7.1): login_hint or id_token_hint. */
+/* Exactly one hint (CIBA Core 1.0 section 7.1): login_hint, id_token_hint or
+ * login_hint_token. */
 static enum oauth_err check_hints(struct bc_ctx *ctx, const char **description)
 {
     const char *login_hint = server_form_get(&ctx->form, "login_hint");
@@ -253,9 +255,8 @@ static enum oauth_err check_hints(struct bc_ctx *ctx, const char **description)
         return OAUTH_ERR_INVALID_REQUEST;
     }
     if (login_hint_token) {
-        /* TODO: login_hint_token is not implemented yet. */
-        *description = "login_hint_token is not supported";
-        return OAUTH_ERR_INVALID_REQUEST;
+        ctx->login_hint_token = login_hint_token;
+        return OAUTH_OK;
     }
     if (id_token_hint)
         return check_id_token_hint(ctx, id_token_hint, description);
@@ -577,7 +578,9 @@ static void on_user_found(void *arg, enum storage_status status,
         /* The description never repeats the hint: it may be a phone number. */
         finish_error(ctx, OAUTH_ERR_UNKNOWN_USER_ID,
                      ctx->hint_subject ? "id_token_hint does not name a known user"
-                                       : "login_hint does not name a known user");
+                     : ctx->login_hint_token
+                         ? "login_hint_token does not name a known user"
+                         : "login_hint does not name a known user");
         return;
     }
     if (status != STORAGE_OK) {
@@ -617,6 +620,19 @@ static void find_user(struct bc_ctx *ctx)
         finish_error(ctx, OAUTH_ERR_TEMPORARILY_UNAVAILABLE, NULL);
 }
 
+static void on_hint_token_verified(void *arg, enum oauth_err err, const char *description,
+                                   enum storage_hint_kind kind, const char *value)
+{
+    struct bc_ctx *ctx = arg;
+
+    if (err != OAUTH_OK) {
+        finish_error(ctx, err, description);
+        return;
+    }
+    if (storage_user_find(ctx->sr->worker->db, kind, value, on_user_found, ctx) != 0)
+        finish_error(ctx, OAUTH_ERR_TEMPORARILY_UNAVAILABLE, NULL);
+}
+
 static void on_client_authenticated(void *arg, enum oauth_err err,
                                     const char *description, struct oauth_client *client)
 {
@@ -636,6 +652,13 @@ static void on_client_authenticated(void *arg, enum oauth_err err,
     err = check_request(ctx, &description);
     if (err != OAUTH_OK) {
         finish_error(ctx, err, description);
+        return;
+    }
+    if (ctx->login_hint_token) {
+        err = ciba_hint_token_verify(ctx->sr, ctx->login_hint_token,
+                                     on_hint_token_verified, ctx, &description);
+        if (err != OAUTH_OK)
+            finish_error(ctx, err, description);
         return;
     }
     find_user(ctx);

@@ -8,7 +8,9 @@
 #include <stddef.h>
 #include <sys/socket.h>
 
+#include "oauth/oauth.h"
 #include "sms/sms.h"
+#include "storage/storage.h"
 
 struct server_worker;
 struct storage_approval;
@@ -47,12 +49,33 @@ int ciba_push_payload_open(const char *sealed, char **text) MUST_CHECK;
  */
 char *ciba_push_payload_new(struct server_worker *w, const struct storage_approval *a);
 
-/* True when addr may be a notification endpoint's address: not unspecified, loopback
- * (unless allow_loopback), private (10/8, 172.16/12, 192.168/16, fc00::/7), shared
- * (100.64/10), link-local (169.254/16, where cloud metadata services listen, and
- * fe80::/10), multicast, broadcast or reserved. IPv4-mapped and NAT64 IPv6 addresses
- * are judged by the IPv4 address inside. */
+/* True when addr may be a notification endpoint's address: util_netaddr_allowed, the
+ * policy that jwks_uri fetches use too. */
 bool ciba_address_allowed(const struct sockaddr *addr, bool allow_loopback);
+
+/* ---- login_hint_token (hint_token.c) ---------------------------------------------- */
+
+struct server_req;
+
+/* Completion of ciba_hint_token_verify. On OAUTH_OK, kind and value give the user
+ * lookup for the user the token names (value is borrowed until the callback returns).
+ * Otherwise err is the reply: invalid_request, expired_login_hint_token,
+ * unknown_user_id, temporarily_unavailable or server_error, and description (static, or
+ * NULL for the default) goes to the client. */
+typedef void (*ciba_hint_token_cb)(void *arg, enum oauth_err err, const char *description,
+                                   enum storage_hint_kind kind, const char *value);
+
+/* Verifies a login_hint_token. It must be a compact JWS whose iss is a trusted issuer,
+ * signed with the key's own algorithm by one of that issuer's keys (inline, or from its
+ * jwks_uri through the worker's cache). exp must not be past, and nbf and iat not in
+ * the future, with OAUTH_JWT_SKEW_S of skew. The issuer's configured claim (sub,
+ * phone_number or email) then names the user. Returns OAUTH_OK when the check started,
+ * and cb then runs exactly once, later, on sr's loop. Returns an error with
+ * *description set, and never calls cb, when the token is malformed or too long
+ * (invalid_request) or the database is unreachable (temporarily_unavailable). */
+enum oauth_err ciba_hint_token_verify(struct server_req *sr, const char *token,
+                                      ciba_hint_token_cb cb, void *arg,
+                                      const char **description) MUST_CHECK;
 
 /* What goes into one SMS. All strings are copied. */
 struct ciba_code_message {

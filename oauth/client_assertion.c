@@ -47,9 +47,7 @@ static bool aud_ok(const json_t *aud, const char *issuer)
     return false;
 }
 
-/* Reads a NumericDate (RFC 7519 section 2): a JSON number of seconds, which may have a
- * fraction. Returns 0 (absent), 1 (stored in *out) or -1 (not a usable time). */
-static int numeric_date(const json_t *claims, const char *name, int64_t *out)
+int oauth_jwt_numeric_date(const json_t *claims, const char *name, int64_t *out)
 {
     const json_t *v = json_object_get(claims, name);
     double d;
@@ -88,9 +86,9 @@ const char *oauth_assertion_check(const json_t *claims, const char *client_id,
     if (!aud_ok(json_object_get(claims, "aud"), issuer))
         return "aud names neither the issuer nor an endpoint of this server";
 
-    has_exp = numeric_date(claims, "exp", &exp);
-    has_nbf = numeric_date(claims, "nbf", &nbf);
-    has_iat = numeric_date(claims, "iat", &iat);
+    has_exp = oauth_jwt_numeric_date(claims, "exp", &exp);
+    has_nbf = oauth_jwt_numeric_date(claims, "nbf", &nbf);
+    has_iat = oauth_jwt_numeric_date(claims, "iat", &iat);
     if (has_exp != 1)
         return has_exp == 0 ? "exp is missing" : "exp is not a number";
     if (has_nbf < 0 || has_iat < 0)

@@ -7,12 +7,14 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
 
 #include <openssl/crypto.h>
 
 #include "util/http_client.h"
+#include "util/netaddr.h"
 
 /* Bytes of randomness in a generated client secret: 256 bits, which also makes it a
  * long enough HS256 key for client_secret_jwt (RFC 7518 section 3.2). */
@@ -398,4 +400,121 @@ void oauth_client_credentials_clear(struct oauth_client_credentials *c)
     free(c->tls_san_ip);
     free(c->tls_san_email);
     memset(c, 0, sizeof(*c));
+}
+
+/* ---- trusted issuers of login_hint_token ------------------------------------------- */
+
+unsigned oauth_issuer_algs(bool allow_rs256)
+{
+    return OAUTH_ALG_ES256 | OAUTH_ALG_PS256 | (allow_rs256 ? OAUTH_ALG_RS256 : 0);
+}
+
+/* Parses an issuer's inline JWKS strictly and checks each key's algorithm. */
+static int issuer_jwks_check(const char *value, unsigned algs, char **jwks_out, char *err,
+                             size_t err_len)
+{
+    char key_err[256];
+    char *text = jwks_text_read(value, err, err_len);
+    json_error_t json_err;
+    json_t *doc = text ? json_loads(text, JSON_REJECT_DUPLICATES, &json_err) : NULL;
+    struct oauth_jwk_set *set = NULL;
+    int rc = -1;
+
+    if (!text)
+        return -1;
+    if (!doc) {
+        snprintf(err, err_len, "--jwks is not valid JSON: %s (line %d)", json_err.text,
+                 json_err.line);
+        goto out;
+    }
+    set = oauth_jwk_set_parse(doc, 0, true, key_err, sizeof(key_err));
+    if (!set) {
+        snprintf(err, err_len, "invalid --jwks: %s", key_err);
+        goto out;
+    }
+    for (size_t i = 0; i < oauth_jwk_set_count(set); i++) {
+        unsigned alg = oauth_jwk_alg(oauth_jwk_set_get(set, i));
+
+        if (!(alg & algs)) {
+            snprintf(err, err_len,
+                     alg == OAUTH_ALG_RS256
+                         ? "invalid --jwks: key %zu is for RS256, which is disabled (set "
+                           "allow_rs256 = true)"
+                         : "invalid --jwks: key %zu has an algorithm cibad does not "
+                           "verify",
+                     i);
+            goto out;
+        }
+    }
+    *jwks_out = json_dumps(doc, JSON_COMPACT);
+    rc = *jwks_out ? 0 : -1;
+
+out:
+    oauth_jwk_set_free(set);
+    json_decref(doc);
+    free(text);
+    return rc;
+}
+
+/* True unless the host of url is an IP literal that util_netaddr_allowed rejects. A
+ * host name is checked after each DNS lookup, when the keys are fetched. */
+static bool literal_host_allowed(const char *url, bool allow_loopback)
+{
+    struct evhttp_uri *uri = evhttp_uri_parse(url);
+    const char *host = uri ? evhttp_uri_get_host(uri) : NULL;
+    struct sockaddr_storage sa = {0};
+    struct sockaddr_in *v4 = (struct sockaddr_in *)&sa;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&sa;
+    char literal[64] = "";
+    size_t len = host ? strlen(host) : 0;
+    bool ok = true;
+
+    if (len >= 2 && host[0] == '[' && host[len - 1] == ']' && len - 2 < sizeof(literal))
+        memcpy(literal, host + 1, len - 2);
+    else if (host && len < sizeof(literal))
+        memcpy(literal, host, len);
+    if (inet_pton(AF_INET, literal, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        ok = util_netaddr_allowed((const struct sockaddr *)&sa, allow_loopback);
+    } else if (inet_pton(AF_INET6, literal, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        ok = util_netaddr_allowed((const struct sockaddr *)&sa, allow_loopback);
+    }
+    if (uri)
+        evhttp_uri_free(uri);
+    return ok;
+}
+
+int oauth_issuer_keys_check(const char *jwks, const char *jwks_uri, bool allow_rs256,
+                            bool allow_http_loopback, bool allow_loopback,
+                            char **jwks_out, char *err, size_t err_len)
+{
+    char url_err[200];
+
+    *jwks_out = NULL;
+    if (!jwks == !jwks_uri) {
+        snprintf(err, err_len, "exactly one of --jwks and --jwks-uri is required");
+        return -1;
+    }
+    if (jwks)
+        return issuer_jwks_check(jwks, oauth_issuer_algs(allow_rs256), jwks_out, err,
+                                 err_len);
+    if (strlen(jwks_uri) > 2048) {
+        snprintf(err, err_len, "--jwks-uri is longer than 2048 characters");
+        return -1;
+    }
+    if (util_http_url_check(jwks_uri, allow_http_loopback, true, url_err,
+                            sizeof(url_err)) != 0) {
+        snprintf(err, err_len, "invalid --jwks-uri: %s", url_err);
+        return -1;
+    }
+    /* Plain http passed util_http_url_check only on a loopback literal. */
+    if (!literal_host_allowed(jwks_uri,
+                              allow_loopback || strncmp(jwks_uri, "http:", 5) == 0)) {
+        snprintf(err, err_len,
+                 "invalid --jwks-uri: its address is loopback, private, link-local or "
+                 "reserved (set jwks_uri_allow_loopback = true for a loopback one)");
+        return -1;
+    }
+    return 0;
 }

@@ -14,6 +14,11 @@
  * request. Requests that
  * arrive while a fetch runs wait for it. A jwks_uri that is down, slow (past
  * timeout_ms) or returns anything but a JWKS gives its waiters an error, never a hang.
+ *
+ * Every address a jwks_uri resolves to is checked before connecting (util/netaddr.h):
+ * a client or an issuer could otherwise make cibad fetch from its own network. The
+ * cache is keyed by URI and algorithm, so clients and trusted issuers of
+ * login_hint_token share it.
  */
 #include "oauth/oauth_int.h"
 
@@ -23,6 +28,7 @@
 #include <event2/event.h>
 
 #include "util/http_client.h"
+#include "util/netaddr.h"
 
 /* Entries kept; the least recently used one without a fetch in flight goes first. */
 #define CACHE_MAX_ENTRIES 256
@@ -65,6 +71,7 @@ struct oauth_jwks_cache {
     int timeout_ms;
     int64_t ttl_ms, refetch_ms;
     bool allow_http_loopback;
+    bool allow_loopback;
     struct entry *head, *tail;
     size_t n_entries;
     struct delivery *ready, *ready_tail; /* run by deliver_ev */
@@ -222,6 +229,7 @@ struct oauth_jwks_cache *oauth_jwks_cache_new(struct event_base *base,
     c->ttl_ms = (int64_t)cfg->ttl_seconds * 1000;
     c->refetch_ms = (int64_t)cfg->refetch_seconds * 1000;
     c->allow_http_loopback = cfg->allow_http_loopback;
+    c->allow_loopback = cfg->allow_loopback;
     c->deliver_ev = event_new(base, -1, 0, on_deliver, c);
     if (!c->deliver_ev) {
         log_error("cannot create the JWKS cache's delivery event");
@@ -384,6 +392,22 @@ static void on_fetched(void *arg, const struct util_http_response *res)
     }
 }
 
+/* The address policy of every fetch (util/netaddr.h). Loopback is allowed with the
+ * allow_loopback setting, and for a plain http URL, which util_http_url_check accepts
+ * only on a loopback IP literal and only when allow_http_loopback is set. */
+static bool fetch_address_allowed(const struct sockaddr *addr, void *arg)
+{
+    const struct entry *e = arg;
+    bool loopback = e->cache->allow_loopback || strncmp(e->key, "http:", 5) == 0;
+
+    if (util_netaddr_allowed(addr, loopback))
+        return true;
+    log_warn("jwks_uri %s resolves to a loopback, private, link-local or reserved "
+             "address; not fetched",
+             e->key);
+    return false;
+}
+
 /* Starts fetching e. Returns 0, or -1 with *error set. */
 static int fetch_start(struct oauth_jwks_cache *c, struct entry *e, const char **error)
 {
@@ -398,13 +422,12 @@ static int fetch_start(struct oauth_jwks_cache *c, struct entry *e, const char *
         .timeout_ms = c->timeout_ms,
         .max_response_body = JWKS_MAX_BYTES,
         .allow_http_loopback = c->allow_http_loopback,
+        .address_allowed = fetch_address_allowed,
+        .address_arg = e,
     };
     char url_err[200];
 
     e->attempt_ms = util_mono_ms();
-    /* TODO: a jwks_uri host may resolve to a private, link-local or metadata address,
-     * and nothing stops that fetch yet; only the operator registers jwks_uri values
-     * today, so a client cannot point cibad at an internal service by itself. */
     if (util_http_url_check(e->key, c->allow_http_loopback, c->dns != NULL, url_err,
                             sizeof(url_err)) != 0) {
         log_info("jwks_uri %s cannot be fetched: %s", e->key, url_err);

@@ -312,13 +312,40 @@ json_t *oauth_jws_verify_with(const struct oauth_jwk_set *set, const char *token
                               unsigned allowed_algs, json_t **header,
                               const char **reason);
 
+/* Clock difference tolerated on exp, nbf and iat of JWTs that others sign (client
+ * assertions, login_hint_token), in seconds. */
+#define OAUTH_JWT_SKEW_S 30
+
+/* Reads the NumericDate claim name (RFC 7519 section 2): a JSON number of seconds, which
+ * may have a fraction, from 0 up to the year 5138. Returns 0 (absent), 1 (stored in
+ * *out, rounded down) or -1 (not a usable time). */
+int oauth_jwt_numeric_date(const json_t *claims, const char *name, int64_t *out);
+
+/* ---- trusted issuers of login_hint_token ------------------------------------------- */
+
+/* The OAUTH_ALG_* bits a login_hint_token may be signed with: ES256 and PS256, and
+ * RS256 with allow_rs256. Never HS256: an issuer shares no secret with cibad. */
+unsigned oauth_issuer_algs(bool allow_rs256);
+
+/* Checks the keys of `cibad issuer add`: exactly one of jwks (JSON text starting with
+ * "{", or the name of a file holding it) and jwks_uri. Every key of the JWKS must be a
+ * public key that imports (oauth_jwk_import) with an algorithm of oauth_issuer_algs.
+ * The URL must be https, or http to a loopback IP literal with allow_http_loopback.
+ * An IP literal host must pass util_netaddr_allowed (loopback with allow_loopback).
+ * Stores the compact JWKS text in *jwks_out (a new string; NULL for a jwks_uri).
+ * Returns 0, or -1 with a message for the operator in err. */
+int oauth_issuer_keys_check(const char *jwks, const char *jwks_uri, bool allow_rs256,
+                            bool allow_http_loopback, bool allow_loopback,
+                            char **jwks_out, char *err, size_t err_len) MUST_CHECK;
+
 /* ---- client key sets of one worker ------------------------------------------------- */
 
 struct event_base;
 struct evdns_base;
 
-/* A worker's cache of client key sets: inline jwks documents parsed once, and remote
- * ones fetched from jwks_uri without blocking the loop. Used by one thread only. */
+/* A worker's cache of the key sets of clients and of trusted login_hint_token issuers:
+ * inline jwks documents parsed once, and remote ones fetched from jwks_uri without
+ * blocking the loop. Used by one thread only. */
 struct oauth_jwks_cache;
 
 struct oauth_jwks_cache_config {
@@ -327,6 +354,7 @@ struct oauth_jwks_cache_config {
     int ttl_seconds;          /* a fetched set is used this long */
     int refetch_seconds;      /* one URI is fetched at most once in this time */
     bool allow_http_loopback; /* accept http:// on a loopback IP literal (tests) */
+    bool allow_loopback;      /* let https fetches reach loopback addresses (tests) */
 };
 
 /* Creates a cache on base. dns resolves jwks_uri host names; without it only IP

@@ -141,6 +141,8 @@ static const struct setting settings[] = {
      "Least seconds between two fetches of one jwks_uri (on an unknown kid or after a failure)"},
     {"jwks_uri_allow_http_loopback", "CIBAD_JWKS_URI_ALLOW_HTTP_LOOPBACK", SETTING_BOOL, FIELD(jwks_uri_allow_http_loopback), "false", 0, 0, false,
      "Accept a plain http:// jwks_uri on a loopback address (tests and local use)"},
+    {"jwks_uri_allow_loopback", "CIBAD_JWKS_URI_ALLOW_LOOPBACK", SETTING_BOOL, FIELD(jwks_uri_allow_loopback), "false", 0, 0, false,
+     "Let jwks_uri fetches (client keys, trusted issuer keys) reach loopback addresses; private and link-local ones stay refused (tests and local use)"},
     {"tls_cert_file", "CIBAD_TLS_CERT_FILE", SETTING_STRING, FIELD(tls_cert_file), NULL, 0, 0, false,
      "PEM certificate chain; with tls_key_file set too, the listener speaks HTTPS only (TLS 1.2 and 1.3)"},
     {"tls_key_file", "CIBAD_TLS_KEY_FILE", SETTING_STRING, FIELD(tls_key_file), NULL, 0, 0, false,

@@ -71,6 +71,7 @@ struct server_config {
     int jwks_uri_cache_seconds;
     int jwks_uri_refetch_seconds;
     bool jwks_uri_allow_http_loopback;
+    bool jwks_uri_allow_loopback; /* jwks_uri fetches may reach loopback addresses */
     /* HTTPS served by cibad itself; see server/tls.c. */
     char *tls_cert_file;       /* PEM chain; with tls_key_file the listener is TLS only */
     char *tls_key_file;

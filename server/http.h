@@ -41,7 +41,7 @@ struct server_worker {
     struct storage_conn *db;
     struct sms_sender *sms;
     struct oauth_keyset *keys;      /* this thread's copy, refreshed from the database */
-    struct oauth_jwks_cache *jwks;  /* client key sets for client assertions */
+    struct oauth_jwks_cache *jwks;  /* key sets of clients and login_hint_token issuers */
     struct ciba_notifier *notifier; /* ping and push delivery; see ciba/ciba.h */
     /* Background work in progress (SMS deliveries), which may outlive its request; the
      * main thread reads it while draining. Change it only through the functions below. */

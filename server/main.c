@@ -1,5 +1,5 @@
-/* main.c - the cibad command line: serve, migrate, and the client, user, keys and scope
- * administration commands
+/* main.c - the cibad command line: serve, migrate, and the client, user, issuer, keys
+ * and scope administration commands
  * SPDX-License-Identifier: MIT
  *
  * Exit status: 0 on success, 1 when the command failed, 2 for a usage error. Errors go
@@ -7,6 +7,7 @@
  */
 #include "server/server.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,8 @@
 #define ID_MAX                128 /* client_id bytes, as the client table allows */
 #define USER_FIELD_MAX        255 /* subject and username characters */
 #define SCOPE_DESCRIPTION_MAX 200
+#define EMAIL_MAX             254 /* characters, as the app_user table allows */
+#define ISSUER_MAX            255 /* iss characters, as the trusted_issuer table allows */
 
 struct command;
 
@@ -644,9 +647,10 @@ static int cmd_client_delete(struct cli *cli, int argc, char **argv)
 
 static json_t *user_json(const struct storage_user *u)
 {
-    return json_pack("{s:s, s:o, s:s}", "subject", u->subject, "username",
+    return json_pack("{s:s, s:o, s:s, s:o}", "subject", u->subject, "username",
                      u->username ? json_string(u->username) : json_null(), "phone_number",
-                     u->phone_number);
+                     u->phone_number, "email",
+                     u->email ? json_string(u->email) : json_null());
 }
 
 static void collect_user(void *arg, const struct storage_user *u)
@@ -731,17 +735,41 @@ static int user_create_check(const char *subject, const char *username)
     return 0;
 }
 
+/* Checks --email and stores it lower-cased in out (EMAIL_MAX + 1 bytes): 3 to
+ * EMAIL_MAX printable ASCII characters without space, one "@" with text on both sides.
+ * A login_hint_token issuer that names users by email is matched against this form. */
+static int user_email_check(const char *email, char *out)
+{
+    const char *at = strchr(email, '@');
+    size_t len = strlen(email);
+
+    if (!token_ok(email, EMAIL_MAX) || len < 3 || !at || at == email || !at[1] ||
+        strchr(at + 1, '@')) {
+        fprintf(stderr,
+                "cibad: invalid --email \"%s\": expected NAME@DOMAIN, at most %d "
+                "printable ASCII characters\n",
+                email, EMAIL_MAX);
+        return EXIT_USAGE;
+    }
+    for (size_t i = 0; i <= len; i++)
+        out[i] = (char)tolower((unsigned char)email[i]);
+    return 0;
+}
+
 static int cmd_user_create(struct cli *cli, int argc, char **argv)
 {
-    const char *phone = NULL, *username = NULL, *subject = NULL, *clash;
+    const char *phone = NULL, *username = NULL, *subject = NULL, *email = NULL, *clash;
     bool as_json = false;
+    // clang-format off
     struct cli_opt opts[] = {
         {"--phone", &phone, NULL},
         {"--username", &username, NULL},
         {"--subject", &subject, NULL},
+        {"--email", &email, NULL},
         {"--json", NULL, &as_json},
     };
-    char e164[17], err[512], *sub = NULL;
+    // clang-format on
+    char e164[17], err[512], *sub = NULL, email_lower[EMAIL_MAX + 1];
     struct storage_sync *s = NULL;
     json_t *users = json_array();
     int rc = parse_args(cli->cmd, argc, argv, opts, ARRAY_LEN(opts), NULL, 0);
@@ -764,6 +792,8 @@ static int cmd_user_create(struct cli *cli, int argc, char **argv)
         goto out;
     }
     if (user_create_check(subject, username) != 0)
+        goto out;
+    if (email && user_email_check(email, email_lower) != 0)
         goto out;
 
     rc = 1;
@@ -789,15 +819,22 @@ static int cmd_user_create(struct cli *cli, int argc, char **argv)
         fprintf(stderr, "cibad: \"%s\" is already a username or subject\n", clash);
         goto out;
     }
-    if (storage_sync_user_create(s, sub, username, e164, err, sizeof(err)) != 0) {
+    if (storage_sync_user_create_email(s, sub, username, e164, email ? email_lower : NULL,
+                                       err, sizeof(err)) != 0) {
         fprintf(stderr, "cibad: cannot create the user: %s\n", err);
         goto out;
     }
     if (as_json)
-        print_json(user_json(&(struct storage_user){sub, username, e164}));
+        print_json(user_json(&(struct storage_user){
+            .subject = sub,
+            .username = username,
+            .phone_number = e164,
+            .email = email ? email_lower : NULL,
+        }));
     else
-        printf("subject:      %s\nusername:     %s\nphone_number: %s\n", sub,
-               username ? username : "(none)", e164);
+        printf("subject:      %s\nusername:     %s\nphone_number: %s\nemail:        "
+               "%s\n",
+               sub, username ? username : "(none)", e164, email ? email_lower : "(none)");
     rc = 0;
 out:
     storage_sync_close(s);
@@ -832,13 +869,15 @@ static int cmd_user_list(struct cli *cli, int argc, char **argv)
         print_json(list);
         return 0;
     }
-    printf("%-24s %-20s %s\n", "SUBJECT", "USERNAME", "PHONE_NUMBER");
+    printf("%-24s %-20s %-16s %s\n", "SUBJECT", "USERNAME", "PHONE_NUMBER", "EMAIL");
     json_array_foreach(list, i, u)
     {
         const char *name = json_string_value(json_object_get(u, "username"));
+        const char *email = json_string_value(json_object_get(u, "email"));
 
-        printf("%-24s %-20s %s\n", json_string_value(json_object_get(u, "subject")),
-               name ? name : "-", json_string_value(json_object_get(u, "phone_number")));
+        printf("%-24s %-20s %-16s %s\n", json_string_value(json_object_get(u, "subject")),
+               name ? name : "-", json_string_value(json_object_get(u, "phone_number")),
+               email ? email : "-");
     }
     json_decref(list);
     return 0;
@@ -944,6 +983,169 @@ out:
     OPENSSL_cleanse(line, sizeof(line));
     free(hash);
     return rc;
+}
+
+/* ---- trusted issuers of login_hint_token
+ * ------------------------------------------------
+ */
+
+static json_t *issuer_json(const struct storage_issuer *i)
+{
+    json_t *out = json_pack("{s:s, s:s, s:I}", "issuer", i->issuer, "user_claim",
+                            i->user_claim, "created_at", (json_int_t)i->created_at);
+
+    if (i->jwks_uri)
+        json_object_set_new(out, "jwks_uri", json_string(i->jwks_uri));
+    if (i->jwks)
+        json_object_set_new(out, "jwks", json_loads(i->jwks, 0, NULL));
+    return out;
+}
+
+static void collect_issuer(void *arg, const struct storage_issuer *i)
+{
+    json_array_append_new(arg, issuer_json(i));
+}
+
+/* Checks ISSUER and --claim of `issuer add`; prints why and returns EXIT_USAGE. */
+static int issuer_add_check(const char *issuer, const char *claim)
+{
+    if (!token_ok(issuer, ISSUER_MAX)) {
+        fprintf(stderr,
+                "cibad: ISSUER must have 1 to %d printable ASCII characters and no "
+                "space: the exact iss of the issuer's tokens\n",
+                ISSUER_MAX);
+        return EXIT_USAGE;
+    }
+    if (!claim) {
+        fprintf(stderr, "cibad: --claim sub|phone_number|email is required\n");
+        return EXIT_USAGE;
+    }
+    if (strcmp(claim, "sub") != 0 && strcmp(claim, "phone_number") != 0 &&
+        strcmp(claim, "email") != 0) {
+        fprintf(stderr,
+                "cibad: invalid --claim \"%s\": expected sub, phone_number or email\n",
+                claim);
+        return EXIT_USAGE;
+    }
+    return 0;
+}
+
+static int cmd_issuer_add(struct cli *cli, int argc, char **argv)
+{
+    const char *issuer, *jwks = NULL, *jwks_uri = NULL, *claim = NULL;
+    bool as_json = false;
+    struct cli_opt opts[] = {
+        {"--jwks", &jwks, NULL},
+        {"--jwks-uri", &jwks_uri, NULL},
+        {"--claim", &claim, NULL},
+        {"--json", NULL, &as_json},
+    };
+    char err[512], *jwks_text = NULL;
+    struct storage_sync *s = NULL;
+    int rc = parse_args(cli->cmd, argc, argv, opts, ARRAY_LEN(opts), &issuer, 1);
+
+    if (rc != 0)
+        return rc == ARGS_HELP ? 0 : rc;
+    rc = issuer_add_check(issuer, claim);
+    if (rc != 0)
+        return rc;
+    if (oauth_issuer_keys_check(
+            jwks, jwks_uri, cli->cfg.allow_rs256, cli->cfg.jwks_uri_allow_http_loopback,
+            cli->cfg.jwks_uri_allow_loopback, &jwks_text, err, sizeof(err)) != 0) {
+        fprintf(stderr, "cibad: %s\n", err);
+        return EXIT_USAGE;
+    }
+
+    rc = 1;
+    s = open_db(cli);
+    if (!s)
+        goto out;
+
+    struct storage_issuer in = {
+        .issuer = issuer,
+        .jwks = jwks_text,
+        .jwks_uri = jwks_uri,
+        .user_claim = claim,
+    };
+    if (storage_sync_issuer_add(s, &in, err, sizeof(err)) != 0) {
+        fprintf(stderr, "cibad: cannot add issuer %s: %s\n", issuer, err);
+        goto out;
+    }
+    in.created_at = util_now_s();
+    if (as_json)
+        print_json(issuer_json(&in));
+    else
+        printf("trusted issuer %s: its login_hint_token names users by %s\n", issuer,
+               claim);
+    rc = 0;
+out:
+    storage_sync_close(s);
+    free(jwks_text);
+    return rc;
+}
+
+static int cmd_issuer_list(struct cli *cli, int argc, char **argv)
+{
+    bool as_json = false;
+    struct cli_opt opts[] = {{"--json", NULL, &as_json}};
+    struct storage_sync *s;
+    json_t *list, *i;
+    size_t n;
+    int rc = parse_args(cli->cmd, argc, argv, opts, ARRAY_LEN(opts), NULL, 0);
+
+    if (rc != 0)
+        return rc == ARGS_HELP ? 0 : rc;
+    s = open_db(cli);
+    if (!s)
+        return 1;
+    list = json_array();
+    rc = storage_sync_issuer_each(s, collect_issuer, list);
+    storage_sync_close(s);
+    if (rc < 0) {
+        fprintf(stderr, "cibad: cannot list the trusted issuers\n");
+        json_decref(list);
+        return 1;
+    }
+    if (as_json) {
+        print_json(list);
+        return 0;
+    }
+    printf("%-40s %-13s %s\n", "ISSUER", "CLAIM", "KEYS");
+    json_array_foreach(list, n, i)
+    {
+        const char *uri = json_string_value(json_object_get(i, "jwks_uri"));
+
+        printf("%-40s %-13s %s\n", json_string_value(json_object_get(i, "issuer")),
+               json_string_value(json_object_get(i, "user_claim")),
+               uri ? uri : "(inline jwks)");
+    }
+    json_decref(list);
+    return 0;
+}
+
+static int cmd_issuer_delete(struct cli *cli, int argc, char **argv)
+{
+    const char *issuer;
+    struct storage_sync *s;
+    int rc = parse_args(cli->cmd, argc, argv, NULL, 0, &issuer, 1);
+
+    if (rc != 0)
+        return rc == ARGS_HELP ? 0 : rc;
+    s = open_db(cli);
+    if (!s)
+        return 1;
+    rc = storage_sync_issuer_delete(s, issuer);
+    storage_sync_close(s);
+    if (rc < 0) {
+        fprintf(stderr, "cibad: cannot delete issuer %s\n", issuer);
+        return 1;
+    }
+    if (rc == 0) {
+        fprintf(stderr, "cibad: issuer %s is not trusted\n", issuer);
+        return 1;
+    }
+    printf("deleted trusted issuer %s\n", issuer);
+    return 0;
 }
 
 /* ---- signing keys ---------------------------------------------------------------------
@@ -1164,12 +1366,16 @@ static const struct command commands[] = {
     {"client", "list", "client list [--json]", "List the registered clients.", cmd_client_list},
     {"client", "show", "client show ID [--json]", "Show one client.", cmd_client_show},
     {"client", "delete", "client delete ID", "Delete a client and its requests.", cmd_client_delete},
-    {"user", "create", "user create --phone NUMBER [--username NAME] [--subject SUB] [--json]",
+    {"user", "create", "user create --phone NUMBER [--username NAME] [--subject SUB] [--email ADDRESS] [--json]",
      "Add a user who approves requests by SMS.", cmd_user_create},
     {"user", "list", "user list [--json]", "List the users.", cmd_user_list},
     {"user", "delete", "user delete SUB|NAME", "Delete a user and their requests.", cmd_user_delete},
     {"user", "set-code", "user set-code SUB|NAME [--code CODE]",
      "Set the user code clients registered with --user-code must send (read from stdin without --code).", cmd_user_set_code},
+    {"issuer", "add", "issuer add ISSUER (--jwks FILE_OR_JSON | --jwks-uri URL) --claim sub|phone_number|email [--json]",
+     "Trust the login_hint_token of an issuer; --claim names the claim that identifies the user.", cmd_issuer_add},
+    {"issuer", "list", "issuer list [--json]", "List the trusted issuers of login_hint_token.", cmd_issuer_list},
+    {"issuer", "delete", "issuer delete ISSUER", "Stop trusting an issuer's login_hint_token.", cmd_issuer_delete},
     {"keys", "rotate", "keys rotate", "Make a new signing key current; the old one stays published.", cmd_keys_rotate},
     {"keys", "list", "keys list [--all] [--json]", "List the published (or, with --all, every) signing key.", cmd_keys_list},
     {"scope", "set", "scope set NAME DESCRIPTION", "Set the words the approval page shows for a scope.", cmd_scope_set},

@@ -446,6 +446,7 @@ static int worker_open(struct server_thread *t, int index,
                                  .ttl_seconds = cfg->jwks_uri_cache_seconds,
                                  .refetch_seconds = cfg->jwks_uri_refetch_seconds,
                                  .allow_http_loopback = cfg->jwks_uri_allow_http_loopback,
+                                 .allow_loopback = cfg->jwks_uri_allow_loopback,
                              });
     if (!t->w.jwks)
         return -1;

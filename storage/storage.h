@@ -126,7 +126,8 @@ int storage_client_assertion_purge(struct storage_conn *db, storage_count_cb cb,
 enum storage_hint_kind {
     STORAGE_HINT_PHONE,       /* value is E.164, already normalized */
     STORAGE_HINT_NAME_OR_SUB, /* value is a username or a subject identifier */
-    STORAGE_HINT_SUB          /* value is a subject identifier only (id_token_hint) */
+    STORAGE_HINT_SUB,         /* value is a subject identifier only (id_token_hint) */
+    STORAGE_HINT_EMAIL        /* value is an email address, already lower-cased */
 };
 
 struct storage_user {
@@ -135,6 +136,7 @@ struct storage_user {
     const char *phone_number;   /* E.164 */
     const char *user_code_hash; /* NULL when the user has no user code */
     int user_code_failures;     /* wrong user codes since it was set or last matched */
+    const char *email;          /* lower-cased, or NULL; set by storage_sync_user_each */
 };
 
 typedef void (*storage_user_cb)(void *arg, enum storage_status status,
@@ -149,6 +151,24 @@ int storage_user_find(struct storage_conn *db, enum storage_hint_kind kind,
  * wrong codes to zero, a wrong code adds one. cb may be NULL. */
 int storage_user_code_result(struct storage_conn *db, const char *subject, bool matched,
                              storage_done_cb cb, void *arg) MUST_CHECK;
+
+/* ---- trusted issuers of login_hint_token ------------------------------------------ */
+
+/* An issuer whose signed login_hint_token names a user (CIBA Core 1.0 section 7.1). */
+struct storage_issuer {
+    const char *issuer;     /* the iss of its tokens */
+    const char *jwks;       /* JSON text of its public keys, or NULL */
+    const char *jwks_uri;   /* where it publishes them, or NULL; exactly one is set */
+    const char *user_claim; /* "sub", "phone_number" or "email" */
+    int64_t created_at;     /* Unix seconds; ignored by storage_sync_issuer_add */
+};
+
+typedef void (*storage_issuer_cb)(void *arg, enum storage_status status,
+                                  const struct storage_issuer *issuer);
+
+/* Finds the trusted issuer whose iss is issuer; STORAGE_NOT_FOUND when there is none. */
+int storage_issuer_find(struct storage_conn *db, const char *issuer, storage_issuer_cb cb,
+                        void *arg) MUST_CHECK;
 
 /* ---- authentication requests (CIBA) ----------------------------------------------- */
 
@@ -477,6 +497,24 @@ int storage_sync_user_set_code(struct storage_sync *s, const char *subject_or_na
 /* Deletes by subject or username. Returns 1, 0 when not found, or -1. */
 int storage_sync_user_delete(struct storage_sync *s,
                              const char *subject_or_name) MUST_CHECK;
+
+/* Creates a user like storage_sync_user_create, with an email address (lower-cased by
+ * the caller; NULL for none) that no other user has. */
+int storage_sync_user_create_email(struct storage_sync *s, const char *subject,
+                                   const char *username, const char *phone_number,
+                                   const char *email, char *err,
+                                   size_t err_len) MUST_CHECK;
+
+/* Registers a trusted issuer. Returns 0, or -1 (with err) for a duplicate issuer or any
+ * failure. */
+int storage_sync_issuer_add(struct storage_sync *s, const struct storage_issuer *in,
+                            char *err, size_t err_len) MUST_CHECK;
+/* Calls fn for each trusted issuer in issuer order. Returns their number, or -1. */
+int storage_sync_issuer_each(struct storage_sync *s,
+                             void (*fn)(void *arg, const struct storage_issuer *i),
+                             void *arg) MUST_CHECK;
+/* Returns 1 when deleted, 0 when there was no such issuer, -1 on failure. */
+int storage_sync_issuer_delete(struct storage_sync *s, const char *issuer) MUST_CHECK;
 
 /* Sets the plain-words description shown on the approval page for a scope (inserted or
  * replaced). Returns 0 or -1. */

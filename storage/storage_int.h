@@ -70,6 +70,7 @@ union storage_cb {
     storage_done_cb done;
     storage_client_cb client;
     storage_user_cb user;
+    storage_issuer_cb issuer;
     storage_poll_cb poll;
     storage_approval_cb approval;
     storage_sweep_cb sweep;

@@ -36,6 +36,13 @@ static const char sql_user_by_sub[] =
     " FROM app_user WHERE subject = $1";
 static const struct storage_stmt stmt_user_by_sub = {"user_by_sub", sql_user_by_sub, 1};
 
+/* A login_hint_token issuer that names users by email; the column is lower-cased. */
+static const char sql_user_by_email[] =
+    "SELECT subject, username, phone_number, user_code_hash, user_code_failures"
+    " FROM app_user WHERE email = $1";
+static const struct storage_stmt stmt_user_by_email = {"user_by_email", sql_user_by_email,
+                                                       1};
+
 static void finish_user_find(union storage_cb cb, void *arg, enum storage_status status,
                              const PGresult *res)
 {
@@ -54,6 +61,7 @@ static void finish_user_find(union storage_cb cb, void *arg, enum storage_status
     user.phone_number = storage_col_text(res, 0, 2);
     user.user_code_hash = storage_col_text(res, 0, 3);
     user.user_code_failures = storage_col_int(res, 0, 4);
+    user.email = NULL;
     cb.user(arg, STORAGE_OK, &user);
 }
 
@@ -75,6 +83,9 @@ int storage_user_find(struct storage_conn *db, enum storage_hint_kind kind,
         break;
     case STORAGE_HINT_SUB:
         stmt = &stmt_user_by_sub;
+        break;
+    case STORAGE_HINT_EMAIL:
+        stmt = &stmt_user_by_email;
         break;
     default:
         return -1;
@@ -117,8 +128,8 @@ int storage_user_code_result(struct storage_conn *db, const char *subject, bool 
 /* Inserts nothing (and returns no row) when the new names would collide with another
  * user's subject or username. */
 static const char sql_user_create[] =
-    "INSERT INTO app_user (subject, username, phone_number)"
-    " SELECT $1, $2, $3 WHERE NOT EXISTS ("
+    "INSERT INTO app_user (subject, username, phone_number, email)"
+    " SELECT $1, $2, $3, $4 WHERE NOT EXISTS ("
     "  SELECT 1 FROM app_user WHERE username = $1 OR subject = $2::text)"
     " RETURNING subject";
 
@@ -134,6 +145,8 @@ static void describe_user_error(const PGresult *res, char *err, size_t err_len)
             snprintf(err, err_len, "another user already has this phone number");
         else if (constraint && strcmp(constraint, "app_user_username_key") == 0)
             snprintf(err, err_len, "another user already has this username");
+        else if (constraint && strcmp(constraint, "app_user_email_key") == 0)
+            snprintf(err, err_len, "another user already has this email address");
         else
             snprintf(err, err_len, "a user with this subject already exists");
     } else if (state && strcmp(state, "23502") == 0) {
@@ -142,6 +155,10 @@ static void describe_user_error(const PGresult *res, char *err, size_t err_len)
         if (constraint && strcmp(constraint, "app_user_phone_number_check") == 0)
             snprintf(err, err_len,
                      "invalid phone number: E.164 expected, as +15551234567");
+        else if (constraint && strcmp(constraint, "app_user_email_check") == 0)
+            snprintf(err, err_len,
+                     "invalid email address: lower case, NAME@DOMAIN, at most 254 "
+                     "characters");
         else
             snprintf(err, err_len, "invalid user field (constraint %s)",
                      constraint ? constraint : "unknown");
@@ -155,6 +172,14 @@ int storage_sync_user_create(struct storage_sync *s, const char *subject,
                              const char *username, const char *phone_number, char *err,
                              size_t err_len)
 {
+    return storage_sync_user_create_email(s, subject, username, phone_number, NULL, err,
+                                          err_len);
+}
+
+int storage_sync_user_create_email(struct storage_sync *s, const char *subject,
+                                   const char *username, const char *phone_number,
+                                   const char *email, char *err, size_t err_len)
+{
     struct storage_params p = {0};
     PGresult *res;
     int rc = 0;
@@ -162,6 +187,7 @@ int storage_sync_user_create(struct storage_sync *s, const char *subject,
     storage_param_text(&p, subject);
     storage_param_text(&p, username);
     storage_param_text(&p, phone_number);
+    storage_param_text(&p, email);
     res = storage_sync_exec(s, sql_user_create, &p);
     if (storage_status_of(res) != STORAGE_OK) {
         describe_user_error(res, err, err_len);
@@ -176,7 +202,7 @@ int storage_sync_user_create(struct storage_sync *s, const char *subject,
 }
 
 static const char sql_user_each[] =
-    "SELECT subject, username, phone_number FROM app_user ORDER BY subject";
+    "SELECT subject, username, phone_number, email FROM app_user ORDER BY subject";
 
 int storage_sync_user_each(struct storage_sync *s,
                            void (*fn)(void *arg, const struct storage_user *u), void *arg)
@@ -195,6 +221,7 @@ int storage_sync_user_each(struct storage_sync *s,
             .subject = storage_col_text(res, i, 0),
             .username = storage_col_text(res, i, 1),
             .phone_number = storage_col_text(res, i, 2),
+            .email = storage_col_text(res, i, 3),
         };
 
         fn(arg, &u);

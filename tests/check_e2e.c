@@ -27,6 +27,9 @@
 #include <sys/wait.h>
 
 #include <jansson.h>
+#include <openssl/bn.h>
+#include <openssl/ec.h>
+#include <openssl/rsa.h>
 #include <openssl/evp.h>
 #include <libpq-fe.h>
 
@@ -4619,6 +4622,779 @@ START_TEST(user_set_code_bad_input)
 }
 END_TEST
 
+/* ---- login_hint_token ------------------------------------------------------------- */
+
+/* Three trusted issuers, one per user claim. ISS_SUB and ISS_EMAIL register their keys
+ * inline, ISS_PHONE publishes them at a jwks_uri served by issuer_keys. The tests of a
+ * suite share one database, so every issuer name gets this test's random suffix. */
+#define ISS_SUB   iss_sub
+#define ISS_PHONE iss_phone
+#define ISS_EMAIL iss_email
+
+static char iss_suffix[17];
+static char iss_sub[64], iss_phone[64], iss_email[64];
+
+/* Returns "https://NAME-SUFFIX.example" for this test (a new string). */
+static char *iss_name(const char *name)
+{
+    return util_asprintf("https://%s-%s.example", name, iss_suffix);
+}
+
+static void iss_init(char out[64], const char *name)
+{
+    char *iss = iss_name(name);
+
+    snprintf(out, 64, "%s", iss);
+    free(iss);
+}
+
+static struct mock_http *issuer_keys;
+static EVP_PKEY *sub_key, *phone_key, *email_key; /* kids "s1", "p1", "e1" */
+static EVP_PKEY *phone_key2;                      /* "p2", published later */
+static struct test_user u_mail;                   /* created with --email */
+static char u_mail_address[64];                   /* lower-cased */
+
+/* Registers a trusted issuer with a JWKS given inline, or by uri when jwks is NULL. */
+static void add_issuer(const char *iss, const char *jwks, const char *uri,
+                       const char *claim)
+{
+    int rc = jwks ? e2e_cli(&srv, NULL, "issuer", "add", iss, "--jwks", jwks, "--claim",
+                            claim, NULL)
+                  : e2e_cli(&srv, NULL, "issuer", "add", iss, "--jwks-uri", uri,
+                            "--claim", claim, NULL);
+
+    ck_assert_msg(rc == 0, "cibad issuer add %s exited with %d", iss, rc);
+}
+
+/* Creates u_mail with an email address given in mixed case. */
+static void create_mail_user(void)
+{
+    char *phone = random_phone();
+    char mixed[64];
+    uint32_t n;
+    json_t *out;
+
+    util_random_bytes(&n, sizeof(n));
+    snprintf(u_mail_address, sizeof(u_mail_address), "ann.%08x@example.com", n);
+    snprintf(mixed, sizeof(mixed), "Ann.%08x@Example.COM", n);
+    out = e2e_cli_json(&srv, "user", "create", "--phone", phone, "--email", mixed,
+                       "--json", NULL);
+    ck_assert_msg(out != NULL, "cibad user create --email printed no JSON object");
+    ck_assert_str_eq(jstr(out, "email"), u_mail_address);
+    u_mail.subject = util_strdup(jstr(out, "subject"));
+    u_mail.phone = util_strdup(jstr(out, "phone_number"));
+    json_decref(out);
+    free(phone);
+}
+
+static void setup_hint_token(void)
+{
+    static const char *const extra[] = {
+        "CIBAD_JWKS_URI_ALLOW_HTTP_LOOPBACK=true",
+        "CIBAD_JWKS_URI_TIMEOUT_MS=500",
+        "CIBAD_JWKS_URI_REFETCH_SECONDS=1",
+        NULL,
+    };
+    char *url, *doc;
+    uint32_t n;
+
+    prepare_instance(extra);
+    util_random_bytes(&n, sizeof(n));
+    snprintf(iss_suffix, sizeof(iss_suffix), "%08x", n);
+    iss_init(iss_sub, "idp-sub");
+    iss_init(iss_phone, "idp-phone");
+    iss_init(iss_email, "idp-email");
+    sub_key = e2e_key_new();
+    phone_key = e2e_key_new();
+    phone_key2 = e2e_key_new();
+    email_key = e2e_key_new();
+    ck_assert(sub_key && phone_key && phone_key2 && email_key);
+
+    doc = e2e_jwks_text(&sub_key, (const char *const[]){"s1"}, 1);
+    add_issuer(ISS_SUB, doc, NULL, "sub");
+    free(doc);
+    doc = e2e_jwks_text(&email_key, (const char *const[]){"e1"}, 1);
+    add_issuer(ISS_EMAIL, doc, NULL, "email");
+    free(doc);
+
+    issuer_keys = mock_http_start(NULL, NULL);
+    ck_assert_msg(issuer_keys != NULL, "the issuer's JWKS mock did not start");
+    doc = e2e_jwks_text(&phone_key, (const char *const[]){"p1"}, 1);
+    mock_http_set_default(issuer_keys, 200, doc);
+    url = mock_http_url(issuer_keys, "127.0.0.1", "/idp/jwks");
+    add_issuer(ISS_PHONE, NULL, url, "phone_number");
+    free(doc);
+    free(url);
+
+    create_mail_user();
+    start_server();
+}
+
+static void teardown_hint_token(void)
+{
+    teardown_instance();
+    mock_http_free(issuer_keys);
+    issuer_keys = NULL;
+    EVP_PKEY_free(sub_key);
+    EVP_PKEY_free(phone_key);
+    EVP_PKEY_free(phone_key2);
+    EVP_PKEY_free(email_key);
+    free(u_mail.subject);
+    free(u_mail.phone);
+    memset(&u_mail, 0, sizeof(u_mail));
+}
+
+/* The claims of a login_hint_token from iss naming a user by claim = value, issued now
+ * and valid for 5 minutes, with changes applied: a JSON object text whose members
+ * replace claims, a null member removing one. New JSON text. */
+static char *hint_claims(const char *iss, const char *claim, const char *value,
+                         const char *changes)
+{
+    time_t now = time(NULL);
+    json_t *claims = json_pack("{s:s, s:s, s:I, s:I}", "iss", iss, claim, value, "iat",
+                               (json_int_t)now, "exp", (json_int_t)now + 300);
+    json_t *edit = changes ? json_loads(changes, 0, NULL) : NULL;
+    const char *name;
+    json_t *v;
+    char *text;
+
+    ck_assert_msg(!changes || edit, "changes are not JSON: %s", changes);
+    json_object_foreach(edit, name, v)
+    {
+        if (json_is_null(v))
+            json_object_del(claims, name);
+        else
+            json_object_set(claims, name, v);
+    }
+    text = json_dumps(claims, JSON_COMPACT);
+    json_decref(claims);
+    json_decref(edit);
+    return text;
+}
+
+/* A login_hint_token signed with key under kid and the header alg ES256. */
+static char *hint_token(EVP_PKEY *key, const char *kid, const char *iss,
+                        const char *claim, const char *value, const char *changes)
+{
+    char *claims = hint_claims(iss, claim, value, changes);
+    char *header = util_asprintf("{\"alg\":\"ES256\",\"kid\":\"%s\"}", kid);
+    char *token = e2e_jws_sign(key, header, claims);
+
+    ck_assert_ptr_nonnull(token);
+    remember_secret("a login_hint_token", token);
+    free(claims);
+    free(header);
+    return token;
+}
+
+static struct e2e_response bc_with_hint_token(const char *token)
+{
+    return bc_authorize(&c1, e2e_form("scope", SCOPE, "login_hint_token", token, NULL));
+}
+
+/* Sends token (freed here) and expects an error reply with status and code. Returns
+ * the error_description (new string) for comparisons. */
+#define expect_hint_token_error(token, status, code)                                     \
+    expect_hint_token_error_at(__LINE__, (token), (status), (code))
+
+static char *expect_hint_token_error_at(int line, char *token, int status,
+                                        const char *code)
+{
+    struct e2e_response r = bc_with_hint_token(token);
+    json_t *body = e2e_json(&r);
+    char *description;
+
+    assert_error_at(line, &r, status, code);
+    description = util_strdup(
+        jstr(body, "error_description") ? jstr(body, "error_description") : "");
+    json_decref(body);
+    e2e_response_free(&r);
+    free(token);
+    return description;
+}
+
+/* Sends token (freed here) and expects 200; the request is left pending. */
+static void expect_hint_token_accepted(char *token, const char *what)
+{
+    struct e2e_response r = bc_with_hint_token(token);
+
+    ck_assert_msg(r.status == 200, "%s: status %d, body %s", what, r.status, r.body);
+    remember_auth_req_id(&r);
+    e2e_response_free(&r);
+    free(token);
+}
+
+/* Expects 200 for token, approves the request by the SMS sent to user and checks that
+ * the ID token names user. */
+static void assert_hint_token_flow(char *token, const struct test_user *user)
+{
+    size_t sent_before = mock_http_count(sink);
+    struct e2e_response r = bc_with_hint_token(token);
+    json_t *body = e2e_json(&r), *claims;
+    struct sms sms;
+    char *id;
+
+    ck_assert_msg(r.status == 200, "login_hint_token: status %d, body %s", r.status,
+                  r.body);
+    id = util_strdup(jstr(body, "auth_req_id"));
+    remember_secret("an auth_req_id", id);
+    json_decref(body);
+    e2e_response_free(&r);
+
+    wait_sms(sent_before, &sms);
+    ck_assert_str_eq(sms.to, user->phone);
+    r = enter_code(sms.ref, sms.code);
+    ck_assert_msg(r.status == 200 && body_has(&r, "Approved"), "approval failed");
+    e2e_response_free(&r);
+    sleep_ms(POLL_GAP_MS);
+    r = poll_token(&c1, id);
+    /* check_token_reply checks every claim, for u1 only. */
+    if (user == &u1)
+        free(check_token_reply(&r, c1.client_id, id));
+    ck_assert_msg(r.status == 200, "token: status %d, body %s", r.status, r.body);
+    body = e2e_json(&r);
+    remember_tokens(&r);
+    claims = jwt_claims(jstr(body, "id_token"));
+    ck_assert_str_eq(jstr(claims, "sub"), user->subject);
+    json_decref(claims);
+    claims = jwt_claims(jstr(body, "access_token"));
+    ck_assert_str_eq(jstr(claims, "sub"), user->subject);
+    json_decref(claims);
+    json_decref(body);
+    e2e_response_free(&r);
+    sms_free(&sms);
+    free(id);
+    free(token);
+}
+
+START_TEST(lht_names_user_by_each_claim)
+{
+    char upper[64];
+
+    assert_hint_token_flow(hint_token(sub_key, "s1", ISS_SUB, "sub", u1.subject, NULL),
+                           &u1);
+    assert_hint_token_flow(
+        hint_token(phone_key, "p1", ISS_PHONE, "phone_number", u1.phone, NULL), &u1);
+    /* An email claim is matched case-insensitively. */
+    for (size_t i = 0; i <= strlen(u_mail_address); i++)
+        upper[i] = (char)toupper((unsigned char)u_mail_address[i]);
+    assert_hint_token_flow(hint_token(email_key, "e1", ISS_EMAIL, "email", upper, NULL),
+                           &u_mail);
+    ck_assert_int_ge(mock_http_count(issuer_keys), 1);
+    ck_assert_str_eq(mock_http_request_get(issuer_keys, 0)->path, "/idp/jwks");
+}
+END_TEST
+
+START_TEST(lht_time_claims)
+{
+    char changes[128];
+    time_t now = time(NULL);
+
+    snprintf(changes, sizeof(changes), "{\"exp\":%lld}", (long long)now - 120);
+    free(expect_hint_token_error(
+        hint_token(sub_key, "s1", ISS_SUB, "sub", u1.subject, changes), 400,
+        "expired_login_hint_token"));
+    /* An expired token with a bad signature is just invalid. */
+    free(expect_hint_token_error(
+        hint_token(email_key, "s1", ISS_SUB, "sub", u1.subject, changes), 400,
+        "invalid_request"));
+    /* Within the clock skew of 30 s an expired token still counts. */
+    snprintf(changes, sizeof(changes), "{\"exp\":%lld}", (long long)now - 5);
+    expect_hint_token_accepted(
+        hint_token(sub_key, "s1", ISS_SUB, "sub", u1.subject, changes), "exp 5 s ago");
+    free(expect_hint_token_error(
+        hint_token(sub_key, "s1", ISS_SUB, "sub", u1.subject, "{\"exp\":null}"), 400,
+        "invalid_request"));
+    free(expect_hint_token_error(
+        hint_token(sub_key, "s1", ISS_SUB, "sub", u1.subject, "{\"exp\":\"later\"}"), 400,
+        "invalid_request"));
+    /* Not yet valid, and issued in the future. */
+    snprintf(changes, sizeof(changes), "{\"nbf\":%lld}", (long long)now + 300);
+    free(expect_hint_token_error(
+        hint_token(sub_key, "s1", ISS_SUB, "sub", u1.subject, changes), 400,
+        "invalid_request"));
+    snprintf(changes, sizeof(changes), "{\"iat\":%lld}", (long long)now + 3600);
+    free(expect_hint_token_error(
+        hint_token(sub_key, "s1", ISS_SUB, "sub", u1.subject, changes), 400,
+        "invalid_request"));
+    free(expect_hint_token_error(
+        hint_token(sub_key, "s1", ISS_SUB, "sub", u1.subject, "{\"iat\":\"now\"}"), 400,
+        "invalid_request"));
+    snprintf(changes, sizeof(changes), "{\"nbf\":%lld}", (long long)now + 10);
+    expect_hint_token_accepted(
+        hint_token(sub_key, "s1", ISS_SUB, "sub", u1.subject, changes),
+        "nbf within the skew");
+}
+END_TEST
+
+/* A token with the given header over good claims, signed with sub_key. */
+static char *token_with_header(const char *header)
+{
+    char *claims = hint_claims(ISS_SUB, "sub", u1.subject, NULL);
+    char *token = e2e_jws_sign(sub_key, header, claims);
+
+    ck_assert_ptr_nonnull(token);
+    free(claims);
+    return token;
+}
+
+/* Replaces the signature of token (freed) with sig_len bytes of sig. New string. */
+static char *with_signature(char *token, const void *sig, size_t sig_len)
+{
+    char *b64 = util_b64url_encode_new(sig, sig_len);
+    char *out;
+
+    *strrchr(token, '.') = '\0';
+    out = util_asprintf("%s.%s", token, b64);
+    free(b64);
+    free(token);
+    return out;
+}
+
+START_TEST(lht_forged_or_untrusted)
+{
+    EVP_PKEY *p384 = EVP_EC_gen("P-384");
+    char *untrusted, *forged, *jwk, *token, *input;
+    unsigned char mac[32];
+
+    ck_assert_ptr_nonnull(p384);
+    /* An issuer nobody registered, and a trusted one's iss signed with another
+     * issuer's key: the same reply, so it does not tell which issuers are trusted. */
+    untrusted = expect_hint_token_error(
+        hint_token(sub_key, "s1", "https://idp-unknown.invalid", "sub", u1.subject, NULL),
+        400, "invalid_request");
+    forged = expect_hint_token_error(
+        hint_token(email_key, "s1", ISS_SUB, "sub", u1.subject, NULL), 400,
+        "invalid_request");
+    ck_assert_str_eq(untrusted, forged);
+    free(untrusted);
+    free(forged);
+    free(expect_hint_token_error(
+        hint_token(email_key, "e1", ISS_SUB, "sub", u1.subject, NULL), 400,
+        "invalid_request"));
+    /* The same key and kid as the issuer's, on the wrong curve. */
+    free(expect_hint_token_error(hint_token(p384, "s1", ISS_SUB, "sub", u1.subject, NULL),
+                                 400, "invalid_request"));
+    free(expect_hint_token_error(token_with_header("{\"alg\":\"ES384\",\"kid\":\"s1\"}"),
+                                 400, "invalid_request"));
+
+    /* alg none, with and without a signature. */
+    token = token_with_header("{\"alg\":\"none\",\"kid\":\"s1\"}");
+    input = util_strndup(token, (size_t)(strrchr(token, '.') - token));
+    free(expect_hint_token_error(util_asprintf("%s.", input), 400, "invalid_request"));
+    free(expect_hint_token_error(token, 400, "invalid_request"));
+    free(input);
+
+    /* HS256 keyed with the issuer's public key, as a JWK text and as its x bytes. */
+    jwk = e2e_jwks_text(&sub_key, (const char *const[]){"s1"}, 1);
+    token = token_with_header("{\"alg\":\"HS256\",\"kid\":\"s1\"}");
+    input = util_strndup(token, (size_t)(strrchr(token, '.') - token));
+    util_hmac_sha256(jwk, strlen(jwk), input, strlen(input), mac);
+    free(expect_hint_token_error(with_signature(util_strdup(token), mac, sizeof(mac)),
+                                 400, "invalid_request"));
+    util_hmac_sha256(input, 0, input, strlen(input), mac);
+    free(expect_hint_token_error(with_signature(token, mac, sizeof(mac)), 400,
+                                 "invalid_request"));
+    free(input);
+    free(jwk);
+
+    /* A changed payload under a good signature. */
+    token = hint_token(sub_key, "s1", ISS_SUB, "sub", u1.subject, NULL);
+    forged = hint_token(sub_key, "s1", ISS_SUB, "sub", "someone-else", NULL);
+    input = util_asprintf("%.*s%s", (int)(strchr(token, '.') - token), token,
+                          strchr(forged, '.'));
+    *strrchr(input, '.') = '\0';
+    untrusted = util_asprintf("%s%s", input, strrchr(token, '.'));
+    free(expect_hint_token_error(untrusted, 400, "invalid_request"));
+    free(input);
+    free(forged);
+    free(token);
+    EVP_PKEY_free(p384);
+}
+END_TEST
+
+START_TEST(lht_malformed_and_repeated)
+{
+    static const char *const garbage[] = {
+        "abc", "a.b.c", "eyJhbGciOiJub25lIn0.e30.", "....", "e30.e30.e30",
+    };
+    char *good = hint_token(sub_key, "s1", ISS_SUB, "sub", u1.subject, NULL);
+    char *huge = util_calloc(1, 20001);
+    struct e2e_response r;
+
+    for (size_t i = 0; i < ARRAY_LEN(garbage); i++)
+        free(expect_hint_token_error(util_strdup(garbage[i]), 400, "invalid_request"));
+    memset(huge, 'A', 20000);
+    memcpy(huge + 100, ".", 1);
+    memcpy(huge + 200, ".", 1);
+    free(expect_hint_token_error(huge, 400, "invalid_request"));
+    free(expect_hint_token_error(
+        hint_token(sub_key, "s1", ISS_SUB, "sub", u1.subject, "{\"iss\":42}"), 400,
+        "invalid_request"));
+    free(expect_hint_token_error(token_with_header("{\"alg\":\"ES256\",\"kid\":7}"), 400,
+                                 "invalid_request"));
+
+    /* Repeated, and with another hint. */
+    r = bc_authorize(&c1, e2e_form("scope", SCOPE, "login_hint_token", good,
+                                   "login_hint_token", good, NULL));
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+    r = bc_authorize(&c1, e2e_form("scope", SCOPE, "login_hint_token", good, "login_hint",
+                                   u1.phone, NULL));
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+    r = bc_authorize(&c1, e2e_form("scope", SCOPE, "login_hint_token", good,
+                                   "id_token_hint", "x.y.z", NULL));
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+    r = bc_authorize(&c1, e2e_form("scope", SCOPE, "login_hint_token", good, "login_hint",
+                                   u1.phone, "id_token_hint", "x.y.z", NULL));
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+
+    /* An empty value counts as absent. */
+    r = bc_authorize(&c1, e2e_form("scope", SCOPE, "login_hint_token", "", NULL));
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+    r = bc_authorize(&c1, e2e_form("scope", SCOPE, "login_hint_token", "", "login_hint",
+                                   u1.phone, NULL));
+    ck_assert_msg(r.status == 200, "empty login_hint_token and a login_hint: %d %s",
+                  r.status, r.body);
+    remember_auth_req_id(&r);
+    e2e_response_free(&r);
+    free(good);
+    assert_server_healthy("malformed login_hint_token values");
+}
+END_TEST
+
+START_TEST(lht_unknown_user)
+{
+    char *phone = random_phone();
+    char *description;
+
+    description = expect_hint_token_error(
+        hint_token(sub_key, "s1", ISS_SUB, "sub", "nobody-here", NULL), 400,
+        "unknown_user_id");
+    ck_assert_msg(!strstr(description, "nobody"), "the reply repeats the sub");
+    free(description);
+    free(expect_hint_token_error(
+        hint_token(sub_key, "s1", ISS_SUB, "sub", u1.subject, "{\"sub\":null}"), 400,
+        "unknown_user_id"));
+    /* A username or phone number is not a subject. */
+    free(
+        expect_hint_token_error(hint_token(sub_key, "s1", ISS_SUB, "sub", u1.phone, NULL),
+                                400, "unknown_user_id"));
+    free(expect_hint_token_error(
+        hint_token(phone_key, "p1", ISS_PHONE, "phone_number", phone, NULL), 400,
+        "unknown_user_id"));
+    free(expect_hint_token_error(
+        hint_token(phone_key, "p1", ISS_PHONE, "phone_number", "not a phone", NULL), 400,
+        "unknown_user_id"));
+    free(expect_hint_token_error(
+        hint_token(email_key, "e1", ISS_EMAIL, "email", "nobody@example.com", NULL), 400,
+        "unknown_user_id"));
+    ck_assert_int_ge(audit_rejections("unknown_user_id", c1.client_id, 6), 6);
+    free(phone);
+}
+END_TEST
+
+START_TEST(lht_jwks_uri_unknown_kid_refetched)
+{
+    EVP_PKEY *both[2] = {phone_key, phone_key2};
+    char *doc = e2e_jwks_text(both, (const char *const[]){"p1", "p2"}, 2);
+
+    /* Both workers learn the first key. */
+    for (int i = 0; i < 4; i++)
+        expect_hint_token_accepted(
+            hint_token(phone_key, "p1", ISS_PHONE, "phone_number", u1.phone, NULL),
+            "key p1");
+    /* A kid the issuer does not publish. */
+    free(expect_hint_token_error(
+        hint_token(phone_key2, "p2", ISS_PHONE, "phone_number", u1.phone, NULL), 400,
+        "invalid_request"));
+
+    /* The issuer publishes a second key: the unknown kid makes each worker fetch
+     * again once its refetch interval (1 s) has passed. */
+    mock_http_set_default(issuer_keys, 200, doc);
+    sleep_ms(1100);
+    for (int i = 0; i < 4; i++)
+        expect_hint_token_accepted(
+            hint_token(phone_key2, "p2", ISS_PHONE, "phone_number", u1.phone, NULL),
+            "key p2 after rotation");
+    ck_assert_msg(mock_http_count(issuer_keys) <= 6, "the jwks_uri was fetched %zu times",
+                  mock_http_count(issuer_keys));
+    free(doc);
+}
+END_TEST
+
+START_TEST(lht_jwks_uri_down_slow_garbage)
+{
+    EVP_PKEY *key = e2e_key_new();
+    char *doc = e2e_jwks_text(&key, (const char *const[]){"k1"}, 1);
+    struct mock_http *slow = mock_http_start(NULL, NULL);
+    struct mock_http *garbage = mock_http_start(NULL, NULL);
+    struct mock_http *gone = mock_http_start(NULL, NULL);
+    char *slow_url = mock_http_url(slow, "127.0.0.1", "/jwks");
+    char *garbage_url = mock_http_url(garbage, "127.0.0.1", "/jwks");
+    char *gone_url = mock_http_url(gone, "127.0.0.1", "/jwks");
+    char *slow_iss = iss_name("slow"), *garbage_iss = iss_name("garbage");
+    char *gone_iss = iss_name("gone"), *token;
+    struct e2e_response r;
+    int64_t started;
+
+    mock_http_free(gone);
+    /* Slow once, then fast: the first fetch times out after 500 ms. */
+    mock_http_push(slow, 200, doc, 3000);
+    mock_http_set_default(slow, 200, doc);
+    mock_http_set_default(garbage, 200, "<html>not a JWKS</html>");
+    add_issuer(slow_iss, NULL, slow_url, "sub");
+    add_issuer(garbage_iss, NULL, garbage_url, "sub");
+    add_issuer(gone_iss, NULL, gone_url, "sub");
+
+    /* The issuer's fault, which the client can only wait out: 503 with Retry-After. */
+    started = util_mono_ms();
+    token = hint_token(key, "k1", slow_iss, "sub", u1.subject, NULL);
+    r = bc_with_hint_token(token);
+    free(token);
+    assert_error(&r, 503, "temporarily_unavailable");
+    ck_assert_msg(e2e_header(&r, "Retry-After") != NULL, "503 without Retry-After");
+    e2e_response_free(&r);
+    ck_assert_msg(util_mono_ms() - started < 2500,
+                  "a slow jwks_uri held the request for %lld ms",
+                  (long long)(util_mono_ms() - started));
+    free(expect_hint_token_error(
+        hint_token(key, "k1", garbage_iss, "sub", u1.subject, NULL), 503,
+        "temporarily_unavailable"));
+    free(expect_hint_token_error(hint_token(key, "k1", gone_iss, "sub", u1.subject, NULL),
+                                 503, "temporarily_unavailable"));
+    assert_server_healthy("unusable issuer jwks_uri");
+
+    /* Once the slow issuer answers in time, its tokens verify. */
+    sleep_ms(1100);
+    expect_hint_token_accepted(hint_token(key, "k1", slow_iss, "sub", u1.subject, NULL),
+                               "recovered jwks_uri");
+
+    mock_http_free(slow);
+    mock_http_free(garbage);
+    free(slow_url);
+    free(garbage_url);
+    free(gone_url);
+    free(slow_iss);
+    free(garbage_iss);
+    free(gone_iss);
+    free(doc);
+    EVP_PKEY_free(key);
+}
+END_TEST
+
+START_TEST(lht_jwks_uri_loopback_needs_setting)
+{
+    struct mock_http_certs certs;
+    struct mock_http *tls_keys;
+    EVP_PKEY *key = e2e_key_new();
+    char *doc = e2e_jwks_text(&key, (const char *const[]){"t1"}, 1);
+    char *url, *tls_iss = iss_name("tls");
+
+    ck_assert_int_eq(mock_http_certs_create(&certs), 0);
+    tls_keys = mock_http_start(certs.cert_file, certs.key_file);
+    ck_assert_ptr_nonnull(tls_keys);
+    mock_http_set_default(tls_keys, 200, doc);
+    url = mock_http_url(tls_keys, "127.0.0.1", "/jwks");
+    /* Registration refuses a loopback literal unless the setting allows it. */
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "issuer", "add", tls_iss, "--jwks-uri", url,
+                             "--claim", "sub", NULL),
+                     2);
+    e2e_server_setenv(&srv, "CIBAD_JWKS_URI_ALLOW_LOOPBACK", "true");
+    add_issuer(tls_iss, NULL, url, "sub");
+
+    /* At fetch time, https to a loopback address is refused before anything is
+     * sent... */
+    ck_assert_int_eq(e2e_server_stop(&srv), 0);
+    e2e_server_setenv(&srv, "CIBAD_JWKS_URI_ALLOW_LOOPBACK", "false");
+    e2e_server_setenv(&srv, "CIBAD_JWKS_URI_CA_FILE", certs.ca_file);
+    start_server();
+    free(expect_hint_token_error(hint_token(key, "t1", tls_iss, "sub", u1.subject, NULL),
+                                 503, "temporarily_unavailable"));
+    ck_assert_int_eq(mock_http_count(tls_keys), 0);
+
+    /* ...unless jwks_uri_allow_loopback says otherwise. */
+    ck_assert_int_eq(e2e_server_stop(&srv), 0);
+    e2e_server_setenv(&srv, "CIBAD_JWKS_URI_ALLOW_LOOPBACK", "true");
+    start_server();
+    expect_hint_token_accepted(hint_token(key, "t1", tls_iss, "sub", u1.subject, NULL),
+                               "https jwks_uri on loopback with the setting");
+    ck_assert_int_ge(mock_http_count(tls_keys), 1);
+
+    mock_http_free(tls_keys);
+    mock_http_certs_free(&certs);
+    free(tls_iss);
+    free(url);
+    free(doc);
+    EVP_PKEY_free(key);
+}
+END_TEST
+
+/* The JWKS text of a new 2048-bit RSA key with kid "r1" and alg. */
+static char *rsa_jwks(const char *alg)
+{
+    EVP_PKEY *key = EVP_RSA_gen(2048);
+    BIGNUM *n = NULL, *e = NULL;
+    unsigned char nb[256], eb[8];
+    char *n64, *e64, *text;
+    int e_len;
+
+    ck_assert_ptr_nonnull(key);
+    ck_assert(EVP_PKEY_get_bn_param(key, "n", &n) == 1);
+    ck_assert(EVP_PKEY_get_bn_param(key, "e", &e) == 1);
+    ck_assert_int_eq(BN_bn2binpad(n, nb, sizeof(nb)), (int)sizeof(nb));
+    e_len = BN_bn2bin(e, eb);
+    n64 = util_b64url_encode_new(nb, sizeof(nb));
+    e64 = util_b64url_encode_new(eb, (size_t)e_len);
+    text = util_asprintf("{\"keys\":[{\"kty\":\"RSA\",\"kid\":\"r1\",\"alg\":\"%s\","
+                         "\"n\":\"%s\",\"e\":\"%s\"}]}",
+                         alg, n64, e64);
+    free(n64);
+    free(e64);
+    BN_free(n);
+    BN_free(e);
+    EVP_PKEY_free(key);
+    return text;
+}
+
+START_TEST(lht_issuer_cli)
+{
+    char *jwks = e2e_jwks_text(&sub_key, (const char *const[]){"s1"}, 1);
+    char *rs256 = rsa_jwks("RS256"), *ps256 = rsa_jwks("PS256");
+    json_t *doc = json_loads(jwks, 0, NULL), *list;
+    char *private_jwks, *out = NULL, *rsa_iss = iss_name("rsa");
+    size_t seen = 0;
+    static const char p384_jwks[] =
+        "{\"keys\":[{\"kty\":\"EC\",\"crv\":\"P-384\",\"kid\":\"x\","
+        "\"x\":\"AAAA\",\"y\":\"AAAA\"}]}";
+    const struct {
+        const char *issuer, *option, *value, *claim;
+    } bad[] = {
+        {"https://new.example", "--jwks", jwks, NULL},
+        {"https://new.example", "--jwks", jwks, "username"},
+        {"https://new.example", "--jwks", "{oops", "sub"},
+        {"https://new.example", "--jwks", p384_jwks, "sub"},
+        {"https://new.example", "--jwks", rs256, "sub"},
+        {"https://new.example", "--jwks", "/no/such/file.json", "sub"},
+        {"https://new.example", "--jwks-uri", "http://idp.example/jwks", "sub"},
+        {"https://new.example", "--jwks-uri", "ftp://idp.example/jwks", "sub"},
+        {"https://new.example", "--jwks-uri", "not a url", "sub"},
+        {"https://new.example", "--jwks-uri", "https://10.0.0.1/jwks", "sub"},
+        {"https://new.example", "--jwks-uri", "https://[::1]/jwks", "sub"},
+        {"two words", "--jwks", jwks, "sub"},
+        {"", "--jwks", jwks, "sub"},
+    };
+
+    json_object_set_new(json_array_get(json_object_get(doc, "keys"), 0), "d",
+                        json_string("AAAA"));
+    private_jwks = json_dumps(doc, JSON_COMPACT);
+    for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
+        int rc = bad[i].claim
+                     ? e2e_cli(&srv, NULL, "issuer", "add", bad[i].issuer, bad[i].option,
+                               bad[i].value, "--claim", bad[i].claim, NULL)
+                     : e2e_cli(&srv, NULL, "issuer", "add", bad[i].issuer, bad[i].option,
+                               bad[i].value, NULL);
+
+        ck_assert_msg(rc == 2, "bad issuer add %zu exited with %d", i, rc);
+    }
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "issuer", "add", "https://new.example", "--jwks",
+                             private_jwks, "--claim", "sub", NULL),
+                     2);
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "issuer", "add", "https://new.example", "--jwks",
+                             jwks, "--jwks-uri", "https://idp.example/jwks", "--claim",
+                             "sub", NULL),
+                     2);
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "issuer", "add", "https://new.example",
+                             "--claim", "sub", NULL),
+                     2);
+    ck_assert_int_eq(
+        e2e_cli(&srv, NULL, "issuer", "add", "--jwks", jwks, "--claim", "sub", NULL), 2);
+    /* A trusted issuer is added once; a PS256 key is fine. */
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "issuer", "add", ISS_SUB, "--jwks", jwks,
+                             "--claim", "sub", NULL),
+                     1);
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "issuer", "add", rsa_iss, "--jwks", ps256,
+                             "--claim", "sub", NULL),
+                     0);
+
+    ck_assert_int_eq(e2e_cli(&srv, &out, "issuer", "list", "--json", NULL), 0);
+    list = out ? json_loads(out, 0, NULL) : NULL;
+    ck_assert_msg(json_is_array(list), "issuer list --json printed no array: %s",
+                  out ? out : "");
+    free(out);
+    out = NULL;
+    for (size_t i = 0; i < json_array_size(list); i++) {
+        json_t *it = json_array_get(list, i);
+        const char *iss = jstr(it, "issuer");
+
+        ck_assert_msg(strcmp(iss, "https://new.example") != 0,
+                      "a rejected issuer was stored");
+        if (strcmp(iss, ISS_PHONE) == 0) {
+            ck_assert_str_eq(jstr(it, "user_claim"), "phone_number");
+            ck_assert_ptr_nonnull(jstr(it, "jwks_uri"));
+            ck_assert_ptr_null(json_object_get(it, "jwks"));
+            seen++;
+        } else if (strcmp(iss, ISS_SUB) == 0) {
+            ck_assert_str_eq(jstr(it, "user_claim"), "sub");
+            ck_assert(json_is_object(json_object_get(it, "jwks")));
+            ck_assert_ptr_null(json_object_get(it, "jwks_uri"));
+            seen++;
+        } else if (strcmp(iss, ISS_EMAIL) == 0 || strcmp(iss, rsa_iss) == 0) {
+            seen++;
+        }
+    }
+    ck_assert_int_eq(seen, 4);
+    json_decref(list);
+    ck_assert_int_eq(e2e_cli(&srv, &out, "issuer", "list", NULL), 0);
+    ck_assert_msg(out && strstr(out, ISS_EMAIL), "issuer list: %s", out ? out : "");
+    free(out);
+
+    /* A deleted issuer's tokens are refused at once. */
+    ck_assert_int_eq(
+        e2e_cli(&srv, NULL, "issuer", "delete", "https://nobody.example", NULL), 1);
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "issuer", "delete", ISS_EMAIL, NULL), 0);
+    free(expect_hint_token_error(
+        hint_token(email_key, "e1", ISS_EMAIL, "email", u_mail_address, NULL), 400,
+        "invalid_request"));
+
+    /* Help, and bad email addresses. */
+    out = NULL;
+    ck_assert_int_eq(e2e_cli(&srv, &out, "issuer", "--help", NULL), 0);
+    ck_assert_msg(out && strstr(out, "issuer add") && strstr(out, "issuer delete"),
+                  "issuer --help: %s", out ? out : "");
+    free(out);
+    out = NULL;
+    ck_assert_int_eq(e2e_cli(&srv, &out, "issuer", "add", "--help", NULL), 0);
+    ck_assert_msg(out && strstr(out, "--claim"), "issuer add --help: %s", out ? out : "");
+    free(out);
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "issuer", "list", "--help", NULL), 0);
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "issuer", "delete", "--help", NULL), 0);
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "user", "create", "--phone", "+15555550199",
+                             "--email", "no-at-sign", NULL),
+                     2);
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "user", "create", "--phone", "+15555550199",
+                             "--email", "a@b@c", NULL),
+                     2);
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "user", "create", "--phone", "+15555550199",
+                             "--email", "with space@example.com", NULL),
+                     2);
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "user", "create", "--phone", "+15555550199",
+                             "--email", u_mail_address, NULL),
+                     1);
+
+    json_decref(doc);
+    free(private_jwks);
+    free(jwks);
+    free(rs256);
+    free(ps256);
+    free(rsa_iss);
+}
+END_TEST
+
 /* ---- suite ------------------------------------------------------------------------- */
 
 static TCase *new_tcase(const char *name, void (*setup)(void))
@@ -4690,6 +5466,20 @@ static Suite *e2e_suite(void)
     tcase_add_test(tc, id_token_hint_access_token_refused);
     tcase_add_test(tc, id_token_hint_with_another_hint);
     tcase_add_test(tc, id_token_hint_of_deleted_user);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("login_hint_token");
+    tcase_add_checked_fixture(tc, setup_hint_token, teardown_hint_token);
+    tcase_set_timeout(tc, TEST_TIMEOUT_S);
+    tcase_add_test(tc, lht_names_user_by_each_claim);
+    tcase_add_test(tc, lht_time_claims);
+    tcase_add_test(tc, lht_forged_or_untrusted);
+    tcase_add_test(tc, lht_malformed_and_repeated);
+    tcase_add_test(tc, lht_unknown_user);
+    tcase_add_test(tc, lht_jwks_uri_unknown_kid_refetched);
+    tcase_add_test(tc, lht_jwks_uri_down_slow_garbage);
+    tcase_add_test(tc, lht_jwks_uri_loopback_needs_setting);
+    tcase_add_test(tc, lht_issuer_cli);
     suite_add_tcase(s, tc);
 
     tc = new_tcase("id_token_hint_expired", setup_short_id_token);

@@ -3569,6 +3569,154 @@ START_TEST(jwks_cache_free_fails_waiters)
 }
 END_TEST
 
+struct keys_result {
+    int calls;
+    size_t n_keys;
+    const char *error;
+};
+
+static void on_keys(void *arg, const struct oauth_jwk_set *set, const char *error)
+{
+    struct keys_result *r = arg;
+
+    r->calls++;
+    r->n_keys = oauth_jwk_set_count(set);
+    r->error = error;
+}
+
+/* Fetches url through a new cache that trusts ca_file, and returns the result. */
+static struct keys_result fetch_keys(const char *url, const char *ca_file,
+                                     bool allow_loopback, bool allow_http_loopback)
+{
+    struct oauth_jwks_cache *c =
+        oauth_jwks_cache_new(test_base, NULL,
+                             &(struct oauth_jwks_cache_config){
+                                 .ca_file = ca_file,
+                                 .timeout_ms = 2000,
+                                 .ttl_seconds = 300,
+                                 .refetch_seconds = 1,
+                                 .allow_http_loopback = allow_http_loopback,
+                                 .allow_loopback = allow_loopback,
+                             });
+    struct keys_result r = {0};
+
+    ck_assert_ptr_nonnull(c);
+    oauth_jwks_cache_get(c, url, 0, "k1", on_keys, &r);
+    ck_assert_int_eq(r.calls, 0);
+    for (int i = 0; i < 500 && r.calls == 0; i++)
+        event_base_loop(test_base, EVLOOP_ONCE);
+    oauth_jwks_cache_free(c);
+    ck_assert_int_eq(r.calls, 1);
+    return r;
+}
+
+/* Every fetch goes through the address policy: https to a loopback address needs
+ * allow_loopback, and nothing is sent without it. Plain http is only ever allowed to a
+ * loopback literal, with allow_http_loopback. */
+START_TEST(jwks_cache_address_policy)
+{
+    struct mock_http_certs certs;
+    struct mock_http *tls;
+    char *doc = jwks_doc(ec_key, "k1", NULL, NULL);
+    char *url, *http_url;
+    struct keys_result r;
+
+    ck_assert_int_eq(mock_http_certs_create(&certs), 0);
+    tls = mock_http_start(certs.cert_file, certs.key_file);
+    ck_assert_ptr_nonnull(tls);
+    mock_http_set_default(tls, 200, doc);
+    mock_http_set_default(jwks_server, 200, doc);
+    url = mock_http_url(tls, "127.0.0.1", "/jwks");
+    http_url = mock_http_url(jwks_server, "127.0.0.1", "/jwks");
+
+    r = fetch_keys(url, certs.ca_file, false, true);
+    ck_assert_ptr_nonnull(r.error);
+    ck_assert_uint_eq(r.n_keys, 0);
+    ck_assert_uint_eq(mock_http_count(tls), 0);
+
+    r = fetch_keys(url, certs.ca_file, true, false);
+    ck_assert_msg(r.error == NULL, "https loopback with allow_loopback: %s", r.error);
+    ck_assert_uint_eq(r.n_keys, 1);
+    ck_assert_uint_eq(mock_http_count(tls), 1);
+
+    r = fetch_keys(http_url, NULL, false, true);
+    ck_assert_msg(r.error == NULL, "http loopback: %s", r.error);
+    ck_assert_uint_eq(r.n_keys, 1);
+    r = fetch_keys(http_url, NULL, true, false);
+    ck_assert_ptr_nonnull(r.error);
+    ck_assert_uint_eq(mock_http_count(jwks_server), 1);
+
+    mock_http_free(tls);
+    mock_http_certs_free(&certs);
+    free(url);
+    free(http_url);
+    free(doc);
+}
+END_TEST
+
+/* The keys `cibad issuer add` accepts: public keys of ES256 or PS256 (RS256 only with
+ * allow_rs256), or an https jwks_uri whose IP literal host is allowed; exactly one. */
+START_TEST(issuer_keys_checked)
+{
+    json_t *ec = json_pack("{s:[o]}", "keys", public_jwk_of(ec_key, "i1", NULL));
+    json_t *rs = json_pack("{s:[o]}", "keys", public_jwk_of(rsa_key, "r1", "RS256"));
+    char *ec_text = json_dumps(ec, JSON_COMPACT), *rs_text = json_dumps(rs, JSON_COMPACT);
+    char *out = NULL, err[256];
+    const struct {
+        const char *jwks, *jwks_uri;
+        bool allow_rs256, allow_http_loopback, allow_loopback;
+        int rc;
+    } cases[] = {
+        {ec_text, NULL, false, false, false, 0},
+        {rs_text, NULL, false, false, false, -1},
+        {rs_text, NULL, true, false, false, 0},
+        {ec_text, "https://idp.example/jwks", false, false, false, -1},
+        {NULL, NULL, false, false, false, -1},
+        {"{\"keys\":[]}", NULL, false, false, false, -1},
+        {"{oops", NULL, false, false, false, -1},
+        {NULL, "https://idp.example/jwks", false, false, false, 0},
+        {NULL, "http://idp.example/jwks", false, true, true, -1},
+        {NULL, "http://127.0.0.1:9/jwks", false, false, true, -1},
+        {NULL, "http://127.0.0.1:9/jwks", false, true, false, 0},
+        /* IP literals are judged at once; nothing is sent to them. */
+        {NULL, "https://10.0.0.1/jwks", false, false, true, -1},
+        {NULL, "https://169.254.169.254/jwks", false, false, true, -1},
+        {NULL, "https://[fd00::1]/jwks", false, false, true, -1},
+        {NULL, "https://127.0.0.1/jwks", false, false, false, -1},
+        {NULL, "https://[::1]/jwks", false, false, true, 0},
+        {NULL, "https://93.184.216.34/jwks", false, false, false, 0},
+    };
+
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        int rc =
+            oauth_issuer_keys_check(cases[i].jwks, cases[i].jwks_uri,
+                                    cases[i].allow_rs256, cases[i].allow_http_loopback,
+                                    cases[i].allow_loopback, &out, err, sizeof(err));
+
+        ck_assert_msg(rc == cases[i].rc, "case %zu: rc %d, err %s", i, rc, rc ? err : "");
+        ck_assert_msg((out != NULL) == (rc == 0 && cases[i].jwks != NULL),
+                      "case %zu: jwks_out %s", i, out ? out : "NULL");
+        free(out);
+        out = NULL;
+    }
+    ck_assert_int_eq(oauth_issuer_keys_check(rs_text, NULL, false, false, false, &out,
+                                             err, sizeof(err)),
+                     -1);
+    ck_assert_msg(strstr(err, "allow_rs256"), "err: %s", err);
+    ck_assert_int_eq(oauth_issuer_keys_check(NULL, "https://127.0.0.1/jwks", false, false,
+                                             false, &out, err, sizeof(err)),
+                     -1);
+    ck_assert_msg(strstr(err, "jwks_uri_allow_loopback"), "err: %s", err);
+    ck_assert_uint_eq(oauth_issuer_algs(false), OAUTH_ALG_ES256 | OAUTH_ALG_PS256);
+    ck_assert(oauth_issuer_algs(true) & OAUTH_ALG_RS256);
+    ck_assert(!(oauth_issuer_algs(true) & OAUTH_ALG_HS256));
+    json_decref(ec);
+    json_decref(rs);
+    free(ec_text);
+    free(rs_text);
+}
+END_TEST
+
 static const struct server_config test_config = {.issuer = "https://as.example.test"};
 
 static void assert_string_array(const json_t *doc, const char *name,
@@ -4354,6 +4502,8 @@ static Suite *oauth_suite(void)
     tcase_add_test(assertion, jwks_uri_rotation_on_unknown_kid);
     tcase_add_test(assertion, jwks_uri_waiters_share_fetch);
     tcase_add_test(assertion, jwks_cache_free_fails_waiters);
+    tcase_add_test(assertion, jwks_cache_address_policy);
+    tcase_add_test(assertion, issuer_keys_checked);
     suite_add_tcase(s, assertion);
 
     tcase_add_unchecked_fixture(mtls, keys_generate, keys_free);

@@ -940,6 +940,227 @@ START_TEST(user_find_by_each_hint)
 }
 END_TEST
 
+START_TEST(user_email_stored_and_found)
+{
+    struct storage_sync *s = sync_open();
+    struct storage_conn *db;
+    char hex[13], sub[32], sub2[32], email[64], upper[64], err[256] = "";
+    struct user_res found = {0}, missing = {0}, by_case = {0};
+
+    random_hex(hex, 6);
+    snprintf(sub, sizeof(sub), "e-%s", hex);
+    snprintf(sub2, sizeof(sub2), "f-%s", hex);
+    snprintf(email, sizeof(email), "ann.%s@example.com", hex);
+    snprintf(upper, sizeof(upper), "Ann.%s@Example.com", hex);
+    ck_assert_int_eq(storage_sync_user_create_email(s, sub, NULL, "+4915112340001", email,
+                                                    err, sizeof(err)),
+                     0);
+    /* One address per user, stored lower-cased and shaped NAME@DOMAIN. */
+    ck_assert_int_eq(storage_sync_user_create_email(s, sub2, NULL, "+4915112340002",
+                                                    email, err, sizeof(err)),
+                     -1);
+    ck_assert_msg(strstr(err, "email address") != NULL, "err: %s", err);
+    ck_assert_int_eq(storage_sync_user_create_email(s, sub2, NULL, "+4915112340002",
+                                                    upper, err, sizeof(err)),
+                     -1);
+    ck_assert_msg(strstr(err, "invalid email") != NULL, "err: %s", err);
+    ck_assert_int_eq(storage_sync_user_create_email(s, sub2, NULL, "+4915112340002",
+                                                    "no-at-sign", err, sizeof(err)),
+                     -1);
+    ck_assert_int_eq(storage_sync_user_create_email(s, sub2, NULL, "+4915112340002",
+                                                    "a b@c", err, sizeof(err)),
+                     -1);
+
+    loop_open();
+    db = conn_open(5000);
+    ck_assert_int_eq(storage_user_find(db, STORAGE_HINT_EMAIL, email, on_user, &found),
+                     0);
+    ck_assert_int_eq(storage_user_find(db, STORAGE_HINT_EMAIL, upper, on_user, &by_case),
+                     0);
+    ck_assert_int_eq(storage_user_find(db, STORAGE_HINT_EMAIL, sub, on_user, &missing),
+                     0);
+    wait_calls(&found.calls, 1);
+    wait_calls(&by_case.calls, 1);
+    wait_calls(&missing.calls, 1);
+    ck_assert_int_eq(found.status, STORAGE_OK);
+    ck_assert_str_eq(found.subject, sub);
+    /* The caller lower-cases; the lookup itself is exact. */
+    ck_assert_int_eq(by_case.status, STORAGE_NOT_FOUND);
+    ck_assert_int_eq(missing.status, STORAGE_NOT_FOUND);
+    storage_conn_free(db);
+    loop_close();
+    ck_assert_int_eq(storage_sync_user_delete(s, sub), 1);
+    storage_sync_close(s);
+}
+END_TEST
+
+/* ---- trusted issuers --------------------------------------------------------------- */
+
+#define ISSUER_JWKS                                                                      \
+    "{\"keys\":[{\"kty\":\"EC\",\"crv\":\"P-256\",\"kid\":\"i1\","                       \
+    "\"x\":\"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU\","                             \
+    "\"y\":\"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0\"}]}"
+
+struct issuer_row {
+    int n;
+    const char *want;
+    bool found;
+    char jwks[512];
+    char jwks_uri[128];
+    char user_claim[16];
+    int64_t created_at;
+};
+
+static void on_issuer_row(void *arg, const struct storage_issuer *i)
+{
+    struct issuer_row *r = arg;
+
+    r->n++;
+    if (strcmp(i->issuer, r->want) != 0)
+        return;
+    r->found = true;
+    snprintf(r->jwks, sizeof(r->jwks), "%s", i->jwks ? i->jwks : "");
+    snprintf(r->jwks_uri, sizeof(r->jwks_uri), "%s", i->jwks_uri ? i->jwks_uri : "");
+    snprintf(r->user_claim, sizeof(r->user_claim), "%s", i->user_claim);
+    r->created_at = i->created_at;
+}
+
+START_TEST(issuer_add_list_delete)
+{
+    struct storage_sync *s = sync_open();
+    char hex[13], iss[64], iss2[64], err[256] = "";
+    struct issuer_row row = {.want = iss}, row2 = {.want = iss2};
+    struct storage_issuer in = {.jwks = ISSUER_JWKS, .user_claim = "email"};
+
+    random_hex(hex, 6);
+    snprintf(iss, sizeof(iss), "https://idp-%s.example", hex);
+    snprintf(iss2, sizeof(iss2), "https://idp2-%s.example", hex);
+    in.issuer = iss;
+    ck_assert_msg(storage_sync_issuer_add(s, &in, err, sizeof(err)) == 0, "add: %s", err);
+    ck_assert_int_eq(storage_sync_issuer_add(s, &in, err, sizeof(err)), -1);
+    ck_assert_msg(strstr(err, "already trusted") != NULL, "err: %s", err);
+
+    in.issuer = iss2;
+    in.jwks = NULL;
+    in.jwks_uri = "https://idp2.example/jwks";
+    in.user_claim = "sub";
+    ck_assert_msg(storage_sync_issuer_add(s, &in, err, sizeof(err)) == 0, "add: %s", err);
+
+    ck_assert_int_ge(storage_sync_issuer_each(s, on_issuer_row, &row), 2);
+    ck_assert(row.found);
+    ck_assert_msg(strstr(row.jwks, "\"i1\"") != NULL, "jwks: %s", row.jwks);
+    ck_assert_str_eq(row.jwks_uri, "");
+    ck_assert_str_eq(row.user_claim, "email");
+    ck_assert_int_gt(row.created_at, util_now_s() - 60);
+    ck_assert_int_ge(storage_sync_issuer_each(s, on_issuer_row, &row2), 2);
+    ck_assert(row2.found);
+    ck_assert_str_eq(row2.jwks, "");
+    ck_assert_str_eq(row2.jwks_uri, "https://idp2.example/jwks");
+    ck_assert_str_eq(row2.user_claim, "sub");
+
+    ck_assert_int_eq(storage_sync_issuer_delete(s, iss), 1);
+    ck_assert_int_eq(storage_sync_issuer_delete(s, iss), 0);
+    ck_assert_int_eq(storage_sync_issuer_delete(s, iss2), 1);
+    row.found = false;
+    ck_assert_int_ge(storage_sync_issuer_each(s, on_issuer_row, &row), 0);
+    ck_assert(!row.found);
+    storage_sync_close(s);
+}
+END_TEST
+
+START_TEST(issuer_add_rejects_bad_fields)
+{
+    struct storage_sync *s = sync_open();
+    char hex[13], iss[64], long_iss[300], err[256] = "";
+    struct issuer_row row = {.want = iss};
+    const struct storage_issuer bad[] = {
+        /* both key sources, then neither */
+        {iss, ISSUER_JWKS, "https://idp.example/jwks", "sub", 0},
+        {iss, NULL, NULL, "sub", 0},
+        {iss, ISSUER_JWKS, NULL, "username", 0},
+        {iss, ISSUER_JWKS, NULL, NULL, 0},
+        {iss, "{not json", NULL, "sub", 0},
+        {NULL, ISSUER_JWKS, NULL, "sub", 0},
+        {"", ISSUER_JWKS, NULL, "sub", 0},
+        {long_iss, ISSUER_JWKS, NULL, "sub", 0},
+    };
+
+    random_hex(hex, 6);
+    snprintf(iss, sizeof(iss), "https://bad-%s.example", hex);
+    memset(long_iss, 'a', sizeof(long_iss) - 1);
+    long_iss[sizeof(long_iss) - 1] = '\0';
+    for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
+        err[0] = '\0';
+        ck_assert_msg(storage_sync_issuer_add(s, &bad[i], err, sizeof(err)) == -1,
+                      "bad issuer %zu was stored", i);
+        ck_assert_msg(err[0] != '\0', "bad issuer %zu: no reason", i);
+    }
+    ck_assert_int_ge(storage_sync_issuer_each(s, on_issuer_row, &row), 0);
+    ck_assert(!row.found);
+    storage_sync_close(s);
+}
+END_TEST
+
+struct issuer_res {
+    int calls;
+    enum storage_status status;
+    char jwks_uri[128];
+    char user_claim[16];
+};
+
+static void on_issuer(void *arg, enum storage_status status,
+                      const struct storage_issuer *i)
+{
+    struct issuer_res *r = arg;
+
+    r->calls++;
+    r->status = status;
+    if (i == NULL)
+        return;
+    snprintf(r->jwks_uri, sizeof(r->jwks_uri), "%s", i->jwks_uri ? i->jwks_uri : "");
+    snprintf(r->user_claim, sizeof(r->user_claim), "%s", i->user_claim);
+}
+
+START_TEST(issuer_find_found_and_missing)
+{
+    struct storage_sync *s = sync_open();
+    struct storage_conn *db;
+    char hex[13], iss[64], err[256] = "";
+    struct storage_issuer in = {.jwks_uri = "https://idp.example/jwks",
+                                .user_claim = "phone_number"};
+    struct issuer_res found = {0}, missing = {0}, by_case = {0};
+
+    random_hex(hex, 6);
+    snprintf(iss, sizeof(iss), "https://find-%s.example", hex);
+    in.issuer = iss;
+    ck_assert_msg(storage_sync_issuer_add(s, &in, err, sizeof(err)) == 0, "add: %s", err);
+
+    loop_open();
+    db = conn_open(5000);
+    ck_assert_int_eq(storage_issuer_find(db, iss, on_issuer, &found), 0);
+    ck_assert_int_eq(
+        storage_issuer_find(db, "https://nobody.example", on_issuer, &missing), 0);
+    /* iss is compared byte for byte (RFC 7519 section 4.1.1 calls it case-sensitive). */
+    iss[0] = 'H';
+    ck_assert_int_eq(storage_issuer_find(db, iss, on_issuer, &by_case), 0);
+    ck_assert_int_eq(storage_issuer_find(db, NULL, on_issuer, &missing), -1);
+    ck_assert_int_eq(storage_issuer_find(db, "x", NULL, NULL), -1);
+    wait_calls(&found.calls, 1);
+    wait_calls(&missing.calls, 1);
+    wait_calls(&by_case.calls, 1);
+    ck_assert_int_eq(found.status, STORAGE_OK);
+    ck_assert_str_eq(found.jwks_uri, "https://idp.example/jwks");
+    ck_assert_str_eq(found.user_claim, "phone_number");
+    ck_assert_int_eq(missing.status, STORAGE_NOT_FOUND);
+    ck_assert_int_eq(by_case.status, STORAGE_NOT_FOUND);
+    storage_conn_free(db);
+    loop_close();
+    iss[0] = 'h';
+    ck_assert_int_eq(storage_sync_issuer_delete(s, iss), 1);
+    storage_sync_close(s);
+}
+END_TEST
+
 struct scope_res {
     int n;
     char description[128];
@@ -3324,6 +3545,10 @@ static Suite *storage_suite(void)
     tcase_add_test(tc, assertion_jti_purge);
     tcase_add_test(tc, user_create_list_delete);
     tcase_add_test(tc, user_find_by_each_hint);
+    tcase_add_test(tc, user_email_stored_and_found);
+    tcase_add_test(tc, issuer_add_list_delete);
+    tcase_add_test(tc, issuer_add_rejects_bad_fields);
+    tcase_add_test(tc, issuer_find_found_and_missing);
     tcase_add_test(tc, scope_set_and_list);
     suite_add_tcase(s, tc);
 

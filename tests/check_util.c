@@ -6,8 +6,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <sys/un.h>
 
 #include "check_runner.h"
+#include "util/netaddr.h"
 #include "util/util.h"
 
 START_TEST(b64url_rfc4648_vectors)
@@ -373,6 +376,44 @@ START_TEST(log_level_filters)
 }
 END_TEST
 
+static bool netaddr_ok(const char *text, bool allow_loopback)
+{
+    struct sockaddr_storage sa = {0};
+    struct sockaddr_in *v4 = (struct sockaddr_in *)&sa;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&sa;
+
+    if (inet_pton(AF_INET, text, &v4->sin_addr) == 1)
+        v4->sin_family = AF_INET;
+    else if (inet_pton(AF_INET6, text, &v6->sin6_addr) == 1)
+        v6->sin6_family = AF_INET6;
+    else
+        ck_abort_msg("test address %s does not parse", text);
+    return util_netaddr_allowed((const struct sockaddr *)&sa, allow_loopback);
+}
+
+/* The full table runs in check_notify; these are the cases jwks_uri fetches rely on. */
+START_TEST(netaddr_policy)
+{
+    struct sockaddr_un un = {.sun_family = AF_UNIX};
+
+    ck_assert(netaddr_ok("93.184.216.34", false));
+    ck_assert(netaddr_ok("2606:2800:220:1::1", false));
+    ck_assert(!netaddr_ok("127.0.0.1", false));
+    ck_assert(netaddr_ok("127.0.0.1", true));
+    ck_assert(!netaddr_ok("::1", false));
+    ck_assert(netaddr_ok("::1", true));
+    ck_assert(!netaddr_ok("::ffff:127.0.0.1", false));
+    ck_assert(!netaddr_ok("169.254.169.254", true));
+    ck_assert(!netaddr_ok("10.1.2.3", true));
+    ck_assert(!netaddr_ok("192.168.0.1", true));
+    ck_assert(!netaddr_ok("fd00::1", true));
+    ck_assert(!netaddr_ok("fe80::1", true));
+    ck_assert(!netaddr_ok("0.0.0.0", true));
+    ck_assert(!util_netaddr_allowed((const struct sockaddr *)&un, true));
+    ck_assert(!util_netaddr_allowed(NULL, true));
+}
+END_TEST
+
 static Suite *util_suite(void)
 {
     Suite *s = suite_create("util");
@@ -396,6 +437,7 @@ static Suite *util_suite(void)
     tcase_add_test(tc, log_line_shape_and_escaping);
     tcase_add_test(tc, log_client_id_spaces_escaped);
     tcase_add_test(tc, log_level_filters);
+    tcase_add_test(tc, netaddr_policy);
     suite_add_tcase(s, tc);
     return s;
 }

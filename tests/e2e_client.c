@@ -683,6 +683,37 @@ static char *es256_sign_b64(EVP_PKEY *key, const char *input)
     return out;
 }
 
+char *e2e_jws_sign(struct evp_pkey_st *key, const char *header, const char *claims)
+{
+    char *h = util_b64url_encode_new(header, strlen(header));
+    char *c = util_b64url_encode_new(claims, strlen(claims));
+    char *input = util_asprintf("%s.%s", h, c);
+    int size = (EVP_PKEY_get_bits(key) + 7) / 8; /* 32 for P-256, 48 for P-384 */
+    unsigned char der[160], raw[2 * 66];
+    const unsigned char *p = der;
+    size_t der_len = sizeof(der);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    ECDSA_SIG *sig = NULL;
+    char *sig_text = NULL, *token = NULL;
+
+    if (md && size <= 66 && EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, key) == 1 &&
+        EVP_DigestSign(md, der, &der_len, (const unsigned char *)input, strlen(input)) ==
+            1 &&
+        (sig = d2i_ECDSA_SIG(NULL, &p, (long)der_len)) &&
+        BN_bn2binpad(ECDSA_SIG_get0_r(sig), raw, size) == size &&
+        BN_bn2binpad(ECDSA_SIG_get0_s(sig), raw + size, size) == size)
+        sig_text = util_b64url_encode_new(raw, 2 * (size_t)size);
+    if (sig_text)
+        token = util_asprintf("%s.%s", input, sig_text);
+    ECDSA_SIG_free(sig);
+    EVP_MD_CTX_free(md);
+    free(h);
+    free(c);
+    free(input);
+    free(sig_text);
+    return token;
+}
+
 char *e2e_client_assertion(struct evp_pkey_st *key, const char *kid, const char *alg,
                            const char *client_id, const char *aud, const char *changes)
 {

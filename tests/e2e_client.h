@@ -102,6 +102,11 @@ char *e2e_jwks_text(struct evp_pkey_st *const *keys, const char *const *kids, si
 char *e2e_client_assertion(struct evp_pkey_st *key, const char *kid, const char *alg,
                            const char *client_id, const char *aud, const char *changes);
 
+/* Signs the JSON texts header and claims as a compact JWS with the EC key, whatever
+ * the header says: SHA-256 and a raw r||s signature as wide as the key's curve (64
+ * bytes on P-256 as ES256 has it, 96 on P-384). Returns a new string, or NULL. */
+char *e2e_jws_sign(struct evp_pkey_st *key, const char *header, const char *claims);
+
 /* ---- the cibad process ------------------------------------------------------------- */
 
 /* The server secret of every instance. It is fixed because the signing keys that the
