@@ -676,9 +676,9 @@ static void on_client_loaded(void *arg, enum storage_status status,
     }
     if (!row->secret_hash || strlen(row->secret_hash) != 64 ||
         !util_ct_equal(row->secret_hash, ctx->secret_hash, 64)) {
-        /* TODO: nothing slows down repeated wrong secrets for one client_id yet, so
-         * online guessing is limited only by the request rate (RFC 6749 section
-         * 10.10 asks for protection against brute force). */
+        /* No throttle: cibad generates every secret (32 bytes from the CSPRNG, and no
+         * command sets a chosen one), so online guessing cannot succeed, which is
+         * the brute-force protection RFC 6749 section 10.10 asks for. */
         rlog_info(rid, ctx->client_id, "client authentication failed: wrong secret");
         finish(ctx, OAUTH_ERR_INVALID_CLIENT, DESC_FAILED, NULL);
         return;
