@@ -12,7 +12,7 @@
     " backchannel_token_delivery_mode, backchannel_client_notification_endpoint,"        \
     " grant_types, floor(extract(epoch FROM created_at))::int8,"                         \
     " jwks::text, jwks_uri, token_endpoint_auth_signing_alg, client_secret_sealed,"      \
-    " backchannel_user_code_parameter"
+    " backchannel_user_code_parameter, backchannel_authentication_request_signing_alg"
 
 static void client_from_row(const PGresult *res, int row, struct storage_client *c)
 {
@@ -30,6 +30,7 @@ static void client_from_row(const PGresult *res, int row, struct storage_client 
     c->token_endpoint_auth_signing_alg = storage_col_text(res, row, 11);
     c->client_secret_sealed = storage_col_text(res, row, 12);
     c->backchannel_user_code_parameter = strcmp(storage_col_text(res, row, 13), "t") == 0;
+    c->backchannel_authentication_request_signing_alg = storage_col_text(res, row, 14);
 }
 
 /* ---- asynchronous lookup ----------------------------------------------------------- */
@@ -73,9 +74,10 @@ static const char sql_client_create[] =
     "INSERT INTO client (client_id, client_name, secret_hash, token_endpoint_auth_method,"
     " scope, backchannel_token_delivery_mode, backchannel_client_notification_endpoint,"
     " grant_types, jwks, jwks_uri, token_endpoint_auth_signing_alg, client_secret_sealed,"
-    " backchannel_user_code_parameter)"
+    " backchannel_user_code_parameter, backchannel_authentication_request_signing_alg)"
     " VALUES ($1, $2, $3, $4, $5, coalesce($6, 'poll'), $7,"
-    " coalesce($8, 'urn:openid:params:grant-type:ciba'), $9::jsonb, $10, $11, $12, $13)";
+    " coalesce($8, 'urn:openid:params:grant-type:ciba'), $9::jsonb, $10, $11, $12, $13,"
+    " $14)";
 
 /* Explains a rejected insert in words an operator can act on. */
 static void describe_client_error(const PGresult *res, char *err, size_t err_len)
@@ -117,6 +119,7 @@ int storage_sync_client_create(struct storage_sync *s, const struct storage_clie
     storage_param_text(&p, c->token_endpoint_auth_signing_alg);
     storage_param_text(&p, c->client_secret_sealed);
     storage_param_bool(&p, c->backchannel_user_code_parameter);
+    storage_param_text(&p, c->backchannel_authentication_request_signing_alg);
     res = storage_sync_exec(s, sql_client_create, &p);
     if (storage_status_of(res) != STORAGE_OK) {
         describe_client_error(res, err, err_len);
