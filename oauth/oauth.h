@@ -98,7 +98,16 @@ struct oauth_client {
     char *backchannel_token_delivery_mode;
     char *grant_types;
     bool backchannel_user_code_parameter; /* the client must send user_code */
+    /* Keys and algorithms for JWTs the client signs; NULL when not registered. */
+    char *jwks;     /* JSON text {"keys":[...]} */
+    char *jwks_uri; /* or the URL where the client publishes its keys */
+    char *token_endpoint_auth_signing_alg;
+    char *backchannel_authentication_request_signing_alg; /* ES256 | PS256 | RS256 */
 };
+
+/* Clock difference tolerated on the exp, nbf and iat claims of JWTs that clients sign
+ * (client assertions and request objects), in seconds. */
+#define OAUTH_JWT_CLOCK_SKEW_S 30
 
 void oauth_client_free(struct oauth_client *c);
 /* True when scope (space-separated) lists name. */
@@ -163,6 +172,15 @@ int oauth_client_credentials_new(const struct oauth_client_auth_options *options
                                  size_t err_len) MUST_CHECK;
 /* Frees the strings, wiping the secret first. */
 void oauth_client_credentials_clear(struct oauth_client_credentials *c);
+
+/* Checks --request-signing-alg, the backchannel_authentication_request_signing_alg of a
+ * client whose credentials cred holds: ES256 or PS256, or RS256 with allow_rs256. The
+ * client needs public keys to verify its requests with, so cred must have jwks or
+ * jwks_uri, and every key of an inline jwks must be usable with the alg. Returns the
+ * static name of the alg, or NULL with a message for the operator in err. */
+const char *oauth_request_signing_alg_check(const char *alg,
+                                            const struct oauth_client_credentials *cred,
+                                            bool allow_rs256, char *err, size_t err_len);
 
 /* ---- JWS signing keys -------------------------------------------------------------- */
 

@@ -55,7 +55,7 @@ struct oauth_jwk_set {
 /* client_assertion_type of a JWT client assertion (RFC 7523 section 2.2). */
 #define OAUTH_ASSERTION_TYPE_JWT "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 /* Clock difference tolerated on exp, nbf and iat, in seconds. */
-#define OAUTH_ASSERTION_SKEW_S 30
+#define OAUTH_ASSERTION_SKEW_S OAUTH_JWT_CLOCK_SKEW_S
 /* Longest lifetime of an assertion: exp at most this far after now and after iat. */
 #define OAUTH_ASSERTION_MAX_LIFETIME_S 300
 /* The label that seals client_secret_jwt secrets apart from signing keys. */

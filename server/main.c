@@ -299,6 +299,10 @@ static json_t *client_json(const struct storage_client *c)
         json_object_set_new(out, "jwks", json_loads(c->jwks, 0, NULL));
     json_object_set_new(out, "backchannel_user_code_parameter",
                         json_boolean(c->backchannel_user_code_parameter));
+    if (c->backchannel_authentication_request_signing_alg)
+        json_object_set_new(
+            out, "backchannel_authentication_request_signing_alg",
+            json_string(c->backchannel_authentication_request_signing_alg));
     return out;
 }
 
@@ -360,7 +364,7 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
 {
     const char *name = NULL, *scope = NULL, *client_id = NULL, *method = NULL,
                *mode = NULL, *endpoint = NULL, *jwks = NULL, *jwks_uri = NULL,
-               *signing_alg = NULL;
+               *signing_alg = NULL, *request_alg = NULL;
     bool as_json = false, user_code = false;
     struct cli_opt opts[] = {
         {"--name", &name, NULL},
@@ -374,8 +378,10 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
         {"--jwks-uri", &jwks_uri, NULL},
         {"--auth-signing-alg", &signing_alg, NULL},
         {"--user-code", NULL, &user_code},
+        {"--request-signing-alg", &request_alg, NULL},
     };
     char *scope_list = NULL, *id = NULL, err[512];
+    const char *request_alg_name = NULL;
     struct oauth_client_credentials cred = {0};
     struct storage_sync *s = NULL;
     int rc = parse_args(cli->cmd, argc, argv, opts, ARRAY_LEN(opts), NULL, 0);
@@ -408,6 +414,15 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
         fprintf(stderr, "cibad: %s\n", err);
         return EXIT_USAGE;
     }
+    if (request_alg) {
+        request_alg_name = oauth_request_signing_alg_check(
+            request_alg, &cred, cli->cfg.request_object_allow_rs256, err, sizeof(err));
+        if (!request_alg_name) {
+            fprintf(stderr, "cibad: %s\n", err);
+            oauth_client_credentials_clear(&cred);
+            return EXIT_USAGE;
+        }
+    }
     scope_list = scope_normalize(scope);
     if (!scope_list) {
         oauth_client_credentials_clear(&cred);
@@ -434,6 +449,7 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
         .token_endpoint_auth_signing_alg = cred.signing_alg,
         .client_secret_sealed = cred.secret_sealed,
         .backchannel_user_code_parameter = user_code,
+        .backchannel_authentication_request_signing_alg = request_alg_name,
     };
     if (storage_sync_client_create(s, &c, err, sizeof(err)) != 0) {
         fprintf(stderr, "cibad: cannot create client %s: %s\n", id, err);
@@ -458,6 +474,9 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
             json_object_set_new(out, "jwks", json_loads(cred.jwks, 0, NULL));
         json_object_set_new(out, "backchannel_user_code_parameter",
                             json_boolean(user_code));
+        if (request_alg_name)
+            json_object_set_new(out, "backchannel_authentication_request_signing_alg",
+                                json_string(request_alg_name));
         print_json(out);
     } else {
         printf("client_id:     %s\n", id);
@@ -1092,7 +1111,7 @@ static const struct command commands[] = {
      "         [--auth-method private_key_jwt|client_secret_jwt|client_secret_basic|client_secret_post]\n"
      "         [--jwks FILE_OR_JSON | --jwks-uri URL] [--auth-signing-alg ES256|PS256|RS256|HS256]\n"
      "         [--delivery-mode poll|ping|push [--notification-endpoint https://...]]\n"
-     "         [--user-code] [--json]",
+     "         [--user-code] [--request-signing-alg ES256|PS256|RS256] [--json]",
      "Register a client and print its secret, if it has one, once.", cmd_client_create},
     {"client", "list", "client list [--json]", "List the registered clients.", cmd_client_list},
     {"client", "show", "client show ID [--json]", "Show one client.", cmd_client_show},

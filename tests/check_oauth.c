@@ -3544,7 +3544,14 @@ START_TEST(discovery_document)
                  "auth_time", "acr", "amr", "urn:openid:params:jwt:claim:auth_req_id");
     ck_assert_ptr_null(json_object_get(sent.body, "response_types_supported"));
     ck_assert_ptr_null(json_object_get(sent.body, "authorization_endpoint"));
-    ck_assert_uint_eq(json_object_size(sent.body), 14);
+    /* Signed authentication requests: RS256 only with request_object_allow_rs256. */
+    ASSERT_ARRAY(sent.body,
+                 "backchannel_authentication_request_signing_alg_values_supported",
+                 "ES256", "PS256");
+    ck_assert(json_is_true(json_object_get(sent.body, "request_parameter_supported")));
+    ck_assert(
+        json_is_false(json_object_get(sent.body, "request_uri_parameter_supported")));
+    ck_assert_uint_eq(json_object_size(sent.body), 17);
 
     /* RFC 8414 section 3.2: no empty arrays; every URL is under the issuer. */
     json_object_foreach(sent.body, key, value)
@@ -3571,6 +3578,28 @@ START_TEST(discovery_rs256_when_allowed)
     ck_assert_int_eq(sent.status, 200);
     ASSERT_ARRAY(sent.body, "token_endpoint_auth_signing_alg_values_supported", "ES256",
                  "PS256", "RS256", "HS256");
+    /* allow_rs256 is for client assertions only. */
+    ASSERT_ARRAY(sent.body,
+                 "backchannel_authentication_request_signing_alg_values_supported",
+                 "ES256", "PS256");
+}
+END_TEST
+
+START_TEST(discovery_request_object_rs256_when_allowed)
+{
+    static const struct server_config rs256_config = {
+        .issuer = "https://as.example.test",
+        .request_object_allow_rs256 = true,
+    };
+
+    server_config = &rs256_config;
+    oauth_discovery_handle(&sr);
+    ck_assert_int_eq(sent.status, 200);
+    ASSERT_ARRAY(sent.body,
+                 "backchannel_authentication_request_signing_alg_values_supported",
+                 "ES256", "PS256", "RS256");
+    ASSERT_ARRAY(sent.body, "token_endpoint_auth_signing_alg_values_supported", "ES256",
+                 "PS256", "HS256");
 }
 END_TEST
 
@@ -3770,6 +3799,7 @@ static Suite *oauth_suite(void)
     tcase_add_checked_fixture(endpoints, key_setup, key_teardown);
     tcase_add_test(endpoints, discovery_document);
     tcase_add_test(endpoints, discovery_rs256_when_allowed);
+    tcase_add_test(endpoints, discovery_request_object_rs256_when_allowed);
     tcase_add_test(endpoints, discovery_head_and_post);
     tcase_add_test(endpoints, discovery_without_issuer);
     tcase_add_test(endpoints, jwks_endpoint);
