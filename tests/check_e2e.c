@@ -5065,6 +5065,53 @@ START_TEST(ro_discovery_lists_algs)
 }
 END_TEST
 
+/* Counts the recorded request object jti values of client_id, with jti when not NULL. */
+static long request_jti_count(PGconn *pg, const char *client_id, const char *jti)
+{
+    const char *params[2] = {client_id, jti};
+    PGresult *res =
+        PQexecParams(pg,
+                     "SELECT count(*) FROM request_object_jti"
+                     " WHERE client_id = $1 AND ($2::text IS NULL OR jti = $2)",
+                     2, NULL, params, NULL, NULL, 0);
+    long count;
+
+    ck_assert_int_eq(PQresultStatus(res), PGRES_TUPLES_OK);
+    count = atol(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return count;
+}
+
+START_TEST(ro_expired_jti_purged_by_sweep)
+{
+    PGconn *pg = PQconnectdb(getenv("CIBAD_TEST_DATABASE_URL"));
+    const char *params[1] = {ro_es.client_id};
+    PGresult *res;
+    long left = -1;
+
+    ck_assert_msg(PQstatus(pg) == CONNECTION_OK, "test database: %s", PQerrorMessage(pg));
+    expect_ro_accepted(&ro_es, request_object(&ro_es, "{\"jti\":\"live-jti\"}"),
+                       "a request object to keep");
+    ck_assert_int_eq(request_jti_count(pg, ro_es.client_id, "live-jti"), 1);
+    res = PQexecParams(pg,
+                       "INSERT INTO request_object_jti (client_id, jti, expires_at)"
+                       " VALUES ($1, 'old-jti', now() - interval '1 second')",
+                       1, NULL, params, NULL, NULL, 0);
+    ck_assert_int_eq(PQresultStatus(res), PGRES_COMMAND_OK);
+    PQclear(res);
+
+    /* The sweep runs every 5 s. */
+    for (int i = 0; i < 80 && left != 0; i++) {
+        left = request_jti_count(pg, ro_es.client_id, "old-jti");
+        if (left != 0)
+            usleep(100 * 1000);
+    }
+    ck_assert_msg(left == 0, "the expired jti was not purged within 8 s");
+    ck_assert_int_eq(request_jti_count(pg, ro_es.client_id, "live-jti"), 1);
+    PQfinish(pg);
+}
+END_TEST
+
 /* An instance with request_object_allow_rs256: RS256 is listed and works. */
 static void setup_request_object_rs256(void)
 {
@@ -5300,6 +5347,7 @@ static Suite *e2e_suite(void)
     tcase_add_test(tc, ro_jwks_uri_keys_by_alg);
     tcase_add_test(tc, ro_registration_checks);
     tcase_add_test(tc, ro_discovery_lists_algs);
+    tcase_add_test(tc, ro_expired_jti_purged_by_sweep);
     suite_add_tcase(s, tc);
 
     tc = new_tcase("request_object_rs256", setup_request_object_rs256);
