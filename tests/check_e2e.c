@@ -4808,6 +4808,21 @@ START_TEST(ro_bad_signatures_rejected)
     /* HS256 keyed with the client's public JWKS text, which anyone may know. */
     expect_ro_rejected(&ro_es, hs256_resign(good, "e1", jwks),
                        "HS256 keyed with the public key");
+    /* The same with cibad's own published JWKS and the kid of its signing key. */
+    {
+        json_t *server_jwks = fetch_jwks();
+        char *server_text = json_dumps(server_jwks, JSON_COMPACT);
+        const char *server_kid = json_string_value(json_object_get(
+            json_array_get(json_object_get(server_jwks, "keys"), 0), "kid"));
+
+        ck_assert_ptr_nonnull(server_kid);
+        expect_ro_rejected(&ro_es, hs256_resign(good, server_kid, server_text),
+                           "HS256 keyed with the server's JWKS");
+        expect_ro_rejected(&ro_es, hs256_resign(good, "e1", server_text),
+                           "HS256 keyed with the server's JWKS, client kid");
+        free(server_text);
+        json_decref(server_jwks);
+    }
     /* PS256 client: RS256 and ES256 are not its registered alg. */
     expect_ro_rejected(&ro_ps, sign_claims(ro_ps.key, "RS256", "r1", claims),
                        "RS256 with the PS256 key");
