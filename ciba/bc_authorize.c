@@ -621,7 +621,7 @@ static void find_user(struct bc_ctx *ctx)
 }
 
 /* Validates the parameters, from either source, and goes on to find the user. */
-static void check_params(struct bc_ctx *ctx)
+static void check_and_find_user(struct bc_ctx *ctx)
 {
     const char *description = NULL;
     enum oauth_err err = check_request(ctx, &description);
@@ -649,7 +649,7 @@ static void on_request_object_verified(void *arg, enum oauth_err err,
         finish_error(ctx, err, description);
         return;
     }
-    check_params(ctx);
+    check_and_find_user(ctx);
 }
 
 /* Takes the parameters from the form, or verifies the request object that carries
@@ -674,7 +674,7 @@ static void read_params(struct bc_ctx *ctx)
             return;
         }
         ciba_bc_params_from_form(&ctx->form, &ctx->params);
-        check_params(ctx);
+        check_and_find_user(ctx);
         return;
     }
     conflict = ciba_request_object_form_conflict(&ctx->form);
