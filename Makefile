@@ -107,7 +107,7 @@ $(BUILD)/check_oauth: $(BUILD)/tests/check_oauth.o $(call mod_objs,util) \
     $(BUILD)/oauth/errors.o $(BUILD)/oauth/client_auth.o $(BUILD)/oauth/keys.o \
     $(BUILD)/oauth/jose.o $(BUILD)/oauth/jwk.o $(BUILD)/oauth/discovery.o \
     $(BUILD)/oauth/client_assertion.o $(BUILD)/oauth/jwks_cache.o $(BUILD)/oauth/mtls.o \
-    $(BUILD)/oauth/client_meta.o $(BUILD)/tests/mock_http.o
+    $(BUILD)/oauth/client_meta.o $(BUILD)/ciba/request_object.o $(BUILD)/tests/mock_http.o
 $(BUILD)/check_e2e: $(BUILD)/tests/check_e2e.o $(BUILD)/tests/mock_http.o \
     $(BUILD)/tests/e2e_client.o $(call mod_objs,util)
 $(BUILD)/check_tls: $(BUILD)/tests/check_tls.o $(BUILD)/tests/mock_http.o \

@@ -2,14 +2,20 @@
  * SPDX-License-Identifier: MIT
  *
  * The flow, one callback per step, in the order they run:
- *   handle -> on_client_authenticated [-> on_hint_token_verified] -> on_user_found
+ *   handle -> on_client_authenticated [-> on_request_object_verified]
+ *          [-> on_hint_token_verified] -> on_user_found
  *   [-> on_user_code_checked] -> on_auth_req_stored -> reply,
  * then the code goes out by SMS in the background (delivery.c). For a ping or push
  * client the request also stores its auth_req_id and client_notification_token, sealed,
  * for the notification sent when the request ends (notify.c).
+ *
+ * The authentication parameters come either from the form or, for a signed request,
+ * only from the claims of the request object (request_object.c). Both sources fill one
+ * struct ciba_bc_params, which check_request validates the same way.
  */
 #include "ciba/ciba.h"
 #include "ciba/ciba_int.h"
+#include "ciba/request_object.h"
 
 #include <string.h>
 #include <time.h>
@@ -30,6 +36,11 @@ struct bc_ctx {
     struct server_req *sr;
     struct server_form form;
     struct oauth_client *client;
+
+    /* The parameters as received, from the form or from the request object. */
+    struct ciba_bc_params params;
+    json_t *request_claims; /* the verified request object's claims, or NULL */
+    char requested_expiry[CIBA_EXPIRY_TEXT_LEN];
 
     /* Validated request parameters. */
     char *scope; /* normalized: duplicates removed, single spaces */
@@ -58,6 +69,7 @@ static void bc_free(struct bc_ctx *ctx)
 {
     server_form_free(&ctx->form);
     oauth_client_free(ctx->client);
+    json_decref(ctx->request_claims);
     free(ctx->scope);
     free(ctx->hint_subject);
     free(ctx->subject);
@@ -119,7 +131,7 @@ static bool is_scope_char(unsigned char c)
  * duplicates removed. */
 static enum oauth_err check_scope(struct bc_ctx *ctx, const char **description)
 {
-    const char *scope = server_form_get(&ctx->form, "scope");
+    const char *scope = ctx->params.scope;
     char *copy, *token, *save = NULL;
     bool has_openid = false;
     size_t len = 0;
@@ -244,9 +256,9 @@ done:
  * login_hint_token. */
 static enum oauth_err check_hints(struct bc_ctx *ctx, const char **description)
 {
-    const char *login_hint = server_form_get(&ctx->form, "login_hint");
-    const char *id_token_hint = server_form_get(&ctx->form, "id_token_hint");
-    const char *login_hint_token = server_form_get(&ctx->form, "login_hint_token");
+    const char *login_hint = ctx->params.login_hint;
+    const char *id_token_hint = ctx->params.id_token_hint;
+    const char *login_hint_token = ctx->params.login_hint_token;
     int hints = !!login_hint + !!id_token_hint + !!login_hint_token;
 
     if (hints != 1) {
@@ -301,7 +313,7 @@ static bool is_displayable(unsigned long cp)
 
 static enum oauth_err check_binding_message(struct bc_ctx *ctx, const char **description)
 {
-    const char *message = server_form_get(&ctx->form, "binding_message");
+    const char *message = ctx->params.binding_message;
     const char *p, *end;
     int chars = 0;
 
@@ -328,7 +340,7 @@ static enum oauth_err check_binding_message(struct bc_ctx *ctx, const char **des
  * range (CIBA Core 1.0 section 7.1 lets the server choose). */
 static enum oauth_err check_expiry(struct bc_ctx *ctx, const char **description)
 {
-    const char *text = server_form_get(&ctx->form, "requested_expiry");
+    const char *text = ctx->params.requested_expiry;
     const struct server_config *cfg = server_config;
     int64_t requested;
 
@@ -369,7 +381,7 @@ static bool is_b64token(const char *s)
 static enum oauth_err check_notification_token(struct bc_ctx *ctx,
                                                const char **description)
 {
-    const char *token = server_form_get(&ctx->form, "client_notification_token");
+    const char *token = ctx->params.client_notification_token;
 
     if (strcmp(ctx->client->backchannel_token_delivery_mode, "poll") == 0)
         return OAUTH_OK;
@@ -394,7 +406,7 @@ static enum oauth_err check_notification_token(struct bc_ctx *ctx,
  * any other client it is ignored. The code is a secret, so no description repeats it. */
 static enum oauth_err check_user_code(struct bc_ctx *ctx, const char **description)
 {
-    const char *code = server_form_get(&ctx->form, "user_code");
+    const char *code = ctx->params.user_code;
 
     if (!ctx->client->backchannel_user_code_parameter)
         return OAUTH_OK;
@@ -410,17 +422,11 @@ static enum oauth_err check_user_code(struct bc_ctx *ctx, const char **descripti
     return OAUTH_OK;
 }
 
+/* Checks the parameters in ctx->params, wherever they came from. */
 static enum oauth_err check_request(struct bc_ctx *ctx, const char **description)
 {
     enum oauth_err err;
 
-    if (server_form_get(&ctx->form, "request") ||
-        server_form_get(&ctx->form, "request_uri")) {
-        /* TODO: signed authentication requests are not implemented yet. */
-        *description = "signed authentication requests (request, request_uri) are not "
-                       "supported";
-        return OAUTH_ERR_INVALID_REQUEST;
-    }
     if ((err = check_scope(ctx, description)) != OAUTH_OK)
         return err;
     if ((err = check_hints(ctx, description)) != OAUTH_OK)
@@ -434,7 +440,7 @@ static enum oauth_err check_request(struct bc_ctx *ctx, const char **description
     if ((err = check_user_code(ctx, description)) != OAUTH_OK)
         return err;
 
-    ctx->acr_values = server_form_get(&ctx->form, "acr_values");
+    ctx->acr_values = ctx->params.acr_values;
     if (ctx->acr_values && strlen(ctx->acr_values) > MAX_ACR_LEN) {
         *description = "acr_values is too long";
         return OAUTH_ERR_INVALID_REQUEST;
@@ -633,6 +639,84 @@ static void on_hint_token_verified(void *arg, enum oauth_err err, const char *de
         finish_error(ctx, OAUTH_ERR_TEMPORARILY_UNAVAILABLE, NULL);
 }
 
+/* Validates the parameters, from either source, verifies a login_hint_token and goes
+ * on to find the user. */
+static void check_and_find_user(struct bc_ctx *ctx)
+{
+    const char *description = NULL;
+    enum oauth_err err = check_request(ctx, &description);
+
+    if (err != OAUTH_OK) {
+        finish_error(ctx, err, description);
+        return;
+    }
+    if (ctx->login_hint_token) {
+        err = ciba_hint_token_verify(ctx->sr, ctx->login_hint_token,
+                                     on_hint_token_verified, ctx, &description);
+        if (err != OAUTH_OK)
+            finish_error(ctx, err, description);
+        return;
+    }
+    find_user(ctx);
+}
+
+static void on_request_object_verified(void *arg, enum oauth_err err,
+                                       const char *description, json_t *claims)
+{
+    struct bc_ctx *ctx = arg;
+
+    if (err != OAUTH_OK) {
+        finish_error(ctx, err, description);
+        return;
+    }
+    ctx->request_claims = claims;
+    err = ciba_bc_params_from_claims(claims, ctx->requested_expiry, &ctx->params,
+                                     &description);
+    if (err != OAUTH_OK) {
+        finish_error(ctx, err, description);
+        return;
+    }
+    check_and_find_user(ctx);
+}
+
+/* Takes the parameters from the form, or verifies the request object that carries
+ * them. A client registered with backchannel_authentication_request_signing_alg must
+ * sign (CIBA Core 1.0 section 4). */
+static void read_params(struct bc_ctx *ctx)
+{
+    const char *request = server_form_get(&ctx->form, "request");
+    const char *conflict;
+
+    if (server_form_get(&ctx->form, "request_uri")) {
+        finish_error(ctx, OAUTH_ERR_INVALID_REQUEST,
+                     "request_uri is not supported: send the request object itself in "
+                     "request");
+        return;
+    }
+    if (!request) {
+        if (ctx->client->backchannel_authentication_request_signing_alg) {
+            finish_error(ctx, OAUTH_ERR_INVALID_REQUEST,
+                         "this client is registered to sign its requests: send the "
+                         "parameters in a request object (request)");
+            return;
+        }
+        ciba_bc_params_from_form(&ctx->form, &ctx->params);
+        check_and_find_user(ctx);
+        return;
+    }
+    conflict = ciba_request_object_form_conflict(&ctx->form);
+    if (conflict) {
+        rlog_info(ctx->sr->rid, ctx->client->client_id,
+                  "request object rejected: %s is also a form field", conflict);
+        finish_error(ctx, OAUTH_ERR_INVALID_REQUEST,
+                     "with a request object, the authentication parameters must be sent "
+                     "only inside it");
+        return;
+    }
+    ciba_request_object_verify(ctx->sr, ctx->client, request, on_request_object_verified,
+                               ctx);
+}
+
 static void on_client_authenticated(void *arg, enum oauth_err err,
                                     const char *description, struct oauth_client *client)
 {
@@ -649,19 +733,7 @@ static void on_client_authenticated(void *arg, enum oauth_err err,
                      "the client is not registered for the CIBA grant");
         return;
     }
-    err = check_request(ctx, &description);
-    if (err != OAUTH_OK) {
-        finish_error(ctx, err, description);
-        return;
-    }
-    if (ctx->login_hint_token) {
-        err = ciba_hint_token_verify(ctx->sr, ctx->login_hint_token,
-                                     on_hint_token_verified, ctx, &description);
-        if (err != OAUTH_OK)
-            finish_error(ctx, err, description);
-        return;
-    }
-    find_user(ctx);
+    read_params(ctx);
 }
 
 void ciba_bc_authorize_handle(struct server_req *sr)

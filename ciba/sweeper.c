@@ -1,5 +1,5 @@
 /* sweeper.c - periodic expiry of authentication requests, and purge of used client
- * assertion jti values
+ * assertion and request object jti values
  * SPDX-License-Identifier: MIT
  *
  * Polls already answer expired_token from expires_at alone; the sweep exists so an
@@ -20,6 +20,7 @@
 static struct event *sweep_timer;
 static bool sweep_running;
 static bool jti_purge_running;
+static bool request_jti_purge_running;
 
 static void on_swept(void *arg, enum storage_status status, int expired, int purged)
 {
@@ -51,6 +52,18 @@ static void on_jti_purged(void *arg, enum storage_status status, int count)
         log_debug("expiry sweep: %d expired client assertion jti values deleted", count);
 }
 
+/* The jti values of expired request objects are no longer needed to stop replays. */
+static void on_request_jti_purged(void *arg, enum storage_status status, int count)
+{
+    (void)arg;
+    request_jti_purge_running = false;
+    if (status != STORAGE_OK)
+        log_warn("purging used request object jti values failed (storage status %d)",
+                 (int)status);
+    else if (count > 0)
+        log_debug("expiry sweep: %d expired request object jti values deleted", count);
+}
+
 static void on_sweep_timer(evutil_socket_t fd, short events, void *arg)
 {
     struct server_worker *w = arg;
@@ -60,6 +73,9 @@ static void on_sweep_timer(evutil_socket_t fd, short events, void *arg)
     if (!jti_purge_running &&
         storage_client_assertion_purge(w->db, on_jti_purged, NULL) == 0)
         jti_purge_running = true;
+    if (!request_jti_purge_running &&
+        storage_request_object_purge(w->db, on_request_jti_purged, NULL) == 0)
+        request_jti_purge_running = true;
     if (sweep_running)
         return;
     if (storage_auth_req_sweep(w->db, server_config->tombstone_seconds, on_swept, w) == 0)

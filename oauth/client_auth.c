@@ -130,6 +130,10 @@ void oauth_client_free(struct oauth_client *c)
     free(c->backchannel_token_delivery_mode);
     free(c->grant_types);
     free(c->cnf_x5t_s256);
+    free(c->jwks);
+    free(c->jwks_uri);
+    free(c->token_endpoint_auth_signing_alg);
+    free(c->backchannel_authentication_request_signing_alg);
     free(c);
 }
 
@@ -150,6 +154,16 @@ static struct oauth_client *client_copy(const struct storage_client *row)
         strdup_or_empty(row->backchannel_token_delivery_mode);
     c->grant_types = strdup_or_empty(row->grant_types);
     c->backchannel_user_code_parameter = row->backchannel_user_code_parameter;
+    c->jwks = row->jwks ? util_strdup(row->jwks) : NULL;
+    c->jwks_uri = row->jwks_uri ? util_strdup(row->jwks_uri) : NULL;
+    c->token_endpoint_auth_signing_alg =
+        row->token_endpoint_auth_signing_alg
+            ? util_strdup(row->token_endpoint_auth_signing_alg)
+            : NULL;
+    c->backchannel_authentication_request_signing_alg =
+        row->backchannel_authentication_request_signing_alg
+            ? util_strdup(row->backchannel_authentication_request_signing_alg)
+            : NULL;
     return c;
 }
 

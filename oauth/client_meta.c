@@ -518,3 +518,49 @@ int oauth_issuer_keys_check(const char *jwks, const char *jwks_uri, bool allow_r
     }
     return 0;
 }
+
+const char *oauth_request_signing_alg_check(const char *alg,
+                                            const struct oauth_client_credentials *cred,
+                                            bool allow_rs256, char *err, size_t err_len)
+{
+    unsigned bit = oauth_jws_alg_parse(alg);
+    char key_err[200];
+    json_t *doc;
+    struct oauth_jwk_set *set;
+
+    if (!(bit & (OAUTH_ALG_ES256 | OAUTH_ALG_PS256 | OAUTH_ALG_RS256))) {
+        snprintf(err, err_len,
+                 "invalid --request-signing-alg \"%s\": expected ES256 or PS256 (RS256 "
+                 "with request_object_allow_rs256 = true)",
+                 alg);
+        return NULL;
+    }
+    if (bit == OAUTH_ALG_RS256 && !allow_rs256) {
+        snprintf(err, err_len,
+                 "RS256 signed requests are disabled: set request_object_allow_rs256 = "
+                 "true to register them");
+        return NULL;
+    }
+    if (!cred->jwks && !cred->jwks_uri) {
+        snprintf(err, err_len,
+                 "--request-signing-alg needs the client's public keys to verify its "
+                 "requests: register it with --auth-method private_key_jwt and --jwks "
+                 "or --jwks-uri");
+        return NULL;
+    }
+    if (!cred->jwks)
+        return oauth_jws_alg_name(bit);
+
+    /* Request objects are verified with the inline keys imported for this alg. */
+    snprintf(key_err, sizeof(key_err), "the JWKS is not JSON");
+    doc = json_loads(cred->jwks, JSON_REJECT_DUPLICATES, NULL);
+    set = doc ? oauth_jwk_set_parse(doc, bit, true, key_err, sizeof(key_err)) : NULL;
+    json_decref(doc);
+    if (!set) {
+        snprintf(err, err_len, "the --jwks keys cannot verify %s signed requests: %s",
+                 oauth_jws_alg_name(bit), key_err);
+        return NULL;
+    }
+    oauth_jwk_set_free(set);
+    return oauth_jws_alg_name(bit);
+}

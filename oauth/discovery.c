@@ -28,8 +28,8 @@ static json_t *string_array(const char *const *values, size_t n)
     string_array((const char *const[]){__VA_ARGS__},                                     \
                  sizeof((const char *const[]){__VA_ARGS__}) / sizeof(const char *))
 
-/* Builds the metadata from the issuer. Lists only what cibad implements: no signed
- * authentication requests, and RS256 for client assertions only with allow_rs256.
+/* Builds the metadata from the issuer. Lists only what cibad implements: RS256 for
+ * client assertions only with allow_rs256.
  *
  * authorization_endpoint is left out, as RFC 8414 section 2 allows when no supported
  * grant type uses it: cibad serves only the CIBA grant and has no authorization
@@ -91,6 +91,23 @@ static json_t *discovery_document(const struct server_config *cfg)
     return doc;
 }
 
+/* Adds the members of signed authentication requests (CIBA Core 1.0 section 4): the
+ * algorithms request objects may use (RS256 only with request_object_allow_rs256), and
+ * request_parameter_supported, because the backchannel endpoint takes the request
+ * parameter. request_uri is not supported, and OpenID Connect Discovery 1.0 section 3
+ * makes request_uri_parameter_supported true when it is absent, so it is set false. */
+static void add_request_object_metadata(json_t *doc, bool allow_rs256)
+{
+    json_t *algs = STRING_ARRAY("ES256", "PS256");
+
+    if (allow_rs256)
+        json_array_append_new(algs, json_string("RS256"));
+    json_object_set_new(
+        doc, "backchannel_authentication_request_signing_alg_values_supported", algs);
+    json_object_set_new(doc, "request_parameter_supported", json_true());
+    json_object_set_new(doc, "request_uri_parameter_supported", json_false());
+}
+
 /* True for GET and HEAD, the only methods of these read-only documents; otherwise
  * sends 405 and returns false. */
 static bool method_is_get(struct server_req *sr)
@@ -105,6 +122,8 @@ static bool method_is_get(struct server_req *sr)
 
 void oauth_discovery_handle(struct server_req *sr)
 {
+    json_t *doc;
+
     if (!method_is_get(sr))
         return;
     if (!server_config || !server_config->issuer) {
@@ -112,8 +131,10 @@ void oauth_discovery_handle(struct server_req *sr)
         oauth_reply_error(sr, OAUTH_EP_OTHER, OAUTH_ERR_SERVER_ERROR, NULL);
         return;
     }
+    doc = discovery_document(server_config);
+    add_request_object_metadata(doc, server_config->request_object_allow_rs256);
     server_req_add_header(sr, "Cache-Control", DISCOVERY_CACHE_CONTROL);
-    server_reply_json(sr, 200, discovery_document(server_config));
+    server_reply_json(sr, 200, doc);
 }
 
 void oauth_jwks_handle(struct server_req *sr)

@@ -101,6 +101,11 @@ struct oauth_client {
     /* x5t#S256 of the TLS client certificate the client authenticated with (RFC 8705),
      * or NULL for the other methods; its access tokens are bound to it. */
     char *cnf_x5t_s256;
+    /* Keys and algorithms for JWTs the client signs; NULL when not registered. */
+    char *jwks;     /* JSON text {"keys":[...]} */
+    char *jwks_uri; /* or the URL where the client publishes its keys */
+    char *token_endpoint_auth_signing_alg;
+    char *backchannel_authentication_request_signing_alg; /* ES256 | PS256 | RS256 */
 };
 
 void oauth_client_free(struct oauth_client *c);
@@ -188,6 +193,15 @@ int oauth_client_credentials_new(const struct oauth_client_auth_options *options
                                  size_t err_len) MUST_CHECK;
 /* Frees the strings, wiping the secret first. */
 void oauth_client_credentials_clear(struct oauth_client_credentials *c);
+
+/* Checks --request-signing-alg, the backchannel_authentication_request_signing_alg of a
+ * client whose credentials cred holds: ES256 or PS256, or RS256 with allow_rs256. The
+ * client needs public keys to verify its requests with, so cred must have jwks or
+ * jwks_uri, and every key of an inline jwks must be usable with the alg. Returns the
+ * static name of the alg, or NULL with a message for the operator in err. */
+const char *oauth_request_signing_alg_check(const char *alg,
+                                            const struct oauth_client_credentials *cred,
+                                            bool allow_rs256, char *err, size_t err_len);
 
 /* ---- JWS signing keys -------------------------------------------------------------- */
 
@@ -313,7 +327,7 @@ json_t *oauth_jws_verify_with(const struct oauth_jwk_set *set, const char *token
                               const char **reason);
 
 /* Clock difference tolerated on exp, nbf and iat of JWTs that others sign (client
- * assertions, login_hint_token), in seconds. */
+ * assertions, request objects, login_hint_token), in seconds. */
 #define OAUTH_JWT_SKEW_S 30
 
 /* Reads the NumericDate claim name (RFC 7519 section 2): a JSON number of seconds, which

@@ -155,6 +155,8 @@ static const struct setting settings[] = {
      "Header in which a TLS-terminating proxy passes the client certificate as URL-encoded PEM, such as X-Client-Cert"},
     {"trusted_proxies", "CIBAD_TRUSTED_PROXIES", SETTING_STRING, FIELD(trusted_proxies), NULL, 0, 0, false,
      "Comma-separated IP addresses whose tls_client_cert_header is believed; from any other peer it is ignored"},
+    {"request_object_allow_rs256", "CIBAD_REQUEST_OBJECT_ALLOW_RS256", SETTING_BOOL, FIELD(request_object_allow_rs256), "false", 0, 0, false,
+     "Accept RS256 signed authentication requests (the request parameter; FAPI allows only PS256 and ES256)"},
 };
 // clang-format on
 

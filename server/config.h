@@ -79,6 +79,7 @@ struct server_config {
     bool tls_request_client_cert; /* request, never require, a client certificate */
     char *tls_client_cert_header; /* client certificate from a TLS-terminating proxy */
     char *trusted_proxies;     /* comma-separated addresses allowed to send that header */
+    bool request_object_allow_rs256; /* accept RS256 in signed authentication requests */
 };
 // clang-format on
 

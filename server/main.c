@@ -323,6 +323,10 @@ static json_t *client_json(const struct storage_client *c)
                     c->tls_client_auth_san_email);
     json_object_set_new(out, "backchannel_user_code_parameter",
                         json_boolean(c->backchannel_user_code_parameter));
+    if (c->backchannel_authentication_request_signing_alg)
+        json_object_set_new(
+            out, "backchannel_authentication_request_signing_alg",
+            json_string(c->backchannel_authentication_request_signing_alg));
     return out;
 }
 
@@ -385,7 +389,7 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
     const char *name = NULL, *scope = NULL, *client_id = NULL, *method = NULL,
                *mode = NULL, *endpoint = NULL, *jwks = NULL, *jwks_uri = NULL,
                *signing_alg = NULL, *tls_dn = NULL, *tls_dns = NULL, *tls_uri = NULL,
-               *tls_ip = NULL, *tls_email = NULL;
+               *tls_ip = NULL, *tls_email = NULL, *request_alg = NULL;
     bool as_json = false, user_code = false;
     struct cli_opt opts[] = {
         {"--name", &name, NULL},
@@ -404,8 +408,10 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
         {"--tls-san-uri", &tls_uri, NULL},
         {"--tls-san-ip", &tls_ip, NULL},
         {"--tls-san-email", &tls_email, NULL},
+        {"--request-signing-alg", &request_alg, NULL},
     };
     char *scope_list = NULL, *id = NULL, err[512];
+    const char *request_alg_name = NULL;
     struct oauth_client_credentials cred = {0};
     struct storage_sync *s = NULL;
     int rc = parse_args(cli->cmd, argc, argv, opts, ARRAY_LEN(opts), NULL, 0);
@@ -443,6 +449,15 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
         fprintf(stderr, "cibad: %s\n", err);
         return EXIT_USAGE;
     }
+    if (request_alg) {
+        request_alg_name = oauth_request_signing_alg_check(
+            request_alg, &cred, cli->cfg.request_object_allow_rs256, err, sizeof(err));
+        if (!request_alg_name) {
+            fprintf(stderr, "cibad: %s\n", err);
+            oauth_client_credentials_clear(&cred);
+            return EXIT_USAGE;
+        }
+    }
     scope_list = scope_normalize(scope);
     if (!scope_list) {
         oauth_client_credentials_clear(&cred);
@@ -474,6 +489,7 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
         .tls_client_auth_san_uri = cred.tls_san_uri,
         .tls_client_auth_san_ip = cred.tls_san_ip,
         .tls_client_auth_san_email = cred.tls_san_email,
+        .backchannel_authentication_request_signing_alg = request_alg_name,
     };
     if (storage_sync_client_create(s, &c, err, sizeof(err)) != 0) {
         fprintf(stderr, "cibad: cannot create client %s: %s\n", id, err);
@@ -500,6 +516,9 @@ static int cmd_client_create(struct cli *cli, int argc, char **argv)
                         cred.tls_san_ip, cred.tls_san_email);
         json_object_set_new(out, "backchannel_user_code_parameter",
                             json_boolean(user_code));
+        if (request_alg_name)
+            json_object_set_new(out, "backchannel_authentication_request_signing_alg",
+                                json_string(request_alg_name));
         print_json(out);
     } else {
         printf("client_id:     %s\n", id);
@@ -1361,7 +1380,7 @@ static const struct command commands[] = {
      "         [--tls-subject-dn DN | --tls-san-dns NAME | --tls-san-uri URI | --tls-san-ip IP\n"
      "          | --tls-san-email ADDRESS]   (tls_client_auth: exactly one)\n"
      "         [--delivery-mode poll|ping|push [--notification-endpoint https://...]]\n"
-     "         [--user-code] [--json]",
+     "         [--user-code] [--request-signing-alg ES256|PS256|RS256] [--json]",
      "Register a client and print its secret, if it has one, once.", cmd_client_create},
     {"client", "list", "client list [--json]", "List the registered clients.", cmd_client_list},
     {"client", "show", "client show ID [--json]", "Show one client.", cmd_client_show},

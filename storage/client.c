@@ -14,7 +14,7 @@
     " jwks::text, jwks_uri, token_endpoint_auth_signing_alg, client_secret_sealed,"      \
     " backchannel_user_code_parameter, tls_client_auth_subject_dn,"                      \
     " tls_client_auth_san_dns, tls_client_auth_san_uri, tls_client_auth_san_ip,"         \
-    " tls_client_auth_san_email"
+    " tls_client_auth_san_email, backchannel_authentication_request_signing_alg"
 
 static void client_from_row(const PGresult *res, int row, struct storage_client *c)
 {
@@ -37,6 +37,7 @@ static void client_from_row(const PGresult *res, int row, struct storage_client 
     c->tls_client_auth_san_uri = storage_col_text(res, row, 16);
     c->tls_client_auth_san_ip = storage_col_text(res, row, 17);
     c->tls_client_auth_san_email = storage_col_text(res, row, 18);
+    c->backchannel_authentication_request_signing_alg = storage_col_text(res, row, 19);
 }
 
 /* ---- asynchronous lookup ----------------------------------------------------------- */
@@ -82,10 +83,11 @@ static const char sql_client_create[] =
     " grant_types, jwks, jwks_uri, token_endpoint_auth_signing_alg, client_secret_sealed,"
     " backchannel_user_code_parameter, tls_client_auth_subject_dn, "
     "tls_client_auth_san_dns,"
-    " tls_client_auth_san_uri, tls_client_auth_san_ip, tls_client_auth_san_email)"
+    " tls_client_auth_san_uri, tls_client_auth_san_ip, tls_client_auth_san_email,"
+    " backchannel_authentication_request_signing_alg)"
     " VALUES ($1, $2, $3, $4, $5, coalesce($6, 'poll'), $7,"
     " coalesce($8, 'urn:openid:params:grant-type:ciba'), $9::jsonb, $10, $11, $12, $13,"
-    " $14, $15, $16, $17, $18)";
+    " $14, $15, $16, $17, $18, $19)";
 
 /* Explains a rejected insert in words an operator can act on. */
 static void describe_client_error(const PGresult *res, char *err, size_t err_len)
@@ -132,6 +134,7 @@ int storage_sync_client_create(struct storage_sync *s, const struct storage_clie
     storage_param_text(&p, c->tls_client_auth_san_uri);
     storage_param_text(&p, c->tls_client_auth_san_ip);
     storage_param_text(&p, c->tls_client_auth_san_email);
+    storage_param_text(&p, c->backchannel_authentication_request_signing_alg);
     res = storage_sync_exec(s, sql_client_create, &p);
     if (storage_status_of(res) != STORAGE_OK) {
         describe_client_error(res, err, err_len);

@@ -95,6 +95,9 @@ struct storage_client {
     const char *tls_client_auth_san_uri;
     const char *tls_client_auth_san_ip; /* IPv4 or IPv6 text, as inet_ntop writes it */
     const char *tls_client_auth_san_email;
+    /* The JWS alg of the client's signed authentication requests (ES256 | PS256 |
+     * RS256), or NULL when it registered none. */
+    const char *backchannel_authentication_request_signing_alg;
 };
 
 typedef void (*storage_client_cb)(void *arg, enum storage_status status,
@@ -120,6 +123,21 @@ typedef void (*storage_count_cb)(void *arg, enum storage_status status, int coun
 /* Deletes up to 1000 recorded jti values whose assertion has expired. */
 int storage_client_assertion_purge(struct storage_conn *db, storage_count_cb cb,
                                    void *arg) MUST_CHECK;
+
+/* ---- request objects -------------------------------------------------------------- */
+
+/* Records the jti of a signed authentication request (the request parameter of CIBA
+ * Core 1.0 section 7.1.1) as used until expires_at (Unix seconds), with the same
+ * contract as storage_client_assertion_record: STORAGE_OK when it was not used before
+ * (or only by a request object that has expired since), STORAGE_CONFLICT for a replay.
+ * The values are kept apart from client assertion jti values. */
+int storage_request_object_record(struct storage_conn *db, const char *client_id,
+                                  const char *jti, int64_t expires_at, storage_done_cb cb,
+                                  void *arg) MUST_CHECK;
+
+/* Deletes up to 1000 recorded request object jti values that have expired. */
+int storage_request_object_purge(struct storage_conn *db, storage_count_cb cb,
+                                 void *arg) MUST_CHECK;
 
 /* ---- users ------------------------------------------------------------------------ */
 
@@ -470,6 +488,7 @@ struct storage_client_new {
     const char *tls_client_auth_san_uri;
     const char *tls_client_auth_san_ip;
     const char *tls_client_auth_san_email;
+    const char *backchannel_authentication_request_signing_alg; /* may be NULL */
 };
 
 /* Returns 0, or -1 (with err) for a duplicate client_id or any failure. */

@@ -71,6 +71,7 @@ struct test_client {
     /* private_key_jwt clients: */
     struct evp_pkey_st *key;
     const char *kid;
+    const char *alg; /* the key's JWS alg; NULL means ES256 */
 };
 
 struct test_user {
@@ -5395,6 +5396,846 @@ START_TEST(lht_issuer_cli)
 }
 END_TEST
 
+/* ---- 15. signed authentication requests (the request parameter) -------------------- */
+
+static struct test_client ro_es;    /* ES256 key "e1", request signing alg ES256 */
+static struct test_client ro_ps;    /* RSA key "r1", PS256 for both */
+static struct test_client ro_other; /* another ES256 client, key "o1" */
+static struct test_client ro_plain; /* private_key_jwt "p1", no request signing alg */
+static struct test_client ro_uri;   /* jwks_uri with "u1" (EC) and "u2" (RSA), PS256 */
+static EVP_PKEY *ro_uri_rsa;        /* the "u2" key of ro_uri */
+
+/* Registers a private_key_jwt client with an inline key (P-256, or RSA when rsa), and
+ * with request_alg as its backchannel_authentication_request_signing_alg unless NULL. */
+static void create_signing_client(struct test_client *c, const char *name,
+                                  const char *kid, bool rsa, const char *request_alg)
+{
+    char *jwks;
+    json_t *out;
+
+    c->key = rsa ? e2e_rsa_key_new(2048) : e2e_key_new();
+    ck_assert_ptr_nonnull(c->key);
+    c->kid = util_strdup(kid);
+    c->alg = rsa ? "PS256" : "ES256";
+    jwks = e2e_jwks_text(&c->key, &kid, 1);
+    if (request_alg)
+        out = e2e_cli_json(&srv, "client", "create", "--name", name, "--scope", SCOPE,
+                           "--auth-method", "private_key_jwt", "--jwks", jwks,
+                           "--request-signing-alg", request_alg, "--json", NULL);
+    else
+        out = e2e_cli_json(&srv, "client", "create", "--name", name, "--scope", SCOPE,
+                           "--auth-method", "private_key_jwt", "--jwks", jwks, "--json",
+                           NULL);
+    ck_assert_msg(out != NULL, "client create %s printed no JSON", name);
+    ck_assert_msg(jstr(out, "client_id") != NULL, "client create: no client_id");
+    if (request_alg)
+        ck_assert_str_eq(jstr(out, "backchannel_authentication_request_signing_alg"),
+                         request_alg);
+    else
+        ck_assert_ptr_null(jstr(out, "backchannel_authentication_request_signing_alg"));
+    c->client_id = util_strdup(jstr(out, "client_id"));
+    c->name = util_strdup(name);
+    json_decref(out);
+    free(jwks);
+}
+
+static void setup_request_object(void)
+{
+    static const char *const extra[] = {
+        "CIBAD_JWKS_URI_ALLOW_HTTP_LOOPBACK=true",
+        "CIBAD_JWKS_URI_TIMEOUT_MS=500",
+        "CIBAD_JWKS_URI_REFETCH_SECONDS=1",
+        NULL,
+    };
+    EVP_PKEY *keys[2];
+    char *url, *doc;
+    json_t *out;
+
+    prepare_instance(extra);
+    create_signing_client(&ro_es, "Signing Agent ES", "e1", false, "ES256");
+    create_signing_client(&ro_ps, "Signing Agent PS", "r1", true, "PS256");
+    create_signing_client(&ro_other, "Other Signing Agent", "o1", false, "ES256");
+    create_signing_client(&ro_plain, "Plain Key Agent", "p1", false, NULL);
+
+    /* ro_uri authenticates with its EC key and signs requests with its RSA key. */
+    jwks_mock = mock_http_start(NULL, NULL);
+    ck_assert_msg(jwks_mock != NULL, "the JWKS mock did not start");
+    url = mock_http_url(jwks_mock, "127.0.0.1", "/agent/jwks.json");
+    ro_uri.key = e2e_key_new();
+    ro_uri.kid = util_strdup("u1");
+    ro_uri.alg = "ES256";
+    ro_uri_rsa = e2e_rsa_key_new(2048);
+    keys[0] = ro_uri.key;
+    keys[1] = ro_uri_rsa;
+    doc = e2e_jwks_text(keys, (const char *const[]){"u1", "u2"}, 2);
+    mock_http_set_default(jwks_mock, 200, doc);
+    out = e2e_cli_json(&srv, "client", "create", "--name", "Key URL Signer", "--scope",
+                       SCOPE, "--auth-method", "private_key_jwt", "--jwks-uri", url,
+                       "--auth-signing-alg", "ES256", "--request-signing-alg", "PS256",
+                       "--json", NULL);
+    ck_assert_msg(out != NULL, "client create with --jwks-uri and PS256 failed");
+    ro_uri.client_id = util_strdup(jstr(out, "client_id"));
+    ro_uri.name = util_strdup("Key URL Signer");
+    json_decref(out);
+    free(doc);
+    free(url);
+    start_server();
+}
+
+static void teardown_request_object(void)
+{
+    teardown_instance();
+    mock_http_free(jwks_mock);
+    jwks_mock = NULL;
+    EVP_PKEY_free(ro_uri_rsa);
+}
+
+/* Signs claims (JSON text) with key under the header {"alg", "kid"}; kid may be NULL. */
+static char *sign_claims(EVP_PKEY *key, const char *alg, const char *kid,
+                         const char *claims)
+{
+    json_t *header = kid ? json_pack("{s:s, s:s}", "alg", alg, "kid", kid)
+                         : json_pack("{s:s}", "alg", alg);
+    char *header_text = json_dumps(header, JSON_COMPACT);
+    char *token = e2e_jws_sign(key, header_text, claims);
+
+    ck_assert_ptr_nonnull(token);
+    json_decref(header);
+    free(header_text);
+    return token;
+}
+
+/* A client assertion of c for the backchannel endpoint, signed with its alg. */
+static char *assertion_of(const struct test_client *c)
+{
+    time_t now = time(NULL);
+    char *jti = util_random_token(16);
+    json_t *claims = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s}", "iss", c->client_id,
+                               "sub", c->client_id, "aud", srv.issuer, "iat",
+                               (json_int_t)now, "exp", (json_int_t)now + 60, "jti", jti);
+    char *text = json_dumps(claims, JSON_COMPACT);
+    char *token = sign_claims(c->key, c->alg ? c->alg : "ES256", c->kid, text);
+
+    remember_secret("a client assertion", token);
+    json_decref(claims);
+    free(text);
+    free(jti);
+    return token;
+}
+
+/* The claims of a request object of c as JSON text: iss c, aud the issuer, iat and nbf
+ * now, exp now + 300, a fresh jti, scope, login_hint u1 and a binding message. changes
+ * is NULL or a JSON object text whose members replace claims, a null member removing
+ * one. */
+static char *ro_claims(const struct test_client *c, const char *changes)
+{
+    time_t now = time(NULL);
+    char *jti = util_random_token(16);
+    json_t *claims =
+        json_pack("{s:s, s:s, s:I, s:I, s:I, s:s, s:s, s:s, s:s}", "iss", c->client_id,
+                  "aud", srv.issuer, "iat", (json_int_t)now, "nbf", (json_int_t)now,
+                  "exp", (json_int_t)now + 300, "jti", jti, "scope", SCOPE, "login_hint",
+                  u1.phone, "binding_message", "Signed 1234");
+    json_t *edit = changes ? json_loads(changes, JSON_ALLOW_NUL, NULL) : NULL;
+    const char *name;
+    json_t *value;
+    char *text;
+
+    ck_assert_msg(!changes || edit, "bad changes in the test: %s", changes);
+    json_object_foreach(edit, name, value)
+    {
+        if (json_is_null(value))
+            json_object_del(claims, name);
+        else
+            json_object_set(claims, name, value);
+    }
+    text = json_dumps(claims, JSON_COMPACT);
+    json_decref(claims);
+    json_decref(edit);
+    free(jti);
+    return text;
+}
+
+/* A request object of c signed with its own key and alg (see ro_claims). */
+static char *request_object(const struct test_client *c, const char *changes)
+{
+    char *claims = ro_claims(c, changes);
+    char *token = sign_claims(c->key, c->alg, c->kid, claims);
+
+    free(claims);
+    return token;
+}
+
+/* POSTs request (not freed) to /bc-authorize as c, authenticated by a new assertion,
+ * with more form fields from extra (NULL-terminated name, value pairs) when not NULL. */
+static struct e2e_response bc_signed(const struct test_client *c, const char *request,
+                                     const char *const *extra)
+{
+    char *assertion = assertion_of(c);
+    char *form = request ? e2e_form("request", request, NULL) : util_strdup("");
+    struct e2e_response r;
+
+    for (size_t i = 0; extra && extra[i]; i += 2) {
+        char *pair = e2e_form(extra[i], extra[i + 1], NULL);
+        char *joined = util_asprintf("%s%s%s", form, *form ? "&" : "", pair);
+
+        free(form);
+        free(pair);
+        form = joined;
+    }
+    r = post_assertion("/bc-authorize", form, assertion);
+    free(assertion);
+    return r;
+}
+
+/* Sends request (freed here) as c and expects 400 invalid_request. */
+static void expect_ro_rejected(const struct test_client *c, char *request,
+                               const char *what)
+{
+    struct e2e_response r = bc_signed(c, request, NULL);
+
+    ck_assert_msg(r.status == 400, "%s: status %d, body %s", what, r.status, r.body);
+    assert_error(&r, 400, "invalid_request");
+    e2e_response_free(&r);
+    free(request);
+}
+
+/* Sends request (freed here) as c, expects 200 and returns expires_in. */
+static json_int_t expect_ro_accepted(const struct test_client *c, char *request,
+                                     const char *what)
+{
+    struct e2e_response r = bc_signed(c, request, NULL);
+    json_t *body = e2e_json(&r);
+    json_int_t expires_in;
+
+    ck_assert_msg(r.status == 200, "%s: status %d, body %s", what, r.status, r.body);
+    remember_secret("an auth_req_id", jstr(body, "auth_req_id"));
+    expires_in = json_integer_value(json_object_get(body, "expires_in"));
+    json_decref(body);
+    e2e_response_free(&r);
+    free(request);
+    return expires_in;
+}
+
+/* Runs the whole poll flow with a signed request of c: the SMS must show the binding
+ * message from inside the request object, and the tokens must be issued. */
+static void signed_flow(const struct test_client *c)
+{
+    size_t sent_before = mock_http_count(sink);
+    char *request = request_object(c, "{\"binding_message\":\"Signed pay 77\"}");
+    struct e2e_response r = bc_signed(c, request, NULL);
+    json_t *body = e2e_json(&r);
+    char *id, *assertion, *access_token;
+    struct sms sms;
+
+    ck_assert_msg(r.status == 200, "signed bc-authorize: %d %s", r.status, r.body);
+    id = util_strdup(jstr(body, "auth_req_id"));
+    remember_secret("an auth_req_id", id);
+    ck_assert_int_eq(json_integer_value(json_object_get(body, "expires_in")), 300);
+    json_decref(body);
+    e2e_response_free(&r);
+
+    wait_sms(sent_before, &sms);
+    ck_assert_str_eq(sms.to, u1.phone);
+    ck_assert_msg(strstr(sms.text, "Signed pay 77"),
+                  "the SMS lacks the signed binding message: %s", sms.text);
+    r = enter_code(sms.ref, sms.code);
+    ck_assert_msg(body_has(&r, "Approved"), "page after the right code: %s", r.body);
+    e2e_response_free(&r);
+
+    assertion = assertion_of(c);
+    r = post_assertion(
+        "/token", e2e_form("grant_type", CIBA_GRANT, "auth_req_id", id, NULL), assertion);
+    access_token = check_token_reply(&r, c->client_id, id);
+    e2e_response_free(&r);
+    free(assertion);
+    free(access_token);
+    free(request);
+    sms_free(&sms);
+    free(id);
+}
+
+START_TEST(ro_es256_flow_completes)
+{
+    signed_flow(&ro_es);
+}
+END_TEST
+
+START_TEST(ro_ps256_flow_completes)
+{
+    signed_flow(&ro_ps);
+}
+END_TEST
+
+START_TEST(ro_requested_expiry_string_or_number)
+{
+    ck_assert_int_eq(expect_ro_accepted(
+                         &ro_es, request_object(&ro_es, "{\"requested_expiry\":\"30\"}"),
+                         "requested_expiry as a string"),
+                     30);
+    ck_assert_int_eq(
+        expect_ro_accepted(&ro_es, request_object(&ro_es, "{\"requested_expiry\":45}"),
+                           "requested_expiry as a number"),
+        45);
+    expect_ro_rejected(&ro_es, request_object(&ro_es, "{\"requested_expiry\":1.5}"),
+                       "requested_expiry 1.5");
+    expect_ro_rejected(&ro_es, request_object(&ro_es, "{\"requested_expiry\":-5}"),
+                       "requested_expiry -5");
+    expect_ro_rejected(&ro_es, request_object(&ro_es, "{\"requested_expiry\":\"abc\"}"),
+                       "requested_expiry abc");
+    expect_ro_rejected(&ro_es, request_object(&ro_es, "{\"requested_expiry\":[30]}"),
+                       "requested_expiry array");
+    expect_ro_rejected(&ro_es, request_object(&ro_es, "{\"requested_expiry\":true}"),
+                       "requested_expiry true");
+}
+END_TEST
+
+/* The parameters inside a request object meet the same checks as form fields. */
+START_TEST(ro_parameters_validated_like_form)
+{
+    static const struct {
+        const char *changes, *error, *what;
+    } cases[] = {
+        {"{\"scope\":null}", "invalid_request", "no scope"},
+        {"{\"scope\":\"payments\"}", "invalid_scope", "scope without openid"},
+        {"{\"scope\":\"openid admin\"}", "invalid_scope", "scope not allowed"},
+        {"{\"login_hint\":null}", "invalid_request", "no hint"},
+        {"{\"id_token_hint\":\"x.y.z\"}", "invalid_request", "two hints"},
+        {"{\"login_hint\":{\"phone\":\"x\"}}", "invalid_request", "hint as an object"},
+        {"{\"login_hint\":12345}", "invalid_request", "hint as a number"},
+        {"{\"login_hint\":\"a\\u0000b\"}", "invalid_request", "hint with NUL"},
+        {"{\"login_hint\":\"+15550199999\"}", "unknown_user_id", "unknown user"},
+        {"{\"binding_message\":\"a\\u0007b\"}", "invalid_binding_message",
+         "control character in binding_message"},
+    };
+
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        char *request = request_object(&ro_es, cases[i].changes);
+        struct e2e_response r = bc_signed(&ro_es, request, NULL);
+
+        ck_assert_msg(r.status == 400, "%s: status %d, body %s", cases[i].what, r.status,
+                      r.body);
+        ck_assert_msg(strstr(r.body, cases[i].error), "%s: body %s", cases[i].what,
+                      r.body);
+        assert_error(&r, 400, cases[i].error);
+        e2e_response_free(&r);
+        free(request);
+    }
+}
+END_TEST
+
+START_TEST(ro_bad_claims_rejected)
+{
+    time_t now = time(NULL);
+    char changes[160];
+    static const char *const removed[] = {"exp", "iat", "nbf", "jti", "aud", "iss"};
+
+    for (size_t i = 0; i < ARRAY_LEN(removed); i++) {
+        snprintf(changes, sizeof(changes), "{\"%s\":null}", removed[i]);
+        expect_ro_rejected(&ro_es, request_object(&ro_es, changes), removed[i]);
+    }
+    snprintf(changes, sizeof(changes), "{\"exp\":%lld}", (long long)now - 60);
+    expect_ro_rejected(&ro_es, request_object(&ro_es, changes), "expired exp");
+    snprintf(changes, sizeof(changes), "{\"exp\":\"%lld\"}", (long long)now + 300);
+    expect_ro_rejected(&ro_es, request_object(&ro_es, changes), "exp as a string");
+    snprintf(changes, sizeof(changes), "{\"nbf\":%lld,\"exp\":%lld}",
+             (long long)now + 600, (long long)now + 900);
+    expect_ro_rejected(&ro_es, request_object(&ro_es, changes), "nbf 10 min ahead");
+    snprintf(changes, sizeof(changes), "{\"exp\":%lld}", (long long)now + 70 * 60);
+    expect_ro_rejected(&ro_es, request_object(&ro_es, changes), "exp 70 min ahead");
+    snprintf(changes, sizeof(changes), "{\"nbf\":%lld,\"iat\":%lld}",
+             (long long)now - 70 * 60, (long long)now - 70 * 60);
+    expect_ro_rejected(&ro_es, request_object(&ro_es, changes), "nbf 70 min ago");
+    snprintf(changes, sizeof(changes), "{\"iat\":%lld}", (long long)now + 600);
+    expect_ro_rejected(&ro_es, request_object(&ro_es, changes), "iat in the future");
+    expect_ro_rejected(&ro_es, request_object(&ro_es, "{\"jti\":\"\"}"), "empty jti");
+    expect_ro_rejected(&ro_es, request_object(&ro_es, "{\"jti\":42}"), "jti a number");
+    expect_ro_rejected(&ro_es,
+                       request_object(&ro_es, "{\"aud\":\"https://other.example\"}"),
+                       "wrong aud");
+    snprintf(changes, sizeof(changes), "{\"aud\":\"%s/token\"}", srv.issuer);
+    expect_ro_rejected(&ro_es, request_object(&ro_es, changes), "aud token endpoint");
+    snprintf(changes, sizeof(changes), "{\"iss\":\"%s\"}", ro_other.client_id);
+    expect_ro_rejected(&ro_es, request_object(&ro_es, changes), "iss another client");
+    snprintf(changes, sizeof(changes), "{\"client_id\":\"%s\"}", ro_other.client_id);
+    expect_ro_rejected(&ro_es, request_object(&ro_es, changes), "client_id claim");
+    expect_ro_rejected(
+        &ro_es, request_object(&ro_es, "{\"request_uri\":\"https://x.example/r\"}"),
+        "request_uri inside");
+    expect_ro_rejected(&ro_es, request_object(&ro_es, "{\"request\":\"a.b.c\"}"),
+                       "request inside");
+
+    /* The log says why, the reply carries no secret. */
+    {
+        char *log = e2e_server_log(&srv);
+
+        ck_assert_msg(
+            strstr(log, "request object rejected: the request object has expired"),
+            "the log does not say why the expired request object failed");
+        free(log);
+    }
+}
+END_TEST
+
+START_TEST(ro_aud_and_time_forms_accepted)
+{
+    time_t now = time(NULL);
+    char changes[200];
+
+    snprintf(changes, sizeof(changes), "{\"aud\":\"%s/bc-authorize\"}", srv.issuer);
+    expect_ro_accepted(&ro_es, request_object(&ro_es, changes), "aud backchannel URL");
+    snprintf(changes, sizeof(changes), "{\"aud\":[\"https://other.example\",\"%s\"]}",
+             srv.issuer);
+    expect_ro_accepted(&ro_es, request_object(&ro_es, changes), "aud array");
+    snprintf(changes, sizeof(changes), "{\"client_id\":\"%s\"}", ro_es.client_id);
+    expect_ro_accepted(&ro_es, request_object(&ro_es, changes), "matching client_id");
+    /* Exactly 60 minutes of lifetime, and times with fractions. */
+    snprintf(changes, sizeof(changes), "{\"nbf\":%lld,\"exp\":%lld}", (long long)now - 60,
+             (long long)now + 3540);
+    expect_ro_accepted(&ro_es, request_object(&ro_es, changes), "60 minutes");
+    snprintf(changes, sizeof(changes), "{\"iat\":%lld.5,\"exp\":%lld.25}", (long long)now,
+             (long long)now + 100);
+    expect_ro_accepted(&ro_es, request_object(&ro_es, changes), "fractional times");
+    /* Within the clock skew. */
+    snprintf(changes, sizeof(changes), "{\"nbf\":%lld,\"iat\":%lld}", (long long)now + 10,
+             (long long)now + 10);
+    expect_ro_accepted(&ro_es, request_object(&ro_es, changes), "nbf 10 s ahead");
+}
+END_TEST
+
+/* Replaces the signature of a compact JWS with an HS256 MAC under key. */
+static char *hs256_resign(const char *token, const char *kid, const char *key)
+{
+    const char *dot1 = strchr(token, '.');
+    const char *dot2 = strrchr(token, '.');
+    json_t *header = json_pack("{s:s, s:s}", "alg", "HS256", "kid", kid);
+    char *header_text = json_dumps(header, JSON_COMPACT);
+    char *h = util_b64url_encode_new(header_text, strlen(header_text));
+    char *payload = util_strndup(dot1 + 1, (size_t)(dot2 - dot1 - 1));
+    char *input = util_asprintf("%s.%s", h, payload);
+    unsigned char mac[32];
+    char *sig, *out;
+
+    util_hmac_sha256(key, strlen(key), input, strlen(input), mac);
+    sig = util_b64url_encode_new(mac, sizeof(mac));
+    out = util_asprintf("%s.%s", input, sig);
+    json_decref(header);
+    free(header_text);
+    free(h);
+    free(payload);
+    free(input);
+    free(sig);
+    return out;
+}
+
+START_TEST(ro_bad_signatures_rejected)
+{
+    char *claims = ro_claims(&ro_es, NULL);
+    char *jwks = e2e_jwks_text(&ro_es.key, (const char *const[]){"e1"}, 1);
+    char *good = sign_claims(ro_es.key, "ES256", "e1", claims);
+    EVP_PKEY *p384 = e2e_ec_key_new("P-384");
+    EVP_PKEY *stray = e2e_key_new();
+    char *header_none, *token;
+    size_t len;
+
+    /* Another client's key, under its own kid and under ours. */
+    expect_ro_rejected(&ro_es, sign_claims(ro_other.key, "ES256", "o1", claims),
+                       "signed by another client");
+    expect_ro_rejected(&ro_es, sign_claims(ro_other.key, "ES256", "e1", claims),
+                       "another client's key under our kid");
+    expect_ro_rejected(&ro_es, sign_claims(stray, "ES256", "e9", claims), "unknown kid");
+    /* A P-384 key: the signature is 96 bytes. */
+    expect_ro_rejected(&ro_es, sign_claims(p384, "ES256", "e1", claims),
+                       "key of the wrong curve");
+    expect_ro_rejected(&ro_es, sign_claims(p384, "ES384", "e1", claims),
+                       "ES384 with the wrong curve");
+    /* alg none: no signature, and an ES256 signature under "none". */
+    header_none = util_b64url_encode_new("{\"alg\":\"none\"}", 13);
+    {
+        char *c64 = util_b64url_encode_new(claims, strlen(claims));
+
+        expect_ro_rejected(&ro_es, util_asprintf("%s.%s.", header_none, c64),
+                           "alg none, empty signature");
+        free(c64);
+    }
+    expect_ro_rejected(&ro_es, sign_claims(ro_es.key, "none", "e1", claims),
+                       "alg none with a signature");
+    /* HS256 keyed with the client's public JWKS text, which anyone may know. */
+    expect_ro_rejected(&ro_es, hs256_resign(good, "e1", jwks),
+                       "HS256 keyed with the public key");
+    /* The same with cibad's own published JWKS and the kid of its signing key. */
+    {
+        json_t *server_jwks = fetch_jwks();
+        char *server_text = json_dumps(server_jwks, JSON_COMPACT);
+        const char *server_kid = json_string_value(json_object_get(
+            json_array_get(json_object_get(server_jwks, "keys"), 0), "kid"));
+
+        ck_assert_ptr_nonnull(server_kid);
+        expect_ro_rejected(&ro_es, hs256_resign(good, server_kid, server_text),
+                           "HS256 keyed with the server's JWKS");
+        expect_ro_rejected(&ro_es, hs256_resign(good, "e1", server_text),
+                           "HS256 keyed with the server's JWKS, client kid");
+        free(server_text);
+        json_decref(server_jwks);
+    }
+    /* PS256 client: RS256 and ES256 are not its registered alg. */
+    expect_ro_rejected(&ro_ps, sign_claims(ro_ps.key, "RS256", "r1", claims),
+                       "RS256 with the PS256 key");
+    expect_ro_rejected(&ro_ps, sign_claims(stray, "ES256", "r1", claims),
+                       "ES256 under the PS256 kid");
+    /* One signature character changed. */
+    token = util_strdup(good);
+    len = strlen(token);
+    token[len - 5] = token[len - 5] == 'A' ? 'B' : 'A';
+    expect_ro_rejected(&ro_es, token, "corrupted signature");
+    /* The untouched token passes, so the cases above failed for their own reason. */
+    expect_ro_accepted(&ro_es, good, "the good token");
+
+    EVP_PKEY_free(p384);
+    EVP_PKEY_free(stray);
+    free(header_none);
+    free(claims);
+    free(jwks);
+}
+END_TEST
+
+START_TEST(ro_replayed_jti_rejected)
+{
+    char *request = request_object(&ro_es, "{\"jti\":\"fixed-jti-1\"}");
+    struct e2e_response r = bc_signed(&ro_es, request, NULL);
+
+    ck_assert_msg(r.status == 200, "first use: %d %s", r.status, r.body);
+    remember_auth_req_id(&r);
+    e2e_response_free(&r);
+    expect_ro_rejected(&ro_es, request, "the same request object again");
+    /* A new request object that reuses the jti. */
+    expect_ro_rejected(&ro_es,
+                       request_object(&ro_es,
+                                      "{\"jti\":\"fixed-jti-1\",\"binding_message\":"
+                                      "\"other\"}"),
+                       "a reused jti");
+    /* The jti is per client. */
+    expect_ro_accepted(&ro_other, request_object(&ro_other, "{\"jti\":\"fixed-jti-1\"}"),
+                       "the same jti from another client");
+}
+END_TEST
+
+START_TEST(ro_unsigned_from_signing_client_rejected)
+{
+    char *form = e2e_form("scope", SCOPE, "login_hint", u1.phone, NULL);
+    char *assertion = assertion_of(&ro_es);
+    struct e2e_response r = post_assertion("/bc-authorize", form, assertion);
+
+    assert_error(&r, 400, "invalid_request");
+    ck_assert_msg(strstr(r.body, "sign"), "the description does not say to sign: %s",
+                  r.body);
+    e2e_response_free(&r);
+    free(assertion);
+
+    /* A client without a registered alg may send either. */
+    assertion = assertion_of(&ro_plain);
+    r = post_assertion("/bc-authorize",
+                       e2e_form("scope", SCOPE, "login_hint", u1.phone, NULL), assertion);
+    ck_assert_msg(r.status == 200, "unsigned from a plain client: %d %s", r.status,
+                  r.body);
+    remember_auth_req_id(&r);
+    e2e_response_free(&r);
+    free(assertion);
+    expect_ro_accepted(&ro_plain, request_object(&ro_plain, NULL),
+                       "signed by a client without a registered alg");
+
+    /* A secret client has no keys to sign with. */
+    {
+        char *request = request_object(&ro_plain, NULL);
+
+        r = bc_authorize(&c1, e2e_form("request", request, NULL));
+        assert_error(&r, 400, "invalid_request");
+        e2e_response_free(&r);
+        free(request);
+    }
+}
+END_TEST
+
+START_TEST(ro_parameters_outside_rejected)
+{
+    static const char *const names[] = {
+        "scope",
+        "client_notification_token",
+        "acr_values",
+        "login_hint_token",
+        "id_token_hint",
+        "login_hint",
+        "binding_message",
+        "user_code",
+        "requested_expiry",
+        "authorization_details",
+        "request_context",
+    };
+    struct e2e_response r;
+
+    for (size_t i = 0; i < ARRAY_LEN(names); i++) {
+        char *request = request_object(&ro_es, NULL);
+        const char *extra[] = {names[i], "1", NULL};
+
+        r = bc_signed(&ro_es, request, extra);
+        ck_assert_msg(r.status == 400, "%s outside: status %d, body %s", names[i],
+                      r.status, r.body);
+        assert_error(&r, 400, "invalid_request");
+        e2e_response_free(&r);
+        free(request);
+    }
+
+    /* request twice, and request_uri. */
+    {
+        char *request = request_object(&ro_es, NULL);
+        const char *twice[] = {"request", request, NULL};
+        const char *uri[] = {"request_uri", "https://agent.example/ro", NULL};
+
+        r = bc_signed(&ro_es, request, twice);
+        assert_error(&r, 400, "invalid_request");
+        e2e_response_free(&r);
+        r = bc_signed(&ro_es, request, uri);
+        assert_error(&r, 400, "invalid_request");
+        e2e_response_free(&r);
+        r = bc_signed(&ro_es, NULL, uri);
+        assert_error(&r, 400, "invalid_request");
+        e2e_response_free(&r);
+        /* The rejections did not use up its jti. */
+        expect_ro_accepted(&ro_es, request, "the request object after the rejections");
+    }
+}
+END_TEST
+
+START_TEST(ro_malformed_rejected)
+{
+    char *claims = ro_claims(&ro_es, NULL);
+    char *big, *token;
+
+    expect_ro_rejected(
+        &ro_es, util_strdup("eyJhbGciOiJSU0EtT0FFUCIsImVuYyI6IkEyNTZHQ00ifQ.a.b.c.d"),
+        "encrypted (five parts)");
+    expect_ro_rejected(&ro_es, util_strdup("a.b!.c"), "bad base64url");
+    expect_ro_rejected(&ro_es, util_strdup("abc.def"), "two parts");
+    expect_ro_rejected(&ro_es, util_strdup("not a jwt"), "not a JWT");
+    expect_ro_rejected(&ro_es, util_strdup("a==.b.c"), "padding");
+    expect_ro_rejected(&ro_es, sign_claims(ro_es.key, "ES256", "e1", "not json"),
+                       "payload not JSON");
+    expect_ro_rejected(&ro_es, sign_claims(ro_es.key, "ES256", "e1", "[1,2]"),
+                       "payload not an object");
+    expect_ro_rejected(
+        &ro_es, sign_claims(ro_es.key, "ES256", "e1", "{\"iss\":\"a\",\"iss\":\"b\"}"),
+        "duplicate claims");
+    /* Oversized: a long claim makes the token pass 16384 characters. */
+    big = util_malloc(20001);
+    memset(big, 'x', 20000);
+    big[20000] = '\0';
+    {
+        char *changes = util_asprintf("{\"acr_values\":\"%s\"}", big);
+
+        expect_ro_rejected(&ro_es, request_object(&ro_es, changes), "oversized");
+        free(changes);
+    }
+    token = sign_claims(ro_es.key, "ES256", "e1", claims);
+    expect_ro_accepted(&ro_es, token, "the well-formed token");
+    assert_server_healthy("malformed request objects");
+    free(big);
+    free(claims);
+}
+END_TEST
+
+START_TEST(ro_jwks_uri_keys_by_alg)
+{
+    char *claims = ro_claims(&ro_uri, NULL);
+
+    /* Registered PS256: the RSA key verifies, the EC key of the same set does not. */
+    expect_ro_accepted(&ro_uri, sign_claims(ro_uri_rsa, "PS256", "u2", claims),
+                       "PS256 with the published RSA key");
+    free(claims);
+    claims = ro_claims(&ro_uri, NULL);
+    expect_ro_rejected(&ro_uri, sign_claims(ro_uri.key, "ES256", "u1", claims),
+                       "ES256 with the published EC key");
+    free(claims);
+    claims = ro_claims(&ro_uri, NULL);
+    expect_ro_rejected(&ro_uri, sign_claims(ro_uri_rsa, "RS256", "u2", claims),
+                       "RS256 with the published RSA key");
+    ck_assert_msg(mock_http_count(jwks_mock) >= 1, "the jwks_uri was never fetched");
+    free(claims);
+}
+END_TEST
+
+START_TEST(ro_registration_checks)
+{
+    EVP_PKEY *ec = e2e_key_new();
+    char *jwks = e2e_jwks_text(&ec, (const char *const[]){"k1"}, 1);
+    char *out = NULL;
+    json_t *shown;
+
+    /* No keys: a secret client. */
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "client", "create", "--name", "X", "--scope",
+                             SCOPE, "--request-signing-alg", "ES256", NULL),
+                     2);
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "client", "create", "--name", "X", "--scope",
+                             SCOPE, "--auth-method", "client_secret_jwt",
+                             "--request-signing-alg", "ES256", NULL),
+                     2);
+    /* Algorithms never accepted, and RS256 without the setting. */
+    static const char *const bad_algs[] = {"HS256", "none",  "es256",
+                                           "ES384", "RS256", ""};
+    for (size_t i = 0; i < ARRAY_LEN(bad_algs); i++)
+        ck_assert_msg(e2e_cli(&srv, NULL, "client", "create", "--name", "X", "--scope",
+                              SCOPE, "--auth-method", "private_key_jwt", "--jwks", jwks,
+                              "--request-signing-alg", bad_algs[i], NULL) == 2,
+                      "--request-signing-alg \"%s\" accepted", bad_algs[i]);
+    /* The inline EC key cannot verify PS256. */
+    ck_assert_int_eq(e2e_cli(&srv, NULL, "client", "create", "--name", "X", "--scope",
+                             SCOPE, "--auth-method", "private_key_jwt", "--jwks", jwks,
+                             "--request-signing-alg", "PS256", NULL),
+                     2);
+
+    /* client show prints the alg; a client without one does not list it. */
+    ck_assert_int_eq(
+        e2e_cli(&srv, &out, "client", "show", ro_ps.client_id, "--json", NULL), 0);
+    shown = json_loads(out, 0, NULL);
+    ck_assert_ptr_nonnull(shown);
+    ck_assert_str_eq(jstr(shown, "backchannel_authentication_request_signing_alg"),
+                     "PS256");
+    json_decref(shown);
+    free(out);
+    out = NULL;
+    ck_assert_int_eq(e2e_cli(&srv, &out, "client", "show", ro_es.client_id, NULL), 0);
+    ck_assert_msg(strstr(out, "backchannel_authentication_request_signing_alg") &&
+                      strstr(out, "ES256"),
+                  "client show lacks the request signing alg: %s", out);
+    free(out);
+    out = NULL;
+    ck_assert_int_eq(e2e_cli(&srv, &out, "client", "show", c1.client_id, NULL), 0);
+    ck_assert_msg(!strstr(out, "backchannel_authentication_request_signing_alg"),
+                  "a client without the alg shows one: %s", out);
+    free(out);
+    free(jwks);
+    EVP_PKEY_free(ec);
+}
+END_TEST
+
+START_TEST(ro_discovery_lists_algs)
+{
+    json_t *doc = fetch_metadata("/.well-known/openid-configuration");
+    const json_t *algs = json_object_get(
+        doc, "backchannel_authentication_request_signing_alg_values_supported");
+
+    ck_assert_msg(json_is_array(algs) && json_array_size(algs) == 2,
+                  "signing algs are not [ES256, PS256]");
+    ck_assert_msg(array_has(algs, "ES256") && array_has(algs, "PS256"),
+                  "signing algs lack ES256 or PS256");
+    ck_assert_msg(json_is_true(json_object_get(doc, "request_parameter_supported")),
+                  "request_parameter_supported is not true");
+    ck_assert_msg(json_is_false(json_object_get(doc, "request_uri_parameter_supported")),
+                  "request_uri_parameter_supported is not false");
+    json_decref(doc);
+}
+END_TEST
+
+/* Counts the recorded request object jti values of client_id, with jti when not NULL. */
+static long request_jti_count(PGconn *pg, const char *client_id, const char *jti)
+{
+    const char *params[2] = {client_id, jti};
+    PGresult *res =
+        PQexecParams(pg,
+                     "SELECT count(*) FROM request_object_jti"
+                     " WHERE client_id = $1 AND ($2::text IS NULL OR jti = $2)",
+                     2, NULL, params, NULL, NULL, 0);
+    long count;
+
+    ck_assert_int_eq(PQresultStatus(res), PGRES_TUPLES_OK);
+    count = atol(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return count;
+}
+
+START_TEST(ro_expired_jti_purged_by_sweep)
+{
+    PGconn *pg = PQconnectdb(getenv("CIBAD_TEST_DATABASE_URL"));
+    const char *params[1] = {ro_es.client_id};
+    PGresult *res;
+    long left = -1;
+
+    ck_assert_msg(PQstatus(pg) == CONNECTION_OK, "test database: %s", PQerrorMessage(pg));
+    expect_ro_accepted(&ro_es, request_object(&ro_es, "{\"jti\":\"live-jti\"}"),
+                       "a request object to keep");
+    ck_assert_int_eq(request_jti_count(pg, ro_es.client_id, "live-jti"), 1);
+    res = PQexecParams(pg,
+                       "INSERT INTO request_object_jti (client_id, jti, expires_at)"
+                       " VALUES ($1, 'old-jti', now() - interval '1 second')",
+                       1, NULL, params, NULL, NULL, 0);
+    ck_assert_int_eq(PQresultStatus(res), PGRES_COMMAND_OK);
+    PQclear(res);
+
+    /* The sweep runs every 5 s. */
+    for (int i = 0; i < 80 && left != 0; i++) {
+        left = request_jti_count(pg, ro_es.client_id, "old-jti");
+        if (left != 0)
+            usleep(100 * 1000);
+    }
+    ck_assert_msg(left == 0, "the expired jti was not purged within 8 s");
+    ck_assert_int_eq(request_jti_count(pg, ro_es.client_id, "live-jti"), 1);
+    PQfinish(pg);
+}
+END_TEST
+
+/* An instance with request_object_allow_rs256: RS256 is listed and works. */
+static void setup_request_object_rs256(void)
+{
+    static const char *const extra[] = {"CIBAD_REQUEST_OBJECT_ALLOW_RS256=true", NULL};
+
+    start_instance(extra);
+}
+
+START_TEST(ro_rs256_when_allowed)
+{
+    json_t *doc = fetch_metadata("/.well-known/openid-configuration");
+    const json_t *algs = json_object_get(
+        doc, "backchannel_authentication_request_signing_alg_values_supported");
+    struct test_client c = {0};
+    json_t *jwks_doc, *out;
+    char *jwks;
+
+    ck_assert_msg(array_has(algs, "RS256"), "RS256 is not listed with the setting on");
+    json_decref(doc);
+
+    /* An RSA key without alg: PS256 client assertions, RS256 request objects. */
+    c.key = e2e_rsa_key_new(2048);
+    c.kid = "r1";
+    c.alg = "PS256";
+    jwks = e2e_jwks_text(&c.key, (const char *const[]){"r1"}, 1);
+    jwks_doc = json_loads(jwks, 0, NULL);
+    json_object_del(json_array_get(json_object_get(jwks_doc, "keys"), 0), "alg");
+    free(jwks);
+    jwks = json_dumps(jwks_doc, JSON_COMPACT);
+    out = e2e_cli_json(&srv, "client", "create", "--name", "RS Agent", "--scope", SCOPE,
+                       "--auth-method", "private_key_jwt", "--jwks", jwks,
+                       "--auth-signing-alg", "PS256", "--request-signing-alg", "RS256",
+                       "--json", NULL);
+    ck_assert_msg(out != NULL, "client create with RS256 failed");
+    c.client_id = util_strdup(jstr(out, "client_id"));
+    {
+        char *claims = ro_claims(&c, NULL);
+
+        expect_ro_accepted(&c, sign_claims(c.key, "RS256", "r1", claims),
+                           "RS256 with the setting");
+        free(claims);
+        claims = ro_claims(&c, NULL);
+        expect_ro_rejected(&c, sign_claims(c.key, "PS256", "r1", claims),
+                           "PS256 from an RS256 client");
+        free(claims);
+    }
+    json_decref(out);
+    json_decref(jwks_doc);
+    free(jwks);
+    free(c.client_id);
+    EVP_PKEY_free(c.key);
+}
+END_TEST
+
 /* ---- suite ------------------------------------------------------------------------- */
 
 static TCase *new_tcase(const char *name, void (*setup)(void))
@@ -5580,6 +6421,30 @@ static Suite *e2e_suite(void)
     tcase_add_test(tc, client_secret_jwt_flow);
     tcase_add_test(tc, pkjwt_registration_checks);
     tcase_add_test(tc, pkjwt_discovery_lists_methods);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("request_object");
+    tcase_add_checked_fixture(tc, setup_request_object, teardown_request_object);
+    tcase_set_timeout(tc, TEST_TIMEOUT_S);
+    tcase_add_test(tc, ro_es256_flow_completes);
+    tcase_add_test(tc, ro_ps256_flow_completes);
+    tcase_add_test(tc, ro_requested_expiry_string_or_number);
+    tcase_add_test(tc, ro_parameters_validated_like_form);
+    tcase_add_test(tc, ro_bad_claims_rejected);
+    tcase_add_test(tc, ro_aud_and_time_forms_accepted);
+    tcase_add_test(tc, ro_bad_signatures_rejected);
+    tcase_add_test(tc, ro_replayed_jti_rejected);
+    tcase_add_test(tc, ro_unsigned_from_signing_client_rejected);
+    tcase_add_test(tc, ro_parameters_outside_rejected);
+    tcase_add_test(tc, ro_malformed_rejected);
+    tcase_add_test(tc, ro_jwks_uri_keys_by_alg);
+    tcase_add_test(tc, ro_registration_checks);
+    tcase_add_test(tc, ro_discovery_lists_algs);
+    tcase_add_test(tc, ro_expired_jti_purged_by_sweep);
+    suite_add_tcase(s, tc);
+
+    tc = new_tcase("request_object_rs256", setup_request_object_rs256);
+    tcase_add_test(tc, ro_rs256_when_allowed);
     suite_add_tcase(s, tc);
 
     return s;

@@ -1,5 +1,6 @@
 /* check_oauth.c - tests for oauth/: the error table and replies, client authentication,
- * signing keys, JWS signing and verification, and the discovery and JWKS endpoints
+ * signing keys, JWS signing and verification, the discovery and JWKS endpoints, and
+ * the request object checks of ciba/request_object.c
  * SPDX-License-Identifier: MIT
  *
  * The suite links oauth/ without server/ or storage/, so it provides its own versions of
@@ -29,6 +30,7 @@
 #include <openssl/x509v3.h>
 
 #include "check_runner.h"
+#include "ciba/request_object.h"
 #include "oauth/oauth.h"
 #include "oauth/oauth_int.h"
 #include "server/config.h"
@@ -371,6 +373,19 @@ int storage_client_assertion_record(struct storage_conn *db, const char *client_
     ck_assert_int_eq(event_base_once(test_base, -1, EV_TIMEOUT, on_fake_record, r, &now),
                      0);
     return 0;
+}
+
+/* The request object double shares the list and the override, with its lines marked
+ * "ro", because the real table is separate from client_assertion_jti. */
+int storage_request_object_record(struct storage_conn *db, const char *client_id,
+                                  const char *jti, int64_t expires_at, storage_done_cb cb,
+                                  void *arg)
+{
+    char *marked = util_asprintf("ro %s", client_id);
+    int rc = storage_client_assertion_record(db, marked, jti, expires_at, cb, arg);
+
+    free(marked);
+    return rc;
 }
 
 /* ---- request fixture --------------------------------------------------------------- */
@@ -3771,7 +3786,14 @@ START_TEST(discovery_document)
                  "auth_time", "acr", "amr", "urn:openid:params:jwt:claim:auth_req_id");
     ck_assert_ptr_null(json_object_get(sent.body, "response_types_supported"));
     ck_assert_ptr_null(json_object_get(sent.body, "authorization_endpoint"));
-    ck_assert_uint_eq(json_object_size(sent.body), 14);
+    /* Signed authentication requests: RS256 only with request_object_allow_rs256. */
+    ASSERT_ARRAY(sent.body,
+                 "backchannel_authentication_request_signing_alg_values_supported",
+                 "ES256", "PS256");
+    ck_assert(json_is_true(json_object_get(sent.body, "request_parameter_supported")));
+    ck_assert(
+        json_is_false(json_object_get(sent.body, "request_uri_parameter_supported")));
+    ck_assert_uint_eq(json_object_size(sent.body), 17);
 
     /* RFC 8414 section 3.2: no empty arrays; every URL is under the issuer. */
     json_object_foreach(sent.body, key, value)
@@ -3798,6 +3820,28 @@ START_TEST(discovery_rs256_when_allowed)
     ck_assert_int_eq(sent.status, 200);
     ASSERT_ARRAY(sent.body, "token_endpoint_auth_signing_alg_values_supported", "ES256",
                  "PS256", "RS256", "HS256");
+    /* allow_rs256 is for client assertions only. */
+    ASSERT_ARRAY(sent.body,
+                 "backchannel_authentication_request_signing_alg_values_supported",
+                 "ES256", "PS256");
+}
+END_TEST
+
+START_TEST(discovery_request_object_rs256_when_allowed)
+{
+    static const struct server_config rs256_config = {
+        .issuer = "https://as.example.test",
+        .request_object_allow_rs256 = true,
+    };
+
+    server_config = &rs256_config;
+    oauth_discovery_handle(&sr);
+    ck_assert_int_eq(sent.status, 200);
+    ASSERT_ARRAY(sent.body,
+                 "backchannel_authentication_request_signing_alg_values_supported",
+                 "ES256", "PS256", "RS256");
+    ASSERT_ARRAY(sent.body, "token_endpoint_auth_signing_alg_values_supported", "ES256",
+                 "PS256", "HS256");
 }
 END_TEST
 
@@ -4366,6 +4410,448 @@ START_TEST(discovery_mtls_members)
 }
 END_TEST
 
+/* ---- signed authentication requests (ciba/request_object.c) ------------------------ */
+
+#define RO_NOW 1800000000
+
+/* The claims of a good request object of client "c-pkj" at RO_NOW, with changes. */
+static json_t *ro_claims_at(const char *changes)
+{
+    json_t *claims =
+        json_pack("{s:s, s:s, s:I, s:I, s:I, s:s}", "iss", "c-pkj", "aud", ISSUER, "iat",
+                  (json_int_t)RO_NOW, "nbf", (json_int_t)RO_NOW, "exp",
+                  (json_int_t)RO_NOW + 300, "jti", "jti-1");
+    json_t *edit = changes ? json_loads(changes, 0, NULL) : NULL;
+    const char *key;
+    json_t *value;
+
+    ck_assert_msg(!changes || edit, "bad changes: %s", changes);
+    json_object_foreach(edit, key, value)
+    {
+        if (json_is_null(value))
+            json_object_del(claims, key);
+        else
+            json_object_set(claims, key, value);
+    }
+    json_decref(edit);
+    return claims;
+}
+
+/* Checks the claims with changes and returns the failure, or NULL. */
+static const char *ro_check(const char *changes, struct ciba_request_object_jti *out)
+{
+    json_t *claims = ro_claims_at(changes);
+    struct ciba_request_object_jti unused;
+    const char *why =
+        ciba_request_object_check(claims, "c-pkj", ISSUER, RO_NOW, out ? out : &unused);
+
+    json_decref(claims);
+    return why;
+}
+
+START_TEST(ro_claims_accepted)
+{
+    static const char *const good[] = {
+        NULL,
+        "{\"aud\":\"" ISSUER "/bc-authorize\"}",
+        "{\"aud\":[\"https://other.example\",\"" ISSUER "\"]}",
+        "{\"client_id\":\"c-pkj\"}",
+        /* The clock skew is 30 s: exp 29 s ago, nbf and iat 30 s ahead. */
+        "{\"exp\":1799999971,\"nbf\":1799999000,\"iat\":1799999000}",
+        "{\"nbf\":1800000030,\"iat\":1800000030,\"exp\":1800000100}",
+        /* Exactly 60 minutes of lifetime, fractions of seconds. */
+        "{\"exp\":1800003600}",
+        "{\"exp\":1800000100.75,\"iat\":1799999999.5}",
+        "{\"sub\":\"anything\",\"foo\":[1,2]}",
+    };
+    struct ciba_request_object_jti out = {0};
+
+    for (size_t i = 0; i < ARRAY_LEN(good); i++) {
+        const char *why = ro_check(good[i], &out);
+
+        ck_assert_msg(why == NULL, "%s rejected: %s", good[i] ? good[i] : "{}", why);
+    }
+    /* The jti is borrowed from the claims, so read it before they are freed. */
+    {
+        json_t *claims = ro_claims_at(NULL);
+
+        ck_assert_ptr_null(
+            ciba_request_object_check(claims, "c-pkj", ISSUER, RO_NOW, &out));
+        ck_assert_str_eq(out.jti, "jti-1");
+        ck_assert_int_eq(out.expires_at, RO_NOW + 300 + OAUTH_JWT_SKEW_S);
+        json_decref(claims);
+    }
+}
+END_TEST
+
+START_TEST(ro_claims_rejected)
+{
+    static const struct {
+        const char *changes, *fragment;
+    } bad[] = {
+        {"{\"iss\":null}", "iss"},
+        {"{\"iss\":\"c-other\"}", "iss"},
+        {"{\"iss\":[\"c-pkj\"]}", "iss"},
+        {"{\"client_id\":\"c-other\"}", "client_id"},
+        {"{\"client_id\":7}", "client_id"},
+        {"{\"aud\":null}", "aud is missing"},
+        {"{\"aud\":\"https://other.example\"}", "aud"},
+        {"{\"aud\":\"" ISSUER "/token\"}", "aud"},
+        {"{\"aud\":\"" ISSUER "/\"}", "aud"},
+        {"{\"aud\":[]}", "aud"},
+        {"{\"aud\":7}", "aud"},
+        {"{\"exp\":null}", "exp"},
+        {"{\"exp\":\"1800000300\"}", "exp"},
+        {"{\"iat\":null}", "iat"},
+        {"{\"nbf\":null}", "nbf"},
+        {"{\"nbf\":-1}", "nbf"},
+        {"{\"exp\":1e300}", "exp"},
+        {"{\"exp\":1799999970}", "expired"},
+        {"{\"nbf\":1800000031,\"exp\":1800000100}", "not valid yet"},
+        {"{\"iat\":1800000031}", "iat is in the future"},
+        {"{\"exp\":1800003601}", "60 minutes"},
+        {"{\"nbf\":1799995800,\"iat\":1799995800}", "60 minutes"},
+        {"{\"exp\":1800000000}", "not after"},
+        {"{\"jti\":null}", "jti"},
+        {"{\"jti\":\"\"}", "jti"},
+        {"{\"jti\":7}", "jti"},
+        {"{\"request\":\"a.b.c\"}", "request_uri"},
+        {"{\"request_uri\":\"https://x.example/r\"}", "request_uri"},
+    };
+
+    for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
+        const char *why = ro_check(bad[i].changes, NULL);
+
+        ck_assert_msg(why != NULL, "%s accepted", bad[i].changes);
+        ck_assert_msg(strstr(why, bad[i].fragment), "%s: \"%s\" lacks \"%s\"",
+                      bad[i].changes, why, bad[i].fragment);
+    }
+}
+END_TEST
+
+START_TEST(ro_jti_length_limit)
+{
+    char jti[258], changes[300];
+
+    memset(jti, 'j', 256);
+    jti[256] = '\0';
+    snprintf(changes, sizeof(changes), "{\"jti\":\"%s\"}", jti);
+    ck_assert_ptr_null(ro_check(changes, NULL));
+    strcat(jti, "j");
+    snprintf(changes, sizeof(changes), "{\"jti\":\"%s\"}", jti);
+    ck_assert_ptr_nonnull(ro_check(changes, NULL));
+}
+END_TEST
+
+START_TEST(ro_params_from_claims)
+{
+    json_t *claims = json_pack(
+        "{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:I}", "scope", "openid", "login_hint",
+        "alice", "id_token_hint", "", "binding_message", "Pay 5", "acr_values", "a b",
+        "client_notification_token", "tok", "login_hint_token", "x.y.z", "user_code",
+        "1234", "requested_expiry", (json_int_t)120);
+    char expiry[CIBA_EXPIRY_TEXT_LEN];
+    struct ciba_bc_params p;
+    const char *description = NULL;
+
+    ck_assert_int_eq(ciba_bc_params_from_claims(claims, expiry, &p, &description),
+                     OAUTH_OK);
+    ck_assert_str_eq(p.scope, "openid");
+    ck_assert_str_eq(p.login_hint, "alice");
+    ck_assert_ptr_null(p.id_token_hint); /* empty counts as absent */
+    ck_assert_str_eq(p.binding_message, "Pay 5");
+    ck_assert_str_eq(p.acr_values, "a b");
+    ck_assert_str_eq(p.client_notification_token, "tok");
+    ck_assert_str_eq(p.login_hint_token, "x.y.z");
+    ck_assert_str_eq(p.user_code, "1234");
+    ck_assert_str_eq(p.requested_expiry, "120");
+
+    /* requested_expiry as a string passes through; negative numbers stay visible. */
+    json_object_set_new(claims, "requested_expiry", json_string("30"));
+    ck_assert_int_eq(ciba_bc_params_from_claims(claims, expiry, &p, &description),
+                     OAUTH_OK);
+    ck_assert_str_eq(p.requested_expiry, "30");
+    json_object_set_new(claims, "requested_expiry", json_integer(-5));
+    ck_assert_int_eq(ciba_bc_params_from_claims(claims, expiry, &p, &description),
+                     OAUTH_OK);
+    ck_assert_str_eq(p.requested_expiry, "-5");
+    json_object_del(claims, "requested_expiry");
+    ck_assert_int_eq(ciba_bc_params_from_claims(claims, expiry, &p, &description),
+                     OAUTH_OK);
+    ck_assert_ptr_null(p.requested_expiry);
+    json_decref(claims);
+}
+END_TEST
+
+START_TEST(ro_params_wrong_types)
+{
+    static const char *const bad[] = {
+        "{\"scope\":7}",
+        "{\"login_hint\":{\"a\":1}}",
+        "{\"binding_message\":[\"x\"]}",
+        "{\"user_code\":true}",
+        "{\"acr_values\":null}",
+        "{\"requested_expiry\":1.5}",
+        "{\"requested_expiry\":[30]}",
+        "{\"requested_expiry\":false}",
+    };
+    char expiry[CIBA_EXPIRY_TEXT_LEN];
+    struct ciba_bc_params p;
+
+    for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
+        json_t *claims = json_loads(bad[i], 0, NULL);
+        const char *description = NULL;
+
+        ck_assert_ptr_nonnull(claims);
+        ck_assert_msg(ciba_bc_params_from_claims(claims, expiry, &p, &description) ==
+                          OAUTH_ERR_INVALID_REQUEST,
+                      "%s accepted", bad[i]);
+        ck_assert_ptr_nonnull(description);
+        json_decref(claims);
+    }
+    /* A NUL character inside a string would cut it short in C. */
+    {
+        json_t *claims = json_object();
+        const char *description = NULL;
+
+        json_object_set_new(claims, "login_hint", json_stringn("a\0b", 3));
+        ck_assert_int_eq(ciba_bc_params_from_claims(claims, expiry, &p, &description),
+                         OAUTH_ERR_INVALID_REQUEST);
+        json_decref(claims);
+    }
+}
+END_TEST
+
+START_TEST(ro_form_conflicts)
+{
+    struct server_form_param params[4] = {
+        {"client_assertion", "x"},
+        {"client_id", "c-pkj"},
+        {"request", "a.b.c"},
+        {"scope", ""},
+    };
+    struct server_form form = {4, params};
+
+    /* Client authentication stays outside; an empty value counts as absent. */
+    ck_assert_ptr_null(ciba_request_object_form_conflict(&form));
+    params[3].value = "openid";
+    ck_assert_str_eq(ciba_request_object_form_conflict(&form), "scope");
+    params[3].name = "authorization_details";
+    ck_assert_str_eq(ciba_request_object_form_conflict(&form), "authorization_details");
+}
+END_TEST
+
+/* The result of one ciba_request_object_verify. */
+static struct {
+    int calls;
+    enum oauth_err err;
+    const char *description;
+    json_t *claims;
+} ro;
+
+static void on_ro_verified(void *arg, enum oauth_err err, const char *description,
+                           json_t *claims)
+{
+    (void)arg;
+    ro.calls++;
+    ro.err = err;
+    ro.description = description;
+    json_decref(ro.claims);
+    ro.claims = claims;
+}
+
+/* Verifies token as client and runs the loop until the callback has run. */
+static void ro_verify(const struct oauth_client *client, const char *token)
+{
+    ro.calls = 0;
+    ciba_request_object_verify(&sr, client, token, on_ro_verified, NULL);
+    if (ro.calls == 0)
+        ck_assert_int_eq(event_base_dispatch(test_base), 1);
+    ck_assert_int_eq(ro.calls, 1);
+}
+
+static void ro_expect(enum oauth_err err)
+{
+    ck_assert_msg(ro.err == err, "got %s (%s), expected %s", oauth_err_code(ro.err),
+                  ro.description ? ro.description : "", oauth_err_code(err));
+    if (err == OAUTH_OK)
+        ck_assert_ptr_nonnull(ro.claims);
+    else
+        ck_assert_ptr_null(ro.claims);
+}
+
+/* A request object of client_id signed with pkey under alg and kid, valid now. */
+static char *ro_token(const char *client_id, const char *alg, EVP_PKEY *pkey,
+                      const char *kid, const char *changes)
+{
+    int64_t now = util_now_s();
+    char *jti = util_random_token(12);
+    json_t *claims =
+        json_pack("{s:s, s:s, s:I, s:I, s:I, s:s, s:s}", "iss", client_id, "aud", ISSUER,
+                  "iat", (json_int_t)now, "nbf", (json_int_t)now, "exp",
+                  (json_int_t)now + 300, "jti", jti, "scope", "openid");
+    json_t *edit = changes ? json_loads(changes, 0, NULL) : NULL;
+    char *claims_text, *header, *token;
+    const char *key;
+    json_t *value;
+
+    json_object_foreach(edit, key, value) json_object_set(claims, key, value);
+    claims_text = json_dumps(claims, JSON_COMPACT);
+    header = util_asprintf("{\"alg\":\"%s\",\"kid\":\"%s\"}", alg, kid);
+    token = sign_token(alg, pkey, NULL, 0, header, claims_text);
+    json_decref(claims);
+    json_decref(edit);
+    free(claims_text);
+    free(header);
+    free(jti);
+    return token;
+}
+
+static struct oauth_client ro_client(const char *client_id, const char *jwks,
+                                     const char *jwks_uri, const char *auth_alg,
+                                     const char *request_alg)
+{
+    return (struct oauth_client){
+        .client_id = (char *)client_id,
+        .jwks = (char *)jwks,
+        .jwks_uri = (char *)jwks_uri,
+        .token_endpoint_auth_signing_alg = (char *)auth_alg,
+        .backchannel_authentication_request_signing_alg = (char *)request_alg,
+    };
+}
+
+START_TEST(ro_verify_inline_keys)
+{
+    struct oauth_client es = ro_client("c-pkj", inline_jwks, NULL, "ES256", "ES256");
+    struct oauth_client plain = ro_client("c-pkj", inline_jwks, NULL, "ES256", NULL);
+    struct oauth_client ps = ro_client("c-rsa", rsa_jwks, NULL, "PS256", "PS256");
+    struct oauth_client secret = ro_client("c-csj", NULL, NULL, "HS256", NULL);
+    char *token = ro_token("c-pkj", "ES256", ec_key, "k1", NULL);
+
+    ro_verify(&es, token);
+    ro_expect(OAUTH_OK);
+    ck_assert_str_eq(json_string_value(json_object_get(ro.claims, "scope")), "openid");
+    /* The same token again: its jti is used. */
+    ro_verify(&es, token);
+    ro_expect(OAUTH_ERR_INVALID_REQUEST);
+    ck_assert_msg(strstr(ro.description, "used before"), "%s", ro.description);
+    free(token);
+
+    /* Without a registered alg, the key's alg of client authentication applies. */
+    token = ro_token("c-pkj", "ES256", ec_key, "k1", NULL);
+    ro_verify(&plain, token);
+    ro_expect(OAUTH_OK);
+    free(token);
+
+    /* Another client's key, and an alg other than the registered one. */
+    token = ro_token("c-pkj", "ES256", ec_key2, "k1", NULL);
+    ro_verify(&es, token);
+    ro_expect(OAUTH_ERR_INVALID_REQUEST);
+    free(token);
+    token = ro_token("c-rsa", "PS256", rsa_key, "r1", NULL);
+    ro_verify(&ps, token);
+    ro_expect(OAUTH_OK);
+    free(token);
+    token = ro_token("c-rsa", "RS256", rsa_key, "r1", NULL);
+    ro_verify(&ps, token);
+    ro_expect(OAUTH_ERR_INVALID_REQUEST);
+    free(token);
+
+    /* A client without keys cannot sign. */
+    token = ro_token("c-csj", "ES256", ec_key, "k1", NULL);
+    ro_verify(&secret, token);
+    ro_expect(OAUTH_ERR_INVALID_REQUEST);
+    free(token);
+}
+END_TEST
+
+START_TEST(ro_verify_rs256_needs_setting)
+{
+    struct oauth_client rs = ro_client("c-rsa", rsa_jwks, NULL, "PS256", "RS256");
+    char *token = ro_token("c-rsa", "RS256", rsa_key, "r1", NULL);
+
+    /* Registered before the setting was turned off: rejected, not trusted. */
+    ro_verify(&rs, token);
+    ro_expect(OAUTH_ERR_INVALID_REQUEST);
+    ck_assert_msg(strstr(ro.description, "not enabled"), "%s", ro.description);
+    assertion_config.request_object_allow_rs256 = true;
+    ro_verify(&rs, token);
+    ro_expect(OAUTH_OK);
+    assertion_config.request_object_allow_rs256 = false;
+    free(token);
+}
+END_TEST
+
+START_TEST(ro_verify_jwks_uri)
+{
+    struct oauth_client uri = ro_client("c-uri", NULL, jwks_url, "ES256", "ES256");
+    json_t *jwks = json_pack("{s:[o]}", "keys", public_jwk_of(ec_key, "k1", NULL));
+    char *doc = json_dumps(jwks, JSON_COMPACT);
+    char *token = ro_token("c-uri", "ES256", ec_key, "k1", NULL);
+
+    mock_http_set_default(jwks_server, 200, doc);
+    ro_verify(&uri, token);
+    ro_expect(OAUTH_OK);
+    ck_assert_uint_eq(mock_http_count(jwks_server), 1);
+    free(token);
+    /* The cached keys verify without another fetch. */
+    token = ro_token("c-uri", "ES256", ec_key, "k1", NULL);
+    ro_verify(&uri, token);
+    ro_expect(OAUTH_OK);
+    ck_assert_uint_eq(mock_http_count(jwks_server), 1);
+    free(token);
+    json_decref(jwks);
+    free(doc);
+}
+END_TEST
+
+START_TEST(ro_verify_storage_failures)
+{
+    struct oauth_client es = ro_client("c-pkj", inline_jwks, NULL, "ES256", "ES256");
+    char *token = ro_token("c-pkj", "ES256", ec_key, "k1", NULL);
+
+    jti_status_override = STORAGE_UNAVAILABLE;
+    ro_verify(&es, token);
+    ro_expect(OAUTH_ERR_TEMPORARILY_UNAVAILABLE);
+    jti_status_override = STORAGE_ERROR;
+    ro_verify(&es, token);
+    ro_expect(OAUTH_ERR_SERVER_ERROR);
+    jti_status_override = STORAGE_OK;
+    fake_mode = FAKE_QUEUE_FAILS;
+    ro_verify(&es, token);
+    ro_expect(OAUTH_ERR_TEMPORARILY_UNAVAILABLE);
+    fake_mode = FAKE_ANSWER;
+    ro_verify(&es, token);
+    ro_expect(OAUTH_OK);
+    json_decref(ro.claims);
+    ro.claims = NULL;
+    free(token);
+}
+END_TEST
+
+START_TEST(ro_verify_malformed)
+{
+    struct oauth_client es = ro_client("c-pkj", inline_jwks, NULL, "ES256", "ES256");
+    static const char *const bad[] = {
+        "", "a", "a.b", "a.b.c.d.e", "a..c", "a.b!.c", "e30.e30.", "e30.e30.e30.e30",
+    };
+    char *big = util_malloc(CIBA_REQUEST_OBJECT_MAX_LEN + 2);
+
+    for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
+        ro_verify(&es, bad[i]);
+        ro_expect(OAUTH_ERR_INVALID_REQUEST);
+    }
+    ro_verify(&es, "a.b.c.d.e");
+    ck_assert_msg(strstr(ro.description, "encrypted"), "%s", ro.description);
+    memset(big, 'a', CIBA_REQUEST_OBJECT_MAX_LEN + 1);
+    big[CIBA_REQUEST_OBJECT_MAX_LEN + 1] = '\0';
+    ro_verify(&es, big);
+    ro_expect(OAUTH_ERR_INVALID_REQUEST);
+    ck_assert_msg(strstr(ro.description, "too long"), "%s", ro.description);
+    free(big);
+}
+END_TEST
+
 static Suite *oauth_suite(void)
 {
     Suite *s = suite_create("oauth");
@@ -4376,6 +4862,7 @@ static Suite *oauth_suite(void)
     TCase *endpoints = tcase_create("endpoints");
     TCase *client_keys = tcase_create("client_keys");
     TCase *assertion = tcase_create("assertion");
+    TCase *request_object = tcase_create("request_object");
     TCase *mtls = tcase_create("mtls");
 
     tcase_add_checked_fixture(errors, setup, teardown);
@@ -4522,9 +5009,25 @@ static Suite *oauth_suite(void)
     tcase_add_test(mtls, mtls_registration_rules);
     suite_add_tcase(s, mtls);
 
+    tcase_add_unchecked_fixture(request_object, keys_generate, keys_free);
+    tcase_add_checked_fixture(request_object, assertion_setup, assertion_teardown);
+    tcase_add_test(request_object, ro_claims_accepted);
+    tcase_add_test(request_object, ro_claims_rejected);
+    tcase_add_test(request_object, ro_jti_length_limit);
+    tcase_add_test(request_object, ro_params_from_claims);
+    tcase_add_test(request_object, ro_params_wrong_types);
+    tcase_add_test(request_object, ro_form_conflicts);
+    tcase_add_test(request_object, ro_verify_inline_keys);
+    tcase_add_test(request_object, ro_verify_rs256_needs_setting);
+    tcase_add_test(request_object, ro_verify_jwks_uri);
+    tcase_add_test(request_object, ro_verify_storage_failures);
+    tcase_add_test(request_object, ro_verify_malformed);
+    suite_add_tcase(s, request_object);
+
     tcase_add_checked_fixture(endpoints, key_setup, key_teardown);
     tcase_add_test(endpoints, discovery_document);
     tcase_add_test(endpoints, discovery_rs256_when_allowed);
+    tcase_add_test(endpoints, discovery_request_object_rs256_when_allowed);
     tcase_add_test(endpoints, discovery_head_and_post);
     tcase_add_test(endpoints, discovery_without_issuer);
     tcase_add_test(endpoints, discovery_mtls_members);

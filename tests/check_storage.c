@@ -2626,6 +2626,7 @@ struct jwt_client_res {
     char alg[8];
     char sealed[64];
     bool secret_hash_null, jwks_null, jwks_uri_null, sealed_null;
+    char request_alg[8]; /* backchannel_authentication_request_signing_alg, "" for NULL */
 };
 
 static void on_jwt_client(void *arg, enum storage_status status,
@@ -2649,6 +2650,10 @@ static void on_jwt_client(void *arg, enum storage_status status,
     r->jwks_null = c->jwks == NULL;
     r->jwks_uri_null = c->jwks_uri == NULL;
     r->sealed_null = c->client_secret_sealed == NULL;
+    snprintf(r->request_alg, sizeof(r->request_alg), "%s",
+             c->backchannel_authentication_request_signing_alg
+                 ? c->backchannel_authentication_request_signing_alg
+                 : "");
 }
 
 static struct jwt_client_res jwt_client_get(const char *client_id)
@@ -2996,6 +3001,180 @@ START_TEST(assertion_jti_purge)
                      1);
     ck_assert_int_eq(jti_record(db, p.client_id, "live", now + 60), STORAGE_CONFLICT);
     ck_assert_int_eq(storage_client_assertion_purge(db, NULL, NULL), -1);
+    PQfinish(pg);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+/* ---- signed authentication requests ------------------------------------------------ */
+
+START_TEST(client_request_signing_alg_stored)
+{
+    struct storage_sync *s = sync_open();
+    char hex[13], id[32], bad_id[32], err[256];
+    struct jwt_client_res r;
+    const struct {
+        const char *jwks, *jwks_uri, *alg;
+    } bad[] = {
+        {TEST_JWKS, NULL, "HS256"},
+        {TEST_JWKS, NULL, "none"},
+        {TEST_JWKS, NULL, "es256"},
+        {NULL, NULL, "ES256"}, /* no keys to verify with */
+    };
+
+    random_hex(hex, 6);
+    snprintf(id, sizeof(id), "ro-%s", hex);
+    snprintf(bad_id, sizeof(bad_id), "ro-bad-%s", hex);
+    {
+        struct storage_client_new c = {
+            .client_id = id,
+            .client_name = "Signing Agent",
+            .token_endpoint_auth_method = "private_key_jwt",
+            .scope = "openid",
+            .jwks = TEST_JWKS,
+            .token_endpoint_auth_signing_alg = "ES256",
+            .backchannel_authentication_request_signing_alg = "PS256",
+        };
+
+        ck_assert_msg(storage_sync_client_create(s, &c, err, sizeof(err)) == 0,
+                      "client create failed: %s", err);
+    }
+    r = jwt_client_get(id);
+    ck_assert_str_eq(r.request_alg, "PS256");
+    /* Without the setting the column stays NULL. */
+    {
+        struct people p;
+
+        people_create(&p);
+        r = jwt_client_get(p.client_id);
+        ck_assert_str_eq(r.request_alg, "");
+    }
+
+    for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
+        struct storage_client_new c = {
+            .client_id = bad_id,
+            .client_name = "Agent",
+            .secret_hash = bad[i].jwks ? NULL : "00",
+            .token_endpoint_auth_method =
+                bad[i].jwks ? "private_key_jwt" : "client_secret_basic",
+            .scope = "openid",
+            .jwks = bad[i].jwks,
+            .jwks_uri = bad[i].jwks_uri,
+            .token_endpoint_auth_signing_alg = bad[i].jwks ? "ES256" : NULL,
+            .backchannel_authentication_request_signing_alg = bad[i].alg,
+        };
+
+        err[0] = '\0';
+        ck_assert_msg(storage_sync_client_create(s, &c, err, sizeof(err)) == -1,
+                      "case %zu accepted", i);
+        ck_assert_msg(strstr(err, "invalid client field") != NULL, "case %zu: %s", i,
+                      err);
+    }
+    ck_assert_int_eq(storage_sync_client_delete(s, id), 1);
+    storage_sync_close(s);
+}
+END_TEST
+
+static enum storage_status request_jti_record(struct storage_conn *db,
+                                              const char *client_id, const char *jti,
+                                              int64_t expires_at)
+{
+    struct done_res r = {0};
+
+    ck_assert_int_eq(
+        storage_request_object_record(db, client_id, jti, expires_at, on_done, &r), 0);
+    wait_calls(&r.calls, 1);
+    return r.status;
+}
+
+START_TEST(request_object_jti_single_use)
+{
+    struct people p;
+    struct storage_conn *db;
+    PGconn *pg;
+    int64_t later = util_now_s() + 120;
+    char long_jti[300];
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+    pg = raw_open();
+
+    ck_assert_int_eq(request_jti_record(db, p.client_id, "ro-1", later), STORAGE_OK);
+    ck_assert_int_eq(request_jti_record(db, p.client_id, "ro-1", later),
+                     STORAGE_CONFLICT);
+    ck_assert_int_eq(request_jti_record(db, p.other_client_id, "ro-1", later),
+                     STORAGE_OK);
+    /* Client assertion jti values are a separate namespace. */
+    ck_assert_int_eq(jti_record(db, p.client_id, "ro-1", later), STORAGE_OK);
+    ck_assert_int_eq(request_jti_record(db, p.client_id, "ro-1", later),
+                     STORAGE_CONFLICT);
+
+    /* Once its request object has expired, a jti may be used again. */
+    raw_exec(pg,
+             "UPDATE request_object_jti SET expires_at = now() - interval '1 second'"
+             " WHERE client_id = $1 AND jti = 'ro-1'",
+             p.client_id);
+    ck_assert_int_eq(request_jti_record(db, p.client_id, "ro-1", later), STORAGE_OK);
+    ck_assert_int_eq(request_jti_record(db, p.client_id, "ro-1", later),
+                     STORAGE_CONFLICT);
+
+    memset(long_jti, 'j', sizeof(long_jti) - 1);
+    long_jti[sizeof(long_jti) - 1] = '\0';
+    ck_assert_int_eq(request_jti_record(db, p.client_id, long_jti, later), STORAGE_ERROR);
+    ck_assert_int_eq(request_jti_record(db, "no-such-client", "ro-x", later),
+                     STORAGE_ERROR);
+    ck_assert_int_eq(storage_request_object_record(db, NULL, "j", later, on_done, NULL),
+                     -1);
+    ck_assert_int_eq(
+        storage_request_object_record(db, p.client_id, NULL, later, on_done, NULL), -1);
+
+    /* Deleting the client deletes its jti values. */
+    raw_exec(pg, "DELETE FROM client WHERE client_id = $1", p.other_client_id);
+    ck_assert_int_eq(raw_int(pg,
+                             "SELECT count(*) FROM request_object_jti"
+                             " WHERE client_id = $1",
+                             p.other_client_id),
+                     0);
+    PQfinish(pg);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+START_TEST(request_object_jti_purge)
+{
+    struct people p;
+    struct storage_conn *db;
+    PGconn *pg;
+    struct count_res purge = {0};
+    int64_t now = util_now_s();
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+    pg = raw_open();
+    ck_assert_int_eq(request_jti_record(db, p.client_id, "old-1", now + 60), STORAGE_OK);
+    ck_assert_int_eq(request_jti_record(db, p.client_id, "old-2", now + 60), STORAGE_OK);
+    ck_assert_int_eq(request_jti_record(db, p.client_id, "live", now + 60), STORAGE_OK);
+    raw_exec(pg,
+             "UPDATE request_object_jti SET expires_at = now() - interval '1 second'"
+             " WHERE client_id = $1 AND jti LIKE 'old-%'",
+             p.client_id);
+
+    ck_assert_int_eq(storage_request_object_purge(db, on_count, &purge), 0);
+    wait_calls(&purge.calls, 1);
+    ck_assert_int_eq(purge.status, STORAGE_OK);
+    ck_assert_int_ge(purge.count, 2);
+    ck_assert_int_eq(raw_int(pg,
+                             "SELECT count(*) FROM request_object_jti"
+                             " WHERE client_id = $1",
+                             p.client_id),
+                     1);
+    ck_assert_int_eq(request_jti_record(db, p.client_id, "live", now + 60),
+                     STORAGE_CONFLICT);
+    ck_assert_int_eq(storage_request_object_purge(db, NULL, NULL), -1);
     PQfinish(pg);
     storage_conn_free(db);
     loop_close();
@@ -3543,6 +3722,9 @@ static Suite *storage_suite(void)
     tcase_add_test(tc, client_mtls_credentials_checked);
     tcase_add_test(tc, assertion_jti_single_use);
     tcase_add_test(tc, assertion_jti_purge);
+    tcase_add_test(tc, client_request_signing_alg_stored);
+    tcase_add_test(tc, request_object_jti_single_use);
+    tcase_add_test(tc, request_object_jti_purge);
     tcase_add_test(tc, user_create_list_delete);
     tcase_add_test(tc, user_find_by_each_hint);
     tcase_add_test(tc, user_email_stored_and_found);

@@ -28,6 +28,7 @@
 #include <openssl/ec.h>
 #include <openssl/evp.h>
 #include <openssl/param_build.h>
+#include <openssl/rsa.h>
 #include <openssl/sha.h>
 
 #include "util/util.h"
@@ -624,13 +625,60 @@ struct evp_pkey_st *e2e_key_new(void)
     return EVP_EC_gen("P-256");
 }
 
-/* The public JWK of a P-256 key, with kid and alg ES256. New reference or NULL. */
+struct evp_pkey_st *e2e_rsa_key_new(unsigned bits)
+{
+    return EVP_RSA_gen(bits);
+}
+
+struct evp_pkey_st *e2e_ec_key_new(const char *curve)
+{
+    return EVP_EC_gen(curve);
+}
+
+/* Returns the base64url form of a big-endian key parameter, or NULL. */
+static char *bn_param_b64(EVP_PKEY *key, const char *name)
+{
+    BIGNUM *bn = NULL;
+    unsigned char *buf;
+    char *out = NULL;
+    int len;
+
+    if (EVP_PKEY_get_bn_param(key, name, &bn) != 1)
+        return NULL;
+    len = BN_num_bytes(bn);
+    buf = util_malloc((size_t)len + 1);
+    if (BN_bn2bin(bn, buf) == len)
+        out = util_b64url_encode_new(buf, (size_t)len);
+    free(buf);
+    BN_free(bn);
+    return out;
+}
+
+/* The public JWK of an RSA key, with kid and alg PS256. New reference or NULL. */
+static json_t *rsa_public_jwk(EVP_PKEY *key, const char *kid)
+{
+    char *n = bn_param_b64(key, OSSL_PKEY_PARAM_RSA_N);
+    char *e = bn_param_b64(key, OSSL_PKEY_PARAM_RSA_E);
+    json_t *jwk = NULL;
+
+    if (n && e)
+        jwk = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "kty", "RSA", "n", n, "e", e,
+                        "kid", kid, "alg", "PS256", "use", "sig");
+    free(n);
+    free(e);
+    return jwk;
+}
+
+/* The public JWK of a P-256 key, with kid and alg ES256, or of an RSA key (see
+ * rsa_public_jwk). New reference or NULL. */
 static json_t *public_jwk(EVP_PKEY *key, const char *kid)
 {
     const char *params[2] = {OSSL_PKEY_PARAM_EC_PUB_X, OSSL_PKEY_PARAM_EC_PUB_Y};
     char *coords[2] = {NULL, NULL};
     json_t *jwk = NULL;
 
+    if (EVP_PKEY_is_a(key, "RSA"))
+        return rsa_public_jwk(key, kid);
     for (int i = 0; i < 2; i++) {
         BIGNUM *bn = NULL;
         unsigned char buf[32];
@@ -683,37 +731,6 @@ static char *es256_sign_b64(EVP_PKEY *key, const char *input)
     return out;
 }
 
-char *e2e_jws_sign(struct evp_pkey_st *key, const char *header, const char *claims)
-{
-    char *h = util_b64url_encode_new(header, strlen(header));
-    char *c = util_b64url_encode_new(claims, strlen(claims));
-    char *input = util_asprintf("%s.%s", h, c);
-    int size = (EVP_PKEY_get_bits(key) + 7) / 8; /* 32 for P-256, 48 for P-384 */
-    unsigned char der[160], raw[2 * 66];
-    const unsigned char *p = der;
-    size_t der_len = sizeof(der);
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    ECDSA_SIG *sig = NULL;
-    char *sig_text = NULL, *token = NULL;
-
-    if (md && size <= 66 && EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, key) == 1 &&
-        EVP_DigestSign(md, der, &der_len, (const unsigned char *)input, strlen(input)) ==
-            1 &&
-        (sig = d2i_ECDSA_SIG(NULL, &p, (long)der_len)) &&
-        BN_bn2binpad(ECDSA_SIG_get0_r(sig), raw, size) == size &&
-        BN_bn2binpad(ECDSA_SIG_get0_s(sig), raw + size, size) == size)
-        sig_text = util_b64url_encode_new(raw, 2 * (size_t)size);
-    if (sig_text)
-        token = util_asprintf("%s.%s", input, sig_text);
-    ECDSA_SIG_free(sig);
-    EVP_MD_CTX_free(md);
-    free(h);
-    free(c);
-    free(input);
-    free(sig_text);
-    return token;
-}
-
 char *e2e_client_assertion(struct evp_pkey_st *key, const char *kid, const char *alg,
                            const char *client_id, const char *aud, const char *changes)
 {
@@ -751,6 +768,74 @@ char *e2e_client_assertion(struct evp_pkey_st *key, const char *kid, const char 
     free(claims_text);
     free(h);
     free(c);
+    free(input);
+    free(sig);
+    return token;
+}
+
+/* Signs input with ECDSA and returns the base64url JOSE signature: r and s, each as
+ * long as the key's field (32 bytes for P-256, 48 for P-384). NULL on failure. */
+static char *ecdsa_sign_b64(EVP_PKEY *key, const char *input)
+{
+    int half = (EVP_PKEY_get_bits(key) + 7) / 8;
+    unsigned char der[160], raw[132];
+    const unsigned char *p = der;
+    size_t der_len = sizeof(der);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    ECDSA_SIG *sig = NULL;
+    char *out = NULL;
+
+    if (half * 2 <= (int)sizeof(raw) && md &&
+        EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, key) == 1 &&
+        EVP_DigestSign(md, der, &der_len, (const unsigned char *)input, strlen(input)) ==
+            1 &&
+        (sig = d2i_ECDSA_SIG(NULL, &p, (long)der_len)) &&
+        BN_bn2binpad(ECDSA_SIG_get0_r(sig), raw, half) == half &&
+        BN_bn2binpad(ECDSA_SIG_get0_s(sig), raw + half, half) == half)
+        out = util_b64url_encode_new(raw, (size_t)half * 2);
+    ECDSA_SIG_free(sig);
+    EVP_MD_CTX_free(md);
+    return out;
+}
+
+/* Signs input with RSA and SHA-256, PSS (salt as long as the hash) or PKCS #1 v1.5,
+ * and returns the base64url signature, or NULL. */
+static char *rsa_sign_b64(EVP_PKEY *key, bool pss, const char *input)
+{
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    EVP_PKEY_CTX *pctx = NULL;
+    unsigned char sig[1024];
+    size_t sig_len = sizeof(sig);
+    char *out = NULL;
+
+    if (md && EVP_DigestSignInit(md, &pctx, EVP_sha256(), NULL, key) == 1 &&
+        (!pss || (EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) == 1 &&
+                  EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) == 1)) &&
+        EVP_DigestSign(md, sig, &sig_len, (const unsigned char *)input, strlen(input)) ==
+            1)
+        out = util_b64url_encode_new(sig, sig_len);
+    EVP_MD_CTX_free(md);
+    return out;
+}
+
+char *e2e_jws_sign(struct evp_pkey_st *key, const char *header, const char *claims)
+{
+    json_t *h = json_loads(header, 0, NULL);
+    const char *alg = json_string_value(json_object_get(h, "alg"));
+    char *h64 = util_b64url_encode_new(header, strlen(header));
+    char *c64 = util_b64url_encode_new(claims, strlen(claims));
+    char *input = util_asprintf("%s.%s", h64, c64);
+    char *sig, *token = NULL;
+
+    if (EVP_PKEY_is_a(key, "RSA"))
+        sig = rsa_sign_b64(key, !alg || strcmp(alg, "RS256") != 0, input);
+    else
+        sig = ecdsa_sign_b64(key, input);
+    if (sig)
+        token = util_asprintf("%s.%s", input, sig);
+    json_decref(h);
+    free(h64);
+    free(c64);
     free(input);
     free(sig);
     return token;

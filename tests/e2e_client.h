@@ -90,8 +90,14 @@ struct evp_pkey_st;
 /* Generates a new P-256 key pair (free with EVP_PKEY_free). */
 struct evp_pkey_st *e2e_key_new(void);
 
+/* Generates a new RSA key pair of bits bits, or an EC key pair on the named curve
+ * ("P-256", "P-384"); free with EVP_PKEY_free. */
+struct evp_pkey_st *e2e_rsa_key_new(unsigned bits);
+struct evp_pkey_st *e2e_ec_key_new(const char *curve);
+
 /* Returns the JWKS document {"keys":[...]} with the public halves of keys[0..n), each
- * with its kid from kids, as compact JSON text (new string). */
+ * with its kid from kids, as compact JSON text (new string). A P-256 key gets alg
+ * ES256 and an RSA key alg PS256. */
 char *e2e_jwks_text(struct evp_pkey_st *const *keys, const char *const *kids, size_t n);
 
 /* Signs a client assertion (RFC 7523) with key under kid: header {"alg":"ES256","kid"},
@@ -102,9 +108,11 @@ char *e2e_jwks_text(struct evp_pkey_st *const *keys, const char *const *kids, si
 char *e2e_client_assertion(struct evp_pkey_st *key, const char *kid, const char *alg,
                            const char *client_id, const char *aud, const char *changes);
 
-/* Signs the JSON texts header and claims as a compact JWS with the EC key, whatever
- * the header says: SHA-256 and a raw r||s signature as wide as the key's curve (64
- * bytes on P-256 as ES256 has it, 96 on P-384). Returns a new string, or NULL. */
+/* Signs claims (JSON text) as a compact JWS whose protected header is the JSON text
+ * header, as given. An RSA key signs RS256 when the header's alg is "RS256" and PS256
+ * otherwise. An EC key signs ECDSA with SHA-256, r and s each as long as its field,
+ * whatever alg the header names, so a test can lie about the algorithm. Returns a new
+ * string, or NULL. */
 char *e2e_jws_sign(struct evp_pkey_st *key, const char *header, const char *claims);
 
 /* ---- the cibad process ------------------------------------------------------------- */
