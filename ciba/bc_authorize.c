@@ -459,6 +459,13 @@ static void on_auth_req_stored(void *arg, enum storage_status status)
     json_t *body;
 
     if (status == STORAGE_LIMITED) {
+        /* CIBA Core has no error for a temporary limit, so access_denied says it, and
+         * Retry-After tells the client when the per-phone window has passed. */
+        char retry_after[16];
+
+        snprintf(retry_after, sizeof(retry_after), "%d",
+                 server_config->sms_per_phone_window);
+        server_req_add_header(sr, "Retry-After", retry_after);
         finish_error(ctx, OAUTH_ERR_ACCESS_DENIED,
                      "too many codes were sent to this user recently; try again later");
         return;

@@ -2181,6 +2181,10 @@ START_TEST(per_phone_limit)
     }
     r = bc_authorize(&c1, e2e_form("scope", SCOPE, "login_hint", u1.phone, NULL));
     assert_error(&r, 403, "access_denied");
+    /* The default sms_per_phone_window: the client learns when to try again. */
+    ck_assert_msg(e2e_header(&r, "Retry-After") &&
+                      strcmp(e2e_header(&r, "Retry-After"), "60") == 0,
+                  "the per-phone limit reply has no Retry-After: 60");
     e2e_response_free(&r);
 
     ck_assert_int_eq(mock_http_wait(sink, 3, SMS_WAIT_MS), 0);
