@@ -451,6 +451,37 @@ static enum oauth_err check_request(struct bc_ctx *ctx, const char **description
 /* ---- the flow ------------------------------------------------------------------------
  */
 
+static void on_unseen_request_ended(void *arg, enum storage_status status)
+{
+    char *rid = arg;
+
+    if (status != STORAGE_OK && status != STORAGE_NOT_FOUND)
+        rlog_error(rid, NULL,
+                   "ending a request stored after the deadline failed (storage status "
+                   "%d); it stays pending until it expires",
+                   (int)status);
+    free(rid);
+}
+
+/* Ends a request stored after the deadline reply went out. The client got 503 and never
+ * learns its auth_req_id, so no SMS is sent and the request is denied at once. */
+static void end_unseen_request(struct bc_ctx *ctx)
+{
+    struct server_req *sr = ctx->sr;
+    char *rid = util_strdup(sr->rid);
+
+    rlog_warn(sr->rid, ctx->client->client_id,
+              "request stored after the deadline reply; ending it without an SMS");
+    if (storage_auth_req_fail_delivery(sr->worker->db, ctx->auth_req_id_hash,
+                                       "stored after the deadline reply", rid,
+                                       on_unseen_request_ended, rid) != 0) {
+        rlog_error(rid, ctx->client->client_id,
+                   "database unavailable; the request stays pending until it expires");
+        free(rid);
+    }
+    finish_error(ctx, OAUTH_ERR_TEMPORARILY_UNAVAILABLE, NULL);
+}
+
 static void on_auth_req_stored(void *arg, enum storage_status status)
 {
     struct bc_ctx *ctx = arg;
@@ -459,8 +490,9 @@ static void on_auth_req_stored(void *arg, enum storage_status status)
     json_t *body;
 
     if (status == STORAGE_LIMITED) {
-        /* CIBA Core has no error for a temporary limit, so access_denied says it, and
-         * Retry-After tells the client when the per-phone window has passed. */
+        /* CIBA Core has no error code for a temporary limit, so the reply is
+         * access_denied, and Retry-After tells the client when the per-phone window has
+         * passed. */
         char retry_after[16];
 
         snprintf(retry_after, sizeof(retry_after), "%d",
@@ -472,6 +504,10 @@ static void on_auth_req_stored(void *arg, enum storage_status status)
     }
     if (status != STORAGE_OK) {
         finish_storage_error(ctx, status);
+        return;
+    }
+    if (sr->replied) {
+        end_unseen_request(ctx);
         return;
     }
 
@@ -507,6 +543,13 @@ static void store_auth_req(struct bc_ctx *ctx)
     char *secrets = NULL;
     int rc;
 
+    /* The client already got the deadline reply: store nothing, send nothing. */
+    if (ctx->sr->replied) {
+        rlog_info(ctx->sr->rid, ctx->client->client_id,
+                  "deadline reply already sent; the request is not stored");
+        finish_error(ctx, OAUTH_ERR_TEMPORARILY_UNAVAILABLE, NULL);
+        return;
+    }
     ctx->auth_req_id = util_random_token(CIBA_AUTH_REQ_ID_BYTES);
     util_sha256_hex(ctx->auth_req_id, strlen(ctx->auth_req_id), ctx->auth_req_id_hash);
     ctx->ref = util_random_token(CIBA_REF_BYTES);

@@ -252,6 +252,12 @@ static void on_client_authenticated(void *arg, enum oauth_err err,
         return;
     }
 
+    /* After the deadline reply the client would never see the tokens, so the grant
+     * stays unredeemed for its next poll. */
+    if (ctx->sr->replied) {
+        finish_error(ctx, OAUTH_ERR_TEMPORARILY_UNAVAILABLE, NULL);
+        return;
+    }
     util_sha256_hex(ctx->auth_req_id, strlen(ctx->auth_req_id), id_hash);
     if (storage_auth_req_poll(ctx->sr->worker->db, id_hash, client->client_id,
                               ctx->sr->rid, on_polled, ctx) != 0)

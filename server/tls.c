@@ -138,6 +138,12 @@ static int ctx_open(const struct server_config *cfg)
     }
     SSL_CTX_set_options(tls_ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
                                      SSL_OP_CIPHER_SERVER_PREFERENCE);
+    /* Without a session id context, OpenSSL fails every resumed handshake with an
+     * internal error alert once SSL_VERIFY_PEER is set (tls_request_client_cert). */
+    if (SSL_CTX_set_session_id_context(tls_ctx, (const unsigned char *)"cibad", 5) != 1) {
+        log_error("cannot set the TLS session id context: %s", tls_error());
+        return -1;
+    }
     if (SSL_CTX_use_certificate_chain_file(tls_ctx, cfg->tls_cert_file) != 1) {
         log_error("tls_cert_file %s: cannot load the certificate: %s", cfg->tls_cert_file,
                   tls_error());

@@ -3903,6 +3903,66 @@ START_TEST(pkjwt_jwks_uri_down_slow_garbage)
 }
 END_TEST
 
+/* A deadline shorter than a slow jwks_uri fetch: the handler goes on after the 503. */
+static void setup_late_keys(void)
+{
+    static const char *const extra[] = {
+        "CIBAD_JWKS_URI_ALLOW_HTTP_LOOPBACK=true",
+        "CIBAD_JWKS_URI_TIMEOUT_MS=5000",
+        "CIBAD_DB_TIMEOUT_MS=300",
+        "CIBAD_REQUEST_DEADLINE_MS=1200",
+        NULL,
+    };
+
+    start_instance(extra);
+}
+
+START_TEST(late_keys_store_nothing)
+{
+    EVP_PKEY *key = e2e_key_new();
+    char *doc = e2e_jwks_text(&key, (const char *const[]){"k1"}, 1);
+    struct mock_http *keys = mock_http_start(NULL, NULL);
+    char *url = mock_http_url(keys, "127.0.0.1", "/jwks");
+    struct test_client c;
+    struct e2e_response r;
+    char *assertion;
+    char *log;
+
+    mock_http_push(keys, 200, doc, 2500);
+    mock_http_set_default(keys, 200, doc);
+    c = uri_client("Late Keys", url, key);
+
+    assertion = assertion_for(&c, NULL, NULL);
+    r = post_assertion("/bc-authorize", bc_form(), assertion);
+    assert_error(&r, 503, "temporarily_unavailable");
+    e2e_response_free(&r);
+    free(assertion);
+
+    /* The keys arrive after the 503: nothing may be stored or texted then. */
+    sleep_ms(3000);
+    ck_assert_msg(mock_http_count(sink) == 0,
+                  "an SMS went out for a request that got 503");
+    log = e2e_server_log(&srv);
+    ck_assert_msg(strstr(log, "deadline reply already sent; the request is not stored"),
+                  "the late handler did not stop before storing the request");
+    free(log);
+
+    /* With the keys cached, the same client gets through. */
+    assertion = assertion_for(&c, NULL, NULL);
+    r = post_assertion("/bc-authorize", bc_form(), assertion);
+    ck_assert_msg(r.status == 200, "with cached keys: %d %s", r.status, r.body);
+    remember_auth_req_id(&r);
+    e2e_response_free(&r);
+    free(assertion);
+
+    mock_http_free(keys);
+    free(url);
+    free(c.client_id);
+    free(doc);
+    EVP_PKEY_free(key);
+}
+END_TEST
+
 START_TEST(client_secret_jwt_flow)
 {
     json_t *out =
@@ -6411,6 +6471,10 @@ static Suite *e2e_suite(void)
     tcase_add_test(tc, key_rotation_keeps_old_tokens_valid);
     tcase_add_test(tc, database_restart_recovers);
     tcase_add_test(tc, serve_waits_for_database);
+    suite_add_tcase(s, tc);
+
+    tc = new_tcase("late_keys", setup_late_keys);
+    tcase_add_test(tc, late_keys_store_nothing);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("private_key_jwt");

@@ -306,6 +306,63 @@ START_TEST(ca_client_cert_seen_and_verified)
 }
 END_TEST
 
+/* Sends GET /healthz on a connection that offers *session (when not NULL), replaces
+ * *session with the connection's own, and returns whether the server resumed it. Fails
+ * the test when the handshake or the reply fails. */
+static bool tls_get_resumed(SSL_CTX *ctx, SSL_SESSION **session)
+{
+    const char *request =
+        "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    int fd = connect_loopback(srv.port);
+    SSL *ssl = SSL_new(ctx);
+    char buf[4096];
+    int n, total = 0;
+    bool resumed;
+
+    ck_assert_ptr_nonnull(ssl);
+    ck_assert_int_eq(SSL_set_fd(ssl, fd), 1);
+    if (*session)
+        ck_assert_int_eq(SSL_set_session(ssl, *session), 1);
+    ck_assert_msg(SSL_connect(ssl) == 1, "the handshake failed%s",
+                  *session ? " when resuming a session" : "");
+    ck_assert_int_eq(SSL_write(ssl, request, (int)strlen(request)), (int)strlen(request));
+    /* Reading also takes in a TLS 1.3 session ticket. */
+    while ((n = SSL_read(ssl, buf + total, (int)sizeof(buf) - 1 - total)) > 0)
+        total += n;
+    buf[total] = '\0';
+    ck_assert_msg(strncmp(buf, "HTTP/1.1 200", 12) == 0, "no 200 reply over TLS: %s",
+                  buf);
+    resumed = SSL_session_reused(ssl) == 1;
+    SSL_SESSION_free(*session);
+    *session = SSL_get1_session(ssl);
+    SSL_shutdown(ssl);
+    ERR_clear_error();
+    SSL_free(ssl);
+    close(fd);
+    return resumed;
+}
+
+START_TEST(tls_session_resumed)
+{
+    static const int versions[] = {TLS1_2_VERSION, TLS1_3_VERSION};
+
+    /* With client certificates requested, a resumed handshake must work too. */
+    for (size_t i = 0; i < sizeof(versions) / sizeof(versions[0]); i++) {
+        SSL_CTX *ctx = client_ctx(certs.client_cert_file, certs.client_key_file, 0);
+        SSL_SESSION *session = NULL;
+
+        ck_assert_int_eq(SSL_CTX_set_max_proto_version(ctx, versions[i]), 1);
+        ck_assert_msg(!tls_get_resumed(ctx, &session), "a first handshake was resumed");
+        ck_assert_ptr_nonnull(session);
+        ck_assert_msg(tls_get_resumed(ctx, &session),
+                      "the server did not resume the session (version 0x%x)",
+                      versions[i]);
+        SSL_SESSION_free(session);
+        SSL_CTX_free(ctx);
+    }
+}
+END_TEST
+
 START_TEST(tls12_client_cert_seen)
 {
     SSL_CTX *ctx = client_ctx(certs.client_cert_file, certs.client_key_file, 0);
@@ -1349,6 +1406,7 @@ static Suite *tls_suite(void)
     tcase_add_test(tc, plain_http_gets_no_http_answer);
     tcase_add_test(tc, tls11_rejected);
     tcase_add_test(tc, ca_client_cert_seen_and_verified);
+    tcase_add_test(tc, tls_session_resumed);
     tcase_add_test(tc, tls12_client_cert_seen);
     tcase_add_test(tc, self_signed_client_cert_seen_unverified);
     suite_add_tcase(s, tc);
