@@ -647,13 +647,17 @@ static void cert_start(struct auth_ctx *ctx, const struct storage_client *row)
         cert_fail(ctx, "the client has neither jwks nor jwks_uri");
         return;
     }
-    /* A certificate names no kid: a cached set of one key is used at once, and a
-     * larger one is fetched again at most once per jwks_uri_refetch_seconds. */
+    /* A certificate names no kid. A cached set of one key that holds the certificate's
+     * key is used at once. Otherwise the set is fetched again, at most once per
+     * jwks_uri_refetch_seconds, by asking for a kid that it lacks (the certificate's
+     * thumbprint), so a client that rotated its key is accepted soon after. */
     set = oauth_jwks_cache_peek(cache, row->jwks_uri, 0, NULL);
-    if (set)
-        cert_key_check(ctx, set, NULL);
-    else
-        oauth_jwks_cache_get(cache, row->jwks_uri, 0, NULL, on_cert_keys, ctx);
+    if (set && oauth_mtls_key_registered(ctx->cert, set)) {
+        cert_succeed(ctx);
+        return;
+    }
+    oauth_jwks_cache_get(cache, row->jwks_uri, 0,
+                         server_req_client_cert_thumbprint(ctx->sr), on_cert_keys, ctx);
 }
 
 static void on_client_loaded(void *arg, enum storage_status status,

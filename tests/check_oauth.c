@@ -4177,6 +4177,33 @@ START_TEST(mtls_self_signed_keys)
 }
 END_TEST
 
+START_TEST(mtls_self_signed_key_rotated)
+{
+    char *rotated;
+    json_t *jwks = json_pack("{s:[o, o]}", "keys", public_jwk_of(self_key, "s1", NULL),
+                             public_jwk_of(ec_key2, "s2", NULL));
+
+    rotated = json_dumps(jwks, JSON_COMPACT);
+    json_decref(jwks);
+    mock_http_set_default(jwks_server, 200, self_jwks);
+    fake_cert_set(self_cert, false);
+    authenticate_cert("m-self-uri");
+    assert_cert_auth_ok("m-self-uri");
+
+    /* The client publishes its new key next to the old one and uses it: within
+     * refetch_seconds (1 s here) the cached set decides, after it a new fetch does. */
+    mock_http_set_default(jwks_server, 200, rotated);
+    fake_cert_set(other_cert, false);
+    authenticate_cert("m-self-uri");
+    assert_auth_failed(OAUTH_ERR_INVALID_CLIENT);
+    usleep(1100 * 1000);
+    authenticate_cert("m-self-uri");
+    assert_cert_auth_ok("m-self-uri");
+    ck_assert_uint_eq(mock_http_count(jwks_server), 2);
+    free(rotated);
+}
+END_TEST
+
 START_TEST(mtls_jwks_uri_down)
 {
     mock_http_push(jwks_server, 500, "down", 0);
@@ -5002,6 +5029,7 @@ static Suite *oauth_suite(void)
     tcase_add_test(mtls, mtls_dn_parse_rules);
     tcase_add_test(mtls, mtls_unverified_chain);
     tcase_add_test(mtls, mtls_self_signed_keys);
+    tcase_add_test(mtls, mtls_self_signed_key_rotated);
     tcase_add_test(mtls, mtls_jwks_uri_down);
     tcase_add_test(mtls, mtls_two_methods);
     tcase_add_test(mtls, mtls_client_id_required);
