@@ -358,7 +358,8 @@ static unsigned client_alg(const struct oauth_client *client, const char **why)
     }
     alg = oauth_jws_alg_parse(client->token_endpoint_auth_signing_alg) & algs_enabled();
     if (!alg)
-        *why = "the client's key alg is not accepted for request objects";
+        *why = "the client registered no request signing alg and its key alg is not "
+               "accepted for request objects (register --request-signing-alg)";
     return alg;
 }
 

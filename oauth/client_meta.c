@@ -544,8 +544,8 @@ const char *oauth_request_signing_alg_check(const char *alg,
     if (!cred->jwks && !cred->jwks_uri) {
         snprintf(err, err_len,
                  "--request-signing-alg needs the client's public keys to verify its "
-                 "requests: register it with --auth-method private_key_jwt and --jwks "
-                 "or --jwks-uri");
+                 "requests: register it with --auth-method private_key_jwt or "
+                 "self_signed_tls_client_auth and --jwks or --jwks-uri");
         return NULL;
     }
     if (!cred->jwks)
