@@ -106,6 +106,30 @@ static enum oauth_err check_times(const json_t *claims, const char **description
     return OAUTH_OK;
 }
 
+/* True when the token has no aud, or an aud (a string or an array of strings) that
+ * names cibad's issuer. A token that an identity provider issued for another
+ * audience must not name a user here. */
+static bool audience_ok(const json_t *claims)
+{
+    const json_t *aud = json_object_get(claims, "aud");
+    const char *issuer = server_config->issuer;
+    const json_t *item;
+    size_t i;
+
+    if (!aud)
+        return true;
+    if (json_is_string(aud))
+        return strcmp(json_string_value(aud), issuer) == 0;
+    if (!json_is_array(aud))
+        return false;
+    json_array_foreach(aud, i, item)
+    {
+        if (json_is_string(item) && strcmp(json_string_value(item), issuer) == 0)
+            return true;
+    }
+    return false;
+}
+
 /* Turns the configured claim into a user lookup: a subject as it is, a phone number in
  * its E.164 form, an email address lower-cased. Writes the value to out (256 bytes).
  * Returns 0, or -1 when the claim is missing or cannot name a user. */
@@ -154,6 +178,11 @@ static void verify(struct hint_ctx *hc, const struct oauth_jwk_set *set)
     if (!iss || strcmp(iss, hc->iss) != 0) {
         json_decref(claims);
         reject(hc, "iss changed between the first and the verified reading");
+        return;
+    }
+    if (!audience_ok(claims)) {
+        json_decref(claims);
+        reject(hc, "its aud does not name this issuer");
         return;
     }
     err = check_times(claims, &description);

@@ -4992,6 +4992,28 @@ START_TEST(lht_time_claims)
 }
 END_TEST
 
+START_TEST(lht_audience_checked)
+{
+    char changes[160];
+
+    /* A token for another audience is refused; one naming cibad's issuer is fine. */
+    free(expect_hint_token_error(hint_token(sub_key, "s1", ISS_SUB, "sub", u1.subject,
+                                            "{\"aud\":\"https://other.example\"}"),
+                                 400, "invalid_request"));
+    free(expect_hint_token_error(hint_token(sub_key, "s1", ISS_SUB, "sub", u1.subject,
+                                            "{\"aud\":[\"https://other.example\"]}"),
+                                 400, "invalid_request"));
+    free(expect_hint_token_error(
+        hint_token(sub_key, "s1", ISS_SUB, "sub", u1.subject, "{\"aud\":7}"), 400,
+        "invalid_request"));
+    snprintf(changes, sizeof(changes), "{\"aud\":[\"https://other.example\",\"%s\"]}",
+             srv.issuer);
+    expect_hint_token_accepted(
+        hint_token(sub_key, "s1", ISS_SUB, "sub", u1.subject, changes),
+        "aud with issuer");
+}
+END_TEST
+
 /* A token with the given header over good claims, signed with sub_key. */
 static char *token_with_header(const char *header)
 {
@@ -6378,6 +6400,7 @@ static Suite *e2e_suite(void)
     tcase_set_timeout(tc, TEST_TIMEOUT_S);
     tcase_add_test(tc, lht_names_user_by_each_claim);
     tcase_add_test(tc, lht_time_claims);
+    tcase_add_test(tc, lht_audience_checked);
     tcase_add_test(tc, lht_forged_or_untrusted);
     tcase_add_test(tc, lht_malformed_and_repeated);
     tcase_add_test(tc, lht_unknown_user);
