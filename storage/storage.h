@@ -65,6 +65,16 @@ bool storage_conn_is_up(const struct storage_conn *db);
 /* Number of statements queued and still waiting for their result. */
 size_t storage_conn_pending(const struct storage_conn *db);
 
+/* Turns on the client cache of db: storage_client_get keeps each client it found for
+ * ttl_ms and answers from memory until then, with the callback still deferred to the
+ * loop. Unknown client_id values are never cached. storage_sync_client_delete notifies
+ * every connection (LISTEN/NOTIFY), which drops the client at once; a change made
+ * outside storage/ shows after at most ttl_ms. The cache holds at most 1024 clients
+ * and is emptied when the connection is lost. 0 leaves it off, the default. Call it
+ * once, right after storage_conn_new. Returns 0, or -1 for a negative ttl_ms or a
+ * second call. */
+int storage_conn_set_client_cache(struct storage_conn *db, int ttl_ms) MUST_CHECK;
+
 /* Generic completion for statements that return no rows of interest. */
 typedef void (*storage_done_cb)(void *arg, enum storage_status status);
 
@@ -94,7 +104,8 @@ struct storage_client {
 typedef void (*storage_client_cb)(void *arg, enum storage_status status,
                                   const struct storage_client *client);
 
-/* Loads one client; STORAGE_NOT_FOUND when there is none. */
+/* Loads one client; STORAGE_NOT_FOUND when there is none. With the client cache on
+ * (storage_conn_set_client_cache), a client found within the TTL comes from memory. */
 int storage_client_get(struct storage_conn *db, const char *client_id,
                        storage_client_cb cb, void *arg) MUST_CHECK;
 
@@ -444,7 +455,8 @@ int storage_sync_client_create(struct storage_sync *s, const struct storage_clie
 int storage_sync_client_each(struct storage_sync *s, const char *client_id,
                              void (*fn)(void *arg, const struct storage_client *c),
                              void *arg) MUST_CHECK;
-/* Returns 1 when deleted, 0 when there was no such client, -1 on failure. */
+/* Returns 1 when deleted, 0 when there was no such client, -1 on failure. The same
+ * statement notifies the client caches of every running server. */
 int storage_sync_client_delete(struct storage_sync *s, const char *client_id) MUST_CHECK;
 
 /* Creates a user. Returns 0, or -1 (with err) for a duplicate or any failure. */

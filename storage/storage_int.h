@@ -90,6 +90,36 @@ int storage_conn_send(struct storage_conn *db, const struct storage_stmt *stmt,
                       const struct storage_params *params, storage_finish_fn finish,
                       union storage_cb cb, void *arg) MUST_CHECK;
 
+/* A completion the connection runs from its loop without asking the database, such as a
+ * lookup the client cache answers. */
+struct storage_deferred {
+    struct storage_deferred *next;
+    /* status is STORAGE_OK, or STORAGE_UNAVAILABLE from inside storage_conn_free. */
+    void (*run)(struct storage_deferred *d, enum storage_status status);
+};
+
+/* Queues d to run once, later, from db's loop, never inside this call. d stays the
+ * caller's until it runs. */
+void storage_conn_defer(struct storage_conn *db, struct storage_deferred *d);
+
+/* ---- the client cache of one connection (client.c) ----------------------------------
+ */
+
+/* The channel on which storage_sync_client_delete notifies every connection. */
+#define STORAGE_CLIENT_CHANNEL "cibad_client"
+
+struct storage_client_cache;
+
+struct storage_client_cache *storage_client_cache_new(int ttl_ms);
+/* NULL is a no-op. Entries that a deferred completion still uses live until it runs. */
+void storage_client_cache_free(struct storage_client_cache *cache);
+/* Drops the entry of client_id, or every entry when client_id is NULL. NULL cache is a
+ * no-op. */
+void storage_client_cache_forget(struct storage_client_cache *cache,
+                                 const char *client_id);
+/* The cache of db, or NULL when it is off or the connection is not ready. */
+struct storage_client_cache *storage_conn_client_cache(struct storage_conn *db);
+
 /* The blocking connection of the command line. */
 struct storage_sync {
     PGconn *pg;

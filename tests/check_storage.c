@@ -821,6 +821,185 @@ START_TEST(client_get_found_and_missing)
 }
 END_TEST
 
+/* ---- the client cache ------------------------------------------------------------ */
+
+static void wait_recovered(struct storage_conn *db, int timeout_ms, int *rejected,
+                           int *failed_calls);
+
+static struct storage_conn *conn_open_cached(int ttl_ms)
+{
+    struct storage_conn *db =
+        storage_conn_new(base, env("CIBAD_TEST_DATABASE_URL"), 5000);
+
+    ck_assert_ptr_nonnull(db);
+    ck_assert_int_eq(storage_conn_set_client_cache(db, ttl_ms), 0);
+    wait_up(db, WAIT_MS);
+    return db;
+}
+
+static struct client_res client_get_now(struct storage_conn *db, const char *client_id)
+{
+    struct client_res r = {0};
+
+    ck_assert_int_eq(storage_client_get(db, client_id, on_client, &r), 0);
+    wait_calls(&r.calls, 1);
+    return r;
+}
+
+START_TEST(client_cache_settings_checked)
+{
+    struct storage_conn *db;
+
+    loop_open();
+    db = storage_conn_new(base, env("CIBAD_TEST_DATABASE_URL"), 5000);
+    ck_assert_ptr_nonnull(db);
+    ck_assert_int_eq(storage_conn_set_client_cache(db, -1), -1);
+    ck_assert_int_eq(storage_conn_set_client_cache(NULL, 1000), -1);
+    ck_assert_int_eq(storage_conn_set_client_cache(db, 1000), 0);
+    ck_assert_int_eq(storage_conn_set_client_cache(db, 1000), -1);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+/* A client deleted by hand, which notifies nobody, stays cached until the TTL ends. */
+START_TEST(client_cache_hit_deferred_until_ttl)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct client_res first, hit = {0}, after;
+    PGconn *pg = raw_open();
+
+    people_create(&p);
+    loop_open();
+    db = conn_open_cached(500);
+    first = client_get_now(db, p.client_id);
+    ck_assert_int_eq(first.status, STORAGE_OK);
+    raw_exec(pg, "DELETE FROM client WHERE client_id = $1", p.client_id);
+
+    ck_assert_int_eq(storage_client_get(db, p.client_id, on_client, &hit), 0);
+    ck_assert_int_eq(hit.calls, 0);
+    ck_assert_uint_eq(storage_conn_pending(db), 1);
+    wait_calls(&hit.calls, 1);
+    ck_assert_int_eq(hit.status, STORAGE_OK);
+    ck_assert_str_eq(hit.name, "Test Agent");
+    ck_assert_str_eq(hit.mode, "poll");
+    ck_assert_str_eq(hit.grant_types, "urn:openid:params:grant-type:ciba");
+    ck_assert(hit.endpoint_null);
+    ck_assert_int_eq(hit.created_at, first.created_at);
+    ck_assert_uint_eq(storage_conn_pending(db), 0);
+
+    run_loop_ms(550);
+    after = client_get_now(db, p.client_id);
+    ck_assert_int_eq(after.status, STORAGE_NOT_FOUND);
+    PQfinish(pg);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+START_TEST(client_cache_dropped_on_delete)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct storage_sync *s = sync_open();
+    struct client_res r;
+    int64_t deleted_ms;
+
+    people_create(&p);
+    loop_open();
+    db = conn_open_cached(60000);
+    ck_assert_int_eq(client_get_now(db, p.client_id).status, STORAGE_OK);
+    ck_assert_int_eq(client_get_now(db, p.other_client_id).status, STORAGE_OK);
+    ck_assert_int_eq(storage_sync_client_delete(s, p.client_id), 1);
+    ck_assert_int_eq(storage_sync_client_delete(s, p.client_id), 0);
+    deleted_ms = util_mono_ms();
+
+    /* The notification comes through the loop: wait for it, but not for the TTL. */
+    for (;;) {
+        r = client_get_now(db, p.client_id);
+        if (r.status != STORAGE_OK)
+            break;
+        ck_assert_msg(util_mono_ms() - deleted_ms < 2000,
+                      "the deleted client is still cached after 2 s");
+        run_loop_ms(10);
+    }
+    ck_assert_int_eq(r.status, STORAGE_NOT_FOUND);
+    /* Only the deleted client was dropped. */
+    ck_assert_int_eq(client_get_now(db, p.other_client_id).status, STORAGE_OK);
+    storage_sync_close(s);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+START_TEST(client_cache_skips_unknown_ids)
+{
+    struct storage_conn *db;
+    struct storage_sync *s = sync_open();
+    char client_id[40] = "later-";
+
+    random_hex(client_id + strlen(client_id), 8);
+    loop_open();
+    db = conn_open_cached(60000);
+    ck_assert_int_eq(client_get_now(db, client_id).status, STORAGE_NOT_FOUND);
+    client_add(s, client_id);
+    ck_assert_int_eq(client_get_now(db, client_id).status, STORAGE_OK);
+    storage_sync_close(s);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+START_TEST(client_cache_free_fails_hits)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct client_res hit = {0};
+
+    people_create(&p);
+    loop_open();
+    db = conn_open_cached(60000);
+    ck_assert_int_eq(client_get_now(db, p.client_id).status, STORAGE_OK);
+    ck_assert_int_eq(storage_client_get(db, p.client_id, on_client, &hit), 0);
+    storage_conn_free(db);
+    ck_assert_int_eq(hit.calls, 1);
+    ck_assert_int_eq(hit.status, STORAGE_UNAVAILABLE);
+    run_loop_ms(50);
+    ck_assert_int_eq(hit.calls, 1);
+    loop_close();
+}
+END_TEST
+
+/* Notifications sent while the connection was down are lost, so a reset empties the
+ * cache. */
+START_TEST(client_cache_emptied_on_reset)
+{
+    struct people p;
+    struct storage_conn *db;
+    PGconn *admin = raw_open();
+    int rejected = 0, failed_calls = 0;
+
+    people_create(&p);
+    loop_open();
+    db = conn_open_cached(60000);
+    ck_assert_int_eq(client_get_now(db, p.client_id).status, STORAGE_OK);
+    ck_assert_int_ge(
+        raw_int(admin,
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = 'cibad' AND datname ="
+                " current_database()",
+                NULL),
+        1);
+    raw_exec(admin, "DELETE FROM client WHERE client_id = $1", p.client_id);
+    wait_recovered(db, 10000, &rejected, &failed_calls);
+    ck_assert_int_eq(client_get_now(db, p.client_id).status, STORAGE_NOT_FOUND);
+    PQfinish(admin);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
 static void on_user_row(void *arg, const struct storage_user *u)
 {
     struct list_res *r = arg;
@@ -3221,6 +3400,12 @@ static Suite *storage_suite(void)
     tcase_add_test(tc, client_create_list_delete);
     tcase_add_test(tc, client_create_rejects_bad_fields);
     tcase_add_test(tc, client_get_found_and_missing);
+    tcase_add_test(tc, client_cache_settings_checked);
+    tcase_add_test(tc, client_cache_hit_deferred_until_ttl);
+    tcase_add_test(tc, client_cache_dropped_on_delete);
+    tcase_add_test(tc, client_cache_skips_unknown_ids);
+    tcase_add_test(tc, client_cache_free_fails_hits);
+    tcase_add_test(tc, client_cache_emptied_on_reset);
     tcase_add_test(tc, client_jwt_methods_stored);
     tcase_add_test(tc, client_jwt_credentials_checked);
     tcase_add_test(tc, assertion_jti_single_use);
