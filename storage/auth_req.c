@@ -8,6 +8,8 @@
  */
 #include "storage/storage_int.h"
 
+#include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---- create ------------------------------------------------------------------------ */
@@ -174,9 +176,21 @@ int storage_auth_req_fail_delivery(struct storage_conn *db, const char *auth_req
 
 /* ---- poll (token endpoint) --------------------------------------------------------- */
 
-/* cur locks the row, so concurrent polls of one request run one after another, and each
- * sees the status the previous one committed: only the first poll of an approved
- * request finds 'approved' and redeems it. The outcome rules, in order:
+/* Polls go to the database in batches, one statement each, so the polls of a batch
+ * share one transaction, one executor start and one round trip. A batch goes out at the
+ * end of the loop pass that opened it, unless another batch of the connection is still
+ * in flight: then it takes more polls until that one is answered. So under load a batch
+ * gathers the polls that arrived during one statement, and an idle server sends each
+ * poll at once. The statement takes the polls as three arrays (auth_req_id_hash,
+ * client_id, request_id) and returns one row per poll, in the order given. At most
+ * POLL_BATCH_MAX polls go in one batch, and never two of the same request, because one
+ * statement cannot see its own update of a row: a second poll of an approved request
+ * would redeem it again.
+ *
+ * cur locks the rows in auth_req_id_hash order, so two batches that share requests
+ * cannot deadlock, and polls of one request run one after another, each seeing the
+ * status the previous one committed: only the first poll of an approved request finds
+ * 'approved' and redeems it. The outcome rules, in order:
  *   redeemed                          -> invalid (single use)
  *   now() >= expires_at, or expired   -> expired (tombstone: expired_token)
  *   denied                            -> denied
@@ -186,21 +200,26 @@ int storage_auth_req_fail_delivery(struct storage_conn *db, const char *auth_req
  * A pending poll of either kind records last_polled_at. Decisions (not plain pending
  * polls) get an audit row; an unknown id or another client's id gets one as well. */
 static const char sql_poll[] =
-    "WITH cur AS MATERIALIZED ("
-    "  SELECT auth_req_id_hash, client_id, subject, scope, acr_values, decided_at,"
-    "    poll_interval,"
+    "WITH input AS ("
+    "  SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY"
+    "    AS i(auth_req_id_hash, client_id, request_id, n)"
+    "), cur AS MATERIALIZED ("
+    "  SELECT i.n, a.auth_req_id_hash, a.client_id, a.subject, a.scope, a.acr_values,"
+    "    a.decided_at, a.poll_interval,"
     "    CASE"
-    "      WHEN status = 'redeemed' THEN 'invalid'"
-    "      WHEN now() >= expires_at OR status = 'expired' THEN 'expired'"
-    "      WHEN status = 'denied' THEN 'denied'"
-    "      WHEN status = 'approved' THEN 'redeemed'"
-    "      WHEN last_polled_at IS NOT NULL"
-    "        AND now() < last_polled_at + poll_interval * interval '1 second'"
+    "      WHEN a.status = 'redeemed' THEN 'invalid'"
+    "      WHEN now() >= a.expires_at OR a.status = 'expired' THEN 'expired'"
+    "      WHEN a.status = 'denied' THEN 'denied'"
+    "      WHEN a.status = 'approved' THEN 'redeemed'"
+    "      WHEN a.last_polled_at IS NOT NULL"
+    "        AND now() < a.last_polled_at + a.poll_interval * interval '1 second'"
     "        THEN 'slow_down'"
     "      ELSE 'pending'"
     "    END AS outcome"
-    "  FROM auth_req WHERE auth_req_id_hash = $1 AND client_id = $2"
-    "  FOR UPDATE"
+    "  FROM input i JOIN auth_req a"
+    "    ON a.auth_req_id_hash = i.auth_req_id_hash AND a.client_id = i.client_id"
+    "  ORDER BY a.auth_req_id_hash"
+    "  FOR UPDATE OF a"
     "), changed AS ("
     "  UPDATE auth_req a SET"
     "    status = CASE WHEN cur.outcome = 'redeemed' THEN 'redeemed' ELSE a.status END,"
@@ -213,27 +232,51 @@ static const char sql_poll[] =
     "  FROM cur"
     "  WHERE a.auth_req_id_hash = cur.auth_req_id_hash"
     "    AND cur.outcome IN ('redeemed', 'pending', 'slow_down')"
-    "  RETURNING a.poll_interval"
+    "  RETURNING a.auth_req_id_hash, a.poll_interval"
     "), audit AS ("
     "  INSERT INTO audit_log (request_id, client_id, subject, scope, action, decision,"
     "    detail, auth_req_id_hash, attestation)"
-    "  SELECT $3, client_id, subject, scope, 'token',"
-    "    CASE WHEN outcome = 'redeemed' THEN 'issued' ELSE 'refused' END,"
-    "    CASE outcome WHEN 'invalid' THEN 'invalid_grant'"
+    "  SELECT i.request_id, c.client_id, c.subject, c.scope, 'token',"
+    "    CASE WHEN c.outcome = 'redeemed' THEN 'issued' ELSE 'refused' END,"
+    "    CASE c.outcome WHEN 'invalid' THEN 'invalid_grant'"
     "      WHEN 'expired' THEN 'expired_token' WHEN 'denied' THEN 'access_denied' END,"
-    "    auth_req_id_hash,"
-    "    CASE WHEN outcome = 'redeemed' THEN 'sms_otp' ELSE 'none' END"
-    "  FROM cur WHERE outcome NOT IN ('pending', 'slow_down')"
+    "    c.auth_req_id_hash,"
+    "    CASE WHEN c.outcome = 'redeemed' THEN 'sms_otp' ELSE 'none' END"
+    "  FROM cur c JOIN input i ON i.n = c.n"
+    "  WHERE c.outcome NOT IN ('pending', 'slow_down')"
     "), audit_unknown AS ("
     "  INSERT INTO audit_log (request_id, client_id, action, decision, detail)"
-    "  SELECT $3, $2, 'token', 'refused', 'invalid_grant'"
-    "  WHERE NOT EXISTS (SELECT 1 FROM cur)"
+    "  SELECT i.request_id, i.client_id, 'token', 'refused', 'invalid_grant'"
+    "  FROM input i WHERE NOT EXISTS (SELECT 1 FROM cur c WHERE c.n = i.n)"
     ")"
-    " SELECT outcome, subject, scope, acr_values,"
-    "   floor(extract(epoch FROM decided_at))::int8,"
-    "   coalesce((SELECT poll_interval FROM changed), poll_interval)"
-    " FROM cur";
+    " SELECT i.n, c.outcome, c.subject, c.scope, c.acr_values,"
+    "   floor(extract(epoch FROM c.decided_at))::int8,"
+    "   coalesce(ch.poll_interval, c.poll_interval)"
+    " FROM input i LEFT JOIN cur c ON c.n = i.n"
+    "   LEFT JOIN changed ch ON ch.auth_req_id_hash = c.auth_req_id_hash"
+    " ORDER BY i.n";
 static const struct storage_stmt stmt_poll = {"auth_req_poll", sql_poll, 3};
+
+#define POLL_BATCH_MAX 64
+
+/* One storage_auth_req_poll call, with copies of its strings. */
+struct poll_call {
+    char *auth_req_id_hash;
+    char *client_id;
+    char *request_id; /* may be NULL */
+    storage_poll_cb cb;
+    void *arg;
+};
+
+/* The polls of one statement. */
+struct storage_poll_batch {
+    struct storage_deferred flush; /* first member */
+    struct storage_conn *db;
+    bool sealed;  /* full, or a poll of a request in it came: send at the flush */
+    bool waiting; /* its flush found a batch in flight, and no flush is queued */
+    size_t n;
+    struct poll_call calls[POLL_BATCH_MAX];
+};
 
 static const struct {
     const char *name;
@@ -244,55 +287,214 @@ static const struct {
     {"expired", STORAGE_POLL_EXPIRED},   {"invalid", STORAGE_POLL_INVALID},
 };
 
-static void finish_poll(union storage_cb cb, void *arg, enum storage_status status,
-                        const PGresult *res)
+static void batch_free(struct storage_poll_batch *b)
 {
-    struct storage_poll poll = {.outcome = STORAGE_POLL_INVALID};
-    const char *outcome;
+    for (size_t i = 0; i < b->n; i++) {
+        free(b->calls[i].auth_req_id_hash);
+        free(b->calls[i].client_id);
+        free(b->calls[i].request_id);
+    }
+    free(b);
+}
+
+/* Gives every poll of the batch the same failure, then frees the batch. */
+static void batch_fail(struct storage_poll_batch *b, enum storage_status status)
+{
+    for (size_t i = 0; i < b->n; i++)
+        b->calls[i].cb(b->calls[i].arg, status, NULL);
+    batch_free(b);
+}
+
+/* Reads row `row` of the result into poll. Returns 0, or -1 for an unknown outcome. */
+static int poll_from_row(const PGresult *res, int row, struct storage_poll *poll)
+{
+    const char *outcome = storage_col_text(res, row, 1);
     size_t i;
 
-    if (status != STORAGE_OK) {
-        cb.poll(arg, status, NULL);
-        return;
-    }
-    if (PQntuples(res) == 0) {
-        cb.poll(arg, STORAGE_OK, &poll);
-        return;
-    }
-
-    outcome = storage_col_text(res, 0, 0);
+    *poll = (struct storage_poll){.outcome = STORAGE_POLL_INVALID};
+    if (outcome == NULL)
+        return 0; /* no such request for this client */
     for (i = 0; i < ARRAY_LEN(poll_outcomes); i++)
-        if (outcome && strcmp(outcome, poll_outcomes[i].name) == 0)
+        if (strcmp(outcome, poll_outcomes[i].name) == 0)
             break;
     if (i == ARRAY_LEN(poll_outcomes)) {
         log_error("storage: auth_req_poll returned an unknown outcome");
-        cb.poll(arg, STORAGE_ERROR, NULL);
+        return -1;
+    }
+    poll->outcome = poll_outcomes[i].outcome;
+    poll->interval = storage_col_int(res, row, 6);
+    poll->acr_values = storage_col_text(res, row, 4);
+    if (poll->outcome == STORAGE_POLL_REDEEMED) {
+        poll->subject = storage_col_text(res, row, 2);
+        poll->scope = storage_col_text(res, row, 3);
+        poll->auth_time = storage_col_int64(res, row, 5);
+    }
+    return 0;
+}
+
+/* Queues the flush of the open batch that waited for the batches in flight. */
+static void resume_waiting(struct storage_conn *db)
+{
+    struct storage_polls *polls = storage_conn_polls(db);
+
+    if (polls->in_flight == 0 && polls->open && polls->open->waiting) {
+        polls->open->waiting = false;
+        storage_conn_defer(db, &polls->open->flush);
+    }
+}
+
+static void finish_poll(union storage_cb cb, void *arg, enum storage_status status,
+                        const PGresult *res)
+{
+    struct storage_poll_batch *b = arg;
+    struct storage_conn *db = b->db;
+
+    (void)cb;
+    storage_conn_polls(db)->in_flight--;
+    if (status != STORAGE_OK) {
+        batch_fail(b, status);
+        resume_waiting(db);
         return;
     }
-    poll.outcome = poll_outcomes[i].outcome;
-    poll.interval = storage_col_int(res, 0, 5);
-    poll.acr_values = storage_col_text(res, 0, 3);
-    if (poll.outcome == STORAGE_POLL_REDEEMED) {
-        poll.subject = storage_col_text(res, 0, 1);
-        poll.scope = storage_col_text(res, 0, 2);
-        poll.auth_time = storage_col_int64(res, 0, 4);
+    if (PQntuples(res) != (int)b->n) {
+        log_error("storage: auth_req_poll returned %d rows for %zu polls", PQntuples(res),
+                  b->n);
+        batch_fail(b, STORAGE_ERROR);
+        resume_waiting(db);
+        return;
     }
-    cb.poll(arg, STORAGE_OK, &poll);
+    for (size_t i = 0; i < b->n; i++) {
+        struct storage_poll poll;
+
+        if (poll_from_row(res, (int)i, &poll) != 0)
+            b->calls[i].cb(b->calls[i].arg, STORAGE_ERROR, NULL);
+        else
+            b->calls[i].cb(b->calls[i].arg, STORAGE_OK, &poll);
+    }
+    batch_free(b);
+    resume_waiting(db);
+}
+
+/* Builds the text[] literal of one string field of every call: each value quoted, with
+ * a backslash before " and \, and NULL unquoted. */
+static char *array_of(const struct storage_poll_batch *b, size_t offset)
+{
+    size_t cap = 3, len = 0;
+    char *buf;
+
+    for (size_t i = 0; i < b->n; i++) {
+        const char *v = *(char *const *)((const char *)&b->calls[i] + offset);
+
+        cap += (v ? 2 * strlen(v) + 2 : 4) + 1;
+    }
+    buf = util_malloc(cap);
+    buf[len++] = '{';
+    for (size_t i = 0; i < b->n; i++) {
+        const char *v = *(char *const *)((const char *)&b->calls[i] + offset);
+
+        if (i > 0)
+            buf[len++] = ',';
+        if (!v) {
+            memcpy(buf + len, "NULL", 4);
+            len += 4;
+            continue;
+        }
+        buf[len++] = '"';
+        for (const char *p = v; *p; p++) {
+            if (*p == '"' || *p == '\\')
+                buf[len++] = '\\';
+            buf[len++] = *p;
+        }
+        buf[len++] = '"';
+    }
+    buf[len++] = '}';
+    buf[len] = '\0';
+    return buf;
+}
+
+/* The batch's deferred flush: sends the statement, or leaves the batch open while
+ * another is in flight, or fails every poll when the connection is being freed or
+ * refuses the statement. */
+static void on_batch_flush(struct storage_deferred *d, enum storage_status status)
+{
+    struct storage_poll_batch *b = (struct storage_poll_batch *)d;
+    struct storage_polls *polls = storage_conn_polls(b->db);
+    struct storage_params p = {0};
+    union storage_cb u = {0};
+    char *ids, *clients, *request_ids;
+    int rc;
+
+    if (status == STORAGE_OK && !b->sealed && polls->in_flight > 0) {
+        b->waiting = true;
+        return;
+    }
+    if (polls->open == b)
+        polls->open = NULL;
+    if (status != STORAGE_OK) {
+        batch_fail(b, status);
+        return;
+    }
+    ids = array_of(b, offsetof(struct poll_call, auth_req_id_hash));
+    clients = array_of(b, offsetof(struct poll_call, client_id));
+    request_ids = array_of(b, offsetof(struct poll_call, request_id));
+    storage_param_text(&p, ids);
+    storage_param_text(&p, clients);
+    storage_param_text(&p, request_ids);
+    rc = storage_conn_send(b->db, &stmt_poll, &p, finish_poll, u, b);
+    free(ids);
+    free(clients);
+    free(request_ids);
+    if (rc != 0)
+        batch_fail(b, STORAGE_UNAVAILABLE);
+    else
+        polls->in_flight++;
+}
+
+/* True when the batch already has a poll of this request. */
+static bool batch_has(const struct storage_poll_batch *b, const char *auth_req_id_hash)
+{
+    for (size_t i = 0; i < b->n; i++)
+        if (strcmp(b->calls[i].auth_req_id_hash, auth_req_id_hash) == 0)
+            return true;
+    return false;
 }
 
 int storage_auth_req_poll(struct storage_conn *db, const char *auth_req_id_hash,
                           const char *client_id, const char *request_id,
                           storage_poll_cb cb, void *arg)
 {
-    struct storage_params p = {0};
-    union storage_cb u = {.poll = cb};
+    struct storage_polls *polls;
+    struct storage_poll_batch *b;
+    struct poll_call *call;
 
-    if (auth_req_id_hash == NULL || client_id == NULL || cb == NULL)
+    if (auth_req_id_hash == NULL || client_id == NULL || cb == NULL ||
+        !storage_conn_is_up(db))
         return -1;
-    storage_param_text(&p, auth_req_id_hash);
-    storage_param_text(&p, client_id);
-    storage_param_text(&p, request_id);
-    return storage_conn_send(db, &stmt_poll, &p, finish_poll, u, arg);
+    polls = storage_conn_polls(db);
+    b = polls->open;
+    if (b && (b->n == POLL_BATCH_MAX || batch_has(b, auth_req_id_hash))) {
+        /* It goes out as it is, and the next statement sees its changes. */
+        b->sealed = true;
+        if (b->waiting) {
+            b->waiting = false;
+            storage_conn_defer(db, &b->flush);
+        }
+        polls->open = b = NULL;
+    }
+    if (!b) {
+        b = util_calloc(1, sizeof(*b));
+        b->db = db;
+        b->flush.run = on_batch_flush;
+        polls->open = b;
+        storage_conn_defer(db, &b->flush);
+    }
+    call = &b->calls[b->n++];
+    call->auth_req_id_hash = util_strdup(auth_req_id_hash);
+    call->client_id = util_strdup(client_id);
+    call->request_id = request_id ? util_strdup(request_id) : NULL;
+    call->cb = cb;
+    call->arg = arg;
+    return 0;
 }
 
 /* ---- sweep ------------------------------------------------------------------------- */

@@ -86,6 +86,7 @@ struct storage_conn {
     struct event *defer_ev;
 
     struct storage_client_cache *clients; /* NULL while the client cache is off */
+    struct storage_polls polls;           /* auth_req.c's */
 
     const struct storage_stmt **prepared; /* prepared in this session */
     size_t n_prepared, cap_prepared;
@@ -726,6 +727,11 @@ int storage_conn_set_client_cache(struct storage_conn *db, int ttl_ms)
 struct storage_client_cache *storage_conn_client_cache(struct storage_conn *db)
 {
     return db->state == CONN_READY ? db->clients : NULL;
+}
+
+struct storage_polls *storage_conn_polls(struct storage_conn *db)
+{
+    return &db->polls;
 }
 
 /* ---- completions without the database ---------------------------------------------- */

@@ -102,6 +102,19 @@ struct storage_deferred {
  * caller's until it runs. */
 void storage_conn_defer(struct storage_conn *db, struct storage_deferred *d);
 
+/* ---- poll batches (auth_req.c) ------------------------------------------------------
+ */
+
+struct storage_poll_batch;
+
+/* The poll batches of one connection. */
+struct storage_polls {
+    struct storage_poll_batch *open; /* the batch new polls join, or NULL */
+    int in_flight;                   /* batches sent and not answered yet */
+};
+
+struct storage_polls *storage_conn_polls(struct storage_conn *db);
+
 /* ---- the client cache of one connection (client.c) ----------------------------------
  */
 

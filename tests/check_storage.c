@@ -1371,6 +1371,126 @@ START_TEST(poll_unknown_and_foreign_id)
 }
 END_TEST
 
+/* Polls made in one pass of the loop share one statement. Two polls of one request
+ * never do: the later one must see what the earlier one changed. */
+START_TEST(poll_batch_in_one_pass)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct storage_sync *s = sync_open();
+    struct req pending, approved, odd;
+    struct poll_res a[3] = {{0}}, b[2] = {{0}}, unknown = {0}, foreign = {0},
+                    odd_poll = {0};
+    PGconn *pg = raw_open();
+    /* Array literal syntax in a client_id: quotes, backslash, comma, braces, space. */
+    const char odd_client[] = "odd \"client\\\",{x}";
+
+    people_create(&p);
+    client_add(s, odd_client);
+    loop_open();
+    db = conn_open(5000);
+    req_init(&pending, &p);
+    ck_assert_int_eq(req_create(db, &pending), STORAGE_OK);
+    req_init(&approved, &p);
+    req_create_approved(db, &approved);
+    req_init(&odd, &p);
+    odd.in.client_id = odd_client;
+    ck_assert_int_eq(req_create(db, &odd), STORAGE_OK);
+
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(storage_auth_req_poll(db, approved.id_hash, p.client_id, "rid-a",
+                                               on_poll, &a[i]),
+                         0);
+    for (int i = 0; i < 2; i++)
+        ck_assert_int_eq(storage_auth_req_poll(db, pending.id_hash, p.client_id, "rid-b",
+                                               on_poll, &b[i]),
+                         0);
+    ck_assert_int_eq(
+        storage_auth_req_poll(db, "0000", p.client_id, "rid-u", on_poll, &unknown), 0);
+    ck_assert_int_eq(storage_auth_req_poll(db, pending.id_hash, p.other_client_id,
+                                           "rid-f", on_poll, &foreign),
+                     0);
+    ck_assert_int_eq(
+        storage_auth_req_poll(db, odd.id_hash, odd_client, NULL, on_poll, &odd_poll), 0);
+    ck_assert_int_eq(a[0].calls, 0);
+    wait_calls(&a[2].calls, 1);
+    wait_calls(&b[1].calls, 1);
+    wait_calls(&odd_poll.calls, 1);
+
+    ck_assert_int_eq(a[0].status, STORAGE_OK);
+    ck_assert_int_eq(a[0].outcome, STORAGE_POLL_REDEEMED);
+    ck_assert_str_eq(a[0].subject, p.subject);
+    ck_assert_str_eq(a[0].scope, "openid email custom");
+    ck_assert_str_eq(a[0].acr_values, "urn:test:acr");
+    ck_assert_int_eq(a[1].outcome, STORAGE_POLL_INVALID);
+    ck_assert_int_eq(a[2].outcome, STORAGE_POLL_INVALID);
+    ck_assert_int_eq(b[0].outcome, STORAGE_POLL_PENDING);
+    ck_assert_int_eq(b[0].interval, 5);
+    ck_assert_int_eq(b[1].outcome, STORAGE_POLL_SLOW_DOWN);
+    ck_assert_int_eq(b[1].interval, 10);
+    ck_assert_int_eq(unknown.status, STORAGE_OK);
+    ck_assert_int_eq(unknown.outcome, STORAGE_POLL_INVALID);
+    ck_assert_int_eq(foreign.outcome, STORAGE_POLL_INVALID);
+    ck_assert_int_eq(odd_poll.status, STORAGE_OK);
+    ck_assert_int_eq(odd_poll.outcome, STORAGE_POLL_PENDING);
+
+    ck_assert_int_eq(audit_count(pg, approved.id_hash, "token", "issued"), 1);
+    ck_assert_int_eq(audit_count(pg, approved.id_hash, "token", "refused"), 2);
+    ck_assert_int_eq(raw_int(pg,
+                             "SELECT count(*) FROM audit_log WHERE request_id = 'rid-u'"
+                             " AND action = 'token' AND detail = 'invalid_grant'",
+                             NULL),
+                     1);
+    ck_assert_int_eq(raw_int(pg,
+                             "SELECT count(*) FROM audit_log WHERE client_id = $1"
+                             " AND request_id = 'rid-f' AND detail = 'invalid_grant'",
+                             p.other_client_id),
+                     1);
+    ck_assert_int_eq(raw_int(pg,
+                             "SELECT count(*) FROM auth_req WHERE client_id = $1"
+                             " AND last_polled_at IS NOT NULL",
+                             odd_client),
+                     1);
+    PQfinish(pg);
+    storage_sync_close(s);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+/* More polls in one pass than one statement takes. */
+START_TEST(poll_batch_overflow)
+{
+    enum { N = 150 };
+    struct people p;
+    struct storage_conn *db;
+    static struct req reqs[N];
+    static struct poll_res res[N];
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+    for (int i = 0; i < N; i++) {
+        req_init(&reqs[i], &p);
+        reqs[i].in.sms_per_phone_max = N;
+        ck_assert_int_eq(req_create(db, &reqs[i]), STORAGE_OK);
+    }
+    memset(res, 0, sizeof(res));
+    for (int i = 0; i < N; i++)
+        ck_assert_int_eq(storage_auth_req_poll(db, reqs[i].id_hash, p.client_id, "rid",
+                                               on_poll, &res[i]),
+                         0);
+    for (int i = 0; i < N; i++) {
+        wait_calls(&res[i].calls, 1);
+        ck_assert_int_eq(res[i].calls, 1);
+        ck_assert_int_eq(res[i].status, STORAGE_OK);
+        ck_assert_int_eq(res[i].outcome, STORAGE_POLL_PENDING);
+    }
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
 START_TEST(poll_slow_down_grows_interval)
 {
     struct people p;
@@ -2498,6 +2618,9 @@ START_TEST(conn_statement_timeout)
     started = util_mono_ms();
     ck_assert_int_eq(
         storage_auth_req_poll(db, r.id_hash, p.client_id, "rid", on_poll, &blocked), 0);
+    /* Polls go out at the end of the loop pass, so let it send this one first. */
+    run_loop_ms(50);
+    ck_assert_int_eq(blocked.calls, 0);
     ck_assert_int_eq(storage_ping(db, on_done, &behind), 0);
     wait_calls(&blocked.calls, 1);
     waited = util_mono_ms() - started;
@@ -3423,6 +3546,8 @@ static Suite *storage_suite(void)
 
     tc = tcase_new("poll", 60, true);
     tcase_add_test(tc, poll_unknown_and_foreign_id);
+    tcase_add_test(tc, poll_batch_in_one_pass);
+    tcase_add_test(tc, poll_batch_overflow);
     tcase_add_test(tc, poll_slow_down_grows_interval);
     tcase_add_test(tc, poll_approved_redeems_once);
     tcase_add_test(tc, poll_concurrent_connections);
