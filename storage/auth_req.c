@@ -8,8 +8,6 @@
  */
 #include "storage/storage_int.h"
 
-#include <stddef.h>
-#include <stdlib.h>
 #include <string.h>
 
 /* ---- create ------------------------------------------------------------------------ */
@@ -176,14 +174,9 @@ int storage_auth_req_fail_delivery(struct storage_conn *db, const char *auth_req
 
 /* ---- poll (token endpoint) --------------------------------------------------------- */
 
-/* Polls go to the database in batches, one statement each, so the polls of a batch
- * share one transaction, one executor start and one round trip. A batch goes out at the
- * end of the loop pass that opened it, unless another batch of the connection is still
- * in flight: then it takes more polls until that one is answered. So under load a batch
- * gathers the polls that arrived during one statement, and an idle server sends each
- * poll at once. The statement takes the polls as three arrays (auth_req_id_hash,
- * client_id, request_id) and returns one row per poll, in the order given. At most
- * POLL_BATCH_MAX polls go in one batch, and never two of the same request, because one
+/* Polls go to the database in batches (batch.c): the statement takes the polls as
+ * three arrays (auth_req_id_hash, client_id, request_id) and returns one row per poll,
+ * in the order given. Two polls of one request never share a batch, because one
  * statement cannot see its own update of a row: a second poll of an approved request
  * would redeem it again.
  *
@@ -257,27 +250,6 @@ static const char sql_poll[] =
     " ORDER BY i.n";
 static const struct storage_stmt stmt_poll = {"auth_req_poll", sql_poll, 3};
 
-#define POLL_BATCH_MAX 64
-
-/* One storage_auth_req_poll call, with copies of its strings. */
-struct poll_call {
-    char *auth_req_id_hash;
-    char *client_id;
-    char *request_id; /* may be NULL */
-    storage_poll_cb cb;
-    void *arg;
-};
-
-/* The polls of one statement. */
-struct storage_poll_batch {
-    struct storage_deferred flush; /* first member */
-    struct storage_conn *db;
-    bool sealed;  /* full, or a poll of a request in it came: send at the flush */
-    bool waiting; /* its flush found a batch in flight, and no flush is queued */
-    size_t n;
-    struct poll_call calls[POLL_BATCH_MAX];
-};
-
 static const struct {
     const char *name;
     enum storage_poll_outcome outcome;
@@ -286,24 +258,6 @@ static const struct {
     {"redeemed", STORAGE_POLL_REDEEMED}, {"denied", STORAGE_POLL_DENIED},
     {"expired", STORAGE_POLL_EXPIRED},   {"invalid", STORAGE_POLL_INVALID},
 };
-
-static void batch_free(struct storage_poll_batch *b)
-{
-    for (size_t i = 0; i < b->n; i++) {
-        free(b->calls[i].auth_req_id_hash);
-        free(b->calls[i].client_id);
-        free(b->calls[i].request_id);
-    }
-    free(b);
-}
-
-/* Gives every poll of the batch the same failure, then frees the batch. */
-static void batch_fail(struct storage_poll_batch *b, enum storage_status status)
-{
-    for (size_t i = 0; i < b->n; i++)
-        b->calls[i].cb(b->calls[i].arg, status, NULL);
-    batch_free(b);
-}
 
 /* Reads row `row` of the result into poll. Returns 0, or -1 for an unknown outcome. */
 static int poll_from_row(const PGresult *res, int row, struct storage_poll *poll)
@@ -332,169 +286,35 @@ static int poll_from_row(const PGresult *res, int row, struct storage_poll *poll
     return 0;
 }
 
-/* Queues the flush of the open batch that waited for the batches in flight. */
-static void resume_waiting(struct storage_conn *db)
+static void finish_polls(const struct storage_batch_call *calls, size_t n,
+                         enum storage_status status, const PGresult *res)
 {
-    struct storage_polls *polls = storage_conn_polls(db);
-
-    if (polls->in_flight == 0 && polls->open && polls->open->waiting) {
-        polls->open->waiting = false;
-        storage_conn_defer(db, &polls->open->flush);
-    }
-}
-
-static void finish_poll(union storage_cb cb, void *arg, enum storage_status status,
-                        const PGresult *res)
-{
-    struct storage_poll_batch *b = arg;
-    struct storage_conn *db = b->db;
-
-    (void)cb;
-    storage_conn_polls(db)->in_flight--;
-    if (status != STORAGE_OK) {
-        batch_fail(b, status);
-        resume_waiting(db);
-        return;
-    }
-    if (PQntuples(res) != (int)b->n) {
-        log_error("storage: auth_req_poll returned %d rows for %zu polls", PQntuples(res),
-                  b->n);
-        batch_fail(b, STORAGE_ERROR);
-        resume_waiting(db);
-        return;
-    }
-    for (size_t i = 0; i < b->n; i++) {
+    for (size_t i = 0; i < n; i++) {
         struct storage_poll poll;
 
-        if (poll_from_row(res, (int)i, &poll) != 0)
-            b->calls[i].cb(b->calls[i].arg, STORAGE_ERROR, NULL);
+        if (status != STORAGE_OK)
+            calls[i].cb.poll(calls[i].arg, status, NULL);
+        else if (poll_from_row(res, (int)i, &poll) != 0)
+            calls[i].cb.poll(calls[i].arg, STORAGE_ERROR, NULL);
         else
-            b->calls[i].cb(b->calls[i].arg, STORAGE_OK, &poll);
+            calls[i].cb.poll(calls[i].arg, STORAGE_OK, &poll);
     }
-    batch_free(b);
-    resume_waiting(db);
 }
 
-/* Builds the text[] literal of one string field of every call: each value quoted, with
- * a backslash before " and \, and NULL unquoted. */
-static char *array_of(const struct storage_poll_batch *b, size_t offset)
-{
-    size_t cap = 3, len = 0;
-    char *buf;
-
-    for (size_t i = 0; i < b->n; i++) {
-        const char *v = *(char *const *)((const char *)&b->calls[i] + offset);
-
-        cap += (v ? 2 * strlen(v) + 2 : 4) + 1;
-    }
-    buf = util_malloc(cap);
-    buf[len++] = '{';
-    for (size_t i = 0; i < b->n; i++) {
-        const char *v = *(char *const *)((const char *)&b->calls[i] + offset);
-
-        if (i > 0)
-            buf[len++] = ',';
-        if (!v) {
-            memcpy(buf + len, "NULL", 4);
-            len += 4;
-            continue;
-        }
-        buf[len++] = '"';
-        for (const char *p = v; *p; p++) {
-            if (*p == '"' || *p == '\\')
-                buf[len++] = '\\';
-            buf[len++] = *p;
-        }
-        buf[len++] = '"';
-    }
-    buf[len++] = '}';
-    buf[len] = '\0';
-    return buf;
-}
-
-/* The batch's deferred flush: sends the statement, or leaves the batch open while
- * another is in flight, or fails every poll when the connection is being freed or
- * refuses the statement. */
-static void on_batch_flush(struct storage_deferred *d, enum storage_status status)
-{
-    struct storage_poll_batch *b = (struct storage_poll_batch *)d;
-    struct storage_polls *polls = storage_conn_polls(b->db);
-    struct storage_params p = {0};
-    union storage_cb u = {0};
-    char *ids, *clients, *request_ids;
-    int rc;
-
-    if (status == STORAGE_OK && !b->sealed && polls->in_flight > 0) {
-        b->waiting = true;
-        return;
-    }
-    if (polls->open == b)
-        polls->open = NULL;
-    if (status != STORAGE_OK) {
-        batch_fail(b, status);
-        return;
-    }
-    ids = array_of(b, offsetof(struct poll_call, auth_req_id_hash));
-    clients = array_of(b, offsetof(struct poll_call, client_id));
-    request_ids = array_of(b, offsetof(struct poll_call, request_id));
-    storage_param_text(&p, ids);
-    storage_param_text(&p, clients);
-    storage_param_text(&p, request_ids);
-    rc = storage_conn_send(b->db, &stmt_poll, &p, finish_poll, u, b);
-    free(ids);
-    free(clients);
-    free(request_ids);
-    if (rc != 0)
-        batch_fail(b, STORAGE_UNAVAILABLE);
-    else
-        polls->in_flight++;
-}
-
-/* True when the batch already has a poll of this request. */
-static bool batch_has(const struct storage_poll_batch *b, const char *auth_req_id_hash)
-{
-    for (size_t i = 0; i < b->n; i++)
-        if (strcmp(b->calls[i].auth_req_id_hash, auth_req_id_hash) == 0)
-            return true;
-    return false;
-}
+/* Keyed on auth_req_id_hash: two polls of one request never share a batch. */
+static const struct storage_batch_kind poll_kind = {STORAGE_BATCH_POLL, &stmt_poll, 1,
+                                                    finish_polls};
 
 int storage_auth_req_poll(struct storage_conn *db, const char *auth_req_id_hash,
                           const char *client_id, const char *request_id,
                           storage_poll_cb cb, void *arg)
 {
-    struct storage_polls *polls;
-    struct storage_poll_batch *b;
-    struct poll_call *call;
+    const char *fields[] = {auth_req_id_hash, client_id, request_id};
+    union storage_cb u = {.poll = cb};
 
-    if (auth_req_id_hash == NULL || client_id == NULL || cb == NULL ||
-        !storage_conn_is_up(db))
+    if (auth_req_id_hash == NULL || client_id == NULL || cb == NULL)
         return -1;
-    polls = storage_conn_polls(db);
-    b = polls->open;
-    if (b && (b->n == POLL_BATCH_MAX || batch_has(b, auth_req_id_hash))) {
-        /* It goes out as it is, and the next statement sees its changes. */
-        b->sealed = true;
-        if (b->waiting) {
-            b->waiting = false;
-            storage_conn_defer(db, &b->flush);
-        }
-        polls->open = b = NULL;
-    }
-    if (!b) {
-        b = util_calloc(1, sizeof(*b));
-        b->db = db;
-        b->flush.run = on_batch_flush;
-        polls->open = b;
-        storage_conn_defer(db, &b->flush);
-    }
-    call = &b->calls[b->n++];
-    call->auth_req_id_hash = util_strdup(auth_req_id_hash);
-    call->client_id = util_strdup(client_id);
-    call->request_id = request_id ? util_strdup(request_id) : NULL;
-    call->cb = cb;
-    call->arg = arg;
-    return 0;
+    return storage_batch_add(db, &poll_kind, fields, u, arg);
 }
 
 /* ---- sweep ------------------------------------------------------------------------- */

@@ -86,7 +86,7 @@ struct storage_conn {
     struct event *defer_ev;
 
     struct storage_client_cache *clients; /* NULL while the client cache is off */
-    struct storage_polls polls;           /* auth_req.c's */
+    struct storage_batches batches[STORAGE_BATCH_KINDS]; /* batch.c's */
 
     const struct storage_stmt **prepared; /* prepared in this session */
     size_t n_prepared, cap_prepared;
@@ -729,9 +729,10 @@ struct storage_client_cache *storage_conn_client_cache(struct storage_conn *db)
     return db->state == CONN_READY ? db->clients : NULL;
 }
 
-struct storage_polls *storage_conn_polls(struct storage_conn *db)
+struct storage_batches *storage_conn_batches(struct storage_conn *db,
+                                             enum storage_batch_id id)
 {
-    return &db->polls;
+    return &db->batches[id];
 }
 
 /* ---- completions without the database ---------------------------------------------- */

@@ -102,18 +102,56 @@ struct storage_deferred {
  * caller's until it runs. */
 void storage_conn_defer(struct storage_conn *db, struct storage_deferred *d);
 
-/* ---- poll batches (auth_req.c) ------------------------------------------------------
- */
+/* ---- batches (batch.c) ------------------------------------------------------------- */
 
-struct storage_poll_batch;
+#define STORAGE_BATCH_MAX    64 /* calls in one statement */
+#define STORAGE_BATCH_FIELDS 3  /* text fields of one call */
 
-/* The poll batches of one connection. */
-struct storage_polls {
-    struct storage_poll_batch *open; /* the batch new polls join, or NULL */
-    int in_flight;                   /* batches sent and not answered yet */
+/* The kinds of batched statement; each connection keeps one queue per kind. */
+enum storage_batch_id {
+    STORAGE_BATCH_POLL,
+    STORAGE_BATCH_JTI,
+    STORAGE_BATCH_KINDS,
 };
 
-struct storage_polls *storage_conn_polls(struct storage_conn *db);
+/* One call in a batch: its fields (owned copies, or NULL for SQL NULL) and its
+ * caller's callback. */
+struct storage_batch_call {
+    char *fields[STORAGE_BATCH_FIELDS];
+    union storage_cb cb;
+    void *arg;
+};
+
+struct storage_batch_kind {
+    enum storage_batch_id id;
+    /* Takes one text[] parameter per field, as many as n_params, and returns one row
+     * per call in the order given. */
+    const struct storage_stmt *stmt;
+    /* Two calls that are equal in their first key_fields fields never share a batch. */
+    int key_fields;
+    /* Completes each of the n calls. res is the statement's result when status is
+     * STORAGE_OK, with row i for calls[i], and NULL otherwise. */
+    void (*finish)(const struct storage_batch_call *calls, size_t n,
+                   enum storage_status status, const PGresult *res);
+};
+
+struct storage_batch;
+
+/* The batches of one kind on one connection. */
+struct storage_batches {
+    struct storage_batch *open; /* the batch new calls join, or NULL */
+    int in_flight;              /* batches sent and not answered yet */
+};
+
+struct storage_batches *storage_conn_batches(struct storage_conn *db,
+                                             enum storage_batch_id id);
+
+/* Adds a call with kind->stmt->n_params fields to db's open batch of that kind, or
+ * to a new one. The strings are copied. Its completion comes later, from the loop,
+ * like a statement's. Returns 0, or -1 when the connection is not ready. */
+int storage_batch_add(struct storage_conn *db, const struct storage_batch_kind *kind,
+                      const char *const fields[], union storage_cb cb,
+                      void *arg) MUST_CHECK;
 
 /* ---- the client cache of one connection (client.c) ----------------------------------
  */

@@ -2949,6 +2949,51 @@ START_TEST(assertion_jti_single_use)
 }
 END_TEST
 
+/* jti values recorded in one pass of the loop share one statement; a jti repeated in
+ * that pass is still a replay. */
+START_TEST(assertion_jti_batch_in_one_pass)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct done_res first = {0}, again = {0}, other = {0}, odd = {0}, foreign = {0};
+    int64_t exp = util_now_s() + 60;
+    char jti[40] = "batch-";
+    const char odd_jti[] = "odd \"jti\\\",{x} NULL";
+
+    random_hex(jti + strlen(jti), 8);
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+    ck_assert_int_eq(
+        storage_client_assertion_record(db, p.client_id, jti, exp, on_done, &first), 0);
+    ck_assert_int_eq(
+        storage_client_assertion_record(db, p.client_id, jti, exp, on_done, &again), 0);
+    ck_assert_int_eq(storage_client_assertion_record(db, p.client_id, "other-jti", exp,
+                                                     on_done, &other),
+                     0);
+    ck_assert_int_eq(
+        storage_client_assertion_record(db, p.client_id, odd_jti, exp, on_done, &odd), 0);
+    ck_assert_int_eq(storage_client_assertion_record(db, p.other_client_id, jti, exp,
+                                                     on_done, &foreign),
+                     0);
+    ck_assert_int_eq(first.calls, 0);
+    wait_calls(&first.calls, 1);
+    wait_calls(&again.calls, 1);
+    wait_calls(&other.calls, 1);
+    wait_calls(&odd.calls, 1);
+    wait_calls(&foreign.calls, 1);
+    ck_assert_int_eq(first.status, STORAGE_OK);
+    ck_assert_int_eq(again.status, STORAGE_CONFLICT);
+    ck_assert_int_eq(other.status, STORAGE_OK);
+    ck_assert_int_eq(odd.status, STORAGE_OK);
+    /* The same jti from another client is another key. */
+    ck_assert_int_eq(foreign.status, STORAGE_OK);
+    ck_assert_int_eq(jti_record(db, p.client_id, odd_jti, exp), STORAGE_CONFLICT);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
 START_TEST(assertion_jti_purge)
 {
     struct people p;
@@ -3532,6 +3577,7 @@ static Suite *storage_suite(void)
     tcase_add_test(tc, client_jwt_methods_stored);
     tcase_add_test(tc, client_jwt_credentials_checked);
     tcase_add_test(tc, assertion_jti_single_use);
+    tcase_add_test(tc, assertion_jti_batch_in_one_pass);
     tcase_add_test(tc, assertion_jti_purge);
     tcase_add_test(tc, user_create_list_delete);
     tcase_add_test(tc, user_find_by_each_hint);
