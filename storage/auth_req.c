@@ -181,8 +181,8 @@ int storage_auth_req_fail_delivery(struct storage_conn *db, const char *auth_req
  * would redeem it again.
  *
  * cur locks the rows in auth_req_id_hash order, so two batches that share requests
- * cannot deadlock, and polls of one request run one after another, each seeing the
- * status the previous one committed: only the first poll of an approved request finds
+ * cannot deadlock. Polls of one request run one after another, and each sees the status
+ * the previous one committed, so only the first poll of an approved request finds
  * 'approved' and redeems it. The outcome rules, in order:
  *   redeemed                          -> invalid (single use)
  *   now() >= expires_at, or expired   -> expired (tombstone: expired_token)

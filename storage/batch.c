@@ -3,17 +3,17 @@
  *
  * Under load, PostgreSQL spends most of a small write's CPU on per-statement work: the
  * executor start, the commit, the wake-up of the WAL writer and the round trip. So the
- * hottest statements (polls, client assertion jti values) take arrays: their callers
- * add calls to the connection's open batch of that kind, and one statement serves
- * them all, with one result row per call in the order given.
+ * most frequent statements (polls, client assertion jti values) take arrays: their
+ * callers add calls to the connection's open batch of that kind, and one statement
+ * serves them all, with one result row per call in the order given.
  *
  * A batch goes out at the end of the loop pass that opened it (a deferred completion
  * of the connection), unless a batch of the same kind is still in flight on the
- * connection: then it takes more calls until that one is answered. Under load a batch
- * therefore gathers the calls that arrived during one statement, and on an idle
+ * connection. Then it takes more calls until the result of that one arrives. Under load
+ * a batch therefore gathers the calls that arrived during one statement, and on an idle
  * connection each call goes out in the pass that made it, with no added wait. A full
  * batch, and one that meets a second call with the same key, goes out at the end of
- * the pass regardless; statements of one connection run in the order sent.
+ * the pass regardless. Statements of one connection run in the order sent.
  */
 #include "storage/storage_int.h"
 

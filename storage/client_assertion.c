@@ -9,9 +9,9 @@
 
 /* Inserts each jti, or takes over a row whose assertion has expired (a jti may come
  * back once the assertion that used it can no longer be replayed). The values come as
- * three arrays, in batches (batch.c), and each gets a row saying whether it was
- * recorded; false means the jti is in use: a replay. Rows are inserted in key order, so
- * two batches that share a jti wait for each other instead of deadlocking. One batch
+ * three arrays, in batches (batch.c). Each gets a row saying whether it was recorded,
+ * and false means the jti is in use, which is a replay. Rows are inserted in key order,
+ * so two batches that share a jti wait for each other instead of deadlocking. One batch
  * never holds a key twice, because ON CONFLICT DO UPDATE cannot change a row twice. */
 static const char sql_record[] =
     "WITH input AS ("

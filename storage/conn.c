@@ -80,7 +80,7 @@ struct storage_conn {
     struct pending *head, *tail;
     size_t n_caller; /* entries with a caller's callback */
 
-    /* Completions answered without the database, run by defer_ev from the loop. */
+    /* Completions that need no statement, run by defer_ev from the loop. */
     struct storage_deferred *deferred_head, *deferred_tail;
     size_t n_deferred;
     struct event *defer_ev;

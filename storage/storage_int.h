@@ -140,7 +140,7 @@ struct storage_batch;
 /* The batches of one kind on one connection. */
 struct storage_batches {
     struct storage_batch *open; /* the batch new calls join, or NULL */
-    int in_flight;              /* batches sent and not answered yet */
+    int in_flight;              /* batches sent whose results have not arrived */
 };
 
 struct storage_batches *storage_conn_batches(struct storage_conn *db,

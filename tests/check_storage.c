@@ -862,7 +862,8 @@ START_TEST(client_cache_settings_checked)
 }
 END_TEST
 
-/* A client deleted by hand, which notifies nobody, stays cached until the TTL ends. */
+/* A client deleted by hand sends no notification, so it stays cached until the TTL
+ * ends. */
 START_TEST(client_cache_hit_deferred_until_ttl)
 {
     struct people p;
