@@ -62,7 +62,9 @@ struct storage_conn *storage_conn_new(struct event_base *base, const char *conni
 void storage_conn_free(struct storage_conn *db);
 /* True while connected and ready for statements. */
 bool storage_conn_is_up(const struct storage_conn *db);
-/* Number of statements queued and still waiting for their result. */
+/* Number of statements queued and still waiting for their result, plus client lookups
+ * answered from the cache whose callback has not run yet. A batch of polls or of jti
+ * records counts once. Zero only when no callback is due. */
 size_t storage_conn_pending(const struct storage_conn *db);
 
 /* Turns on the client cache of db: storage_client_get keeps each client it found for
@@ -114,7 +116,7 @@ int storage_client_get(struct storage_conn *db, const char *client_id,
 /* Records the jti of a client assertion (RFC 7523) as used until expires_at (Unix
  * seconds), in one INSERT ... ON CONFLICT statement. STORAGE_OK when it was not used
  * before (or only by an assertion that has expired since), STORAGE_CONFLICT when it was
- * already used: a replay. */
+ * already used: a replay. Batched like storage_auth_req_poll. */
 int storage_client_assertion_record(struct storage_conn *db, const char *client_id,
                                     const char *jti, int64_t expires_at,
                                     storage_done_cb cb, void *arg) MUST_CHECK;
@@ -228,7 +230,10 @@ typedef void (*storage_poll_cb)(void *arg, enum storage_status status,
  * statement: of many concurrent polls of one approved request exactly one gets
  * STORAGE_POLL_REDEEMED. The interval rule (CIBA Core 1.0 section 11): a poll of a
  * pending request before `interval` seconds since the previous poll gets SLOW_DOWN and
- * adds 5 s to the interval. Appends "token issued" or "redemption refused" audit rows. */
+ * adds 5 s to the interval. Appends "token issued" or "redemption refused" audit rows.
+ * Polls made while another batch of polls of this connection is in flight wait for it
+ * and then go out together, as one statement of up to 64 polls: when that statement
+ * fails, each of them gets the failure. */
 int storage_auth_req_poll(struct storage_conn *db, const char *auth_req_id_hash,
                           const char *client_id, const char *request_id,
                           storage_poll_cb cb, void *arg) MUST_CHECK;
