@@ -501,10 +501,21 @@ static int send_listen(struct storage_conn *db)
  * setup: statement_timeout, so the server also ends statements the client gave up on
  * (the client closes the socket, but a backend waiting on a lock does not notice). It
  * is STATEMENT_TIMEOUT_EXTRA_MS longer than query_timeout_ms, so the client's own
- * timer fires first and resets the connection as documented. */
+ * timer fires first and resets the connection as documented.
+ *
+ * The setup also turns off sequential scans, hash joins and merge joins for the session
+ * (the planner still uses them where nothing else is possible). Every statement here
+ * finds its rows by key, and a batch statement (batch.c) joins its input array to a
+ * table. A prepared statement keeps its generic plan until the table is analyzed
+ * again, and the poll batch planned while auth_req held 200 rows hash-joins over a
+ * sequential scan of it. In a trial that batched another statement this way, such a
+ * plan doubled PostgreSQL's CPU per /bc-authorize in `make bench` as the table grew. */
 static void conn_ready(struct storage_conn *db)
 {
-    static const char sql_setup[] = "SELECT set_config('statement_timeout', $1, false)";
+    static const char sql_setup[] = "SELECT set_config('statement_timeout', $1, false),"
+                                    " set_config('enable_seqscan', 'off', false),"
+                                    " set_config('enable_hashjoin', 'off', false),"
+                                    " set_config('enable_mergejoin', 'off', false)";
     char timeout[24];
     const char *values[1] = {timeout};
     evutil_socket_t fd = PQsocket(db->pg);
