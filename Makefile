@@ -131,7 +131,11 @@ check: all $(TEST_BINS)
 $(BUILD)/bench_sink: $(BUILD)/tests/bench_sink.o
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-bench: all $(BUILD)/bench_sink
+# ES256 client assertions for the private_key_jwt runs of `make bench`.
+$(BUILD)/bench_jwt: $(BUILD)/tests/bench_jwt.o
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+bench: all $(BUILD)/bench_sink $(BUILD)/bench_jwt
 	@CIBAD_BIN=$(abspath $(BIN)) tests/bench.sh
 
 lint:

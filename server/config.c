@@ -125,6 +125,9 @@ static const struct setting settings[] = {
      "three statements in a row and must not get 503 while the last one commits and its SMS goes out"},
     {"db_timeout_ms", "CIBAD_DB_TIMEOUT_MS", SETTING_INT, FIELD(db_timeout_ms), "2000", 100, 150000, false,
      "Milliseconds one database statement may take; request_deadline_ms must be at least 4 times this"},
+    {"client_cache_ttl_ms", "CIBAD_CLIENT_CACHE_TTL_MS", SETTING_INT, FIELD(client_cache_ttl_ms), "5000", 0, 3600000, false,
+     "Milliseconds each worker answers client lookups from memory (0: off). `cibad client delete` takes effect at once; "
+     "a change made in the database by hand takes up to this long"},
     {"max_body", "CIBAD_MAX_BODY", SETTING_INT, FIELD(max_body), "65536", 1024, 16777216, false,
      "Largest request body accepted, in bytes"},
     {"max_headers", "CIBAD_MAX_HEADERS", SETTING_INT, FIELD(max_headers), "8192", 1024, 1048576, false,

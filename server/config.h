@@ -62,6 +62,7 @@ struct server_config {
     int http_timeout;        /* seconds of read or write inactivity */
     int request_deadline_ms; /* a request not answered by then gets 503 */
     int db_timeout_ms;
+    int client_cache_ttl_ms; /* 0: every client lookup asks the database */
     int max_body;            /* bytes */
     int max_headers;         /* bytes */
 

@@ -428,7 +428,8 @@ static int worker_open(struct server_thread *t, int index,
         return -1;
     }
     t->w.db = storage_conn_new(t->w.base, cfg->database_url, cfg->db_timeout_ms);
-    if (!t->w.db) {
+    if (!t->w.db ||
+        storage_conn_set_client_cache(t->w.db, cfg->client_cache_ttl_ms) != 0) {
         log_error("worker %d: cannot create the database connection", index);
         return -1;
     }

@@ -177,9 +177,16 @@ int storage_auth_req_fail_delivery(struct storage_conn *db, const char *auth_req
 
 /* ---- poll (token endpoint) --------------------------------------------------------- */
 
-/* cur locks the row, so concurrent polls of one request run one after another, and each
- * sees the status the previous one committed: only the first poll of an approved
- * request finds 'approved' and redeems it. The outcome rules, in order:
+/* Polls go to the database in batches (batch.c): the statement takes the polls as
+ * three arrays (auth_req_id_hash, client_id, request_id) and returns one row per poll,
+ * in the order given. Two polls of one request never share a batch, because one
+ * statement cannot see its own update of a row: a second poll of an approved request
+ * would redeem it again.
+ *
+ * cur locks the rows in auth_req_id_hash order, so two batches that share requests
+ * cannot deadlock. Polls of one request run one after another, and each sees the status
+ * the previous one committed, so only the first poll of an approved request finds
+ * 'approved' and redeems it. The outcome rules, in order:
  *   redeemed                          -> invalid (single use)
  *   now() >= expires_at, or expired   -> expired (tombstone: expired_token)
  *   denied                            -> denied
@@ -189,21 +196,26 @@ int storage_auth_req_fail_delivery(struct storage_conn *db, const char *auth_req
  * A pending poll of either kind records last_polled_at. Decisions (not plain pending
  * polls) get an audit row; an unknown id or another client's id gets one as well. */
 static const char sql_poll[] =
-    "WITH cur AS MATERIALIZED ("
-    "  SELECT auth_req_id_hash, client_id, subject, scope, acr_values, decided_at,"
-    "    poll_interval,"
+    "WITH input AS ("
+    "  SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY"
+    "    AS i(auth_req_id_hash, client_id, request_id, n)"
+    "), cur AS MATERIALIZED ("
+    "  SELECT i.n, a.auth_req_id_hash, a.client_id, a.subject, a.scope, a.acr_values,"
+    "    a.decided_at, a.poll_interval,"
     "    CASE"
-    "      WHEN status = 'redeemed' THEN 'invalid'"
-    "      WHEN now() >= expires_at OR status = 'expired' THEN 'expired'"
-    "      WHEN status = 'denied' THEN 'denied'"
-    "      WHEN status = 'approved' THEN 'redeemed'"
-    "      WHEN last_polled_at IS NOT NULL"
-    "        AND now() < last_polled_at + poll_interval * interval '1 second'"
+    "      WHEN a.status = 'redeemed' THEN 'invalid'"
+    "      WHEN now() >= a.expires_at OR a.status = 'expired' THEN 'expired'"
+    "      WHEN a.status = 'denied' THEN 'denied'"
+    "      WHEN a.status = 'approved' THEN 'redeemed'"
+    "      WHEN a.last_polled_at IS NOT NULL"
+    "        AND now() < a.last_polled_at + a.poll_interval * interval '1 second'"
     "        THEN 'slow_down'"
     "      ELSE 'pending'"
     "    END AS outcome"
-    "  FROM auth_req WHERE auth_req_id_hash = $1 AND client_id = $2"
-    "  FOR UPDATE"
+    "  FROM input i JOIN auth_req a"
+    "    ON a.auth_req_id_hash = i.auth_req_id_hash AND a.client_id = i.client_id"
+    "  ORDER BY a.auth_req_id_hash"
+    "  FOR UPDATE OF a"
     "), changed AS ("
     "  UPDATE auth_req a SET"
     "    status = CASE WHEN cur.outcome = 'redeemed' THEN 'redeemed' ELSE a.status END,"
@@ -216,26 +228,29 @@ static const char sql_poll[] =
     "  FROM cur"
     "  WHERE a.auth_req_id_hash = cur.auth_req_id_hash"
     "    AND cur.outcome IN ('redeemed', 'pending', 'slow_down')"
-    "  RETURNING a.poll_interval"
+    "  RETURNING a.auth_req_id_hash, a.poll_interval"
     "), audit AS ("
     "  INSERT INTO audit_log (request_id, client_id, subject, scope, action, decision,"
     "    detail, auth_req_id_hash, attestation)"
-    "  SELECT $3, client_id, subject, scope, 'token',"
-    "    CASE WHEN outcome = 'redeemed' THEN 'issued' ELSE 'refused' END,"
-    "    CASE outcome WHEN 'invalid' THEN 'invalid_grant'"
+    "  SELECT i.request_id, c.client_id, c.subject, c.scope, 'token',"
+    "    CASE WHEN c.outcome = 'redeemed' THEN 'issued' ELSE 'refused' END,"
+    "    CASE c.outcome WHEN 'invalid' THEN 'invalid_grant'"
     "      WHEN 'expired' THEN 'expired_token' WHEN 'denied' THEN 'access_denied' END,"
-    "    auth_req_id_hash,"
-    "    CASE WHEN outcome = 'redeemed' THEN 'sms_otp' ELSE 'none' END"
-    "  FROM cur WHERE outcome NOT IN ('pending', 'slow_down')"
+    "    c.auth_req_id_hash,"
+    "    CASE WHEN c.outcome = 'redeemed' THEN 'sms_otp' ELSE 'none' END"
+    "  FROM cur c JOIN input i ON i.n = c.n"
+    "  WHERE c.outcome NOT IN ('pending', 'slow_down')"
     "), audit_unknown AS ("
     "  INSERT INTO audit_log (request_id, client_id, action, decision, detail)"
-    "  SELECT $3, $2, 'token', 'refused', 'invalid_grant'"
-    "  WHERE NOT EXISTS (SELECT 1 FROM cur)"
+    "  SELECT i.request_id, i.client_id, 'token', 'refused', 'invalid_grant'"
+    "  FROM input i WHERE NOT EXISTS (SELECT 1 FROM cur c WHERE c.n = i.n)"
     ")"
-    " SELECT outcome, subject, scope, acr_values,"
-    "   floor(extract(epoch FROM decided_at))::int8,"
-    "   coalesce((SELECT poll_interval FROM changed), poll_interval)"
-    " FROM cur";
+    " SELECT i.n, c.outcome, c.subject, c.scope, c.acr_values,"
+    "   floor(extract(epoch FROM c.decided_at))::int8,"
+    "   coalesce(ch.poll_interval, c.poll_interval)"
+    " FROM input i LEFT JOIN cur c ON c.n = i.n"
+    "   LEFT JOIN changed ch ON ch.auth_req_id_hash = c.auth_req_id_hash"
+    " ORDER BY i.n";
 static const struct storage_stmt stmt_poll = {"auth_req_poll", sql_poll, 3};
 
 static const struct {
@@ -247,55 +262,62 @@ static const struct {
     {"expired", STORAGE_POLL_EXPIRED},   {"invalid", STORAGE_POLL_INVALID},
 };
 
-static void finish_poll(union storage_cb cb, void *arg, enum storage_status status,
-                        const PGresult *res)
+/* Reads row `row` of the result into poll. Returns 0, or -1 for an unknown outcome. */
+static int poll_from_row(const PGresult *res, int row, struct storage_poll *poll)
 {
-    struct storage_poll poll = {.outcome = STORAGE_POLL_INVALID};
-    const char *outcome;
+    const char *outcome = storage_col_text(res, row, 1);
     size_t i;
 
-    if (status != STORAGE_OK) {
-        cb.poll(arg, status, NULL);
-        return;
-    }
-    if (PQntuples(res) == 0) {
-        cb.poll(arg, STORAGE_OK, &poll);
-        return;
-    }
-
-    outcome = storage_col_text(res, 0, 0);
+    *poll = (struct storage_poll){.outcome = STORAGE_POLL_INVALID};
+    if (outcome == NULL)
+        return 0; /* no such request for this client */
     for (i = 0; i < ARRAY_LEN(poll_outcomes); i++)
-        if (outcome && strcmp(outcome, poll_outcomes[i].name) == 0)
+        if (strcmp(outcome, poll_outcomes[i].name) == 0)
             break;
     if (i == ARRAY_LEN(poll_outcomes)) {
         log_error("storage: auth_req_poll returned an unknown outcome");
-        cb.poll(arg, STORAGE_ERROR, NULL);
-        return;
+        return -1;
     }
-    poll.outcome = poll_outcomes[i].outcome;
-    poll.interval = storage_col_int(res, 0, 5);
-    poll.acr_values = storage_col_text(res, 0, 3);
-    if (poll.outcome == STORAGE_POLL_REDEEMED) {
-        poll.subject = storage_col_text(res, 0, 1);
-        poll.scope = storage_col_text(res, 0, 2);
-        poll.auth_time = storage_col_int64(res, 0, 4);
+    poll->outcome = poll_outcomes[i].outcome;
+    poll->interval = storage_col_int(res, row, 6);
+    poll->acr_values = storage_col_text(res, row, 4);
+    if (poll->outcome == STORAGE_POLL_REDEEMED) {
+        poll->subject = storage_col_text(res, row, 2);
+        poll->scope = storage_col_text(res, row, 3);
+        poll->auth_time = storage_col_int64(res, row, 5);
     }
-    cb.poll(arg, STORAGE_OK, &poll);
+    return 0;
 }
+
+static void finish_polls(const struct storage_batch_call *calls, size_t n,
+                         enum storage_status status, const PGresult *res)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct storage_poll poll;
+
+        if (status != STORAGE_OK)
+            calls[i].cb.poll(calls[i].arg, status, NULL);
+        else if (poll_from_row(res, (int)i, &poll) != 0)
+            calls[i].cb.poll(calls[i].arg, STORAGE_ERROR, NULL);
+        else
+            calls[i].cb.poll(calls[i].arg, STORAGE_OK, &poll);
+    }
+}
+
+/* Keyed on auth_req_id_hash: two polls of one request never share a batch. */
+static const struct storage_batch_kind poll_kind = {STORAGE_BATCH_POLL, &stmt_poll, 1,
+                                                    finish_polls};
 
 int storage_auth_req_poll(struct storage_conn *db, const char *auth_req_id_hash,
                           const char *client_id, const char *request_id,
                           storage_poll_cb cb, void *arg)
 {
-    struct storage_params p = {0};
+    const char *fields[] = {auth_req_id_hash, client_id, request_id};
     union storage_cb u = {.poll = cb};
 
     if (auth_req_id_hash == NULL || client_id == NULL || cb == NULL)
         return -1;
-    storage_param_text(&p, auth_req_id_hash);
-    storage_param_text(&p, client_id);
-    storage_param_text(&p, request_id);
-    return storage_conn_send(db, &stmt_poll, &p, finish_poll, u, arg);
+    return storage_batch_add(db, &poll_kind, fields, u, arg);
 }
 
 /* ---- sweep ------------------------------------------------------------------------- */

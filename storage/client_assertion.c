@@ -3,38 +3,60 @@
  */
 #include "storage/storage_int.h"
 
-/* Inserts the jti, or takes over a row whose assertion has expired (a jti may come
- * back once the assertion that used it can no longer be replayed). No row comes back
- * when the jti is in use: a replay. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+/* Inserts each jti, or takes over a row whose assertion has expired (a jti may come
+ * back once the assertion that used it can no longer be replayed). The values come as
+ * three arrays, in batches (batch.c). Each gets a row saying whether it was recorded,
+ * and false means the jti is in use, which is a replay. Rows are inserted in key order,
+ * so two batches that share a jti wait for each other instead of deadlocking. One batch
+ * never holds a key twice, because ON CONFLICT DO UPDATE cannot change a row twice. */
 static const char sql_record[] =
-    "INSERT INTO client_assertion_jti AS j (client_id, jti, expires_at)"
-    " VALUES ($1, $2, to_timestamp($3::int8))"
-    " ON CONFLICT (client_id, jti) DO UPDATE SET expires_at = excluded.expires_at"
-    " WHERE j.expires_at <= now()"
-    " RETURNING 1";
+    "WITH input AS ("
+    "  SELECT * FROM unnest($1::text[], $2::text[], $3::int8[]) WITH ORDINALITY"
+    "    AS i(client_id, jti, expires_at, n)"
+    "), recorded AS ("
+    "  INSERT INTO client_assertion_jti AS j (client_id, jti, expires_at)"
+    "  SELECT client_id, jti, to_timestamp(expires_at) FROM input"
+    "  ORDER BY client_id, jti"
+    "  ON CONFLICT (client_id, jti) DO UPDATE SET expires_at = excluded.expires_at"
+    "  WHERE j.expires_at <= now()"
+    "  RETURNING j.client_id, j.jti"
+    ")"
+    " SELECT i.n, r.jti IS NOT NULL FROM input i"
+    "   LEFT JOIN recorded r ON r.client_id = i.client_id AND r.jti = i.jti"
+    " ORDER BY i.n";
 static const struct storage_stmt stmt_record = {"client_assertion_record", sql_record, 3};
 
-static void finish_record(union storage_cb cb, void *arg, enum storage_status status,
-                          const PGresult *res)
+static void finish_records(const struct storage_batch_call *calls, size_t n,
+                           enum storage_status status, const PGresult *res)
 {
-    if (status == STORAGE_OK && PQntuples(res) == 0)
-        status = STORAGE_CONFLICT;
-    cb.done(arg, status);
+    for (size_t i = 0; i < n; i++) {
+        enum storage_status s = status;
+
+        if (s == STORAGE_OK && strcmp(storage_col_text(res, (int)i, 1), "t") != 0)
+            s = STORAGE_CONFLICT;
+        calls[i].cb.done(calls[i].arg, s);
+    }
 }
+
+static const struct storage_batch_kind record_kind = {STORAGE_BATCH_JTI, &stmt_record, 2,
+                                                      finish_records};
 
 int storage_client_assertion_record(struct storage_conn *db, const char *client_id,
                                     const char *jti, int64_t expires_at,
                                     storage_done_cb cb, void *arg)
 {
-    struct storage_params p = {0};
+    char expires[24];
+    const char *fields[] = {client_id, jti, expires};
     union storage_cb u = {.done = cb};
 
     if (!client_id || !jti || !cb)
         return -1;
-    storage_param_text(&p, client_id);
-    storage_param_text(&p, jti);
-    storage_param_int(&p, expires_at);
-    return storage_conn_send(db, &stmt_record, &p, finish_record, u, arg);
+    snprintf(expires, sizeof(expires), "%" PRId64, expires_at);
+    return storage_batch_add(db, &record_kind, fields, u, arg);
 }
 
 /* SKIP LOCKED lets sweeps on several instances share the work. */

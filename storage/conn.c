@@ -12,6 +12,10 @@
  * failure (lost socket, connect timeout, a statement past query_timeout_ms) every
  * pending entry fails with STORAGE_UNAVAILABLE and the connection retries with
  * back-off from 100 ms doubling to 5 s. While it is down, calls return -1 at once.
+ *
+ * With the client cache on, each session also runs LISTEN on STORAGE_CLIENT_CHANNEL, and
+ * a notification on it drops that client from the cache. A lost session may have missed
+ * notifications, so a reset empties the cache.
  */
 #include "storage/storage_int.h"
 
@@ -76,12 +80,23 @@ struct storage_conn {
     struct pending *head, *tail;
     size_t n_caller; /* entries with a caller's callback */
 
+    /* Completions that need no statement, run by defer_ev from the loop. */
+    struct storage_deferred *deferred_head, *deferred_tail;
+    size_t n_deferred;
+    struct event *defer_ev;
+
+    struct storage_client_cache *clients; /* NULL while the client cache is off */
+    struct storage_batches batches[STORAGE_BATCH_KINDS]; /* batch.c's */
+
     const struct storage_stmt **prepared; /* prepared in this session */
     size_t n_prepared, cap_prepared;
 };
 
 static void conn_start(struct storage_conn *db);
 static void conn_reset(struct storage_conn *db, const char *reason);
+static int send_listen(struct storage_conn *db);
+static void run_deferred(struct storage_conn *db, enum storage_status status);
+static void on_deferred(evutil_socket_t fd, short what, void *arg);
 
 /* ---- helpers ----------------------------------------------------------------------- */
 
@@ -269,6 +284,20 @@ static void drain_results(struct storage_conn *db)
     }
 }
 
+/* Applies the notifications libpq has parsed. PQisBusy parses what PQconsumeInput read;
+ * drain_results stops calling it once no statement is pending. */
+static void read_notifications(struct storage_conn *db)
+{
+    PGnotify *n;
+
+    (void)PQisBusy(db->pg);
+    while ((n = PQnotifies(db->pg)) != NULL) {
+        if (strcmp(n->relname, STORAGE_CLIENT_CHANNEL) == 0)
+            storage_client_cache_forget(db->clients, n->extra);
+        PQfreemem(n);
+    }
+}
+
 static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
     struct storage_conn *db = arg;
@@ -284,6 +313,8 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
         return;
     }
     drain_results(db);
+    if (db->state == CONN_READY)
+        read_notifications(db);
     if (db->state == CONN_READY && PQstatus(db->pg) == CONNECTION_BAD) {
         copy_error(reason, sizeof(reason), PQerrorMessage(db->pg));
         conn_reset(db, reason);
@@ -442,14 +473,49 @@ static void on_session_ready(struct storage_conn *db, enum storage_status status
     db->retry_delay_ms = RETRY_FIRST_MS;
 }
 
+static void on_listening(struct storage_conn *db, enum storage_status status,
+                         const PGresult *res)
+{
+    (void)res;
+    /* A failure was logged when it completed; the cache then relies on its TTL. */
+    (void)db;
+    (void)status;
+}
+
+/* Queues LISTEN for the client cache's invalidations. */
+static int send_listen(struct storage_conn *db)
+{
+    struct pending *p;
+
+    if (!PQsendQueryParams(db->pg, "LISTEN " STORAGE_CLIENT_CHANNEL, 0, NULL, NULL, NULL,
+                           NULL, 0) ||
+        !PQpipelineSync(db->pg))
+        return -1;
+    p = new_pending("listen");
+    p->internal = on_listening;
+    push_pending(db, p);
+    return 0;
+}
+
 /* Switches a fresh connection to non-blocking pipeline mode and sends the session
  * setup: statement_timeout, so the server also ends statements the client gave up on
  * (the client closes the socket, but a backend waiting on a lock does not notice). It
  * is STATEMENT_TIMEOUT_EXTRA_MS longer than query_timeout_ms, so the client's own
- * timer fires first and resets the connection as documented. */
+ * timer fires first and resets the connection as documented.
+ *
+ * The setup also turns off sequential scans, hash joins and merge joins for the session
+ * (the planner still uses them where nothing else is possible). Every statement here
+ * finds its rows by key, and a batch statement (batch.c) joins its input array to a
+ * table. A prepared statement keeps its generic plan until the table is analyzed
+ * again, and the poll batch planned while auth_req held 200 rows hash-joins over a
+ * sequential scan of it. In a trial that batched another statement this way, such a
+ * plan doubled PostgreSQL's CPU per /bc-authorize in `make bench` as the table grew. */
 static void conn_ready(struct storage_conn *db)
 {
-    static const char sql_setup[] = "SELECT set_config('statement_timeout', $1, false)";
+    static const char sql_setup[] = "SELECT set_config('statement_timeout', $1, false),"
+                                    " set_config('enable_seqscan', 'off', false),"
+                                    " set_config('enable_hashjoin', 'off', false),"
+                                    " set_config('enable_mergejoin', 'off', false)";
     char timeout[24];
     const char *values[1] = {timeout};
     evutil_socket_t fd = PQsocket(db->pg);
@@ -475,6 +541,11 @@ static void conn_ready(struct storage_conn *db)
     p = new_pending("session setup");
     p->internal = on_session_ready;
     push_pending(db, p);
+    if (db->clients && send_listen(db) != 0) {
+        copy_error(reason, sizeof(reason), PQerrorMessage(db->pg));
+        conn_reset(db, reason);
+        return;
+    }
     if (conn_flush(db) != 0) {
         copy_error(reason, sizeof(reason), PQerrorMessage(db->pg));
         conn_reset(db, reason);
@@ -577,6 +648,7 @@ static void conn_reset(struct storage_conn *db, const char *reason)
                  db->failed_attempts, delay);
     timer_add_ms(db->retry_timer, delay);
     db->retry_delay_ms = delay * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : delay * 2;
+    storage_client_cache_forget(db->clients, NULL);
     fail_all(db);
 }
 
@@ -616,6 +688,7 @@ struct storage_conn *storage_conn_new(struct event_base *base, const char *conni
     db->retry_timer = evtimer_new(base, on_retry, db);
     db->deadline_timer = evtimer_new(base, on_deadline, db);
     db->reset_ev = event_new(base, -1, 0, on_reset, db);
+    db->defer_ev = event_new(base, -1, 0, on_deferred, db);
     conn_start(db);
     return db;
 }
@@ -627,6 +700,9 @@ void storage_conn_free(struct storage_conn *db)
     db->state = CONN_CLOSED;
     close_pg(db);
     fail_all(db);
+    run_deferred(db, STORAGE_UNAVAILABLE);
+    storage_client_cache_free(db->clients);
+    event_free(db->defer_ev);
     event_free(db->connect_timer);
     event_free(db->retry_timer);
     event_free(db->deadline_timer);
@@ -643,7 +719,68 @@ bool storage_conn_is_up(const struct storage_conn *db)
 
 size_t storage_conn_pending(const struct storage_conn *db)
 {
-    return db ? db->n_caller : 0;
+    return db ? db->n_caller + db->n_deferred : 0;
+}
+
+int storage_conn_set_client_cache(struct storage_conn *db, int ttl_ms)
+{
+    if (db == NULL || ttl_ms < 0 || db->clients)
+        return -1;
+    if (ttl_ms == 0)
+        return 0;
+    db->clients = storage_client_cache_new(ttl_ms);
+    /* A session that is already up gets its LISTEN now; a later one in conn_ready. */
+    if (db->state == CONN_READY && (send_listen(db) != 0 || conn_flush(db) != 0))
+        conn_fail_later(db, PQerrorMessage(db->pg));
+    return 0;
+}
+
+struct storage_client_cache *storage_conn_client_cache(struct storage_conn *db)
+{
+    return db->state == CONN_READY ? db->clients : NULL;
+}
+
+struct storage_batches *storage_conn_batches(struct storage_conn *db,
+                                             enum storage_batch_id id)
+{
+    return &db->batches[id];
+}
+
+/* ---- completions without the database ---------------------------------------------- */
+
+/* Runs every deferred completion queued so far with status. Those queued meanwhile wait
+ * for the next activation of defer_ev. */
+static void run_deferred(struct storage_conn *db, enum storage_status status)
+{
+    struct storage_deferred *d = db->deferred_head;
+
+    db->deferred_head = db->deferred_tail = NULL;
+    while (d) {
+        struct storage_deferred *next = d->next;
+
+        db->n_deferred--;
+        d->run(d, status);
+        d = next;
+    }
+}
+
+static void on_deferred(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    run_deferred(arg, STORAGE_OK);
+}
+
+void storage_conn_defer(struct storage_conn *db, struct storage_deferred *d)
+{
+    d->next = NULL;
+    if (db->deferred_tail)
+        db->deferred_tail->next = d;
+    else
+        db->deferred_head = d;
+    db->deferred_tail = d;
+    db->n_deferred++;
+    event_active(db->defer_ev, 0, 0);
 }
 
 /* ---- ping -------------------------------------------------------------------------- */

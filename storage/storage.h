@@ -62,8 +62,20 @@ struct storage_conn *storage_conn_new(struct event_base *base, const char *conni
 void storage_conn_free(struct storage_conn *db);
 /* True while connected and ready for statements. */
 bool storage_conn_is_up(const struct storage_conn *db);
-/* Number of statements queued and still waiting for their result. */
+/* Number of statements queued and still waiting for their result, plus client lookups
+ * answered from the cache whose callback has not run yet. A batch of polls or of jti
+ * records counts once. Zero only when no callback is due. */
 size_t storage_conn_pending(const struct storage_conn *db);
+
+/* Turns on the client cache of db: storage_client_get keeps each client it found for
+ * ttl_ms and answers from memory until then, with the callback still deferred to the
+ * loop. Unknown client_id values are never cached. storage_sync_client_delete notifies
+ * every connection (LISTEN/NOTIFY), which drops the client at once; a change made
+ * outside storage/ shows after at most ttl_ms. The cache holds at most 1024 clients
+ * and is emptied when the connection is lost. 0 leaves it off, the default. Call it
+ * once, right after storage_conn_new. Returns 0, or -1 for a negative ttl_ms or a
+ * second call. */
+int storage_conn_set_client_cache(struct storage_conn *db, int ttl_ms) MUST_CHECK;
 
 /* Generic completion for statements that return no rows of interest. */
 typedef void (*storage_done_cb)(void *arg, enum storage_status status);
@@ -103,7 +115,8 @@ struct storage_client {
 typedef void (*storage_client_cb)(void *arg, enum storage_status status,
                                   const struct storage_client *client);
 
-/* Loads one client; STORAGE_NOT_FOUND when there is none. */
+/* Loads one client; STORAGE_NOT_FOUND when there is none. With the client cache on
+ * (storage_conn_set_client_cache), a client found within the TTL comes from memory. */
 int storage_client_get(struct storage_conn *db, const char *client_id,
                        storage_client_cb cb, void *arg) MUST_CHECK;
 
@@ -112,7 +125,7 @@ int storage_client_get(struct storage_conn *db, const char *client_id,
 /* Records the jti of a client assertion (RFC 7523) as used until expires_at (Unix
  * seconds), in one INSERT ... ON CONFLICT statement. STORAGE_OK when it was not used
  * before (or only by an assertion that has expired since), STORAGE_CONFLICT when it was
- * already used: a replay. */
+ * already used: a replay. Batched like storage_auth_req_poll. */
 int storage_client_assertion_record(struct storage_conn *db, const char *client_id,
                                     const char *jti, int64_t expires_at,
                                     storage_done_cb cb, void *arg) MUST_CHECK;
@@ -264,7 +277,10 @@ typedef void (*storage_poll_cb)(void *arg, enum storage_status status,
  * statement: of many concurrent polls of one approved request exactly one gets
  * STORAGE_POLL_REDEEMED. The interval rule (CIBA Core 1.0 section 11): a poll of a
  * pending request before `interval` seconds since the previous poll gets SLOW_DOWN and
- * adds 5 s to the interval. Appends "token issued" or "redemption refused" audit rows. */
+ * adds 5 s to the interval. Appends "token issued" or "redemption refused" audit rows.
+ * Polls made while another batch of polls of this connection is in flight wait for it
+ * and then go out together, as one statement of up to 64 polls: when that statement
+ * fails, each of them gets the failure. */
 int storage_auth_req_poll(struct storage_conn *db, const char *auth_req_id_hash,
                           const char *client_id, const char *request_id,
                           storage_poll_cb cb, void *arg) MUST_CHECK;
@@ -499,7 +515,8 @@ int storage_sync_client_create(struct storage_sync *s, const struct storage_clie
 int storage_sync_client_each(struct storage_sync *s, const char *client_id,
                              void (*fn)(void *arg, const struct storage_client *c),
                              void *arg) MUST_CHECK;
-/* Returns 1 when deleted, 0 when there was no such client, -1 on failure. */
+/* Returns 1 when deleted, 0 when there was no such client, -1 on failure. The same
+ * statement notifies the client caches of every running server. */
 int storage_sync_client_delete(struct storage_sync *s, const char *client_id) MUST_CHECK;
 
 /* Creates a user. Returns 0, or -1 (with err) for a duplicate or any failure. */

@@ -91,6 +91,87 @@ int storage_conn_send(struct storage_conn *db, const struct storage_stmt *stmt,
                       const struct storage_params *params, storage_finish_fn finish,
                       union storage_cb cb, void *arg) MUST_CHECK;
 
+/* A completion the connection runs from its loop without asking the database, such as a
+ * lookup the client cache answers. */
+struct storage_deferred {
+    struct storage_deferred *next;
+    /* status is STORAGE_OK, or STORAGE_UNAVAILABLE from inside storage_conn_free. */
+    void (*run)(struct storage_deferred *d, enum storage_status status);
+};
+
+/* Queues d to run once, later, from db's loop, never inside this call. d stays the
+ * caller's until it runs. */
+void storage_conn_defer(struct storage_conn *db, struct storage_deferred *d);
+
+/* ---- batches (batch.c) ------------------------------------------------------------- */
+
+#define STORAGE_BATCH_MAX    64 /* calls in one statement */
+#define STORAGE_BATCH_FIELDS 3  /* text fields of one call */
+
+/* The kinds of batched statement; each connection keeps one queue per kind. */
+enum storage_batch_id {
+    STORAGE_BATCH_POLL,
+    STORAGE_BATCH_JTI,
+    STORAGE_BATCH_KINDS,
+};
+
+/* One call in a batch: its fields (owned copies, or NULL for SQL NULL) and its
+ * caller's callback. */
+struct storage_batch_call {
+    char *fields[STORAGE_BATCH_FIELDS];
+    union storage_cb cb;
+    void *arg;
+};
+
+struct storage_batch_kind {
+    enum storage_batch_id id;
+    /* Takes one text[] parameter per field, as many as n_params, and returns one row
+     * per call in the order given. */
+    const struct storage_stmt *stmt;
+    /* Two calls that are equal in their first key_fields fields never share a batch. */
+    int key_fields;
+    /* Completes each of the n calls. res is the statement's result when status is
+     * STORAGE_OK, with row i for calls[i], and NULL otherwise. */
+    void (*finish)(const struct storage_batch_call *calls, size_t n,
+                   enum storage_status status, const PGresult *res);
+};
+
+struct storage_batch;
+
+/* The batches of one kind on one connection. */
+struct storage_batches {
+    struct storage_batch *open; /* the batch new calls join, or NULL */
+    int in_flight;              /* batches sent whose results have not arrived */
+};
+
+struct storage_batches *storage_conn_batches(struct storage_conn *db,
+                                             enum storage_batch_id id);
+
+/* Adds a call with kind->stmt->n_params fields to db's open batch of that kind, or
+ * to a new one. The strings are copied. Its completion comes later, from the loop,
+ * like a statement's. Returns 0, or -1 when the connection is not ready. */
+int storage_batch_add(struct storage_conn *db, const struct storage_batch_kind *kind,
+                      const char *const fields[], union storage_cb cb,
+                      void *arg) MUST_CHECK;
+
+/* ---- the client cache of one connection (client.c) ----------------------------------
+ */
+
+/* The channel on which storage_sync_client_delete notifies every connection. */
+#define STORAGE_CLIENT_CHANNEL "cibad_client"
+
+struct storage_client_cache;
+
+struct storage_client_cache *storage_client_cache_new(int ttl_ms);
+/* NULL is a no-op. Entries that a deferred completion still uses live until it runs. */
+void storage_client_cache_free(struct storage_client_cache *cache);
+/* Drops the entry of client_id, or every entry when client_id is NULL. NULL cache is a
+ * no-op. */
+void storage_client_cache_forget(struct storage_client_cache *cache,
+                                 const char *client_id);
+/* The cache of db, or NULL when it is off or the connection is not ready. */
+struct storage_client_cache *storage_conn_client_cache(struct storage_conn *db);
+
 /* The blocking connection of the command line. */
 struct storage_sync {
     PGconn *pg;

@@ -8,6 +8,8 @@
 #   2. POST /bc-authorize            login_hint rotating over BENCH_USERS users
 #   3. RSS                           VmRSS of cibad once 10,000 requests are pending
 #   4. POST /token, pending          polling: authorization_pending and slow_down
+#  4b. the same with private_key_jwt client authentication: a second client's pending
+#      requests, polled with ES256 client assertions made beforehand by bench_jwt
 #   5. POST /approve/REF             approves every request with the code from its SMS
 #   6. POST /token, approved         issuance: every 200 is one token response
 #   7. ping delivery                 requests of a ping client, approved, then the time
@@ -18,14 +20,17 @@
 # (seconds, 10), BENCH_USERS (1000), BENCH_PING_SECONDS (2, the bc-authorize run that
 # makes the ping requests), CIBAD_WORKERS (2), BENCH_KEEP=1 keeps the working
 # directory, BENCH_PERF=1 records a perf profile of each run into it, BENCH_PG_DURABLE=1
-# turns fsync, synchronous_commit and full_page_writes back on, CIBAD_BIN and BENCH_SINK
-# name the binaries (make bench sets CIBAD_BIN).
+# turns fsync, synchronous_commit and full_page_writes back on, BENCH_JWT_REQUESTS (5000,
+# the pending requests of the private_key_jwt client), CIBAD_BIN, BENCH_SINK and
+# BENCH_JWT name the binaries (make bench sets CIBAD_BIN).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 bin=${CIBAD_BIN:-$root/cibad}
 sink_bin=${BENCH_SINK:-$(dirname "$bin")/bench_sink}
+jwt_bin=${BENCH_JWT:-$(dirname "$bin")/bench_jwt}
+jwt_requests=${BENCH_JWT_REQUESTS:-5000}
 threads=${BENCH_THREADS:-2}
 connections=${BENCH_CONNECTIONS:-32}
 duration=${BENCH_DURATION:-10}
@@ -48,6 +53,8 @@ done
 [[ -x $bin ]] || { echo "bench: $bin not found; run make first" >&2; exit 1; }
 [[ -x $sink_bin ]] ||
     { echo "bench: $sink_bin not found; build it with make bench" >&2; exit 1; }
+[[ -x $jwt_bin ]] ||
+    { echo "bench: $jwt_bin not found; build it with make bench" >&2; exit 1; }
 
 tmp=$(mktemp -d /tmp/cibad-bench.XXXXXX)
 chmod 755 "$tmp" # the postgres user must reach the cluster below it
@@ -248,6 +255,7 @@ if [[ ${BENCH_PG_DURABLE:-0} == 1 ]]; then
 fi
 
 export CIBAD_DATABASE_URL=$db_url
+issuer=http://127.0.0.1:$http_port
 export CIBAD_MIGRATIONS_DIR=$root/migrations
 export CIBAD_SECRET
 CIBAD_SECRET=$(openssl rand -hex 32)
@@ -271,6 +279,28 @@ ping_secret=$(sed -nE 's/.*"client_secret": *"([^"]+)".*/\1/p' <<<"$ping_json")
 [[ -n $ping_secret ]] || { echo "bench: no client_secret in: $ping_json" >&2; exit 1; }
 ping_auth="Basic $(printf 'bench-ping:%s' "$ping_secret" | base64 -w 0)"
 
+# A private_key_jwt client with an inline JWKS of one P-256 key.
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tmp/jwt_key.pem" \
+    2>/dev/null
+"$bin" client create --name "Bench JWT agent" --scope openid --client-id bench-jwt \
+    --auth-method private_key_jwt --auth-signing-alg ES256 \
+    --jwks "$("$jwt_bin" jwks "$tmp/jwt_key.pem" bench-key)" >/dev/null
+
+# Writes $3 assertions of bench-jwt for the endpoint path $2 into the file $1, from two
+# processes in parallel. Each assertion expires 300 s after it is made.
+make_assertions() {
+    local file=$1 path=$2 count=$3 half=$(($3 / 2))
+    "$jwt_bin" sign "$tmp/jwt_key.pem" bench-key bench-jwt "$issuer$path" "$half" \
+        >"$file.1" &
+    "$jwt_bin" sign "$tmp/jwt_key.pem" bench-key bench-jwt "$issuer$path" \
+        $((count - half)) >"$file.2"
+    wait $!
+    cat "$file.1" "$file.2" >"$file"
+    rm -f "$file.1" "$file.2"
+    (($(wc -l <"$file") == count)) ||
+        { echo "bench: bench_jwt made too few assertions" >&2; exit 1; }
+}
+
 # Users bu1000001... with phones +15551000001... Each gets an equal share of the codes,
 # so no phone reaches CIBAD_SMS_PER_PHONE_MAX.
 say "creating $users users"
@@ -286,7 +316,7 @@ sink_pid=$!
 ping_sink_pid=$!
 
 say "starting cibad on 127.0.0.1:$http_port with $workers workers"
-CIBAD_LISTEN=127.0.0.1:$http_port CIBAD_ISSUER=http://127.0.0.1:$http_port \
+CIBAD_LISTEN=127.0.0.1:$http_port CIBAD_ISSUER=$issuer \
     CIBAD_WORKERS=$workers CIBAD_LOG_LEVEL=warn CIBAD_SMS_DRIVER=http \
     CIBAD_SMS_HTTP_URL=http://127.0.0.1:$sink_port/sms CIBAD_SMS_HTTP_TOKEN=$sms_token \
     CIBAD_SMS_ALLOW_HTTP_LOOPBACK=true CIBAD_SMS_PER_PHONE_MAX=1000 \
@@ -362,11 +392,30 @@ cpu_mark
 BENCH_IDS=$out/ids.txt run_wrk poll "$duration" poll.lua /token
 cpu[poll]=$(cpu_report "$out/poll.time")
 
+# ---- 4b. polling with private_key_jwt ----------------------------------------------
+
+# The pending requests of the JWT client, made with assertions as well, in their own
+# directory so that the steps below see only the first client's ids and codes.
+say "4b/6 POST /token for pending requests with private_key_jwt for ${duration}s"
+mkdir -p "$out/jwt"
+make_assertions "$out/jwt/bc_assertions.txt" /bc-authorize "$jwt_requests"
+BENCH_OUT=$out/jwt BENCH_ASSERTIONS=$out/jwt/bc_assertions.txt \
+    run_wrk jwt_bc "$duration" bc_authorize.lua
+cat "$out"/jwt/auth_req_ids.* >"$out/jwt/ids.txt"
+jwt_ids=$(wc -l <"$out/jwt/ids.txt")
+# Enough assertions for 25,000 polls/s, made just before the run because they expire.
+make_assertions "$out/jwt/poll_assertions.txt" /token $((duration * 25000))
+cpu_mark
+BENCH_IDS=$out/jwt/ids.txt BENCH_ASSERTIONS=$out/jwt/poll_assertions.txt \
+    run_wrk poll_jwt "$duration" poll.lua /token
+cpu[poll_jwt]=$(cpu_report "$out/poll_jwt.time")
+
 # ---- 5. approval -------------------------------------------------------------------
 
-# "... Code 123456. Review: http://.../approve/REF" -> "REF 123456"
-sed -nE 's/.*Code ([0-9]{6})\..*\/approve\/([A-Za-z0-9_-]+).*/\2 \1/p' "$out/sms.jsonl" \
-    >"$out/pairs.txt"
+# "... Code 123456. Review: http://.../approve/REF" -> "REF 123456", for the first
+# client's requests only: their SMS came before those of the JWT client.
+head -n "$sms_total" "$out/sms.jsonl" |
+    sed -nE 's/.*Code ([0-9]{6})\..*\/approve\/([A-Za-z0-9_-]+).*/\2 \1/p' >"$out/pairs.txt"
 say "5/6 POST /approve for $(wc -l <"$out/pairs.txt") requests"
 cpu_mark
 BENCH_PAIRS=$out/pairs.txt wrk_start approve 600 approve.lua
@@ -525,6 +574,12 @@ row_format='%-33s %7s %-8s %6s %6s  %-24s %s\n'
 printf "$row_format" scenario rate unit "p50 ms" "p99 ms" target result
 row "GET /healthz (baseline)" healthz requests "req/s" ""
 row "POST /token, pending (polling)" poll requests "req/s" "$target_poll_rps"
+jwt_rps=$(rate "$(field poll_jwt requests)" "$(field poll_jwt duration_us)")
+jwt_result="$(verdict "$jwt_rps" ">=" "$((poll_rps / 2))") ($((100 * jwt_rps / (poll_rps > 0 ? poll_rps : 1)))% of polling)"
+(($(field poll_jwt exhausted_threads) == 0)) || jwt_result="$jwt_result (ran out of assertions)"
+printf "$row_format" "  the same with private_key_jwt" "$jwt_rps" "req/s" \
+    "$(ms "$(field poll_jwt p50_us)")" "$(ms "$(field poll_jwt p99_us)")" \
+    ">= 50% of polling" "$jwt_result"
 row "POST /bc-authorize, http SMS" bc requests "req/s" "$target_bc_rps"
 row "POST /token, approved (issuance)" "$tokens_run" count.200 "tokens/s" "$target_tokens_ps"
 printf "$row_format" "VmRSS, $pending pending" "$(mib "$rss_pending")" MiB "" "" \
@@ -536,6 +591,8 @@ echo
 echo "Replies:"
 echo "  healthz:       $(field healthz requests) requests, $(field healthz status_errors) non-2xx"
 echo "  polling:       $(reply_mix poll)"
+echo "  polling, JWT:  $(reply_mix poll_jwt), over $jwt_ids pending requests of the JWT" \
+    "client ($(reply_mix jwt_bc) when they were made)"
 echo "  bc-authorize:  $(reply_mix bc) (+ $((ids_total - bc_ok)) from top-up runs;" \
     "$sms_total SMS received by the sink)"
 echo "  approval:      $approved approved in the database; replies: $(reply_mix approve)," \
@@ -549,12 +606,13 @@ echo "  ping:          $ping_ids requests, $ping_approved approved ($(reply_mix 
 echo "  socket errors (of them timeouts, no reply within 2 s): healthz $(field healthz errors)" \
     "($(field healthz timeouts)), polling $(field poll errors) ($(field poll timeouts))," \
     "bc-authorize $(field bc errors) ($(field bc timeouts)), issuance" \
-    "$(field "$tokens_run" errors) ($(field "$tokens_run" timeouts))"
+    "$(field "$tokens_run" errors) ($(field "$tokens_run" timeouts)), polling with JWT" \
+    "$(field poll_jwt errors) ($(field poll_jwt timeouts))"
 echo "Memory: VmRSS idle $(mib "$rss_idle") MiB, with $pending pending $(mib "$rss_pending")" \
     "MiB, after the runs $(mib "$rss_end") MiB, peak (VmHWM) $(mib "$rss_peak") MiB"
 echo "CPU during each run, in % of one core like top (other: processes outside this bench):"
 busy_runs=''
-for run in healthz poll bc approve tokens ping; do
+for run in healthz poll poll_jwt bc approve tokens ping; do
     printf '  %-13s  %s\n' "$run:" "${cpu[$run]}"
     other=$(grep -oE 'other [0-9]+' <<<"${cpu[$run]}" | cut -d' ' -f2)
     ((${other:-0} <= 20)) || busy_runs="$busy_runs${busy_runs:+, }$run"

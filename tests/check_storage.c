@@ -821,6 +821,186 @@ START_TEST(client_get_found_and_missing)
 }
 END_TEST
 
+/* ---- the client cache ------------------------------------------------------------ */
+
+static void wait_recovered(struct storage_conn *db, int timeout_ms, int *rejected,
+                           int *failed_calls);
+
+static struct storage_conn *conn_open_cached(int ttl_ms)
+{
+    struct storage_conn *db =
+        storage_conn_new(base, env("CIBAD_TEST_DATABASE_URL"), 5000);
+
+    ck_assert_ptr_nonnull(db);
+    ck_assert_int_eq(storage_conn_set_client_cache(db, ttl_ms), 0);
+    wait_up(db, WAIT_MS);
+    return db;
+}
+
+static struct client_res client_get_now(struct storage_conn *db, const char *client_id)
+{
+    struct client_res r = {0};
+
+    ck_assert_int_eq(storage_client_get(db, client_id, on_client, &r), 0);
+    wait_calls(&r.calls, 1);
+    return r;
+}
+
+START_TEST(client_cache_settings_checked)
+{
+    struct storage_conn *db;
+
+    loop_open();
+    db = storage_conn_new(base, env("CIBAD_TEST_DATABASE_URL"), 5000);
+    ck_assert_ptr_nonnull(db);
+    ck_assert_int_eq(storage_conn_set_client_cache(db, -1), -1);
+    ck_assert_int_eq(storage_conn_set_client_cache(NULL, 1000), -1);
+    ck_assert_int_eq(storage_conn_set_client_cache(db, 1000), 0);
+    ck_assert_int_eq(storage_conn_set_client_cache(db, 1000), -1);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+/* A client deleted by hand sends no notification, so it stays cached until the TTL
+ * ends. */
+START_TEST(client_cache_hit_deferred_until_ttl)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct client_res first, hit = {0}, after;
+    PGconn *pg = raw_open();
+
+    people_create(&p);
+    loop_open();
+    db = conn_open_cached(500);
+    first = client_get_now(db, p.client_id);
+    ck_assert_int_eq(first.status, STORAGE_OK);
+    raw_exec(pg, "DELETE FROM client WHERE client_id = $1", p.client_id);
+
+    ck_assert_int_eq(storage_client_get(db, p.client_id, on_client, &hit), 0);
+    ck_assert_int_eq(hit.calls, 0);
+    ck_assert_uint_eq(storage_conn_pending(db), 1);
+    wait_calls(&hit.calls, 1);
+    ck_assert_int_eq(hit.status, STORAGE_OK);
+    ck_assert_str_eq(hit.name, "Test Agent");
+    ck_assert_str_eq(hit.mode, "poll");
+    ck_assert_str_eq(hit.grant_types, "urn:openid:params:grant-type:ciba");
+    ck_assert(hit.endpoint_null);
+    ck_assert_int_eq(hit.created_at, first.created_at);
+    ck_assert_uint_eq(storage_conn_pending(db), 0);
+
+    run_loop_ms(550);
+    after = client_get_now(db, p.client_id);
+    ck_assert_int_eq(after.status, STORAGE_NOT_FOUND);
+    PQfinish(pg);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+START_TEST(client_cache_dropped_on_delete)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct storage_sync *s = sync_open();
+    struct client_res r;
+    int64_t deleted_ms;
+
+    people_create(&p);
+    loop_open();
+    db = conn_open_cached(60000);
+    ck_assert_int_eq(client_get_now(db, p.client_id).status, STORAGE_OK);
+    ck_assert_int_eq(client_get_now(db, p.other_client_id).status, STORAGE_OK);
+    ck_assert_int_eq(storage_sync_client_delete(s, p.client_id), 1);
+    ck_assert_int_eq(storage_sync_client_delete(s, p.client_id), 0);
+    deleted_ms = util_mono_ms();
+
+    /* The notification comes through the loop: wait for it, but not for the TTL. */
+    for (;;) {
+        r = client_get_now(db, p.client_id);
+        if (r.status != STORAGE_OK)
+            break;
+        ck_assert_msg(util_mono_ms() - deleted_ms < 2000,
+                      "the deleted client is still cached after 2 s");
+        run_loop_ms(10);
+    }
+    ck_assert_int_eq(r.status, STORAGE_NOT_FOUND);
+    /* Only the deleted client was dropped. */
+    ck_assert_int_eq(client_get_now(db, p.other_client_id).status, STORAGE_OK);
+    storage_sync_close(s);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+START_TEST(client_cache_skips_unknown_ids)
+{
+    struct storage_conn *db;
+    struct storage_sync *s = sync_open();
+    char client_id[40] = "later-";
+
+    random_hex(client_id + strlen(client_id), 8);
+    loop_open();
+    db = conn_open_cached(60000);
+    ck_assert_int_eq(client_get_now(db, client_id).status, STORAGE_NOT_FOUND);
+    client_add(s, client_id);
+    ck_assert_int_eq(client_get_now(db, client_id).status, STORAGE_OK);
+    storage_sync_close(s);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+START_TEST(client_cache_free_fails_hits)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct client_res hit = {0};
+
+    people_create(&p);
+    loop_open();
+    db = conn_open_cached(60000);
+    ck_assert_int_eq(client_get_now(db, p.client_id).status, STORAGE_OK);
+    ck_assert_int_eq(storage_client_get(db, p.client_id, on_client, &hit), 0);
+    storage_conn_free(db);
+    ck_assert_int_eq(hit.calls, 1);
+    ck_assert_int_eq(hit.status, STORAGE_UNAVAILABLE);
+    run_loop_ms(50);
+    ck_assert_int_eq(hit.calls, 1);
+    loop_close();
+}
+END_TEST
+
+/* Notifications sent while the connection was down are lost, so a reset empties the
+ * cache. */
+START_TEST(client_cache_emptied_on_reset)
+{
+    struct people p;
+    struct storage_conn *db;
+    PGconn *admin = raw_open();
+    int rejected = 0, failed_calls = 0;
+
+    people_create(&p);
+    loop_open();
+    db = conn_open_cached(60000);
+    ck_assert_int_eq(client_get_now(db, p.client_id).status, STORAGE_OK);
+    ck_assert_int_ge(
+        raw_int(admin,
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = 'cibad' AND datname ="
+                " current_database()",
+                NULL),
+        1);
+    raw_exec(admin, "DELETE FROM client WHERE client_id = $1", p.client_id);
+    wait_recovered(db, 10000, &rejected, &failed_calls);
+    ck_assert_int_eq(client_get_now(db, p.client_id).status, STORAGE_NOT_FOUND);
+    PQfinish(admin);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
 static void on_user_row(void *arg, const struct storage_user *u)
 {
     struct list_res *r = arg;
@@ -1408,6 +1588,126 @@ START_TEST(poll_unknown_and_foreign_id)
     ck_assert_int_eq(storage_auth_req_poll(db, r.id_hash, NULL, "rid", on_poll, &unused),
                      -1);
     PQfinish(pg);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+/* Polls made in one pass of the loop share one statement. Two polls of one request
+ * never do: the later one must see what the earlier one changed. */
+START_TEST(poll_batch_in_one_pass)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct storage_sync *s = sync_open();
+    struct req pending, approved, odd;
+    struct poll_res a[3] = {{0}}, b[2] = {{0}}, unknown = {0}, foreign = {0},
+                    odd_poll = {0};
+    PGconn *pg = raw_open();
+    /* Array literal syntax in a client_id: quotes, backslash, comma, braces, space. */
+    const char odd_client[] = "odd \"client\\\",{x}";
+
+    people_create(&p);
+    client_add(s, odd_client);
+    loop_open();
+    db = conn_open(5000);
+    req_init(&pending, &p);
+    ck_assert_int_eq(req_create(db, &pending), STORAGE_OK);
+    req_init(&approved, &p);
+    req_create_approved(db, &approved);
+    req_init(&odd, &p);
+    odd.in.client_id = odd_client;
+    ck_assert_int_eq(req_create(db, &odd), STORAGE_OK);
+
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(storage_auth_req_poll(db, approved.id_hash, p.client_id, "rid-a",
+                                               on_poll, &a[i]),
+                         0);
+    for (int i = 0; i < 2; i++)
+        ck_assert_int_eq(storage_auth_req_poll(db, pending.id_hash, p.client_id, "rid-b",
+                                               on_poll, &b[i]),
+                         0);
+    ck_assert_int_eq(
+        storage_auth_req_poll(db, "0000", p.client_id, "rid-u", on_poll, &unknown), 0);
+    ck_assert_int_eq(storage_auth_req_poll(db, pending.id_hash, p.other_client_id,
+                                           "rid-f", on_poll, &foreign),
+                     0);
+    ck_assert_int_eq(
+        storage_auth_req_poll(db, odd.id_hash, odd_client, NULL, on_poll, &odd_poll), 0);
+    ck_assert_int_eq(a[0].calls, 0);
+    wait_calls(&a[2].calls, 1);
+    wait_calls(&b[1].calls, 1);
+    wait_calls(&odd_poll.calls, 1);
+
+    ck_assert_int_eq(a[0].status, STORAGE_OK);
+    ck_assert_int_eq(a[0].outcome, STORAGE_POLL_REDEEMED);
+    ck_assert_str_eq(a[0].subject, p.subject);
+    ck_assert_str_eq(a[0].scope, "openid email custom");
+    ck_assert_str_eq(a[0].acr_values, "urn:test:acr");
+    ck_assert_int_eq(a[1].outcome, STORAGE_POLL_INVALID);
+    ck_assert_int_eq(a[2].outcome, STORAGE_POLL_INVALID);
+    ck_assert_int_eq(b[0].outcome, STORAGE_POLL_PENDING);
+    ck_assert_int_eq(b[0].interval, 5);
+    ck_assert_int_eq(b[1].outcome, STORAGE_POLL_SLOW_DOWN);
+    ck_assert_int_eq(b[1].interval, 10);
+    ck_assert_int_eq(unknown.status, STORAGE_OK);
+    ck_assert_int_eq(unknown.outcome, STORAGE_POLL_INVALID);
+    ck_assert_int_eq(foreign.outcome, STORAGE_POLL_INVALID);
+    ck_assert_int_eq(odd_poll.status, STORAGE_OK);
+    ck_assert_int_eq(odd_poll.outcome, STORAGE_POLL_PENDING);
+
+    ck_assert_int_eq(audit_count(pg, approved.id_hash, "token", "issued"), 1);
+    ck_assert_int_eq(audit_count(pg, approved.id_hash, "token", "refused"), 2);
+    ck_assert_int_eq(raw_int(pg,
+                             "SELECT count(*) FROM audit_log WHERE request_id = 'rid-u'"
+                             " AND action = 'token' AND detail = 'invalid_grant'",
+                             NULL),
+                     1);
+    ck_assert_int_eq(raw_int(pg,
+                             "SELECT count(*) FROM audit_log WHERE client_id = $1"
+                             " AND request_id = 'rid-f' AND detail = 'invalid_grant'",
+                             p.other_client_id),
+                     1);
+    ck_assert_int_eq(raw_int(pg,
+                             "SELECT count(*) FROM auth_req WHERE client_id = $1"
+                             " AND last_polled_at IS NOT NULL",
+                             odd_client),
+                     1);
+    PQfinish(pg);
+    storage_sync_close(s);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+/* More polls in one pass than one statement takes. */
+START_TEST(poll_batch_overflow)
+{
+    enum { N = 150 };
+    struct people p;
+    struct storage_conn *db;
+    static struct req reqs[N];
+    static struct poll_res res[N];
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+    for (int i = 0; i < N; i++) {
+        req_init(&reqs[i], &p);
+        reqs[i].in.sms_per_phone_max = N;
+        ck_assert_int_eq(req_create(db, &reqs[i]), STORAGE_OK);
+    }
+    memset(res, 0, sizeof(res));
+    for (int i = 0; i < N; i++)
+        ck_assert_int_eq(storage_auth_req_poll(db, reqs[i].id_hash, p.client_id, "rid",
+                                               on_poll, &res[i]),
+                         0);
+    for (int i = 0; i < N; i++) {
+        wait_calls(&res[i].calls, 1);
+        ck_assert_int_eq(res[i].calls, 1);
+        ck_assert_int_eq(res[i].status, STORAGE_OK);
+        ck_assert_int_eq(res[i].outcome, STORAGE_POLL_PENDING);
+    }
     storage_conn_free(db);
     loop_close();
 }
@@ -2540,6 +2840,9 @@ START_TEST(conn_statement_timeout)
     started = util_mono_ms();
     ck_assert_int_eq(
         storage_auth_req_poll(db, r.id_hash, p.client_id, "rid", on_poll, &blocked), 0);
+    /* Polls go out at the end of the loop pass, so let it send this one first. */
+    run_loop_ms(50);
+    ck_assert_int_eq(blocked.calls, 0);
     ck_assert_int_eq(storage_ping(db, on_done, &behind), 0);
     wait_calls(&blocked.calls, 1);
     waited = util_mono_ms() - started;
@@ -2964,6 +3267,51 @@ START_TEST(assertion_jti_single_use)
                              p.other_client_id),
                      0);
     PQfinish(pg);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+/* jti values recorded in one pass of the loop share one statement; a jti repeated in
+ * that pass is still a replay. */
+START_TEST(assertion_jti_batch_in_one_pass)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct done_res first = {0}, again = {0}, other = {0}, odd = {0}, foreign = {0};
+    int64_t exp = util_now_s() + 60;
+    char jti[40] = "batch-";
+    const char odd_jti[] = "odd \"jti\\\",{x} NULL";
+
+    random_hex(jti + strlen(jti), 8);
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+    ck_assert_int_eq(
+        storage_client_assertion_record(db, p.client_id, jti, exp, on_done, &first), 0);
+    ck_assert_int_eq(
+        storage_client_assertion_record(db, p.client_id, jti, exp, on_done, &again), 0);
+    ck_assert_int_eq(storage_client_assertion_record(db, p.client_id, "other-jti", exp,
+                                                     on_done, &other),
+                     0);
+    ck_assert_int_eq(
+        storage_client_assertion_record(db, p.client_id, odd_jti, exp, on_done, &odd), 0);
+    ck_assert_int_eq(storage_client_assertion_record(db, p.other_client_id, jti, exp,
+                                                     on_done, &foreign),
+                     0);
+    ck_assert_int_eq(first.calls, 0);
+    wait_calls(&first.calls, 1);
+    wait_calls(&again.calls, 1);
+    wait_calls(&other.calls, 1);
+    wait_calls(&odd.calls, 1);
+    wait_calls(&foreign.calls, 1);
+    ck_assert_int_eq(first.status, STORAGE_OK);
+    ck_assert_int_eq(again.status, STORAGE_CONFLICT);
+    ck_assert_int_eq(other.status, STORAGE_OK);
+    ck_assert_int_eq(odd.status, STORAGE_OK);
+    /* The same jti from another client is another key. */
+    ck_assert_int_eq(foreign.status, STORAGE_OK);
+    ck_assert_int_eq(jti_record(db, p.client_id, odd_jti, exp), STORAGE_CONFLICT);
     storage_conn_free(db);
     loop_close();
 }
@@ -3717,10 +4065,17 @@ static Suite *storage_suite(void)
     tcase_add_test(tc, client_create_list_delete);
     tcase_add_test(tc, client_create_rejects_bad_fields);
     tcase_add_test(tc, client_get_found_and_missing);
+    tcase_add_test(tc, client_cache_settings_checked);
+    tcase_add_test(tc, client_cache_hit_deferred_until_ttl);
+    tcase_add_test(tc, client_cache_dropped_on_delete);
+    tcase_add_test(tc, client_cache_skips_unknown_ids);
+    tcase_add_test(tc, client_cache_free_fails_hits);
+    tcase_add_test(tc, client_cache_emptied_on_reset);
     tcase_add_test(tc, client_jwt_methods_stored);
     tcase_add_test(tc, client_jwt_credentials_checked);
     tcase_add_test(tc, client_mtls_credentials_checked);
     tcase_add_test(tc, assertion_jti_single_use);
+    tcase_add_test(tc, assertion_jti_batch_in_one_pass);
     tcase_add_test(tc, assertion_jti_purge);
     tcase_add_test(tc, client_request_signing_alg_stored);
     tcase_add_test(tc, request_object_jti_single_use);
@@ -3742,6 +4097,8 @@ static Suite *storage_suite(void)
 
     tc = tcase_new("poll", 60, true);
     tcase_add_test(tc, poll_unknown_and_foreign_id);
+    tcase_add_test(tc, poll_batch_in_one_pass);
+    tcase_add_test(tc, poll_batch_overflow);
     tcase_add_test(tc, poll_slow_down_grows_interval);
     tcase_add_test(tc, poll_approved_redeems_once);
     tcase_add_test(tc, poll_concurrent_connections);

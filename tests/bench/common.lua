@@ -52,6 +52,28 @@ function bench.count(status, body)
    counts[key] = (counts[key] or 0) + 1
 end
 
+-- Returns the form parameters that authenticate a request by a client assertion.
+function bench.assertion_form(assertion)
+   return "&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type" ..
+      "%3Ajwt-bearer&client_assertion=" .. assertion
+end
+
+-- Returns the next of the prepared requests reqs, each once. After the last one the
+-- thread sets exhausted and stops, and its connections still in flight send the last
+-- request again.
+local next_once = 0
+function bench.next_once(reqs)
+   if next_once == #reqs then
+      if not exhausted then
+         exhausted = true
+         wrk.thread:stop()
+      end
+      return reqs[next_once]
+   end
+   next_once = next_once + 1
+   return reqs[next_once]
+end
+
 local threads = {}
 
 function setup(thread)
