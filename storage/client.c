@@ -90,7 +90,8 @@ static void entry_unref(struct cached_client *e)
     free(e);
 }
 
-/* The string fields of struct storage_client, for the copy below. */
+/* The string fields of struct storage_client, for the copy below: every one must be
+ * listed, or a cached copy would point into a freed result. */
 #define CLIENT_STRING_FIELDS(X)                                                          \
     X(client_id)                                                                         \
     X(client_name)                                                                       \
@@ -103,7 +104,13 @@ static void entry_unref(struct cached_client *e)
     X(jwks)                                                                              \
     X(jwks_uri)                                                                          \
     X(token_endpoint_auth_signing_alg)                                                   \
-    X(client_secret_sealed)
+    X(client_secret_sealed)                                                              \
+    X(tls_client_auth_subject_dn)                                                        \
+    X(tls_client_auth_san_dns)                                                           \
+    X(tls_client_auth_san_uri)                                                           \
+    X(tls_client_auth_san_ip)                                                            \
+    X(tls_client_auth_san_email)                                                         \
+    X(backchannel_authentication_request_signing_alg)
 
 /* Copies row into one allocation that owns its strings. */
 static struct cached_client *entry_new(const struct storage_client *row)
