@@ -870,10 +870,14 @@ START_TEST(push_result_not_redeemable)
     status = db_text("SELECT status FROM auth_req WHERE auth_req_id_hash = $1", hash);
     ck_assert_str_eq(status, "redeemed");
     free(status);
-    /* Even a client switched to poll afterwards cannot redeem the pushed result. */
-    free(db_text("UPDATE client SET backchannel_token_delivery_mode = 'poll'"
-                 " WHERE client_id = $1",
+    /* Even a client switched to poll afterwards cannot redeem the pushed result. The
+     * notification makes every worker drop its cached copy of the client, as
+     * `cibad client delete` does. */
+    free(db_text("WITH changed AS (UPDATE client SET backchannel_token_delivery_mode ="
+                 " 'poll' WHERE client_id = $1 RETURNING client_id)"
+                 " SELECT pg_notify('cibad_client', client_id) FROM changed",
                  c.client_id));
+    sleep_ms(300); /* the workers read the notification between requests */
     r = poll_token(&c, id);
     assert_error(&r, 400, "invalid_grant");
     e2e_response_free(&r);
