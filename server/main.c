@@ -636,29 +636,47 @@ static int cmd_client_show(struct cli *cli, int argc, char **argv)
     return 0;
 }
 
-static int cmd_client_delete(struct cli *cli, int argc, char **argv)
+/* What a delete command deletes, and what else goes with it. */
+struct delete_cmd {
+    int (*delete_one)(struct storage_sync *s, const char *name);
+    const char *noun;    /* "client" */
+    const char *matches; /* what the argument is compared with, for "not found" */
+    const char *also;    /* what is deleted with it, "" for nothing */
+};
+
+/* Runs a delete command that takes one argument: deletes and reports the outcome. */
+static int run_delete(struct cli *cli, int argc, char **argv, const struct delete_cmd *d)
 {
-    const char *id;
+    const char *name;
     struct storage_sync *s;
-    int rc = parse_args(cli->cmd, argc, argv, NULL, 0, &id, 1);
+    int rc = parse_args(cli->cmd, argc, argv, NULL, 0, &name, 1);
 
     if (rc != 0)
         return rc == ARGS_HELP ? 0 : rc;
     s = open_db(cli);
     if (!s)
         return 1;
-    rc = storage_sync_client_delete(s, id);
+    rc = d->delete_one(s, name);
     storage_sync_close(s);
     if (rc < 0) {
-        fprintf(stderr, "cibad: cannot delete client %s\n", id);
+        fprintf(stderr, "cibad: cannot delete %s %s\n", d->noun, name);
         return 1;
     }
     if (rc == 0) {
-        fprintf(stderr, "cibad: client %s not found\n", id);
+        fprintf(stderr, "cibad: %s %s not found (no %s matches)\n", d->noun, name,
+                d->matches);
         return 1;
     }
-    printf("deleted client %s and its requests\n", id);
+    printf("deleted %s %s%s\n", d->noun, name, d->also);
     return 0;
+}
+
+static int cmd_client_delete(struct cli *cli, int argc, char **argv)
+{
+    static const struct delete_cmd d = {storage_sync_client_delete, "client", "client_id",
+                                        " and its requests"};
+
+    return run_delete(cli, argc, argv, &d);
 }
 
 /* ---- users ----------------------------------------------------------------------------
@@ -904,28 +922,10 @@ static int cmd_user_list(struct cli *cli, int argc, char **argv)
 
 static int cmd_user_delete(struct cli *cli, int argc, char **argv)
 {
-    const char *subject_or_name;
-    struct storage_sync *s;
-    int rc = parse_args(cli->cmd, argc, argv, NULL, 0, &subject_or_name, 1);
+    static const struct delete_cmd d = {storage_sync_user_delete, "user",
+                                        "subject or username", " and their requests"};
 
-    if (rc != 0)
-        return rc == ARGS_HELP ? 0 : rc;
-    s = open_db(cli);
-    if (!s)
-        return 1;
-    rc = storage_sync_user_delete(s, subject_or_name);
-    storage_sync_close(s);
-    if (rc < 0) {
-        fprintf(stderr, "cibad: cannot delete user %s\n", subject_or_name);
-        return 1;
-    }
-    if (rc == 0) {
-        fprintf(stderr, "cibad: no user has the subject or username %s\n",
-                subject_or_name);
-        return 1;
-    }
-    printf("deleted user %s and their requests\n", subject_or_name);
-    return 0;
+    return run_delete(cli, argc, argv, &d);
 }
 
 /* Reads one line of at most CIBA_USER_CODE_MAX bytes from stdin, without its line end,
@@ -1144,27 +1144,10 @@ static int cmd_issuer_list(struct cli *cli, int argc, char **argv)
 
 static int cmd_issuer_delete(struct cli *cli, int argc, char **argv)
 {
-    const char *issuer;
-    struct storage_sync *s;
-    int rc = parse_args(cli->cmd, argc, argv, NULL, 0, &issuer, 1);
+    static const struct delete_cmd d = {storage_sync_issuer_delete, "trusted issuer",
+                                        "trusted issuer", ""};
 
-    if (rc != 0)
-        return rc == ARGS_HELP ? 0 : rc;
-    s = open_db(cli);
-    if (!s)
-        return 1;
-    rc = storage_sync_issuer_delete(s, issuer);
-    storage_sync_close(s);
-    if (rc < 0) {
-        fprintf(stderr, "cibad: cannot delete issuer %s\n", issuer);
-        return 1;
-    }
-    if (rc == 0) {
-        fprintf(stderr, "cibad: issuer %s is not trusted\n", issuer);
-        return 1;
-    }
-    printf("deleted trusted issuer %s\n", issuer);
-    return 0;
+    return run_delete(cli, argc, argv, &d);
 }
 
 /* ---- signing keys ---------------------------------------------------------------------
