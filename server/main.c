@@ -636,12 +636,12 @@ static int cmd_client_show(struct cli *cli, int argc, char **argv)
     return 0;
 }
 
-/* What a delete command deletes, and what else goes with it. */
+/* The object a delete command removes, and what goes with it. */
 struct delete_cmd {
     int (*delete_one)(struct storage_sync *s, const char *name);
     const char *noun;    /* "client" */
-    const char *matches; /* what the argument is compared with, for "not found" */
-    const char *also;    /* what is deleted with it, "" for nothing */
+    const char *matches; /* the field the argument is compared with, for "not found" */
+    const char *also;    /* the rows deleted with it, "" for none */
 };
 
 /* Runs a delete command that takes one argument: deletes and reports the outcome. */
