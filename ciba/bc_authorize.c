@@ -491,8 +491,8 @@ static void on_auth_req_stored(void *arg, enum storage_status status)
 
     if (status == STORAGE_LIMITED) {
         /* CIBA Core has no error code for a temporary limit, so the reply is
-         * access_denied, and Retry-After tells the client when the per-phone window has
-         * passed. */
+         * access_denied, and Retry-After gives the client the time when the per-phone
+         * window has passed. */
         char retry_after[16];
 
         snprintf(retry_after, sizeof(retry_after), "%d",

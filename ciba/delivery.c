@@ -69,7 +69,7 @@ static void on_sms_sent(void *arg, bool ok, const char *reason)
     }
 }
 
-/* Builds the SMS text: who asks, the code, the link and then what for. The
+/* Builds the SMS text: the requesting agent, the code, the link and then what for. The
  * binding_message comes from the client, so it goes last, on its own line: a message
  * that imitates a code or a link cannot come before the real ones. */
 static char *build_text(const struct ciba_code_message *msg)

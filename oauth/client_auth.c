@@ -647,7 +647,7 @@ static void cert_start(struct auth_ctx *ctx, const struct storage_client *row)
         cert_fail(ctx, "the client has neither jwks nor jwks_uri");
         return;
     }
-    /* A certificate names no kid. A cached set of one key that holds the certificate's
+    /* A certificate names no kid. A cached set of one key that contains the certificate's
      * key is used at once. Otherwise the set is fetched again, at most once per
      * jwks_uri_refetch_seconds, by asking for a kid that it lacks (the certificate's
      * thumbprint), so a client that rotated its key is accepted soon after. */
@@ -696,7 +696,7 @@ static void on_client_loaded(void *arg, enum storage_status status,
         !util_ct_equal(row->secret_hash, ctx->secret_hash, 64)) {
         /* No throttle: cibad generates every secret (32 bytes from the CSPRNG, and no
          * command sets a chosen one), so online guessing cannot succeed, which is
-         * the brute-force protection RFC 6749 section 10.10 asks for. */
+         * the brute-force protection RFC 6749 section 10.10 requires. */
         rlog_info(rid, ctx->client_id, "client authentication failed: wrong secret");
         finish(ctx, OAUTH_ERR_INVALID_CLIENT, DESC_FAILED, NULL);
         return;

@@ -85,7 +85,7 @@ static void entry_unref(struct cached_client *e)
 {
     if (--e->refs > 0)
         return;
-    /* The text holds the secret hash and the sealed secret. */
+    /* The text contains the secret hash and the sealed secret. */
     OPENSSL_cleanse(e->text, e->text_len);
     free(e);
 }
@@ -239,7 +239,7 @@ static void cache_put(struct storage_client_cache *cache,
     cache->n++;
 }
 
-/* A lookup the cache answered, waiting for its turn in the loop. */
+/* A lookup the cache served, waiting for its turn in the loop. */
 struct client_hit {
     struct storage_deferred deferred; /* first member */
     struct cached_client *entry;      /* a reference of its own */

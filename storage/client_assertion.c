@@ -12,7 +12,7 @@
  * three arrays, in batches (batch.c). Each gets a row saying whether it was recorded,
  * and false means the jti is in use, which is a replay. Rows are inserted in key order,
  * so two batches that share a jti wait for each other instead of deadlocking. One batch
- * never holds a key twice, because ON CONFLICT DO UPDATE cannot change a row twice. */
+ * never contains a key twice, because ON CONFLICT DO UPDATE cannot change a row twice. */
 static const char sql_record[] =
     "WITH input AS ("
     "  SELECT * FROM unnest($1::text[], $2::text[], $3::int8[]) WITH ORDINALITY"

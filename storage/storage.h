@@ -63,12 +63,12 @@ void storage_conn_free(struct storage_conn *db);
 /* True while connected and ready for statements. */
 bool storage_conn_is_up(const struct storage_conn *db);
 /* Number of statements queued and still waiting for their result, plus client lookups
- * answered from the cache whose callback has not run yet. A batch of polls or of jti
+ * served from the cache whose callback has not run yet. A batch of polls or of jti
  * records counts once. Zero only when no callback is due. */
 size_t storage_conn_pending(const struct storage_conn *db);
 
 /* Turns on the client cache of db: storage_client_get keeps each client it found for
- * ttl_ms and answers from memory until then, with the callback still deferred to the
+ * ttl_ms and serves it from memory until then, with the callback still deferred to the
  * loop. Unknown client_id values are never cached. storage_sync_client_delete notifies
  * every connection (LISTEN/NOTIFY), which drops the client at once; a change made
  * outside storage/ shows after at most ttl_ms. The cache holds at most 1024 clients

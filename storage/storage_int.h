@@ -92,7 +92,7 @@ int storage_conn_send(struct storage_conn *db, const struct storage_stmt *stmt,
                       union storage_cb cb, void *arg) MUST_CHECK;
 
 /* A completion the connection runs from its loop without asking the database, such as a
- * lookup the client cache answers. */
+ * lookup the client cache serves. */
 struct storage_deferred {
     struct storage_deferred *next;
     /* status is STORAGE_OK, or STORAGE_UNAVAILABLE from inside storage_conn_free. */

@@ -5045,7 +5045,7 @@ START_TEST(lht_forged_or_untrusted)
     unsigned char mac[32];
 
     ck_assert_ptr_nonnull(p384);
-    /* An issuer nobody registered, and a trusted one's iss signed with another
+    /* An issuer that was never registered, and a trusted one's iss signed with another
      * issuer's key: the same reply, so it does not tell which issuers are trusted. */
     untrusted = expect_hint_token_error(
         hint_token(sub_key, "s1", "https://idp-unknown.invalid", "sub", u1.subject, NULL),
@@ -5256,7 +5256,7 @@ START_TEST(lht_jwks_uri_down_slow_garbage)
                                  503, "temporarily_unavailable"));
     assert_server_healthy("unusable issuer jwks_uri");
 
-    /* Once the slow issuer answers in time, its tokens verify. */
+    /* Once the slow issuer replies in time, its tokens verify. */
     sleep_ms(1100);
     expect_hint_token_accepted(hint_token(key, "k1", slow_iss, "sub", u1.subject, NULL),
                                "recovered jwks_uri");
@@ -5304,7 +5304,7 @@ START_TEST(lht_jwks_uri_loopback_needs_setting)
                                  503, "temporarily_unavailable"));
     ck_assert_int_eq(mock_http_count(tls_keys), 0);
 
-    /* ...unless jwks_uri_allow_loopback says otherwise. */
+    /* ...unless jwks_uri_allow_loopback allows it. */
     ck_assert_int_eq(e2e_server_stop(&srv), 0);
     e2e_server_setenv(&srv, "CIBAD_JWKS_URI_ALLOW_LOOPBACK", "true");
     start_server();
@@ -5851,7 +5851,7 @@ START_TEST(ro_bad_claims_rejected)
     expect_ro_rejected(&ro_es, request_object(&ro_es, "{\"request\":\"a.b.c\"}"),
                        "request inside");
 
-    /* The log says why, the reply carries no secret. */
+    /* The log gives the reason, and the reply carries no secret. */
     {
         char *log = e2e_server_log(&srv);
 
