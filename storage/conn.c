@@ -509,13 +509,20 @@ static int send_listen(struct storage_conn *db)
  * table. A prepared statement keeps its generic plan until the table is analyzed
  * again, and the poll batch planned while auth_req held 200 rows hash-joins over a
  * sequential scan of it. In a trial that batched another statement this way, such a
- * plan doubled PostgreSQL's CPU per /bc-authorize in `make bench` as the table grew. */
+ * plan doubled PostgreSQL's CPU per /bc-authorize in `make bench` as the table grew.
+ *
+ * JIT compilation is off as well. With sequential scans off, a scan that has no index
+ * to use (the signing keys, say) costs over jit_above_cost. Compiling it took about
+ * 100 ms, in every worker at once when their key reload timers fired. That stall was
+ * the polling p99 of 35 to 117 ms in `make bench`. No statement here runs long enough
+ * to gain from JIT. */
 static void conn_ready(struct storage_conn *db)
 {
     static const char sql_setup[] = "SELECT set_config('statement_timeout', $1, false),"
                                     " set_config('enable_seqscan', 'off', false),"
                                     " set_config('enable_hashjoin', 'off', false),"
-                                    " set_config('enable_mergejoin', 'off', false)";
+                                    " set_config('enable_mergejoin', 'off', false),"
+                                    " set_config('jit', 'off', false)";
     char timeout[24];
     const char *values[1] = {timeout};
     evutil_socket_t fd = PQsocket(db->pg);
