@@ -92,7 +92,8 @@ struct auth_ctx {
     char *kid;                   /* its header's kid, or NULL */
     unsigned alg;                /* the OAUTH_ALG_* bit registered for the client */
     struct oauth_client *client; /* the loaded client, until the end */
-    json_t *claims;              /* verified claims, until the jti is recorded */
+    json_t *header;              /* the assertion's header and claims, decoded once */
+    json_t *claims;              /* by oauth_jws_peek; trusted once verified */
     /* METHOD_CERT only: */
     X509 *cert; /* the client certificate, parsed */
 };
@@ -176,6 +177,7 @@ static void finish(struct auth_ctx *ctx, enum oauth_err err, const char *descrip
     OPENSSL_cleanse(ctx->secret_hash, sizeof(ctx->secret_hash));
     if (ctx->client != client)
         oauth_client_free(ctx->client);
+    json_decref(ctx->header);
     json_decref(ctx->claims);
     free(ctx->assertion);
     free(ctx->kid);
@@ -325,6 +327,9 @@ static enum oauth_err read_assertion(struct auth_ctx *ctx, const struct server_f
     } else {
         ctx->assertion = util_strdup(assertion);
         ctx->kid = kid ? util_strdup(kid) : NULL;
+        /* Kept for assertion_verify, which checks the signature over them. */
+        ctx->header = json_incref(header);
+        ctx->claims = json_incref(claims);
         err = OAUTH_OK;
     }
     json_decref(header);
@@ -452,9 +457,8 @@ static void assertion_verify(struct auth_ctx *ctx, const struct oauth_jwk_set *s
     struct oauth_assertion_claims out;
     const char *reason = error;
 
-    if (set)
-        ctx->claims = oauth_jws_verify_with(set, ctx->assertion, ctx->alg, NULL, &reason);
-    if (!ctx->claims) {
+    if (!set ||
+        !oauth_jws_verify_peeked(set, ctx->assertion, ctx->header, ctx->alg, &reason)) {
         assertion_fail(ctx, reason ? reason : "no keys");
         return;
     }

@@ -177,11 +177,10 @@ struct jws_parts {
     json_t *header;         /* decoded protected header */
 };
 
-/* Checks the structure of a compact JWS and decodes its header: at most
- * OAUTH_JWS_MAX_LEN characters, exactly three non-empty base64url segments (no padding,
- * no whitespace), and a header that is a JSON object without duplicate members.
- * Returns 0, or -1. */
-static int jws_split(const char *token, struct jws_parts *parts)
+/* Checks the structure of a compact JWS: at most OAUTH_JWS_MAX_LEN characters and
+ * exactly three non-empty base64url segments (no padding, no whitespace). Fills the
+ * length and dot positions of parts, not its header. Returns 0, or -1. */
+static int jws_scan(const char *token, struct jws_parts *parts)
 {
     size_t len, dot1 = 0, dot2 = 0, dots = 0;
 
@@ -209,7 +208,16 @@ static int jws_split(const char *token, struct jws_parts *parts)
     parts->len = len;
     parts->dot1 = dot1;
     parts->dot2 = dot2;
-    parts->header = segment_json(token, dot1);
+    return 0;
+}
+
+/* Runs jws_scan, then decodes the header, which must be a JSON object without
+ * duplicate members. Returns 0, or -1. */
+static int jws_split(const char *token, struct jws_parts *parts)
+{
+    if (jws_scan(token, parts) != 0)
+        return -1;
+    parts->header = segment_json(token, parts->dot1);
     return parts->header ? 0 : -1;
 }
 
@@ -385,34 +393,44 @@ static const struct oauth_jwk *set_key(const struct oauth_jwk_set *set,
 /* The longest signature of any algorithm: RSA with an 8192-bit modulus. */
 #define SIG_MAX 1024
 
+/* Picks the key that header names and checks the signature of token with it. Returns
+ * true, or false with *why set. */
+static bool set_verify(const struct oauth_jwk_set *set, const char *token,
+                       const struct jws_parts *parts, const json_t *header,
+                       unsigned allowed_algs, const char **why)
+{
+    const struct oauth_jwk *key = set_key(set, header, allowed_algs, why);
+    unsigned char *sig;
+    size_t sig_len = 0;
+    bool ok;
+
+    if (!key)
+        return false;
+    sig = jws_signature(token, parts, SIG_MAX, &sig_len);
+    ok = sig && jwk_verify(key, token, parts->dot2, sig, sig_len);
+    free(sig);
+    if (!ok)
+        *why = "the signature does not verify";
+    return ok;
+}
+
 json_t *oauth_jws_verify_with(const struct oauth_jwk_set *set, const char *token,
                               unsigned allowed_algs, json_t **header, const char **reason)
 {
     struct jws_parts parts = {0};
-    const struct oauth_jwk *key;
-    unsigned char *sig = NULL;
-    size_t sig_len = 0;
     json_t *claims = NULL;
     const char *why = "the token is not a well-formed compact JWS";
 
     if (!set || jws_split(token, &parts) != 0)
         goto out;
-    key = set_key(set, parts.header, allowed_algs, &why);
-    if (!key)
-        goto out;
-
     /* The signature is checked before the payload is parsed at all. */
-    sig = jws_signature(token, &parts, SIG_MAX, &sig_len);
-    if (!sig || !jwk_verify(key, token, parts.dot2, sig, sig_len)) {
-        why = "the signature does not verify";
+    if (!set_verify(set, token, &parts, parts.header, allowed_algs, &why))
         goto out;
-    }
     claims = jws_claims(token, &parts);
     if (!claims)
         why = "the payload is not a JSON object";
 
 out:
-    free(sig);
     if (claims && header) {
         *header = parts.header;
         parts.header = NULL;
@@ -421,6 +439,21 @@ out:
     if (!claims && reason)
         *reason = why;
     return claims;
+}
+
+bool oauth_jws_verify_peeked(const struct oauth_jwk_set *set, const char *token,
+                             const json_t *header, unsigned allowed_algs,
+                             const char **reason)
+{
+    struct jws_parts parts = {0};
+    const char *why = "the token is not a well-formed compact JWS";
+    bool ok = false;
+
+    if (set && json_is_object(header) && jws_scan(token, &parts) == 0)
+        ok = set_verify(set, token, &parts, header, allowed_algs, &why);
+    if (!ok && reason)
+        *reason = why;
+    return ok;
 }
 
 char *oauth_half_hash(const char *token)

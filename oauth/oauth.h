@@ -326,6 +326,14 @@ json_t *oauth_jws_verify_with(const struct oauth_jwk_set *set, const char *token
                               unsigned allowed_algs, json_t **header,
                               const char **reason);
 
+/* Verifies a token that oauth_jws_peek has already decoded into header and claims,
+ * under the rules of oauth_jws_verify_with, without decoding it again. Returns true
+ * when the signature is good, and only then may the caller trust the peeked claims.
+ * On failure sets *reason, if reason is not NULL, as oauth_jws_verify_with does. */
+bool oauth_jws_verify_peeked(const struct oauth_jwk_set *set, const char *token,
+                             const json_t *header, unsigned allowed_algs,
+                             const char **reason) MUST_CHECK;
+
 /* Clock difference tolerated on exp, nbf and iat of JWTs that others sign (client
  * assertions, request objects, login_hint_token), in seconds. */
 #define OAUTH_JWT_SKEW_S 30

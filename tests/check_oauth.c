@@ -2257,8 +2257,26 @@ static void jwk_teardown(void)
 #define CLAIMS "{\"iss\":\"c\",\"sub\":\"c\"}"
 
 /* True when token verifies against set with the algorithms allowed; stores the reason
- * of a failure in last_reason. */
+ * of a failure in last_reason. oauth_jws_verify_peeked must agree on the outcome and
+ * the reason for every token that oauth_jws_peek can decode. */
 static const char *last_reason;
+
+static void peeked_agrees(const struct oauth_jwk_set *set, const char *token,
+                          unsigned allowed, bool ok)
+{
+    json_t *header = NULL, *claims = NULL;
+    const char *reason = NULL;
+
+    if (oauth_jws_peek(token, &header, &claims) != 0) {
+        ck_assert_msg(!ok, "verified a token that oauth_jws_peek cannot decode");
+        return;
+    }
+    ck_assert_int_eq(oauth_jws_verify_peeked(set, token, header, allowed, &reason), ok);
+    if (!ok)
+        ck_assert_str_eq(reason, last_reason);
+    json_decref(header);
+    json_decref(claims);
+}
 
 static bool verifies_with(const struct oauth_jwk_set *set, const char *token,
                           unsigned allowed)
@@ -2266,6 +2284,8 @@ static bool verifies_with(const struct oauth_jwk_set *set, const char *token,
     json_t *header = NULL;
     json_t *claims = oauth_jws_verify_with(set, token, allowed, &header, &last_reason);
     bool ok = claims != NULL;
+
+    peeked_agrees(set, token, allowed, ok);
 
     if (ok) {
         ck_assert_ptr_nonnull(header);
@@ -2536,6 +2556,20 @@ START_TEST(verify_with_es256)
     ck_assert(!verifies_with(ec_set, good, OAUTH_ALG_PS256));
     ck_assert_ptr_null(oauth_jws_verify_with(NULL, good, OAUTH_ALG_ES256, NULL, NULL));
     ck_assert_ptr_null(oauth_jws_verify_with(ec_set, NULL, OAUTH_ALG_ES256, NULL, NULL));
+    {
+        /* The peeked header is the one that picks the key: one of another token fails
+         * unless it names the same key, and no header at all fails. */
+        json_t *header = json_pack("{s:s, s:s}", "alg", "ES256", "kid", "k2");
+        const char *reason = NULL;
+
+        ck_assert(
+            !oauth_jws_verify_peeked(ec_set, good, header, OAUTH_ALG_ES256, &reason));
+        ck_assert_str_eq(reason, "unknown kid");
+        ck_assert(!oauth_jws_verify_peeked(ec_set, good, NULL, OAUTH_ALG_ES256, &reason));
+        ck_assert(!oauth_jws_verify_peeked(NULL, good, header, OAUTH_ALG_ES256, NULL));
+        ck_assert(!oauth_jws_verify_peeked(ec_set, "a.b", header, OAUTH_ALG_ES256, NULL));
+        json_decref(header);
+    }
     free(good);
     free(no_kid);
     free(other);
