@@ -10,6 +10,7 @@
 #   4. POST /token, pending          polling: authorization_pending and slow_down
 #  4b. the same with private_key_jwt client authentication: a second client's pending
 #      requests, polled with ES256 client assertions made beforehand by bench_jwt
+#  4c. the same as 4b with a third client that signs its assertions with PS256
 #   5. POST /approve/REF             approves every request with the code from its SMS
 #   6. POST /token, approved         issuance: every 200 is one token response
 #   7. ping delivery                 requests of a ping client, approved, then the time
@@ -21,7 +22,7 @@
 # makes the ping requests), CIBAD_WORKERS (2), BENCH_KEEP=1 keeps the working
 # directory, BENCH_PERF=1 records a perf profile of each run into it, BENCH_PG_DURABLE=1
 # turns fsync, synchronous_commit and full_page_writes back on, BENCH_JWT_REQUESTS (5000,
-# the pending requests of the private_key_jwt client), CIBAD_BIN, BENCH_SINK and
+# the pending requests of each private_key_jwt client), CIBAD_BIN, BENCH_SINK and
 # BENCH_JWT name the binaries (make bench sets CIBAD_BIN).
 set -euo pipefail
 
@@ -279,20 +280,26 @@ ping_secret=$(sed -nE 's/.*"client_secret": *"([^"]+)".*/\1/p' <<<"$ping_json")
 [[ -n $ping_secret ]] || { echo "bench: no client_secret in: $ping_json" >&2; exit 1; }
 ping_auth="Basic $(printf 'bench-ping:%s' "$ping_secret" | base64 -w 0)"
 
-# A private_key_jwt client with an inline JWKS of one P-256 key.
-openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tmp/jwt_key.pem" \
+# Two private_key_jwt clients with an inline JWKS of one key each: bench-jwt signs its
+# assertions with a P-256 key (ES256), bench-jwt-ps with an RSA 2048-bit key (PS256).
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tmp/bench-jwt.pem" \
+    2>/dev/null
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$tmp/bench-jwt-ps.pem" \
     2>/dev/null
 "$bin" client create --name "Bench JWT agent" --scope openid --client-id bench-jwt \
     --auth-method private_key_jwt --auth-signing-alg ES256 \
-    --jwks "$("$jwt_bin" jwks "$tmp/jwt_key.pem" bench-key)" >/dev/null
+    --jwks "$("$jwt_bin" jwks "$tmp/bench-jwt.pem" bench-key)" >/dev/null
+"$bin" client create --name "Bench PS256 agent" --scope openid --client-id bench-jwt-ps \
+    --auth-method private_key_jwt --auth-signing-alg PS256 \
+    --jwks "$("$jwt_bin" jwks "$tmp/bench-jwt-ps.pem" bench-key)" >/dev/null
 
-# Writes $3 assertions of bench-jwt for the endpoint path $2 into the file $1, from two
+# Writes $4 assertions of client $1 for the endpoint path $3 into the file $2, from two
 # processes in parallel. Each assertion expires 300 s after it is made.
 make_assertions() {
-    local file=$1 path=$2 count=$3 half=$(($3 / 2))
-    "$jwt_bin" sign "$tmp/jwt_key.pem" bench-key bench-jwt "$issuer$path" "$half" \
+    local client=$1 file=$2 path=$3 count=$4 half=$(($4 / 2))
+    "$jwt_bin" sign "$tmp/$client.pem" bench-key "$client" "$issuer$path" "$half" \
         >"$file.1" &
-    "$jwt_bin" sign "$tmp/jwt_key.pem" bench-key bench-jwt "$issuer$path" \
+    "$jwt_bin" sign "$tmp/$client.pem" bench-key "$client" "$issuer$path" \
         $((count - half)) >"$file.2"
     wait $!
     cat "$file.1" "$file.2" >"$file"
@@ -392,23 +399,33 @@ cpu_mark
 BENCH_IDS=$out/ids.txt run_wrk poll "$duration" poll.lua /token
 cpu[poll]=$(cpu_report "$out/poll.time")
 
-# ---- 4b. polling with private_key_jwt ----------------------------------------------
+# ---- 4b and 4c. polling with private_key_jwt -----------------------------------------
 
-# The pending requests of the JWT client, made with assertions as well, in their own
-# directory so that the steps below see only the first client's ids and codes.
-say "4b/6 POST /token for pending requests with private_key_jwt for ${duration}s"
-mkdir -p "$out/jwt"
-make_assertions "$out/jwt/bc_assertions.txt" /bc-authorize "$jwt_requests"
-BENCH_OUT=$out/jwt BENCH_ASSERTIONS=$out/jwt/bc_assertions.txt \
-    run_wrk jwt_bc "$duration" bc_authorize.lua
-cat "$out"/jwt/auth_req_ids.* >"$out/jwt/ids.txt"
-jwt_ids=$(wc -l <"$out/jwt/ids.txt")
-# Enough assertions for 25,000 polls/s, made just before the run because they expire.
-make_assertions "$out/jwt/poll_assertions.txt" /token $((duration * 25000))
-cpu_mark
-BENCH_IDS=$out/jwt/ids.txt BENCH_ASSERTIONS=$out/jwt/poll_assertions.txt \
-    run_wrk poll_jwt "$duration" poll.lua /token
-cpu[poll_jwt]=$(cpu_report "$out/poll_jwt.time")
+# Polls for $duration seconds as client $2 (run name $1), with a fresh assertion per
+# request: first it makes $jwt_requests pending requests of that client, with
+# assertions as well, in their own directory, so that the steps below see only the
+# first client's ids and codes. Then $3 assertions per second of the run are made just
+# before it, because they expire.
+run_poll_jwt() {
+    local run=$1 client=$2 per_second=$3 dir=$out/$1
+    mkdir -p "$dir"
+    make_assertions "$client" "$dir/bc_assertions.txt" /bc-authorize "$jwt_requests"
+    BENCH_OUT=$dir BENCH_ASSERTIONS=$dir/bc_assertions.txt \
+        run_wrk "${run}_bc" "$duration" bc_authorize.lua
+    cat "$dir"/auth_req_ids.* >"$dir/ids.txt"
+    make_assertions "$client" "$dir/poll_assertions.txt" /token $((duration * per_second))
+    cpu_mark
+    BENCH_IDS=$dir/ids.txt BENCH_ASSERTIONS=$dir/poll_assertions.txt \
+        run_wrk "$run" "$duration" poll.lua /token
+    cpu[$run]=$(cpu_report "$out/$run.time")
+}
+
+say "4b/6 POST /token for pending requests with private_key_jwt (ES256) for ${duration}s"
+run_poll_jwt poll_jwt bench-jwt 25000
+# PS256 signing takes bench_jwt about 300 us per assertion, so make fewer of them: a
+# run that uses them up is marked in the table.
+say "4c/6 POST /token for pending requests with private_key_jwt (PS256) for ${duration}s"
+run_poll_jwt poll_ps bench-jwt-ps 18000
 
 # ---- 5. approval -------------------------------------------------------------------
 
@@ -574,12 +591,17 @@ row_format='%-33s %7s %-8s %6s %6s  %-24s %s\n'
 printf "$row_format" scenario rate unit "p50 ms" "p99 ms" target result
 row "GET /healthz (baseline)" healthz requests "req/s" ""
 row "POST /token, pending (polling)" poll requests "req/s" "$target_poll_rps"
-jwt_rps=$(rate "$(field poll_jwt requests)" "$(field poll_jwt duration_us)")
-jwt_result="$(verdict "$jwt_rps" ">=" "$((poll_rps / 2))") ($((100 * jwt_rps / (poll_rps > 0 ? poll_rps : 1)))% of polling)"
-(($(field poll_jwt exhausted_threads) == 0)) || jwt_result="$jwt_result (ran out of assertions)"
-printf "$row_format" "  the same with private_key_jwt" "$jwt_rps" "req/s" \
-    "$(ms "$(field poll_jwt p50_us)")" "$(ms "$(field poll_jwt p99_us)")" \
-    ">= 50% of polling" "$jwt_result"
+# Prints the row of a private_key_jwt polling run: name, run.
+jwt_row() {
+    local name=$1 run=$2 r result
+    r=$(rate "$(field "$run" requests)" "$(field "$run" duration_us)")
+    result="$(verdict "$r" ">=" "$((poll_rps / 2))") ($((100 * r / (poll_rps > 0 ? poll_rps : 1)))% of polling)"
+    (($(field "$run" exhausted_threads) == 0)) || result="$result (ran out of assertions)"
+    printf "$row_format" "$name" "$r" "req/s" "$(ms "$(field "$run" p50_us)")" \
+        "$(ms "$(field "$run" p99_us)")" ">= 50% of polling" "$result"
+}
+jwt_row "  the same, private_key_jwt ES256" poll_jwt
+jwt_row "  the same, private_key_jwt PS256" poll_ps
 row "POST /bc-authorize, http SMS" bc requests "req/s" "$target_bc_rps"
 row "POST /token, approved (issuance)" "$tokens_run" count.200 "tokens/s" "$target_tokens_ps"
 printf "$row_format" "VmRSS, $pending pending" "$(mib "$rss_pending")" MiB "" "" \
@@ -591,8 +613,10 @@ echo
 echo "Replies:"
 echo "  healthz:       $(field healthz requests) requests, $(field healthz status_errors) non-2xx"
 echo "  polling:       $(reply_mix poll)"
-echo "  polling, JWT:  $(reply_mix poll_jwt), over $jwt_ids pending requests of the JWT" \
-    "client ($(reply_mix jwt_bc) when they were made)"
+for run in poll_jwt poll_ps; do
+    echo "  $run:" "$(reply_mix "$run"), over $(wc -l <"$out/$run/ids.txt") pending" \
+        "requests of its client ($(reply_mix "${run}_bc") when they were made)"
+done
 echo "  bc-authorize:  $(reply_mix bc) (+ $((ids_total - bc_ok)) from top-up runs;" \
     "$sms_total SMS received by the sink)"
 echo "  approval:      $approved approved in the database; replies: $(reply_mix approve)," \
@@ -606,13 +630,14 @@ echo "  ping:          $ping_ids requests, $ping_approved approved ($(reply_mix 
 echo "  socket errors (of them timeouts, no reply within 2 s): healthz $(field healthz errors)" \
     "($(field healthz timeouts)), polling $(field poll errors) ($(field poll timeouts))," \
     "bc-authorize $(field bc errors) ($(field bc timeouts)), issuance" \
-    "$(field "$tokens_run" errors) ($(field "$tokens_run" timeouts)), polling with JWT" \
-    "$(field poll_jwt errors) ($(field poll_jwt timeouts))"
+    "$(field "$tokens_run" errors) ($(field "$tokens_run" timeouts)), polling with ES256" \
+    "$(field poll_jwt errors) ($(field poll_jwt timeouts)), polling with PS256" \
+    "$(field poll_ps errors) ($(field poll_ps timeouts))"
 echo "Memory: VmRSS idle $(mib "$rss_idle") MiB, with $pending pending $(mib "$rss_pending")" \
     "MiB, after the runs $(mib "$rss_end") MiB, peak (VmHWM) $(mib "$rss_peak") MiB"
 echo "CPU during each run, in % of one core like top (other: processes outside this bench):"
 busy_runs=''
-for run in healthz poll poll_jwt bc approve tokens ping; do
+for run in healthz poll poll_jwt poll_ps bc approve tokens ping; do
     printf '  %-13s  %s\n' "$run:" "${cpu[$run]}"
     other=$(grep -oE 'other [0-9]+' <<<"${cpu[$run]}" | cut -d' ' -f2)
     ((${other:-0} <= 20)) || busy_runs="$busy_runs${busy_runs:+, }$run"
