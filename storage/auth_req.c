@@ -8,44 +8,92 @@
  */
 #include "storage/storage_int.h"
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---- create ------------------------------------------------------------------------ */
 
-/* (1) counts a code against the phone number's sms_quota row, (2) inserts the request
- * only when (1) returned a row, and (3) appends the audit row for the inserted request.
- * The first code's otp_expires_at never falls after expires_at. */
+/* Creates the requests of a batch (batch.c), one call per row of the input arrays.
+ * (1) counts a code against each phone number's sms_quota row, (2) inserts the
+ * requests whose phone number (1) returned, and (3) appends the audit row of each
+ * inserted request. Returns per call whether it was inserted. The batch key is the
+ * phone number, so one batch never counts two codes against one row. The quota rows
+ * are written in phone number order, so two batches that share numbers wait for each
+ * other instead of deadlocking. The per-phone limit and window come from the first
+ * call (create_fits keeps calls with other limits apart). The first code's
+ * otp_expires_at never falls after expires_at. An error in any row, such as a foreign
+ * key error for a client or user deleted meanwhile, fails every call of the batch. */
 /* clang-format would split the SQL around the macro. */
 /* clang-format off */
 static const char sql_auth_req_create[] =
-    "WITH quota AS ("
+    "WITH input AS ("
+    "  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],"
+    "    $6::text[], $7::text[], $8::text[], $9::int[], $10::int[], $11::text[],"
+    "    $12::int[], $13::int[], $14::int[], $15::text[], $16::text[], $17::text[],"
+    "    $18::text[]) WITH ORDINALITY"
+    "    AS i(phone_number, auth_req_id_hash, ref_hash, client_id, subject, scope,"
+    "      binding_message, acr_values, expires_in, poll_interval, otp_hmac_hex,"
+    "      otp_lifetime, quota_max, quota_window, request_id, delivery_mode,"
+    "      notification_secrets, cnf_x5t_s256, n)"
+    "), quota AS ("
     "  INSERT INTO sms_quota AS q (phone_number, sent_at)"
-    "  SELECT $5::text, ARRAY[now()] WHERE $13::int > 0"
-    STORAGE_SQL_QUOTA_UPSERT("$13", "$14")
-    "  RETURNING 1"
+    "  SELECT phone_number, ARRAY[now()] FROM input WHERE quota_max > 0"
+    "  ORDER BY phone_number"
+    STORAGE_SQL_QUOTA_UPSERT("($13::int[])[1]", "($14::int[])[1]")
+    "  RETURNING q.phone_number"
     "), created AS ("
     "  INSERT INTO auth_req (auth_req_id_hash, ref_hash, client_id, subject, phone_number,"
     "    scope, binding_message, acr_values, expires_at, poll_interval, otp_hmac,"
     "    otp_expires_at, otp_sent_at, delivery_mode, notification_secrets,"
     "    cnf_x5t_s256)"
-    "  SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text,"
-    "    $8::text, now() + $9::int * interval '1 second', $10::int, $11::bytea,"
-    "    now() + least($12::int, $9::int) * interval '1 second', now(),"
-    "    coalesce($16::text, 'poll'),"
-    "    CASE WHEN coalesce($16::text, 'poll') = 'poll' THEN NULL ELSE $17::text END,"
-    "    $18::text"
-    "  FROM quota"
+    "  SELECT i.auth_req_id_hash, i.ref_hash, i.client_id, i.subject, i.phone_number,"
+    "    i.scope, i.binding_message, i.acr_values,"
+    "    now() + i.expires_in * interval '1 second', i.poll_interval,"
+    "    decode(i.otp_hmac_hex, 'hex'),"
+    "    now() + least(i.otp_lifetime, i.expires_in) * interval '1 second', now(),"
+    "    coalesce(i.delivery_mode, 'poll'),"
+    "    CASE WHEN coalesce(i.delivery_mode, 'poll') = 'poll' THEN NULL"
+    "      ELSE i.notification_secrets END,"
+    "    i.cnf_x5t_s256"
+    "  FROM input i JOIN quota q ON q.phone_number = i.phone_number"
     "  RETURNING auth_req_id_hash, client_id, subject, scope"
     "), audit AS ("
     "  INSERT INTO audit_log (request_id, client_id, subject, scope, action, decision,"
     "    auth_req_id_hash)"
-    "  SELECT $15, client_id, subject, scope, 'bc_authorize', 'accepted', auth_req_id_hash"
-    "  FROM created"
+    "  SELECT i.request_id, c.client_id, c.subject, c.scope, 'bc_authorize', 'accepted',"
+    "    c.auth_req_id_hash"
+    "  FROM created c JOIN input i ON i.auth_req_id_hash = c.auth_req_id_hash"
     ")"
-    " SELECT count(*) FROM created";
+    " SELECT i.n, c.auth_req_id_hash IS NOT NULL FROM input i"
+    "   LEFT JOIN created c ON c.auth_req_id_hash = i.auth_req_id_hash"
+    " ORDER BY i.n";
 /* clang-format on */
 static const struct storage_stmt stmt_auth_req_create = {"auth_req_create",
                                                          sql_auth_req_create, 18};
+
+/* The fields of one create call, in the order of the statement's parameters. */
+enum create_field {
+    CREATE_PHONE, /* the batch key */
+    CREATE_AUTH_REQ_ID_HASH,
+    CREATE_REF_HASH,
+    CREATE_CLIENT_ID,
+    CREATE_SUBJECT,
+    CREATE_SCOPE,
+    CREATE_BINDING_MESSAGE,
+    CREATE_ACR_VALUES,
+    CREATE_EXPIRES_IN,
+    CREATE_INTERVAL,
+    CREATE_OTP_HMAC_HEX,
+    CREATE_OTP_LIFETIME,
+    CREATE_QUOTA_MAX,
+    CREATE_QUOTA_WINDOW,
+    CREATE_REQUEST_ID,
+    CREATE_DELIVERY_MODE,
+    CREATE_NOTIFICATION_SECRETS,
+    CREATE_CNF_X5T_S256,
+    CREATE_FIELDS
+};
 
 /* Completes statements that return one count: 0 means the condition refused. */
 static void finish_counted(union storage_cb cb, void *arg, enum storage_status status,
@@ -63,44 +111,78 @@ static void finish_counted(union storage_cb cb, void *arg, enum storage_status s
     cb.done(arg, storage_col_int64(res, 0, 0) > 0 ? STORAGE_OK : when_zero);
 }
 
-static void finish_create(union storage_cb cb, void *arg, enum storage_status status,
-                          const PGresult *res)
+/* Completes each call: row i is false when call i was not inserted because its phone
+ * number is over quota. */
+static void finish_creates(const struct storage_batch_call *calls, size_t n,
+                           enum storage_status status, const PGresult *res)
 {
-    finish_counted(cb, arg, status, res, STORAGE_LIMITED);
+    for (size_t i = 0; i < n; i++) {
+        enum storage_status s = status;
+
+        if (s == STORAGE_OK && strcmp(storage_col_text(res, (int)i, 1), "t") != 0)
+            s = STORAGE_LIMITED;
+        calls[i].cb.done(calls[i].arg, s);
+    }
 }
+
+/* The statement applies the first call's quota limits to the whole batch. */
+static bool create_fits(const struct storage_batch_call *first,
+                        const char *const fields[])
+{
+    return strcmp(first->fields[CREATE_QUOTA_MAX], fields[CREATE_QUOTA_MAX]) == 0 &&
+           strcmp(first->fields[CREATE_QUOTA_WINDOW], fields[CREATE_QUOTA_WINDOW]) == 0;
+}
+
+static const struct storage_batch_kind create_kind = {
+    STORAGE_BATCH_CREATE, &stmt_auth_req_create, 1, finish_creates, create_fits};
 
 int storage_auth_req_create(struct storage_conn *db,
                             const struct storage_auth_req_new *in, storage_done_cb cb,
                             void *arg)
 {
-    struct storage_params p = {0};
+    char ints[5][16];
+    char *hmac_hex;
+    const char *fields[CREATE_FIELDS];
     union storage_cb u = {.done = cb};
+    int rc;
 
     if (in == NULL || cb == NULL || in->otp_hmac == NULL || in->otp_hmac_len == 0 ||
-        in->expires_in <= 0 || in->interval <= 0 || in->otp_lifetime <= 0 ||
-        in->sms_per_phone_window <= 0) {
+        in->otp_hmac_len > 64 || in->expires_in <= 0 || in->interval <= 0 ||
+        in->otp_lifetime <= 0 || in->sms_per_phone_window <= 0 ||
+        in->auth_req_id_hash == NULL || in->phone_number == NULL) {
         log_error("storage: storage_auth_req_create got an incomplete request");
         return -1;
     }
-    storage_param_text(&p, in->auth_req_id_hash);
-    storage_param_text(&p, in->ref_hash);
-    storage_param_text(&p, in->client_id);
-    storage_param_text(&p, in->subject);
-    storage_param_text(&p, in->phone_number);
-    storage_param_text(&p, in->scope);
-    storage_param_text(&p, in->binding_message);
-    storage_param_text(&p, in->acr_values);
-    storage_param_int(&p, in->expires_in);
-    storage_param_int(&p, in->interval);
-    storage_param_bytes(&p, in->otp_hmac, in->otp_hmac_len);
-    storage_param_int(&p, in->otp_lifetime);
-    storage_param_int(&p, in->sms_per_phone_max);
-    storage_param_int(&p, in->sms_per_phone_window);
-    storage_param_text(&p, in->request_id);
-    storage_param_text(&p, in->delivery_mode);
-    storage_param_text(&p, in->notification_secrets);
-    storage_param_text(&p, in->cnf_x5t_s256);
-    return storage_conn_send(db, &stmt_auth_req_create, &p, finish_create, u, arg);
+    snprintf(ints[0], sizeof(ints[0]), "%d", in->expires_in);
+    snprintf(ints[1], sizeof(ints[1]), "%d", in->interval);
+    snprintf(ints[2], sizeof(ints[2]), "%d", in->otp_lifetime);
+    snprintf(ints[3], sizeof(ints[3]), "%d", in->sms_per_phone_max);
+    snprintf(ints[4], sizeof(ints[4]), "%d", in->sms_per_phone_window);
+    hmac_hex = util_malloc(2 * in->otp_hmac_len + 1);
+    for (size_t i = 0; i < in->otp_hmac_len; i++)
+        snprintf(hmac_hex + 2 * i, 3, "%02x", in->otp_hmac[i]);
+
+    fields[CREATE_PHONE] = in->phone_number;
+    fields[CREATE_AUTH_REQ_ID_HASH] = in->auth_req_id_hash;
+    fields[CREATE_REF_HASH] = in->ref_hash;
+    fields[CREATE_CLIENT_ID] = in->client_id;
+    fields[CREATE_SUBJECT] = in->subject;
+    fields[CREATE_SCOPE] = in->scope;
+    fields[CREATE_BINDING_MESSAGE] = in->binding_message;
+    fields[CREATE_ACR_VALUES] = in->acr_values;
+    fields[CREATE_EXPIRES_IN] = ints[0];
+    fields[CREATE_INTERVAL] = ints[1];
+    fields[CREATE_OTP_HMAC_HEX] = hmac_hex;
+    fields[CREATE_OTP_LIFETIME] = ints[2];
+    fields[CREATE_QUOTA_MAX] = ints[3];
+    fields[CREATE_QUOTA_WINDOW] = ints[4];
+    fields[CREATE_REQUEST_ID] = in->request_id;
+    fields[CREATE_DELIVERY_MODE] = in->delivery_mode;
+    fields[CREATE_NOTIFICATION_SECRETS] = in->notification_secrets;
+    fields[CREATE_CNF_X5T_S256] = in->cnf_x5t_s256;
+    rc = storage_batch_add(db, &create_kind, fields, u, arg);
+    free(hmac_hex);
+    return rc;
 }
 
 /* ---- SMS delivery ------------------------------------------------------------------ */

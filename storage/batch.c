@@ -3,9 +3,9 @@
  *
  * Under load, PostgreSQL spends most of a small write's CPU on per-statement work: the
  * executor start, the commit, the wake-up of the WAL writer and the round trip. So the
- * most frequent statements (polls, client assertion jti values) take arrays: their
- * callers add calls to the connection's open batch of that kind, and one statement
- * serves them all, with one result row per call in the order given.
+ * most frequent statements (polls, client assertion jti values, new requests) take
+ * arrays: their callers add calls to the connection's open batch of that kind, and one
+ * statement serves them all, with one result row per call in the order given.
  *
  * A batch goes out at the end of the loop pass that opened it (a deferred completion
  * of the connection), unless a batch of the same kind is still in flight on the
@@ -173,7 +173,8 @@ int storage_batch_add(struct storage_conn *db, const struct storage_batch_kind *
         return -1;
     q = storage_conn_batches(db, kind->id);
     b = q->open;
-    if (b && (b->n == STORAGE_BATCH_MAX || batch_has(b, fields))) {
+    if (b && (b->n == STORAGE_BATCH_MAX || batch_has(b, fields) ||
+              (kind->fits && !kind->fits(&b->calls[0], fields)))) {
         b->sealed = true;
         if (b->waiting) {
             b->waiting = false;

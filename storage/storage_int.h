@@ -106,12 +106,13 @@ void storage_conn_defer(struct storage_conn *db, struct storage_deferred *d);
 /* ---- batches (batch.c) ------------------------------------------------------------- */
 
 #define STORAGE_BATCH_MAX    64 /* calls in one statement */
-#define STORAGE_BATCH_FIELDS 3  /* text fields of one call */
+#define STORAGE_BATCH_FIELDS 18 /* text fields of one call, at most */
 
 /* The kinds of batched statement; each connection keeps one queue per kind. */
 enum storage_batch_id {
     STORAGE_BATCH_POLL,
     STORAGE_BATCH_JTI,
+    STORAGE_BATCH_CREATE,
     STORAGE_BATCH_KINDS,
 };
 
@@ -134,6 +135,10 @@ struct storage_batch_kind {
      * STORAGE_OK, with row i for calls[i], and NULL otherwise. */
     void (*finish)(const struct storage_batch_call *calls, size_t n,
                    enum storage_status status, const PGresult *res);
+    /* Returns false when a call with these fields cannot join the batch that starts
+     * with first, because the statement takes some values from the first call only.
+     * NULL when every call can join. */
+    bool (*fits)(const struct storage_batch_call *first, const char *const fields[]);
 };
 
 struct storage_batch;

@@ -1433,6 +1433,101 @@ START_TEST(create_counts_phone_quota)
 }
 END_TEST
 
+/* Creates made in one loop pass share one statement (batch.c), keyed on the phone
+ * number: each call still gets its own outcome, and the second call for a number goes
+ * into a later batch, so the quota counts it after the first. */
+START_TEST(create_batches_calls)
+{
+    struct people p[3];
+    struct storage_conn *db;
+    struct req r[6];
+    struct done_res res[6] = {{0}};
+    PGconn *pg = raw_open();
+    char *stored;
+
+    for (int i = 0; i < 3; i++)
+        people_create(&p[i]);
+    loop_open();
+    db = conn_open(5000);
+    for (int i = 0; i < 3; i++)
+        req_init(&r[i], &p[i]);
+    /* p[0] twice, with room for one code only. */
+    req_init(&r[3], &p[0]);
+    r[0].in.sms_per_phone_max = 1;
+    r[3].in.sms_per_phone_max = 1;
+    /* Other limits than the open batch's: a batch of its own. */
+    req_init(&r[4], &p[1]);
+    r[4].in.sms_per_phone_window = 60;
+    /* A ping request, with notification secrets and a certificate thumbprint. */
+    req_init(&r[5], &p[2]);
+    r[5].in.delivery_mode = "ping";
+    r[5].in.notification_secrets = "sealed-secrets";
+    r[5].in.cnf_x5t_s256 = "x5t-S256-thumbprint-of-43-base64url-chars_0";
+    r[5].in.binding_message = "quote \" and backslash \\";
+    for (int i = 0; i < 6; i++)
+        ck_assert_int_eq(storage_auth_req_create(db, &r[i].in, on_done, &res[i]), 0);
+    for (int i = 0; i < 6; i++)
+        wait_calls(&res[i].calls, 1);
+
+    ck_assert_int_eq(res[0].status, STORAGE_OK);
+    ck_assert_int_eq(res[1].status, STORAGE_OK);
+    ck_assert_int_eq(res[2].status, STORAGE_OK);
+    ck_assert_int_eq(res[3].status, STORAGE_LIMITED);
+    ck_assert_int_eq(res[4].status, STORAGE_OK);
+    ck_assert_int_eq(res[5].status, STORAGE_OK);
+    for (int i = 0; i < 6; i++) {
+        ck_assert_int_eq(
+            raw_int(pg, "SELECT count(*) FROM auth_req WHERE auth_req_id_hash = $1",
+                    r[i].id_hash),
+            i == 3 ? 0 : 1);
+        ck_assert_int_eq(audit_count(pg, r[i].id_hash, "bc_authorize", "accepted"),
+                         i == 3 ? 0 : 1);
+    }
+    /* Each row has its own call's values, the HMAC byte for byte. */
+    for (int i = 0; i < 6; i++) {
+        char hex[2 * sizeof(r[i].hmac) + 1];
+
+        if (i == 3)
+            continue;
+        for (size_t b = 0; b < sizeof(r[i].hmac); b++)
+            snprintf(hex + 2 * b, 3, "%02x", r[i].hmac[b]);
+        stored = raw_text(pg,
+                          "SELECT encode(otp_hmac, 'hex') || ' ' || phone_number || ' '"
+                          " || subject FROM auth_req WHERE auth_req_id_hash = $1",
+                          r[i].id_hash);
+        ck_assert_ptr_nonnull(stored);
+        ck_assert_msg(strncmp(stored, hex, strlen(hex)) == 0, "row %d: %s", i, stored);
+        ck_assert_ptr_nonnull(strstr(stored, r[i].in.phone_number));
+        ck_assert_ptr_nonnull(strstr(stored, r[i].in.subject));
+        free(stored);
+    }
+    stored = raw_text(pg,
+                      "SELECT delivery_mode || '|' || notification_secrets || '|'"
+                      " || cnf_x5t_s256 || '|' || binding_message FROM auth_req"
+                      " WHERE auth_req_id_hash = $1",
+                      r[5].id_hash);
+    ck_assert_str_eq(stored, "ping|sealed-secrets|x5t-S256-thumbprint-of-43-base64url-"
+                             "chars_0|quote \" and backslash \\");
+    free(stored);
+    /* A poll request keeps no notification secrets. */
+    ck_assert_int_eq(
+        raw_int(pg,
+                "SELECT count(*) FROM auth_req WHERE auth_req_id_hash = $1"
+                " AND delivery_mode = 'poll' AND notification_secrets IS NULL"
+                " AND binding_message = 'Pay 10 EUR'",
+                r[1].id_hash),
+        1);
+    ck_assert_int_eq(raw_int(pg,
+                             "SELECT cardinality(sent_at) FROM sms_quota"
+                             " WHERE phone_number = $1",
+                             p[0].phone),
+                     1);
+    PQfinish(pg);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
 START_TEST(create_rejects_bad_input)
 {
     struct people p;
@@ -4091,6 +4186,7 @@ static Suite *storage_suite(void)
 
     tc = tcase_new("auth_req", 30, true);
     tcase_add_test(tc, create_counts_phone_quota);
+    tcase_add_test(tc, create_batches_calls);
     tcase_add_test(tc, create_rejects_bad_input);
     tcase_add_test(tc, code_sent_and_fail_delivery);
     suite_add_tcase(s, tc);
