@@ -1,6 +1,10 @@
 /* sender.c - sends one SMS per sms_send through the configured driver, with one retry
  * SPDX-License-Identifier: MIT
  *
+ * The gateway drivers send over a pool of keep-alive connections, one pool per sender
+ * (so per worker loop). A connection the gateway closes just as a send reuses it fails
+ * that attempt with a connection error, which the retry covers.
+ *
  * Each sms_send gets a struct send_ctx that lives until its callback has run. The
  * steps run in file order. sms_send checks the message and starts the first attempt.
  * on_attempt_done picks success, a retry (after a timeout, a connection failure or a
@@ -20,6 +24,12 @@
 #define SMS_MAX_ATTEMPTS 2
 /* Pause before the retry, so a gateway that just failed gets a moment to recover. */
 #define SMS_RETRY_DELAY_MS 200
+/* Idle gateway connections a sender keeps, and how long. Every send in flight holds one
+ * connection, so 16 lets a worker run 16 sends at a time without connecting again. The
+ * 15 s is an estimate meant to stay below the gateway's own idle timeout, so that the
+ * sender, not the gateway, closes an idle connection. */
+#define SMS_POOL_MAX_IDLE 16
+#define SMS_POOL_IDLE_MS  15000
 /* Bounds for sms_config.timeout_ms. */
 #define SMS_MIN_TIMEOUT_MS 1
 #define SMS_MAX_TIMEOUT_MS 120000
@@ -51,8 +61,9 @@ struct send_ctx {
 struct sms_sender {
     struct event_base *base;
     struct evdns_base *dns;
-    struct sms_config cfg; /* strings owned */
-    SSL_CTX *tls;          /* for https gateways; NULL for the console driver */
+    struct sms_config cfg;       /* strings owned */
+    SSL_CTX *tls;                /* for https gateways; NULL for the console driver */
+    struct util_http_pool *pool; /* gateway connections; NULL for the console driver */
     struct send_ctx *active;
 };
 
@@ -184,6 +195,14 @@ struct sms_sender *sms_sender_new(struct event_base *base, struct evdns_base *dn
             sms_sender_free(s);
             return NULL;
         }
+        s->pool = util_http_pool_new(base, SMS_POOL_MAX_IDLE, SMS_POOL_IDLE_MS);
+        if (!s->pool) {
+            log_error(
+                "SMS sender not created: driver %s: the connection pool setup failed",
+                driver_name(cfg->driver));
+            sms_sender_free(s);
+            return NULL;
+        }
     }
     log_info("SMS sender ready: driver=%s timeout_ms=%d", driver_name(cfg->driver),
              cfg->timeout_ms);
@@ -302,6 +321,7 @@ static int start_attempt(struct send_ctx *ctx)
         .body_len = ctx->gw.body_len,
         .timeout_ms = s->cfg.timeout_ms,
         .allow_http_loopback = s->cfg.allow_http_loopback,
+        .pool = s->pool,
     };
 
     ctx->attempts++;
@@ -436,6 +456,7 @@ void sms_sender_free(struct sms_sender *s)
                  "the SMS sender was freed before the send finished");
         finish(ctx);
     }
+    util_http_pool_free(s->pool);
     SSL_CTX_free(s->tls);
     config_clear(&s->cfg);
     free(s);

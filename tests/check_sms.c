@@ -7,6 +7,9 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1293,6 +1296,7 @@ struct http_result {
     int calls;
     enum util_http_error error;
     int status;
+    bool reused;
     char body[64];
 };
 
@@ -1303,6 +1307,7 @@ static void on_http_done(void *arg, const struct util_http_response *res)
     r->calls++;
     r->error = res->error;
     r->status = res->status;
+    r->reused = res->reused;
     snprintf(r->body, sizeof(r->body), "%s", res->body);
 }
 
@@ -1437,6 +1442,585 @@ START_TEST(http_client_url_check)
 }
 END_TEST
 
+/* ---- the connection pool -------------------------------------------------------------
+ */
+
+/* A pool test: the env, a pool on its loop, and a plain or TLS URL of the mock. */
+struct pool_env {
+    struct env e;
+    struct util_http_pool *pool;
+    SSL_CTX *tls; /* NULL for the plain mock */
+    char *url;
+};
+
+static void pool_env_start(struct pool_env *p, enum mock_kind kind, size_t max_idle,
+                           int idle_ms)
+{
+    env_start(&p->e, kind);
+    p->pool = util_http_pool_new(p->e.base, max_idle, idle_ms);
+    ck_assert_ptr_nonnull(p->pool);
+    if (kind == MOCK_PLAIN) {
+        p->tls = NULL;
+        p->url = mock_http_url(p->e.mock, "127.0.0.1", "/send");
+    } else {
+        p->tls = util_http_tls_ctx_new(p->e.certs.ca_file);
+        ck_assert_ptr_nonnull(p->tls);
+        p->url = mock_http_url(p->e.mock, "localhost", "/send");
+    }
+}
+
+static void pool_env_stop(struct pool_env *p)
+{
+    util_http_pool_free(p->pool);
+    SSL_CTX_free(p->tls);
+    free(p->url);
+    env_stop(&p->e);
+}
+
+/* Starts one POST through the pool; the result lands in r. */
+static struct util_http_call *pool_start(struct pool_env *p, struct http_result *r,
+                                         int timeout_ms)
+{
+    const struct util_http_request req = {
+        .method = EVHTTP_REQ_POST,
+        .url = p->url,
+        .body = "{}",
+        .body_len = 2,
+        .timeout_ms = timeout_ms,
+        .allow_http_loopback = true,
+        .pool = p->pool,
+    };
+    struct util_http_call *call;
+
+    memset(r, 0, sizeof(*r));
+    call = util_http_send(p->e.base, p->e.dns, p->tls, &req, on_http_done, r);
+    ck_assert_ptr_nonnull(call);
+    return call;
+}
+
+/* Sends one POST through the pool and waits for its result. */
+static void pool_send(struct pool_env *p, struct http_result *r, int timeout_ms)
+{
+    pool_start(p, r, timeout_ms);
+    run_until(p->e.base, &r->calls, 10000);
+    ck_assert_int_eq(r->calls, 1);
+}
+
+static void assert_ok(const struct http_result *r)
+{
+    ck_assert_int_eq(r->error, UTIL_HTTP_OK);
+    ck_assert_int_eq(r->status, 200);
+}
+
+START_TEST(pool_reuses_connection)
+{
+    struct pool_env p;
+    struct http_result r;
+    struct util_http_request one_shot = {
+        .method = EVHTTP_REQ_GET,
+        .timeout_ms = 3000,
+        .allow_http_loopback = true,
+    };
+
+    pool_env_start(&p, MOCK_PLAIN, 4, 5000);
+    pool_send(&p, &r, 3000);
+    assert_ok(&r);
+    ck_assert(!r.reused);
+    ck_assert_uint_eq(util_http_pool_idle_count(p.pool), 1);
+    for (int i = 0; i < 2; i++) {
+        pool_send(&p, &r, 3000);
+        assert_ok(&r);
+        ck_assert(r.reused);
+    }
+    ck_assert_uint_eq(mock_http_count(p.e.mock), 3);
+    ck_assert_uint_eq(mock_http_connection_count(p.e.mock), 1);
+    ck_assert_uint_eq(util_http_pool_idle_count(p.pool), 1);
+    for (size_t i = 0; i < 3; i++) {
+        const struct mock_http_request *seen = mock_http_request_get(p.e.mock, i);
+
+        ck_assert_ptr_null(mock_http_header(seen, "Connection"));
+        ck_assert_str_eq(seen->body, "{}");
+    }
+
+    /* Without a pool: Connection: close over a connection of its own. */
+    one_shot.url = p.url;
+    memset(&r, 0, sizeof(r));
+    ck_assert_ptr_nonnull(
+        util_http_send(p.e.base, NULL, NULL, &one_shot, on_http_done, &r));
+    run_until(p.e.base, &r.calls, 5000);
+    assert_ok(&r);
+    ck_assert(!r.reused);
+    ck_assert_str_eq(mock_http_header(mock_http_request_get(p.e.mock, 3), "Connection"),
+                     "close");
+    ck_assert_uint_eq(mock_http_connection_count(p.e.mock), 2);
+    ck_assert_uint_eq(util_http_pool_idle_count(p.pool), 1);
+    pool_env_stop(&p);
+}
+END_TEST
+
+START_TEST(pool_connection_close_reply)
+{
+    struct pool_env p;
+    struct http_result r;
+    const struct mock_http_reply closing = {.status = 200, .close_connection = true};
+
+    pool_env_start(&p, MOCK_PLAIN, 4, 5000);
+    mock_http_push_reply(p.e.mock, &closing);
+    pool_send(&p, &r, 3000);
+    assert_ok(&r);
+    ck_assert_uint_eq(util_http_pool_idle_count(p.pool), 0);
+
+    pool_send(&p, &r, 3000);
+    assert_ok(&r);
+    ck_assert(!r.reused);
+    pool_send(&p, &r, 3000);
+    assert_ok(&r);
+    ck_assert(r.reused);
+    ck_assert_uint_eq(mock_http_connection_count(p.e.mock), 2);
+    pool_env_stop(&p);
+}
+END_TEST
+
+/* The server closes idle connections after 200 ms. Once the loop has seen the close,
+ * and also when it has not run since, the next request gets a new connection. */
+static void check_server_closes_idle(enum mock_kind kind)
+{
+    struct pool_env p;
+    struct http_result r;
+
+    pool_env_start(&p, kind, 4, 5000);
+    mock_http_set_idle_timeout(p.e.mock, 200);
+    pool_send(&p, &r, 3000);
+    assert_ok(&r);
+    ck_assert_uint_eq(util_http_pool_idle_count(p.pool), 1);
+    run_for(p.e.base, 700);
+    ck_assert_uint_eq(util_http_pool_idle_count(p.pool), 0);
+
+    pool_send(&p, &r, 3000);
+    assert_ok(&r);
+    ck_assert(!r.reused);
+    ck_assert_uint_eq(util_http_pool_idle_count(p.pool), 1);
+    usleep(700 * 1000); /* the loop does not run, so no close callback either */
+    pool_send(&p, &r, 3000);
+    assert_ok(&r);
+    ck_assert(!r.reused);
+    ck_assert_uint_eq(mock_http_count(p.e.mock), 3);
+    ck_assert_uint_eq(mock_http_connection_count(p.e.mock), 3);
+    pool_env_stop(&p);
+}
+
+START_TEST(pool_server_closes_idle)
+{
+    check_server_closes_idle(MOCK_PLAIN);
+}
+END_TEST
+
+START_TEST(pool_https_server_closes_idle)
+{
+    check_server_closes_idle(MOCK_TLS);
+}
+END_TEST
+
+START_TEST(pool_idle_expiry)
+{
+    struct pool_env p;
+    struct http_result r;
+
+    pool_env_start(&p, MOCK_PLAIN, 4, 150);
+    pool_send(&p, &r, 3000);
+    assert_ok(&r);
+    ck_assert_uint_eq(util_http_pool_idle_count(p.pool), 1);
+    /* With the loop running, libevent closes the connection after idle_ms. */
+    run_for(p.e.base, 500);
+    ck_assert_uint_eq(util_http_pool_idle_count(p.pool), 0);
+
+    pool_send(&p, &r, 3000);
+    assert_ok(&r);
+    ck_assert(!r.reused);
+    pool_send(&p, &r, 3000);
+    assert_ok(&r);
+    ck_assert(r.reused);
+
+    /* Without the loop running, the age check at reuse rejects it. */
+    usleep(300 * 1000);
+    pool_send(&p, &r, 3000);
+    assert_ok(&r);
+    ck_assert(!r.reused);
+    ck_assert_uint_eq(mock_http_connection_count(p.e.mock), 3);
+    pool_env_stop(&p);
+}
+END_TEST
+
+/* Runs n requests at once, each replied to after 200 ms, and returns how many of them
+ * reused a connection. */
+static int pool_send_parallel(struct pool_env *p, int n)
+{
+    struct http_result r[8];
+    int done = 0, reused = 0;
+    int64_t deadline = util_mono_ms() + 10000;
+
+    ck_assert_int_le(n, 8);
+    for (int i = 0; i < n; i++)
+        mock_http_push(p->e.mock, 200, "{}", 200);
+    for (int i = 0; i < n; i++)
+        pool_start(p, &r[i], 3000);
+    while (done < n && util_mono_ms() < deadline) {
+        run_for(p->e.base, 20);
+        done = 0;
+        for (int i = 0; i < n; i++)
+            done += r[i].calls;
+    }
+    for (int i = 0; i < n; i++) {
+        ck_assert_int_eq(r[i].calls, 1);
+        assert_ok(&r[i]);
+        reused += r[i].reused;
+    }
+    return reused;
+}
+
+START_TEST(pool_max_idle_bound)
+{
+    struct pool_env p;
+
+    pool_env_start(&p, MOCK_PLAIN, 2, 5000);
+    ck_assert_int_eq(pool_send_parallel(&p, 4), 0);
+    ck_assert_uint_eq(mock_http_connection_count(p.e.mock), 4);
+    ck_assert_uint_eq(util_http_pool_idle_count(p.pool), 2);
+
+    ck_assert_int_eq(pool_send_parallel(&p, 4), 2);
+    ck_assert_uint_eq(mock_http_connection_count(p.e.mock), 6);
+    ck_assert_uint_eq(util_http_pool_idle_count(p.pool), 2);
+    pool_env_stop(&p);
+}
+END_TEST
+
+START_TEST(pool_timeout_frees_connection)
+{
+    struct pool_env p;
+    struct http_result r;
+
+    pool_env_start(&p, MOCK_PLAIN, 4, 5000);
+    pool_send(&p, &r, 3000);
+    assert_ok(&r);
+
+    mock_http_push(p.e.mock, 200, "{}", 1500);
+    pool_send(&p, &r, 300);
+    ck_assert_int_eq(r.error, UTIL_HTTP_ERR_TIMEOUT);
+    ck_assert(r.reused);
+    ck_assert_uint_eq(util_http_pool_idle_count(p.pool), 0);
+
+    pool_send(&p, &r, 3000);
+    assert_ok(&r);
+    ck_assert(!r.reused);
+    ck_assert_uint_eq(mock_http_connection_count(p.e.mock), 2);
+    pool_env_stop(&p);
+}
+END_TEST
+
+START_TEST(pool_cancel_frees_connection)
+{
+    struct pool_env p;
+    struct http_result r, canceled;
+    struct util_http_call *call;
+
+    pool_env_start(&p, MOCK_PLAIN, 4, 5000);
+    pool_send(&p, &r, 3000);
+    assert_ok(&r);
+
+    mock_http_push(p.e.mock, 200, "{}", 1000);
+    call = pool_start(&p, &canceled, 3000);
+    ck_assert_uint_eq(util_http_pool_idle_count(p.pool), 0);
+    run_for(p.e.base, 100);
+    ck_assert_int_eq(mock_http_wait(p.e.mock, 2, 2000), 0);
+    util_http_cancel(call);
+    ck_assert_uint_eq(util_http_pool_idle_count(p.pool), 0);
+
+    pool_send(&p, &r, 3000);
+    assert_ok(&r);
+    ck_assert(!r.reused);
+    run_for(p.e.base, 1200);
+    ck_assert_int_eq(canceled.calls, 0);
+    ck_assert_uint_eq(mock_http_connection_count(p.e.mock), 2);
+    pool_env_stop(&p);
+}
+END_TEST
+
+START_TEST(pool_https_reuses_connection)
+{
+    struct pool_env p;
+    struct http_result r;
+
+    pool_env_start(&p, MOCK_TLS, 4, 5000);
+    for (int i = 0; i < 3; i++) {
+        pool_send(&p, &r, 3000);
+        assert_ok(&r);
+        ck_assert(r.reused == (i > 0));
+    }
+    ck_assert_uint_eq(mock_http_connection_count(p.e.mock), 1);
+    for (size_t i = 0; i < 3; i++)
+        ck_assert_str_eq(mock_http_request_get(p.e.mock, i)->tls_server_name,
+                         "localhost");
+    pool_env_stop(&p);
+}
+END_TEST
+
+START_TEST(pool_free_with_call_running)
+{
+    struct pool_env p;
+    struct http_result r, r2;
+
+    pool_env_start(&p, MOCK_PLAIN, 4, 5000);
+    pool_send(&p, &r, 3000);
+    mock_http_push(p.e.mock, 200, "{}", 200);
+    pool_start(&p, &r, 3000);
+    pool_start(&p, &r2, 3000);
+    util_http_pool_free(p.pool);
+    p.pool = NULL;
+    run_until(p.e.base, &r.calls, 5000);
+    run_until(p.e.base, &r2.calls, 5000);
+    ck_assert_int_eq(r.calls, 1);
+    assert_ok(&r);
+    ck_assert_int_eq(r2.calls, 1);
+    assert_ok(&r2);
+    pool_env_stop(&p);
+}
+END_TEST
+
+/* A raw HTTP server on 127.0.0.1 for replies evhttp's server does not send (HTTP/1.0).
+ * Its thread replies to every request with the same response, leaves each connection
+ * open, and counts accepted connections and requests. */
+struct raw_server {
+    int listen_fd;
+    int port;
+    const char *response;
+    atomic_bool stop;
+    atomic_int connections;
+    atomic_int requests;
+    pthread_t thread;
+};
+
+enum { RAW_MAX_CLIENTS = 8 };
+
+/* Reads what arrived on fd and replies to each complete request (headers ending in a
+ * blank line and the 2-byte body the pool tests send). Returns -1 once the client closed.
+ */
+static int raw_serve_client(struct raw_server *srv, int fd, char *buf, size_t *len)
+{
+    ssize_t n = read(fd, buf + *len, 4095 - *len);
+    char *end;
+
+    if (n <= 0)
+        return -1;
+    *len += (size_t)n;
+    buf[*len] = '\0';
+    while ((end = strstr(buf, "\r\n\r\n")) != NULL && (size_t)(end + 6 - buf) <= *len) {
+        size_t used = (size_t)(end + 6 - buf);
+
+        atomic_fetch_add(&srv->requests, 1);
+        ck_assert_int_eq(write(fd, srv->response, strlen(srv->response)),
+                         (ssize_t)strlen(srv->response));
+        memmove(buf, buf + used, *len - used);
+        *len -= used;
+        buf[*len] = '\0';
+    }
+    return 0;
+}
+
+static void *raw_server_main(void *arg)
+{
+    struct raw_server *srv = arg;
+    struct pollfd fds[1 + RAW_MAX_CLIENTS];
+    char bufs[RAW_MAX_CLIENTS][4096];
+    size_t lens[RAW_MAX_CLIENTS] = {0};
+    int nfds = 1;
+
+    fds[0] = (struct pollfd){.fd = srv->listen_fd, .events = POLLIN};
+    while (!atomic_load(&srv->stop)) {
+        if (poll(fds, (nfds_t)nfds, 20) <= 0)
+            continue;
+        if ((fds[0].revents & POLLIN) && nfds < 1 + RAW_MAX_CLIENTS) {
+            int fd = accept(srv->listen_fd, NULL, NULL);
+
+            if (fd >= 0) {
+                atomic_fetch_add(&srv->connections, 1);
+                lens[nfds - 1] = 0;
+                fds[nfds++] = (struct pollfd){.fd = fd, .events = POLLIN};
+            }
+        }
+        for (int i = 1; i < nfds; i++) {
+            if (fds[i].fd >= 0 && (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) &&
+                raw_serve_client(srv, fds[i].fd, bufs[i - 1], &lens[i - 1]) != 0) {
+                close(fds[i].fd);
+                fds[i].fd = -1;
+            }
+        }
+    }
+    for (int i = 1; i < nfds; i++) {
+        if (fds[i].fd >= 0)
+            close(fds[i].fd);
+    }
+    return NULL;
+}
+
+static void raw_server_start(struct raw_server *srv, const char *response)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    socklen_t len = sizeof(sa);
+
+    memset(srv, 0, sizeof(*srv));
+    srv->response = response;
+    srv->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+    ck_assert_int_ge(srv->listen_fd, 0);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ck_assert_int_eq(bind(srv->listen_fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    ck_assert_int_eq(listen(srv->listen_fd, 16), 0);
+    ck_assert_int_eq(getsockname(srv->listen_fd, (struct sockaddr *)&sa, &len), 0);
+    srv->port = ntohs(sa.sin_port);
+    ck_assert_int_eq(pthread_create(&srv->thread, NULL, raw_server_main, srv), 0);
+}
+
+static void raw_server_stop(struct raw_server *srv)
+{
+    atomic_store(&srv->stop, true);
+    pthread_join(srv->thread, NULL);
+    close(srv->listen_fd);
+}
+
+/* Sends two POSTs through a pool to a raw server that answers with response, and
+ * returns how many connections the server accepted. */
+static int raw_send_twice(const char *response)
+{
+    struct pool_env p;
+    struct raw_server srv;
+    struct http_result r;
+    int connections;
+
+    pool_env_start(&p, MOCK_PLAIN, 4, 5000);
+    raw_server_start(&srv, response);
+    free(p.url);
+    p.url = util_asprintf("http://127.0.0.1:%d/send", srv.port);
+    for (int i = 0; i < 2; i++) {
+        pool_send(&p, &r, 3000);
+        assert_ok(&r);
+    }
+    ck_assert_int_eq(atomic_load(&srv.requests), 2);
+    connections = atomic_load(&srv.connections);
+    ck_assert_uint_eq(util_http_pool_idle_count(p.pool), connections == 1 ? 1 : 0);
+    raw_server_stop(&srv);
+    pool_env_stop(&p);
+    return connections;
+}
+
+START_TEST(pool_http10_reuse_rules)
+{
+    /* HTTP/1.0 closes after each response unless the server sends keep-alive. */
+    ck_assert_int_eq(raw_send_twice("HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n{}"), 2);
+    ck_assert_int_eq(raw_send_twice("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\n"
+                                    "Content-Length: 2\r\n\r\n{}"),
+                     1);
+    /* HTTP/1.1 keeps it open unless the server sends close, in any letter case. */
+    ck_assert_int_eq(raw_send_twice("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"), 1);
+    ck_assert_int_eq(raw_send_twice("HTTP/1.1 200 OK\r\nConnection: x-other, CLOSE\r\n"
+                                    "Content-Length: 2\r\n\r\n{}"),
+                     2);
+    ck_assert_int_eq(raw_send_twice("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+                                    "\r\n2\r\n{}\r\n0\r\n\r\n"),
+                     1);
+}
+END_TEST
+
+START_TEST(pool_new_rejects_bad_limits)
+{
+    struct event_base *base = event_base_new();
+
+    ck_assert_ptr_null(util_http_pool_new(base, 0, 1000));
+    ck_assert_ptr_null(util_http_pool_new(base, 1, 0));
+    ck_assert_ptr_null(util_http_pool_new(base, 1, -5));
+    ck_assert_uint_eq(util_http_pool_idle_count(NULL), 0);
+    util_http_pool_free(NULL);
+    event_base_free(base);
+}
+END_TEST
+
+START_TEST(sender_reuses_gateway_connection)
+{
+    struct env e;
+    char *url;
+    struct sms_sender *s = http_sender(&e, 3000, &url);
+    struct sent r;
+
+    for (int i = 0; i < 3; i++) {
+        send_and_wait(s, e.base, &r, phone, "text");
+        ck_assert_msg(r.ok, "send %d failed: %s", i, r.reason);
+    }
+    ck_assert_uint_eq(mock_http_count(e.mock), 3);
+    ck_assert_uint_eq(mock_http_connection_count(e.mock), 1);
+
+    sms_sender_free(s);
+    free(url);
+    env_stop(&e);
+}
+END_TEST
+
+START_TEST(sender_https_reuses_connection)
+{
+    struct env e;
+    char *url;
+    struct sms_config cfg;
+    struct sms_sender *s;
+    struct sent r;
+
+    env_start(&e, MOCK_TLS);
+    url = mock_http_url(e.mock, "localhost", "/sms");
+    cfg = http_config(url);
+    cfg.ca_file = e.certs.ca_file;
+    cfg.allow_http_loopback = false;
+    s = sms_sender_new(e.base, e.dns, &cfg);
+    ck_assert_ptr_nonnull(s);
+    for (int i = 0; i < 3; i++) {
+        send_and_wait(s, e.base, &r, phone, "text");
+        ck_assert_msg(r.ok, "send %d failed: %s", i, r.reason);
+    }
+    ck_assert_uint_eq(mock_http_count(e.mock), 3);
+    ck_assert_uint_eq(mock_http_connection_count(e.mock), 1);
+
+    sms_sender_free(s);
+    free(url);
+    env_stop(&e);
+}
+END_TEST
+
+/* The gateway closes the idle connection while the worker's loop is busy elsewhere:
+ * the next SMS goes out on a new connection at the first attempt. */
+START_TEST(sender_gateway_idle_close_no_retry)
+{
+    struct env e;
+    char *url;
+    struct sms_sender *s = http_sender(&e, 3000, &url);
+    struct capture cap = {0};
+    struct sent r;
+    char *log;
+
+    mock_http_set_idle_timeout(e.mock, 200);
+    send_and_wait(s, e.base, &r, phone, "text");
+    ck_assert_msg(r.ok, "send failed: %s", r.reason);
+    usleep(700 * 1000);
+    capture_start(&cap);
+    send_and_wait(s, e.base, &r, phone, "text");
+    log = capture_end(&cap);
+    ck_assert_msg(r.ok, "send failed: %s", r.reason);
+    ck_assert_ptr_nonnull(strstr(log, "attempts=1 "));
+    ck_assert_ptr_null(strstr(log, "retrying"));
+    ck_assert_uint_eq(mock_http_count(e.mock), 2);
+    ck_assert_uint_eq(mock_http_connection_count(e.mock), 2);
+
+    free(log);
+    sms_sender_free(s);
+    free(url);
+    env_stop(&e);
+}
+END_TEST
+
 static Suite *sms_suite(void)
 {
     Suite *s = suite_create("sms");
@@ -1445,6 +2029,7 @@ static Suite *sms_suite(void)
     TCase *sender = tcase_create("sender");
     TCase *https = tcase_create("https");
     TCase *client = tcase_create("http_client");
+    TCase *pool = tcase_create("pool");
 
     tcase_add_test(otp, otp_generate_format);
     tcase_add_test(otp, otp_generate_keeps_leading_zero);
@@ -1502,6 +2087,24 @@ static Suite *sms_suite(void)
     tcase_add_test(client, http_client_url_check);
     tcase_set_timeout(client, 30);
     suite_add_tcase(s, client);
+
+    tcase_add_test(pool, pool_reuses_connection);
+    tcase_add_test(pool, pool_connection_close_reply);
+    tcase_add_test(pool, pool_server_closes_idle);
+    tcase_add_test(pool, pool_https_server_closes_idle);
+    tcase_add_test(pool, pool_idle_expiry);
+    tcase_add_test(pool, pool_max_idle_bound);
+    tcase_add_test(pool, pool_timeout_frees_connection);
+    tcase_add_test(pool, pool_cancel_frees_connection);
+    tcase_add_test(pool, pool_https_reuses_connection);
+    tcase_add_test(pool, pool_free_with_call_running);
+    tcase_add_test(pool, pool_http10_reuse_rules);
+    tcase_add_test(pool, pool_new_rejects_bad_limits);
+    tcase_add_test(pool, sender_reuses_gateway_connection);
+    tcase_add_test(pool, sender_https_reuses_connection);
+    tcase_add_test(pool, sender_gateway_idle_close_no_retry);
+    tcase_set_timeout(pool, 30);
+    suite_add_tcase(s, pool);
     return s;
 }
 

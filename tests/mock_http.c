@@ -13,6 +13,8 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/queue.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -42,6 +44,7 @@ struct script_reply {
     int delay_ms;
     char *content_type;
     char *location;
+    bool close_connection;
     struct script_reply *next;
 };
 
@@ -97,6 +100,7 @@ static struct script_reply *script_reply_copy(const struct script_reply *r)
     c->delay_ms = r->delay_ms;
     c->content_type = strdup_or_null(r->content_type);
     c->location = strdup_or_null(r->location);
+    c->close_connection = r->close_connection;
     return c;
 }
 
@@ -142,6 +146,9 @@ static struct mock_http_request *record_new(struct evhttp_request *req)
     struct evbuffer *input = evhttp_request_get_input_buffer(req);
     struct evkeyval *kv;
     const char *uri = evhttp_request_get_uri(req);
+    struct evhttp_connection *conn = evhttp_request_get_connection(req);
+    char *peer_address;
+    ev_uint16_t peer_port = 0;
     size_t n = 0;
 
     r->method = util_strdup(method_name(evhttp_request_get_command(req)));
@@ -163,6 +170,9 @@ static struct mock_http_request *record_new(struct evhttp_request *req)
     evbuffer_copyout(input, r->body, r->body_len);
     r->body[r->body_len] = '\0';
     r->tls_server_name = request_server_name(req);
+    if (conn)
+        evhttp_connection_get_peer(conn, &peer_address, &peer_port);
+    r->client_port = peer_port;
     return r;
 }
 
@@ -235,6 +245,9 @@ static void send_reply(struct evhttp_request *req, struct script_reply *reply)
                       reply->content_type ? reply->content_type : "application/json");
     if (reply->location)
         evhttp_add_header(out, "Location", reply->location);
+    /* evhttp closes the connection after a reply with this header. */
+    if (reply->close_connection)
+        evhttp_add_header(out, "Connection", "close");
     if (reply->body)
         evbuffer_add(body, reply->body, strlen(reply->body));
     evhttp_send_reply(req, reply->status, NULL, body);
@@ -261,6 +274,20 @@ static void on_delay_passed(evutil_socket_t fd, short what, void *arg)
     free(d);
 }
 
+/* A TLS reply goes out as several records. With Nagle's algorithm, the second one waits
+ * for the client's delayed ACK (about 40 ms on Linux) whenever the connection carries
+ * more than one request. */
+static void set_nodelay(struct evhttp_request *req)
+{
+    struct evhttp_connection *conn = evhttp_request_get_connection(req);
+    struct bufferevent *bev = conn ? evhttp_connection_get_bufferevent(conn) : NULL;
+    int fd = bev ? bufferevent_getfd(bev) : -1;
+    int one = 1;
+
+    if (fd >= 0)
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
 static void on_request(struct evhttp_request *req, void *arg)
 {
     struct mock_http *m = arg;
@@ -268,6 +295,7 @@ static void on_request(struct evhttp_request *req, void *arg)
     struct delayed_reply *d;
     struct timeval tv;
 
+    set_nodelay(req);
     if (reply->delay_ms <= 0) {
         send_reply(req, reply);
         return;
@@ -483,6 +511,7 @@ void mock_http_push_reply(struct mock_http *m, const struct mock_http_reply *rep
     r->delay_ms = reply->delay_ms;
     r->content_type = strdup_or_null(reply->content_type);
     r->location = strdup_or_null(reply->location);
+    r->close_connection = reply->close_connection;
 
     pthread_mutex_lock(&m->lock);
     if (m->script_tail)
@@ -498,6 +527,60 @@ void mock_http_push(struct mock_http *m, int status, const char *body, int delay
     struct mock_http_reply reply = {.status = status, .body = body, .delay_ms = delay_ms};
 
     mock_http_push_reply(m, &reply);
+}
+
+/* A timeout change that runs on the server thread, which owns the evhttp. */
+struct timeout_change {
+    struct mock_http *m;
+    struct timeval tv;
+    bool done;
+};
+
+static void on_timeout_change(evutil_socket_t fd, short what, void *arg)
+{
+    struct timeout_change *c = arg;
+
+    (void)fd;
+    (void)what;
+    evhttp_set_timeout_tv(c->m->http, &c->tv);
+    pthread_mutex_lock(&c->m->lock);
+    c->done = true;
+    pthread_cond_broadcast(&c->m->recorded);
+    pthread_mutex_unlock(&c->m->lock);
+}
+
+void mock_http_set_idle_timeout(struct mock_http *m, int timeout_ms)
+{
+    struct timeout_change c = {
+        .m = m,
+        .tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000},
+    };
+
+    if (event_base_once(m->base, -1, EV_TIMEOUT, on_timeout_change, &c, NULL) != 0) {
+        fprintf(stderr, "mock_http: cannot schedule the timeout change\n");
+        abort();
+    }
+    pthread_mutex_lock(&m->lock);
+    while (!c.done)
+        pthread_cond_wait(&m->recorded, &m->lock);
+    pthread_mutex_unlock(&m->lock);
+}
+
+size_t mock_http_connection_count(struct mock_http *m)
+{
+    size_t n = 0;
+
+    pthread_mutex_lock(&m->lock);
+    for (size_t i = 0; i < m->request_count; i++) {
+        size_t j = 0;
+
+        while (j < i && m->requests[j]->client_port != m->requests[i]->client_port)
+            j++;
+        if (j == i)
+            n++;
+    }
+    pthread_mutex_unlock(&m->lock);
+    return n;
 }
 
 size_t mock_http_count(struct mock_http *m)

@@ -49,6 +49,7 @@ struct mock_http_request {
     char *body; /* NUL-terminated copy of the body; body_len excludes the NUL */
     size_t body_len;
     char *tls_server_name; /* SNI the client sent; NULL on plain HTTP or without SNI */
+    int client_port;       /* TCP port of the client's end: one per connection */
 };
 
 /* A scripted reply. Strings are copied. */
@@ -58,6 +59,7 @@ struct mock_http_reply {
     int delay_ms;             /* delay before the reply is sent */
     const char *content_type; /* NULL: application/json */
     const char *location;     /* Location header, for redirects; NULL: none */
+    bool close_connection;    /* send "Connection: close" and close after the reply */
 };
 
 /* Starts a server on 127.0.0.1 with an ephemeral port. With cert_file and key_file
@@ -83,6 +85,13 @@ void mock_http_set_default(struct mock_http *m, int status, const char *body);
 /* Appends a reply to the script queue; each request consumes the oldest one. */
 void mock_http_push(struct mock_http *m, int status, const char *body, int delay_ms);
 void mock_http_push_reply(struct mock_http *m, const struct mock_http_reply *reply);
+
+/* Sets how long the server keeps an idle connection open before it closes it (evhttp's
+ * timeout, 30 s by default). It applies to connections accepted afterwards. */
+void mock_http_set_idle_timeout(struct mock_http *m, int timeout_ms);
+
+/* Number of different client connections (by client port) the requests came over. */
+size_t mock_http_connection_count(struct mock_http *m);
 
 /* Number of requests recorded so far. */
 size_t mock_http_count(struct mock_http *m);

@@ -1,19 +1,31 @@
-/* http_client.c - one-shot outbound HTTP(S) requests on an event loop, with certificate
- * and host name checks, a deadline per attempt and a response size limit
+/* http_client.c - outbound HTTP(S) requests on an event loop, with certificate and host
+ * name checks, a deadline per attempt, a response size limit and an optional pool of
+ * idle keep-alive connections
  * SPDX-License-Identifier: MIT
  *
- * Each request gets its own evhttp_connection, because reusing a TLS connection after
- * the peer closed it is unreliable in libevent 2.1. Every completion path (response,
- * libevent error, connection failure) only records the outcome and activates
- * finish_ev. finish() then frees the connection and calls the user's callback from a
- * fresh event. libevent may still touch the connection after our request callback
- * returns, so freeing it there would be a use after free.
+ * Every completion path (response, libevent error, connection failure) only records the
+ * outcome and activates finish_ev. finish() then returns the connection to its pool or
+ * frees it, and calls the user's callback from a fresh event. libevent may still touch
+ * the connection after our request callback returns, so freeing it there would be a
+ * use after free.
+ *
+ * A pool must never hand out a connection whose socket is closed. evhttp (libevent
+ * 2.1.12) reconnects a disconnected connection when a request is made on it, and for
+ * TLS that reuses the SSL object of the closed session, which does not work. So while a
+ * connection sits idle, its close callback marks it closed (libevent calls it when the
+ * server closes the connection or when the idle timeout, idle_ms while idle, runs out)
+ * and sweep_ev frees it later, outside libevent's callback. Before reuse, the pool also
+ * polls the socket: an idle HTTP/1.1 connection receives nothing, so a readable socket
+ * means the server closed it and the loop has not run the close callback yet. Retries
+ * are 0 on every connection, so evhttp never reconnects after a failure either.
  */
 #include "util/http_client.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <ctype.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +38,7 @@
 #include <event2/dns.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <event2/http_struct.h> /* the response's HTTP version; 2.1 has no getter */
 #include <event2/util.h>
 
 #include <openssl/err.h>
@@ -38,6 +51,31 @@
  * lookup gets its own small struct that outlives a canceled call. */
 struct lookup {
     struct util_http_call *call; /* NULL once the call no longer waits for it */
+};
+
+/* An idle connection in a pool. */
+struct idle_conn {
+    struct util_http_pool *pool;
+    struct evhttp_connection *conn;
+    struct bufferevent *bev; /* the TLS bufferevent conn owns; NULL on plain HTTP */
+    SSL_CTX *tls;            /* context of the TLS session; NULL on plain HTTP */
+    bool is_tls;
+    char host[256];
+    int port;
+    struct sockaddr_storage addr; /* the address connected to */
+    int64_t idle_since_ms;
+    bool closed; /* libevent closed it; sweep_ev frees it */
+    struct idle_conn *prev, *next;
+};
+
+struct util_http_pool {
+    struct event_base *base;
+    size_t max_idle;
+    int idle_ms;
+    struct idle_conn *idle; /* most recently returned first */
+    size_t idle_count;
+    struct util_http_call *calls; /* running calls that return their connection here */
+    struct event *sweep_ev;       /* frees the connections marked closed */
 };
 
 struct util_http_call {
@@ -57,6 +95,7 @@ struct util_http_call {
     struct evhttp_request *evreq;   /* ours until evhttp_make_request takes it */
     struct evhttp_connection *conn; /* NULL before connecting and once freed */
     struct bufferevent *bev;        /* owned by conn; NULL on plain HTTP */
+    struct sockaddr_storage addr;   /* the address conn connects to */
     struct event *deadline;
     struct event *finish_ev;
 
@@ -65,6 +104,10 @@ struct util_http_call {
 
     util_http_done_cb cb;
     void *arg;
+    struct util_http_pool *pool;                  /* NULL for a one-shot request */
+    struct util_http_call *pool_prev, *pool_next; /* in pool->calls */
+    bool keep_alive; /* the response lets the connection carry another request */
+
     bool completed; /* the outcome is recorded; later events are ignored */
     int64_t started_ms;
     enum evhttp_request_error libevent_error; /* from on_request_error */
@@ -242,6 +285,229 @@ static struct bufferevent *tls_bufferevent_new(struct event_base *base, SSL_CTX 
     return bev;
 }
 
+/* ---- connection pool -------------------------------------------------------------- */
+
+static void on_sweep(evutil_socket_t fd, short what, void *arg);
+
+struct util_http_pool *util_http_pool_new(struct event_base *base, size_t max_idle,
+                                          int idle_ms)
+{
+    struct util_http_pool *pool;
+
+    if (max_idle == 0 || idle_ms <= 0) {
+        log_error("HTTP connection pool not created: max_idle %zu and idle_ms %d must be "
+                  "positive",
+                  max_idle, idle_ms);
+        return NULL;
+    }
+    pool = util_calloc(1, sizeof(*pool));
+    pool->base = base;
+    pool->max_idle = max_idle;
+    pool->idle_ms = idle_ms;
+    pool->sweep_ev = event_new(base, -1, 0, on_sweep, pool);
+    if (!pool->sweep_ev) {
+        log_error("HTTP connection pool not created: event_new failed");
+        free(pool);
+        return NULL;
+    }
+    return pool;
+}
+
+size_t util_http_pool_idle_count(const struct util_http_pool *pool)
+{
+    return pool ? pool->idle_count : 0;
+}
+
+/* Takes ic off its pool's list, and frees ic but not its connection. */
+static void idle_conn_unlink(struct idle_conn *ic)
+{
+    struct util_http_pool *pool = ic->pool;
+
+    if (ic->prev)
+        ic->prev->next = ic->next;
+    else
+        pool->idle = ic->next;
+    if (ic->next)
+        ic->next->prev = ic->prev;
+    pool->idle_count--;
+    free(ic);
+}
+
+/* Frees an idle connection. The close callback is cleared first, because
+ * evhttp_connection_free calls it for an open connection. Safe only outside libevent's
+ * callbacks for this connection. */
+static void idle_conn_free(struct idle_conn *ic)
+{
+    struct evhttp_connection *conn = ic->conn;
+
+    idle_conn_unlink(ic);
+    evhttp_connection_set_closecb(conn, NULL, NULL);
+    evhttp_connection_free(conn);
+}
+
+/* libevent closed an idle connection: the server closed it or sent something, or the
+ * idle timeout ran out. This runs inside libevent's handling of the connection, so it
+ * only marks the connection, and on_sweep frees it. */
+static void on_idle_close(struct evhttp_connection *conn, void *arg)
+{
+    struct idle_conn *ic = arg;
+
+    (void)conn;
+    ic->closed = true;
+    event_active(ic->pool->sweep_ev, EV_TIMEOUT, 0);
+}
+
+static bool idle_conn_expired(const struct idle_conn *ic, int64_t now_ms)
+{
+    return ic->closed || now_ms - ic->idle_since_ms >= ic->pool->idle_ms;
+}
+
+static void on_sweep(evutil_socket_t fd, short what, void *arg)
+{
+    struct util_http_pool *pool = arg;
+    int64_t now_ms = util_mono_ms();
+    struct idle_conn *ic, *next;
+
+    (void)fd;
+    (void)what;
+    for (ic = pool->idle; ic; ic = next) {
+        next = ic->next;
+        if (idle_conn_expired(ic, now_ms))
+            idle_conn_free(ic);
+    }
+}
+
+void util_http_pool_free(struct util_http_pool *pool)
+{
+    struct util_http_call *call, *next;
+
+    if (!pool)
+        return;
+    while (pool->idle)
+        idle_conn_free(pool->idle);
+    for (call = pool->calls; call; call = next) {
+        next = call->pool_next;
+        call->pool = NULL;
+        call->pool_prev = call->pool_next = NULL;
+    }
+    event_free(pool->sweep_ev);
+    free(pool);
+}
+
+/* True when the socket of conn is open and has nothing to read. An idle HTTP/1.1
+ * connection receives nothing, so a readable socket means the server closed it (FIN,
+ * reset or a TLS close_notify) and the loop has not handled that yet. */
+static bool socket_is_idle(struct evhttp_connection *conn)
+{
+    struct pollfd pfd = {
+        .fd = bufferevent_getfd(evhttp_connection_get_bufferevent(conn)),
+        .events = POLLIN,
+    };
+
+    return pfd.fd >= 0 && poll(&pfd, 1, 0) == 0;
+}
+
+static bool idle_conn_matches(const struct idle_conn *ic,
+                              const struct util_http_call *call)
+{
+    return ic->is_tls == call->is_tls && ic->tls == call->tls && ic->port == call->port &&
+           strcasecmp(ic->host, call->host) == 0;
+}
+
+/* Gives call an idle connection to its scheme, host, port and TLS context whose socket
+ * is open and whose address call->address_allowed accepts. Frees the expired and
+ * closed connections it passes. Returns true when call->conn is set. */
+static bool pool_take(struct util_http_pool *pool, struct util_http_call *call)
+{
+    int64_t now_ms = util_mono_ms();
+    struct idle_conn *ic, *next;
+
+    for (ic = pool->idle; ic; ic = next) {
+        next = ic->next;
+        if (idle_conn_expired(ic, now_ms)) {
+            idle_conn_free(ic);
+            continue;
+        }
+        if (!idle_conn_matches(ic, call))
+            continue;
+        if (!socket_is_idle(ic->conn)) {
+            idle_conn_free(ic);
+            continue;
+        }
+        if (call->address_allowed &&
+            !call->address_allowed((const struct sockaddr *)&ic->addr, call->address_arg))
+            continue;
+
+        evhttp_connection_set_closecb(ic->conn, NULL, NULL);
+        call->conn = ic->conn;
+        call->bev = ic->bev;
+        call->addr = ic->addr;
+        idle_conn_unlink(ic);
+        return true;
+    }
+    return false;
+}
+
+/* Returns the connection of a call that got a complete response to the pool, when the
+ * response lets the connection stay open and its socket is still open. This runs in
+ * finish_ev, outside libevent's callbacks for the connection. When the pool is full,
+ * the connection idle the longest is freed. */
+static void pool_put(struct util_http_call *call)
+{
+    struct util_http_pool *pool = call->pool;
+    struct timeval idle_tv;
+    struct idle_conn *ic, *oldest;
+
+    if (!pool || !call->conn || call->res.error != UTIL_HTTP_OK || !call->keep_alive ||
+        !socket_is_idle(call->conn))
+        return;
+
+    /* A TLS request goes out as several records, so several segments. With Nagle's
+     * algorithm the second one waits for the server's delayed ACK on every reuse (44 ms
+     * per request against the test server). A new connection gets this option at its
+     * first return, because evhttp creates the socket only when it connects. */
+    if (!call->res.reused) {
+        int one = 1;
+        evutil_socket_t fd =
+            bufferevent_getfd(evhttp_connection_get_bufferevent(call->conn));
+
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+
+    ic = util_calloc(1, sizeof(*ic));
+    ic->pool = pool;
+    ic->conn = call->conn;
+    ic->bev = call->bev;
+    ic->tls = call->tls;
+    ic->is_tls = call->is_tls;
+    memcpy(ic->host, call->host, sizeof(ic->host));
+    ic->port = call->port;
+    ic->addr = call->addr;
+    ic->idle_since_ms = util_mono_ms();
+    call->conn = NULL;
+    call->bev = NULL;
+
+    /* evhttp keeps reading an idle connection to detect a close, with the connection's
+     * timeout as read timeout. Set to idle_ms, it closes the connection when idle_ms
+     * runs out, and on_idle_close then marks it. */
+    idle_tv.tv_sec = pool->idle_ms / 1000;
+    idle_tv.tv_usec = (pool->idle_ms % 1000) * 1000;
+    evhttp_connection_set_timeout_tv(ic->conn, &idle_tv);
+    evhttp_connection_set_closecb(ic->conn, on_idle_close, ic);
+
+    ic->next = pool->idle;
+    if (pool->idle)
+        pool->idle->prev = ic;
+    pool->idle = ic;
+    pool->idle_count++;
+
+    while (pool->idle_count > pool->max_idle) {
+        for (oldest = pool->idle; oldest->next; oldest = oldest->next)
+            ;
+        idle_conn_free(oldest);
+    }
+}
+
 /* ---- completion ------------------------------------------------------------------- */
 
 /* Stops whatever the call is still doing: the DNS lookup, the connection and the
@@ -271,6 +537,8 @@ static void finish(struct util_http_call *call)
 {
     call->res.elapsed_ms = util_mono_ms() - call->started_ms;
     call->res.body = call->body ? call->body : "";
+    /* Before the callback, so a request the callback starts can reuse the connection. */
+    pool_put(call);
     stop_activity(call);
     call->cb(call->arg, &call->res);
     util_http_cancel(call);
@@ -374,6 +642,48 @@ static void on_request_error(enum evhttp_request_error error, void *arg)
     call->have_libevent_error = true;
 }
 
+/* True when the comma-separated header value list contains token, ignoring case. */
+static bool header_has_token(const char *list, const char *token)
+{
+    size_t token_len = strlen(token);
+    const char *p = list;
+
+    if (!list)
+        return false;
+    while (*p) {
+        size_t len, trimmed;
+
+        p += strspn(p, " \t,");
+        len = strcspn(p, ",");
+        trimmed = len;
+        while (trimmed > 0 && (p[trimmed - 1] == ' ' || p[trimmed - 1] == '\t'))
+            trimmed--;
+        if (trimmed == token_len && strncasecmp(p, token, token_len) == 0)
+            return true;
+        p += len;
+    }
+    return false;
+}
+
+/* True when the connection may carry another request after this response: HTTP/1.1
+ * without "Connection: close", or HTTP/1.0 with "Connection: keep-alive", and a body
+ * that ended by its length or chunked encoding, not by the server closing. */
+static bool response_allows_reuse(struct evhttp_request *req)
+{
+    struct evkeyvalq *headers = evhttp_request_get_input_headers(req);
+    const char *connection = evhttp_find_header(headers, "Connection");
+    int status = evhttp_request_get_response_code(req);
+
+    if (header_has_token(connection, "close"))
+        return false;
+    if (req->major != 1 ||
+        (req->minor == 0 && !header_has_token(connection, "keep-alive")))
+        return false;
+    return evhttp_find_header(headers, "Content-Length") ||
+           evhttp_find_header(headers, "Transfer-Encoding") || status < 200 ||
+           status == 204 || status == 304;
+}
+
 static void on_request_done(struct evhttp_request *req, void *arg)
 {
     struct util_http_call *call = arg;
@@ -394,6 +704,7 @@ static void on_request_done(struct evhttp_request *req, void *arg)
     evbuffer_copyout(input, call->body, len);
     call->body[len] = '\0';
 
+    call->keep_alive = response_allows_reuse(req);
     call->completed = true;
     evtimer_del(call->deadline);
     call->res.error = UTIL_HTTP_OK;
@@ -455,8 +766,9 @@ static int add_headers(struct evhttp_request *evreq, const struct util_http_requ
     struct evkeyvalq *out = evhttp_request_get_output_headers(evreq);
     char length[32];
 
+    /* HTTP/1.1 keeps the connection open unless a side sends "Connection: close". */
     if (evhttp_add_header(out, "Host", host_header) != 0 ||
-        evhttp_add_header(out, "Connection", "close") != 0)
+        (!req->pool && evhttp_add_header(out, "Connection", "close") != 0))
         return -1;
     if (req->body_len > 0 || req->method == EVHTTP_REQ_POST ||
         req->method == EVHTTP_REQ_PUT) {
@@ -522,27 +834,39 @@ static void connection_configure(struct util_http_call *call)
     evhttp_connection_set_max_body_size(call->conn, (ev_ssize_t)call->max_response_body);
 }
 
+/* Sends the request over call->conn, new or reused. The limits are set for every
+ * request, because a reused connection still has the pool's idle timeout. evhttp owns
+ * the request from here on, whatever evhttp_make_request returns. A connect that fails
+ * at once makes libevent run on_request_done from inside it, which only records the
+ * failure and activates finish_ev. */
+static void start_request(struct util_http_call *call)
+{
+    struct evhttp_request *evreq = call->evreq;
+
+    connection_configure(call);
+    call->evreq = NULL;
+    if (evhttp_make_request(call->conn, evreq, call->method, call->target) != 0)
+        fail(call, UTIL_HTTP_ERR_CONNECT, "starting the request failed");
+}
+
 /* Connects to address (an IP literal, so evhttp never resolves anything) and sends
  * the request. TLS checks the certificate against the URL host, not the address. */
 static void start_connection(struct util_http_call *call, const char *address)
 {
-    struct evhttp_request *evreq;
-    struct sockaddr_storage sa = {0};
+    struct sockaddr_in *v4 = (struct sockaddr_in *)&call->addr;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&call->addr;
 
-    if (call->address_allowed) {
-        struct sockaddr_in *v4 = (struct sockaddr_in *)&sa;
-        struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&sa;
-
-        if (inet_pton(AF_INET, address, &v4->sin_addr) == 1)
-            v4->sin_family = AF_INET;
-        else if (inet_pton(AF_INET6, address, &v6->sin6_addr) == 1)
-            v6->sin6_family = AF_INET6;
-        if (sa.ss_family == 0 ||
-            !call->address_allowed((const struct sockaddr *)&sa, call->address_arg)) {
-            fail(call, UTIL_HTTP_ERR_ADDRESS, "the address %s of %s is not allowed",
-                 address, call->host);
-            return;
-        }
+    if (inet_pton(AF_INET, address, &v4->sin_addr) == 1)
+        v4->sin_family = AF_INET;
+    else if (inet_pton(AF_INET6, address, &v6->sin6_addr) == 1)
+        v6->sin6_family = AF_INET6;
+    if (call->address_allowed &&
+        (call->addr.ss_family == 0 ||
+         !call->address_allowed((const struct sockaddr *)&call->addr,
+                                call->address_arg))) {
+        fail(call, UTIL_HTTP_ERR_ADDRESS, "the address %s of %s is not allowed", address,
+             call->host);
+        return;
     }
     if (call->is_tls) {
         call->bev = tls_bufferevent_new(call->base, call->tls, call->host);
@@ -561,15 +885,7 @@ static void start_connection(struct util_http_call *call, const char *address)
         fail(call, UTIL_HTTP_ERR_CONNECT, "creating the connection failed");
         return;
     }
-    connection_configure(call);
-
-    /* evhttp owns the request from here on, whatever evhttp_make_request returns. A
-     * connect that fails at once makes libevent run on_request_done from inside it,
-     * which only records the failure and activates finish_ev. */
-    evreq = call->evreq;
-    call->evreq = NULL;
-    if (evhttp_make_request(call->conn, evreq, call->method, call->target) != 0)
-        fail(call, UTIL_HTTP_ERR_CONNECT, "starting the request failed");
+    start_request(call);
 }
 
 static void on_resolved(int result, struct evutil_addrinfo *res, void *arg)
@@ -681,6 +997,13 @@ struct util_http_call *util_http_send(struct event_base *base, struct evdns_base
     call->timeout.tv_usec = (req->timeout_ms % 1000) * 1000;
     call->max_response_body =
         req->max_response_body ? req->max_response_body : UTIL_HTTP_MAX_RESPONSE_BODY;
+    call->pool = req->pool;
+    if (call->pool) {
+        call->pool_next = call->pool->calls;
+        if (call->pool->calls)
+            call->pool->calls->pool_prev = call;
+        call->pool->calls = call;
+    }
     host_header = url_split(call, req->url);
     if (!host_header || (call->is_tls && !tls)) {
         log_error("outbound HTTP request not started: %s",
@@ -705,7 +1028,11 @@ struct util_http_call *util_http_send(struct event_base *base, struct evdns_base
     call->deadline = evtimer_new(base, on_deadline, call);
     call->finish_ev = event_new(base, -1, 0, on_finish, call);
     evtimer_add(call->deadline, &call->timeout);
-    if (ip_literal_family(call->host, NULL))
+    if (call->pool && pool_take(call->pool, call)) {
+        /* Like curl, a reused connection skips DNS: the address is the one it has. */
+        call->res.reused = true;
+        start_request(call);
+    } else if (ip_literal_family(call->host, NULL))
         start_connection(call, call->host);
     else
         start_lookup(call, dns);
@@ -717,6 +1044,14 @@ void util_http_cancel(struct util_http_call *call)
     if (!call)
         return;
     stop_activity(call);
+    if (call->pool) {
+        if (call->pool_prev)
+            call->pool_prev->pool_next = call->pool_next;
+        else
+            call->pool->calls = call->pool_next;
+        if (call->pool_next)
+            call->pool_next->pool_prev = call->pool_prev;
+    }
     if (call->deadline)
         event_free(call->deadline);
     if (call->finish_ev)

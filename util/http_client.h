@@ -1,10 +1,16 @@
-/* http_client.h - one-shot outbound HTTP(S) requests on an event loop
+/* http_client.h - outbound HTTP(S) requests on an event loop, one-shot or over pooled
+ * keep-alive connections
  * SPDX-License-Identifier: MIT
  *
  * The client is deliberately small and reusable: the SMS gateway drivers, the JWKS
  * fetches of client authentication and ping/push delivery to client notification
  * endpoints all use it. It makes one attempt per call. Retry policy belongs to the
  * caller, which gets a transport failure and an HTTP status as different results.
+ *
+ * Without a pool, every call opens its own connection, sends "Connection: close" and
+ * closes the connection after the response. With a pool (struct util_http_pool), a call
+ * first takes an idle connection to the same scheme, host and port, and returns its
+ * connection to the pool after a complete response that lets the connection stay open.
  */
 #ifndef CIBAD_UTIL_HTTP_CLIENT_H
 #define CIBAD_UTIL_HTTP_CLIENT_H
@@ -27,6 +33,8 @@ struct evdns_base;
  * sets its own limit. */
 #define UTIL_HTTP_MAX_RESPONSE_BODY (64 * 1024)
 
+struct util_http_pool;
+
 struct util_http_header {
     const char *name;
     const char *value;
@@ -38,7 +46,7 @@ struct util_http_request {
     enum evhttp_cmd_type method;            /* EVHTTP_REQ_POST, EVHTTP_REQ_GET, ... */
     const char *url;                        /* absolute http:// or https:// URL */
     const struct util_http_header *headers; /* added after Host, Content-Length and
-                                              Connection, in order */
+                                              (without a pool) Connection, in order */
     size_t header_count;
     const char *body; /* may be NULL */
     size_t body_len;
@@ -50,6 +58,9 @@ struct util_http_request {
      * the attempt fails with UTIL_HTTP_ERR_ADDRESS. NULL allows every address. */
     bool (*address_allowed)(const struct sockaddr *addr, void *arg);
     void *address_arg;
+    /* Idle connections to reuse, and the place the connection goes back to after the
+     * response. NULL: a new connection, closed after the response. */
+    struct util_http_pool *pool;
 };
 
 /* Cause of an attempt that got no HTTP response. */
@@ -71,6 +82,7 @@ struct util_http_response {
     const char *body;   /* NUL-terminated response body ("" when none) */
     size_t body_len;
     int64_t elapsed_ms; /* from util_http_send to completion */
+    bool reused;        /* the request went over an idle connection from the pool */
 };
 
 /* Called once per started request, on the loop thread, never from inside
@@ -97,11 +109,37 @@ SSL_CTX *util_http_tls_ctx_new(const char *ca_file);
 int util_http_url_check(const char *url, bool allow_http_loopback, bool have_dns,
                         char *err, size_t err_len) MUST_CHECK;
 
-/* Starts one request on base over a new connection, which is freed when the request
- * finishes. dns resolves host names without blocking, and the request goes to the
- * first address returned; dns may be NULL only for URLs with an IP literal. tls verifies
- * https servers (see util_http_tls_ctx_new); it may be NULL only for http URLs. No
- * redirect is followed and no retry is made.
+/* Creates a pool of idle keep-alive connections for calls on base. One pool serves one
+ * event loop and one user (the SMS sender of a worker, say), so its requests share one
+ * address_allowed policy. It keeps at most max_idle idle connections (the most recently
+ * used ones) and frees a connection that has been idle for idle_ms. Set idle_ms below
+ * the server's own idle timeout, so that the client, not the server, closes first.
+ * Returns NULL, with the reason logged, when max_idle or idle_ms is not positive. */
+struct util_http_pool *util_http_pool_new(struct event_base *base, size_t max_idle,
+                                          int idle_ms);
+
+/* Frees the idle connections and the pool. Calls still running finish normally and
+ * then close their connection instead of returning it. Safe with NULL. */
+void util_http_pool_free(struct util_http_pool *pool);
+
+/* Returns the number of idle connections the pool keeps now. */
+size_t util_http_pool_idle_count(const struct util_http_pool *pool);
+
+/* Starts one request on base. dns resolves host names without blocking, and the request
+ * goes to the first address returned; dns may be NULL only for URLs with an IP literal.
+ * tls verifies https servers (see util_http_tls_ctx_new); it may be NULL only for http
+ * URLs. No redirect is followed and no retry is made.
+ *
+ * Without req->pool the request goes over a new connection, which is freed when the
+ * request finishes. With a pool, the call reuses an idle connection to the same scheme,
+ * host and port (and, for https, the same tls) when the pool has one whose socket is
+ * still open and whose address address_allowed accepts, and then skips DNS, connect
+ * and the TLS handshake. Otherwise it connects as without a pool. After a complete
+ * response, the connection goes back to the pool unless the server asked to close it
+ * (Connection: close, or HTTP/1.0 without keep-alive) or ended the body by closing.
+ * After a failure, a timeout or a cancel, the connection is freed. A server may close a
+ * pooled connection just as a request is sent on it; the call then fails with
+ * UTIL_HTTP_ERR_CONNECT and the caller's retry gets another connection.
  *
  * Returns a handle for util_http_cancel; cb then runs exactly once, later, unless the
  * call is canceled first. Returns NULL, with the reason logged, when the request could
