@@ -502,17 +502,6 @@ static void on_auth_req_stored(void *arg, enum storage_status status)
                      "too many codes were sent to this user recently; try again later");
         return;
     }
-    if (status == STORAGE_NOT_FOUND || status == STORAGE_CONFLICT) {
-        /* Deleted by the operator while this request was being handled. */
-        rlog_info(sr->rid, ctx->client->client_id,
-                  "bc-authorize: the %s was deleted meanwhile",
-                  status == STORAGE_NOT_FOUND ? "user" : "client");
-        if (status == STORAGE_NOT_FOUND)
-            finish_error(ctx, OAUTH_ERR_UNKNOWN_USER_ID, NULL);
-        else
-            finish_error(ctx, OAUTH_ERR_INVALID_CLIENT, NULL);
-        return;
-    }
     if (status != STORAGE_OK) {
         finish_storage_error(ctx, status);
         return;

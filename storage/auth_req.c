@@ -15,17 +15,15 @@
 /* ---- create ------------------------------------------------------------------------ */
 
 /* Creates the requests of a batch (batch.c), one call per row of the input arrays.
- * (1) counts a code against the sms_quota row of each call whose client and user
- * still exist, (2) inserts the requests whose phone number (1) returned, and (3)
- * appends the audit row of each inserted request. Returns per call its outcome:
- * created, limited (over quota), no_user or no_client (deleted since the caller looked
- * them up). Skipping those rows keeps their foreign key error from failing the whole
- * batch; only a delete that commits while the statement runs still does. The batch
- * key is the phone number, so one batch never counts two codes against one row. The
- * quota rows are written in phone number order, so two batches that share numbers
- * wait for each other instead of deadlocking. The per-phone limit and window come from
- * the first call (create_fits keeps calls with other limits apart). The first code's
- * otp_expires_at never falls after expires_at. */
+ * (1) counts a code against each phone number's sms_quota row, (2) inserts the
+ * requests whose phone number (1) returned, and (3) appends the audit row of each
+ * inserted request. Returns per call whether it was inserted. The batch key is the
+ * phone number, so one batch never counts two codes against one row. The quota rows
+ * are written in phone number order, so two batches that share numbers wait for each
+ * other instead of deadlocking. The per-phone limit and window come from the first
+ * call (create_fits keeps calls with other limits apart). The first code's
+ * otp_expires_at never falls after expires_at. An error in any row, such as a foreign
+ * key error for a client or user deleted meanwhile, fails every call of the batch. */
 /* clang-format would split the SQL around the macro. */
 /* clang-format off */
 static const char sql_auth_req_create[] =
@@ -38,15 +36,9 @@ static const char sql_auth_req_create[] =
     "      binding_message, acr_values, expires_in, poll_interval, otp_hmac_hex,"
     "      otp_lifetime, quota_max, quota_window, request_id, delivery_mode,"
     "      notification_secrets, cnf_x5t_s256, n)"
-    "), live AS ("
-    "  SELECT i.*,"
-    "    EXISTS (SELECT 1 FROM client c WHERE c.client_id = i.client_id) AS has_client,"
-    "    EXISTS (SELECT 1 FROM app_user u WHERE u.subject = i.subject) AS has_user"
-    "  FROM input i"
     "), quota AS ("
     "  INSERT INTO sms_quota AS q (phone_number, sent_at)"
-    "  SELECT phone_number, ARRAY[now()] FROM live"
-    "  WHERE quota_max > 0 AND has_client AND has_user"
+    "  SELECT phone_number, ARRAY[now()] FROM input WHERE quota_max > 0"
     "  ORDER BY phone_number"
     STORAGE_SQL_QUOTA_UPSERT("($13::int[])[1]", "($14::int[])[1]")
     "  RETURNING q.phone_number"
@@ -73,13 +65,9 @@ static const char sql_auth_req_create[] =
     "    c.auth_req_id_hash"
     "  FROM created c JOIN input i ON i.auth_req_id_hash = c.auth_req_id_hash"
     ")"
-    " SELECT l.n,"
-    "   CASE WHEN c.auth_req_id_hash IS NOT NULL THEN 'created'"
-    "     WHEN NOT l.has_client THEN 'no_client'"
-    "     WHEN NOT l.has_user THEN 'no_user'"
-    "     ELSE 'limited' END"
-    " FROM live l LEFT JOIN created c ON c.auth_req_id_hash = l.auth_req_id_hash"
-    " ORDER BY l.n";
+    " SELECT i.n, c.auth_req_id_hash IS NOT NULL FROM input i"
+    "   LEFT JOIN created c ON c.auth_req_id_hash = i.auth_req_id_hash"
+    " ORDER BY i.n";
 /* clang-format on */
 static const struct storage_stmt stmt_auth_req_create = {"auth_req_create",
                                                          sql_auth_req_create, 18};
@@ -123,35 +111,16 @@ static void finish_counted(union storage_cb cb, void *arg, enum storage_status s
     cb.done(arg, storage_col_int64(res, 0, 0) > 0 ? STORAGE_OK : when_zero);
 }
 
-static const struct {
-    const char *name;
-    enum storage_status status;
-} create_outcomes[] = {
-    {"created", STORAGE_OK},
-    {"limited", STORAGE_LIMITED},
-    {"no_user", STORAGE_NOT_FOUND},
-    {"no_client", STORAGE_CONFLICT},
-};
-
-/* Returns the status for the outcome text of one result row. */
-static enum storage_status create_status(const char *outcome)
-{
-    for (size_t i = 0; outcome && i < ARRAY_LEN(create_outcomes); i++)
-        if (strcmp(outcome, create_outcomes[i].name) == 0)
-            return create_outcomes[i].status;
-    log_error("storage: auth_req_create returned an unknown outcome");
-    return STORAGE_ERROR;
-}
-
-/* Completes each call with the outcome of row i. */
+/* Completes each call: row i is false when call i was not inserted because its phone
+ * number is over quota. */
 static void finish_creates(const struct storage_batch_call *calls, size_t n,
                            enum storage_status status, const PGresult *res)
 {
     for (size_t i = 0; i < n; i++) {
         enum storage_status s = status;
 
-        if (s == STORAGE_OK)
-            s = create_status(storage_col_text(res, (int)i, 1));
+        if (s == STORAGE_OK && strcmp(storage_col_text(res, (int)i, 1), "t") != 0)
+            s = STORAGE_LIMITED;
         calls[i].cb.done(calls[i].arg, s);
     }
 }

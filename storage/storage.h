@@ -232,10 +232,8 @@ struct storage_auth_req_new {
 };
 
 /* Inserts the request, counts a code against the phone number's quota and appends the
- * "request accepted" audit row, all in one statement. Nothing is inserted when the
- * result is STORAGE_LIMITED (the phone number has reached its quota),
- * STORAGE_NOT_FOUND (the user no longer exists) or STORAGE_CONFLICT (the client no
- * longer exists). */
+ * "request accepted" audit row, all in one statement. STORAGE_LIMITED when the phone
+ * number has reached its quota (nothing is inserted then). */
 int storage_auth_req_create(struct storage_conn *db,
                             const struct storage_auth_req_new *in, storage_done_cb cb,
                             void *arg) MUST_CHECK;
