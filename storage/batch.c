@@ -13,7 +13,8 @@
  * a batch therefore gathers the calls that arrived during one statement, and on an idle
  * connection each call goes out in the pass that made it, with no added wait. A full
  * batch, and one that meets a second call with the same key, goes out at the end of
- * the pass regardless. Statements of one connection run in the order sent.
+ * the pass regardless. Statements of one connection run in the order sent. A batch
+ * that fails with an error in one of its rows is sent again one call at a time.
  */
 #include "storage/storage_int.h"
 
@@ -56,6 +57,29 @@ static void resume_waiting(struct storage_conn *db, struct storage_batches *q)
     }
 }
 
+static void on_flush(struct storage_deferred *d, enum storage_status status);
+
+/* Sends each call of a failed batch again in a batch of its own. A statement error
+ * rolled back the whole statement, so no call took effect, and the call whose row
+ * failed (a user deleted meanwhile, say) now fails alone. */
+static void batch_split(struct storage_batch *b)
+{
+    log_warn("storage: %s failed for a batch of %zu calls; sending each call alone",
+             b->kind->stmt->name, b->n);
+    for (size_t i = 0; i < b->n; i++) {
+        struct storage_batch *one = util_calloc(1, sizeof(*one));
+
+        one->db = b->db;
+        one->kind = b->kind;
+        one->flush.run = on_flush;
+        one->sealed = true;
+        one->n = 1;
+        one->calls[0] = b->calls[i]; /* takes over the field copies */
+        storage_conn_defer(b->db, &one->flush);
+    }
+    free(b);
+}
+
 static void finish_batch(union storage_cb cb, void *arg, enum storage_status status,
                          const PGresult *res)
 {
@@ -70,7 +94,11 @@ static void finish_batch(union storage_cb cb, void *arg, enum storage_status sta
                   PQntuples(res), b->n);
         status = STORAGE_ERROR;
     }
-    batch_finish(b, status, status == STORAGE_OK ? res : NULL);
+    /* A lost connection or a timeout would fail the calls again, one by one. */
+    if (status == STORAGE_ERROR && b->n > 1)
+        batch_split(b);
+    else
+        batch_finish(b, status, status == STORAGE_OK ? res : NULL);
     resume_waiting(db, q);
 }
 

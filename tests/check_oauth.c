@@ -3273,6 +3273,128 @@ START_TEST(assertion_signature_checks)
 }
 END_TEST
 
+/* ---- peeked assertion claims must be the signed ones ------------------------------- */
+
+/* Replaces the payload segment of token with that of other. */
+static char *splice_payload(const char *token, const char *other)
+{
+    const char *d1 = strchr(token, '.'), *d2 = strrchr(token, '.');
+    const char *o1 = strchr(other, '.'), *o2 = strrchr(other, '.');
+
+    return util_asprintf("%.*s%.*s%s", (int)(d1 - token), token, (int)(o2 - o1), o1, d2);
+}
+
+/* Replaces the ES256 signature's s with n - s: the same signature, other bytes. */
+static char *high_s_variant(const char *token)
+{
+    const char *d2 = strrchr(token, '.');
+    unsigned char raw[80];
+    size_t raw_len = sizeof(raw);
+    BIGNUM *s, *n = NULL;
+    char *sig, *out;
+
+    ck_assert_int_eq(util_b64url_decode(d2 + 1, strlen(d2 + 1), (char *)raw, &raw_len),
+                     0);
+    ck_assert_uint_eq(raw_len, 64);
+    s = BN_bin2bn(raw + 32, 32, NULL);
+    BN_hex2bn(&n, "FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551");
+    BN_sub(s, n, s);
+    BN_bn2binpad(s, raw + 32, 32);
+    sig = util_b64url_encode_new(raw, 64);
+    out = util_asprintf("%.*s.%s", (int)(d2 - token), token, sig);
+    BN_free(s);
+    BN_free(n);
+    free(sig);
+    return out;
+}
+
+START_TEST(assertion_claims_bound_to_signature)
+{
+    char *signed_a = es256_assertion("c-pkj", ec_key, "k1", NULL);
+    char *fresh_jti = es256_assertion("c-pkj", ec_key2, "k1", NULL);
+    char *other_client = es256_assertion("c-uri", ec_key2, "k1", NULL);
+    char *spliced = splice_payload(signed_a, fresh_jti);
+    char *spliced_client = splice_payload(signed_a, other_client);
+    char *claims = assertion_claims("c-pkj", NULL);
+    char *dup_claims =
+        util_asprintf("%.*s,\"jti\":\"second\"}", (int)strlen(claims) - 1, claims);
+    char *dup_jti = sign_token("ES256", ec_key, NULL, 0,
+                               "{\"alg\":\"ES256\",\"kid\":\"k1\"}", dup_claims);
+    char *dup_kid =
+        sign_token("ES256", ec_key, NULL, 0,
+                   "{\"alg\":\"ES256\",\"kid\":\"k9\",\"kid\":\"k1\"}", claims);
+    char *dup_alg =
+        sign_token("ES256", ec_key, NULL, 0,
+                   "{\"alg\":\"none\",\"alg\":\"ES256\",\"kid\":\"k1\"}", claims);
+    json_t *jwk2 = public_jwk_of(ec_key2, "k1", NULL);
+    char *jwk2_text = json_dumps(jwk2, JSON_COMPACT);
+    char *embedded_header = util_asprintf("{\"alg\":\"ES256\",\"jwk\":%s}", jwk2_text);
+    char *embedded = sign_token("ES256", ec_key2, NULL, 0, embedded_header, claims);
+    char *csj_a_claims = assertion_claims("c-csj", NULL);
+    char *csj_b_claims = assertion_claims("c-csj", NULL);
+    char *csj_a = sign_token("HS256", NULL, HMAC_SECRET, strlen(HMAC_SECRET),
+                             "{\"alg\":\"HS256\"}", csj_a_claims);
+    char *csj_b = sign_token("HS256", NULL, "another secret that is long enough!!", 36,
+                             "{\"alg\":\"HS256\"}", csj_b_claims);
+    char *csj_spliced = splice_payload(csj_a, csj_b);
+    char *replay, *high_s;
+
+    /* A signed assertion's header and signature with another payload (a fresh jti,
+     * or another client's iss and sub) never authenticate. */
+    authenticate_assertion(spliced, NULL);
+    expect_invalid_client();
+    authenticate_assertion(spliced_client, NULL);
+    expect_invalid_client();
+    authenticate_assertion(csj_spliced, NULL);
+    expect_invalid_client();
+    /* Duplicate members in a signed payload or header. */
+    authenticate_assertion(dup_jti, NULL);
+    expect_invalid_client();
+    authenticate_assertion(dup_kid, NULL);
+    expect_invalid_client();
+    authenticate_assertion(dup_alg, NULL);
+    expect_invalid_client();
+    /* A key in the header is not trusted. */
+    authenticate_assertion(embedded, NULL);
+    expect_invalid_client();
+    ck_assert_uint_eq(n_used_jti, 0);
+
+    /* The genuine one works once; its high-s twin is the same jti, so a replay. */
+    authenticate_assertion(signed_a, NULL);
+    expect_ok("c-pkj");
+    high_s = high_s_variant(signed_a);
+    authenticate_assertion(high_s, NULL);
+    expect_invalid_client();
+    replay = util_strdup(signed_a);
+    authenticate_assertion(replay, NULL);
+    expect_invalid_client();
+    authenticate_assertion(csj_a, NULL);
+    expect_ok("c-csj");
+
+    free(signed_a);
+    free(fresh_jti);
+    free(other_client);
+    free(spliced);
+    free(spliced_client);
+    free(claims);
+    free(dup_claims);
+    free(dup_jti);
+    free(dup_kid);
+    free(dup_alg);
+    json_decref(jwk2);
+    free(jwk2_text);
+    free(embedded_header);
+    free(embedded);
+    free(csj_a_claims);
+    free(csj_b_claims);
+    free(csj_a);
+    free(csj_b);
+    free(csj_spliced);
+    free(replay);
+    free(high_s);
+}
+END_TEST
+
 START_TEST(assertion_method_rules)
 {
     char *token = es256_assertion("c-pkj", ec_key, "k1", NULL);
@@ -5040,6 +5162,7 @@ static Suite *oauth_suite(void)
     tcase_add_test(assertion, assertion_jti_single_use);
     tcase_add_test(assertion, assertion_names_the_client);
     tcase_add_test(assertion, assertion_signature_checks);
+    tcase_add_test(assertion, assertion_claims_bound_to_signature);
     tcase_add_test(assertion, assertion_method_rules);
     tcase_add_test(assertion, assertion_client_secret_jwt);
     tcase_add_test(assertion, assertion_rs256_needs_setting);

@@ -4130,6 +4130,322 @@ START_TEST(outbox_failed_row_deleted)
 }
 END_TEST
 
+/* ---- requests created by one batched statement ------------------------------------- */
+
+/* Creates a user with the given subject and a random phone number, copied to phone. */
+static void special_user_create(const char *subject, char phone[17])
+{
+    struct storage_sync *s = sync_open();
+    unsigned digits;
+    char err[256] = "";
+
+    util_random_bytes(&digits, sizeof(digits));
+    snprintf(phone, 17, "+1666%07u", digits % 10000000u);
+    ck_assert_msg(storage_sync_user_create(s, subject, NULL, phone, err, sizeof(err)) ==
+                      0,
+                  "user create failed: %s", err);
+    storage_sync_close(s);
+}
+
+/* Values that the text[] literal of batch.c array_of() must carry unchanged. */
+static const char *const nasty[] = {
+    "NULL",
+    "null",
+    "",
+    " ",
+    "  padded  ",
+    "\"",
+    "\\",
+    "\\\\",
+    "\"\"",
+    "{",
+    "}",
+    "{}",
+    "{a,b}",
+    ",",
+    "a,b",
+    "\\N",
+    "NULL,NULL",
+    "{\"NULL\"}",
+    "a\"b\\c{d}e,f",
+    "\xe2\x82\xac 10 \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x8e\x89",
+    "tab\there",
+    "line\nbreak",
+    "'single'",
+    "$1",
+    "ARRAY[1]",
+    "\\\"",
+    "x\\",
+    "(1,2)",
+};
+#define NASTY_N ((int)ARRAY_LEN(nasty))
+
+/* Every value, as binding_message, acr_values, scope and even subject, travels
+ * through one batched statement unchanged, and a NULL binding_message stays NULL. */
+START_TEST(create_special_values)
+{
+    struct people p;
+    struct storage_conn *db;
+    struct req r[NASTY_N + 1];
+    struct done_res res[NASTY_N + 1] = {{0}};
+    char subjects[NASTY_N + 1][64], phones[NASTY_N + 1][17];
+    PGconn *pg = raw_open();
+    char *stored;
+
+    people_create(&p);
+    loop_open();
+    db = conn_open(5000);
+    for (int i = 0; i <= NASTY_N; i++) {
+        const char *v = i < NASTY_N ? nasty[i] : "x";
+
+        snprintf(subjects[i], sizeof(subjects[i]), "%s-%d", v, i);
+        special_user_create(subjects[i], phones[i]);
+        req_init(&r[i], &p);
+        r[i].in.subject = subjects[i];
+        r[i].in.phone_number = phones[i];
+        r[i].in.binding_message = i < NASTY_N ? v : NULL;
+        r[i].in.acr_values = i < NASTY_N ? v : NULL;
+        r[i].in.scope = v;
+    }
+    for (int i = 0; i <= NASTY_N; i++)
+        ck_assert_int_eq(storage_auth_req_create(db, &r[i].in, on_done, &res[i]), 0);
+    for (int i = 0; i <= NASTY_N; i++)
+        wait_calls(&res[i].calls, 1);
+    for (int i = 0; i <= NASTY_N; i++) {
+        ck_assert_msg(res[i].status == STORAGE_OK, "call %d: status %d", i,
+                      res[i].status);
+        stored = raw_text(pg,
+                          "SELECT binding_message FROM auth_req"
+                          " WHERE auth_req_id_hash = $1",
+                          r[i].id_hash);
+        if (i == NASTY_N)
+            ck_assert_ptr_null(stored);
+        else
+            ck_assert_msg(stored && strcmp(stored, nasty[i]) == 0,
+                          "binding_message %d: [%s] stored as [%s]", i, nasty[i],
+                          stored ? stored : "(NULL)");
+        free(stored);
+        stored = raw_text(pg,
+                          "SELECT acr_values FROM auth_req"
+                          " WHERE auth_req_id_hash = $1",
+                          r[i].id_hash);
+        if (i == NASTY_N)
+            ck_assert_ptr_null(stored);
+        else
+            ck_assert_str_eq(stored, nasty[i]);
+        free(stored);
+        stored = raw_text(pg,
+                          "SELECT scope || '|' || subject FROM auth_req"
+                          " WHERE auth_req_id_hash = $1",
+                          r[i].id_hash);
+        {
+            char *want = util_asprintf("%s|%s", r[i].in.scope, subjects[i]);
+
+            ck_assert_str_eq(stored, want);
+            free(want);
+        }
+        free(stored);
+        stored = raw_text(pg,
+                          "SELECT scope || '|' || subject FROM audit_log"
+                          " WHERE auth_req_id_hash = $1 AND action = 'bc_authorize'",
+                          r[i].id_hash);
+        {
+            char *want = util_asprintf("%s|%s", r[i].in.scope, subjects[i]);
+
+            ck_assert_str_eq(stored, want);
+            free(want);
+        }
+        free(stored);
+    }
+    PQfinish(pg);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+/* A user deleted while a request for them was queued fails that request only: the
+ * other requests of the same batch, for other users and clients, are created. Before
+ * batching each request ran its own statement and only the orphan failed. */
+START_TEST(create_row_error_spares_batch)
+{
+    struct people p[3];
+    struct storage_conn *db;
+    struct req r[3];
+    struct done_res res[3] = {{0}};
+    PGconn *pg = raw_open();
+
+    for (int i = 0; i < 3; i++)
+        people_create(&p[i]);
+    loop_open();
+    db = conn_open(5000);
+    for (int i = 0; i < 3; i++)
+        req_init(&r[i], &p[i]);
+    /* The user of r[1] is deleted after the lookup, before the create runs. */
+    raw_exec(pg, "DELETE FROM app_user WHERE subject = $1", p[1].subject);
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(storage_auth_req_create(db, &r[i].in, on_done, &res[i]), 0);
+    for (int i = 0; i < 3; i++)
+        wait_calls(&res[i].calls, 1);
+    ck_assert_int_ne(res[1].status, STORAGE_OK);
+    ck_assert_msg(res[0].status == STORAGE_OK && res[2].status == STORAGE_OK,
+                  "innocent calls failed with the orphan: statuses %d %d %d",
+                  res[0].status, res[1].status, res[2].status);
+    PQfinish(pg);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
+#define RACE_PHONES 70
+#define RACE_ROUNDS 4
+
+/* Two connections (as two workers) create requests for the same 70 numbers at the
+ * same time, in opposite orders, four per number each: every number gets exactly
+ * sms_per_phone_max codes, no call fails, and each audit row has its call's id. */
+START_TEST(create_two_connections_quota)
+{
+    struct people p[RACE_PHONES];
+    struct storage_conn *db[2];
+    static struct req r[2][RACE_ROUNDS][RACE_PHONES];
+    static struct done_res res[2][RACE_ROUNDS][RACE_PHONES];
+    static char rids[2][RACE_ROUNDS][RACE_PHONES][32];
+    int ok[RACE_PHONES] = {0};
+    PGconn *pg = raw_open();
+
+    memset(res, 0, sizeof(res));
+    for (int i = 0; i < RACE_PHONES; i++)
+        people_create(&p[i]);
+    loop_open();
+    db[0] = conn_open(5000);
+    db[1] = conn_open(5000);
+    for (int c = 0; c < 2; c++)
+        for (int k = 0; k < RACE_ROUNDS; k++)
+            for (int j = 0; j < RACE_PHONES; j++) {
+                int i = c == 0 ? j : RACE_PHONES - 1 - j;
+                struct req *q = &r[c][k][i];
+
+                req_init(q, &p[i]);
+                q->in.sms_per_phone_max = 3;
+                q->in.sms_per_phone_window = 3600;
+                snprintf(rids[c][k][i], sizeof(rids[c][k][i]), "rid-%d-%d-%d", c, k, i);
+                q->in.request_id = rids[c][k][i];
+                ck_assert_int_eq(
+                    storage_auth_req_create(db[c], &q->in, on_done, &res[c][k][i]), 0);
+            }
+    for (int c = 0; c < 2; c++)
+        for (int k = 0; k < RACE_ROUNDS; k++)
+            for (int i = 0; i < RACE_PHONES; i++)
+                wait_calls(&res[c][k][i].calls, 1);
+    for (int c = 0; c < 2; c++)
+        for (int k = 0; k < RACE_ROUNDS; k++)
+            for (int i = 0; i < RACE_PHONES; i++) {
+                enum storage_status s = res[c][k][i].status;
+                char *rid;
+
+                ck_assert_msg(s == STORAGE_OK || s == STORAGE_LIMITED,
+                              "conn %d round %d phone %d: status %d", c, k, i, s);
+                if (s != STORAGE_OK)
+                    continue;
+                ok[i]++;
+                rid = raw_text(pg,
+                               "SELECT string_agg(request_id, ',') FROM audit_log"
+                               " WHERE auth_req_id_hash = $1",
+                               r[c][k][i].id_hash);
+                ck_assert_str_eq(rid, rids[c][k][i]);
+                free(rid);
+            }
+    for (int i = 0; i < RACE_PHONES; i++) {
+        ck_assert_msg(ok[i] == 3, "phone %d got %d codes", i, ok[i]);
+        ck_assert_int_eq(raw_int(pg,
+                                 "SELECT count(*) FROM auth_req WHERE phone_number = $1",
+                                 p[i].phone),
+                         3);
+        ck_assert_int_eq(raw_int(pg,
+                                 "SELECT cardinality(sent_at) FROM sms_quota"
+                                 " WHERE phone_number = $1",
+                                 p[i].phone),
+                         3);
+    }
+    PQfinish(pg);
+    storage_conn_free(db[0]);
+    storage_conn_free(db[1]);
+    loop_close();
+}
+END_TEST
+
+/* The backend dies while a batch waits on a quota row lock, with a second batch
+ * queued behind it: every call completes (none hangs), nothing is half created, and
+ * the connection creates again once it is back. */
+START_TEST(create_backend_killed_mid_batch)
+{
+    struct people p[3];
+    struct storage_conn *db;
+    struct req r[4], again;
+    struct done_res res[4] = {{0}};
+    PGconn *pg = raw_open(), *admin = raw_open();
+    int64_t end;
+
+    for (int i = 0; i < 3; i++)
+        people_create(&p[i]);
+    loop_open();
+    db = conn_open(20000);
+    /* Holds p[0]'s quota row so the first batch waits on it. */
+    raw_exec(pg, "INSERT INTO sms_quota (phone_number, sent_at) VALUES ($1, '{}')",
+             p[0].phone);
+    raw_exec(pg, "BEGIN", NULL);
+    raw_exec(pg, "SELECT 1 FROM sms_quota WHERE phone_number = $1 FOR UPDATE",
+             p[0].phone);
+    req_init(&r[0], &p[0]);
+    req_init(&r[1], &p[1]);
+    ck_assert_int_eq(storage_auth_req_create(db, &r[0].in, on_done, &res[0]), 0);
+    ck_assert_int_eq(storage_auth_req_create(db, &r[1].in, on_done, &res[1]), 0);
+    run_loop_ms(300);
+    /* A later batch waits behind the one in flight. */
+    req_init(&r[2], &p[2]);
+    req_init(&r[3], &p[1]);
+    ck_assert_int_eq(storage_auth_req_create(db, &r[2].in, on_done, &res[2]), 0);
+    ck_assert_int_eq(storage_auth_req_create(db, &r[3].in, on_done, &res[3]), 0);
+    run_loop_ms(300);
+    for (int i = 0; i < 4; i++)
+        ck_assert_int_eq(res[i].calls, 0);
+    ck_assert_int_ge(
+        raw_int(admin,
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = 'cibad' AND datname ="
+                " current_database()",
+                NULL),
+        1);
+    for (int i = 0; i < 4; i++)
+        wait_calls(&res[i].calls, 1);
+    raw_exec(pg, "ROLLBACK", NULL);
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_ne(res[i].status, STORAGE_OK);
+        ck_assert_int_eq(raw_int(admin,
+                                 "SELECT count(*) FROM auth_req"
+                                 " WHERE auth_req_id_hash = $1",
+                                 r[i].id_hash),
+                         0);
+    }
+    for (int i = 2; i < 4; i++) {
+        long long rows = raw_int(admin,
+                                 "SELECT count(*) FROM auth_req"
+                                 " WHERE auth_req_id_hash = $1",
+                                 r[i].id_hash);
+
+        ck_assert_int_eq(rows, res[i].status == STORAGE_OK ? 1 : 0);
+    }
+    end = util_mono_ms() + 10000;
+    while (!storage_conn_is_up(db) && util_mono_ms() < end)
+        event_base_loop(base, EVLOOP_ONCE);
+    req_init(&again, &p[2]);
+    ck_assert_int_eq(req_create(db, &again), STORAGE_OK);
+    PQfinish(pg);
+    PQfinish(admin);
+    storage_conn_free(db);
+    loop_close();
+}
+END_TEST
+
 /* ---- suite ------------------------------------------------------------------------- */
 
 static TCase *tcase_new(const char *name, int timeout_s, bool schema)
@@ -4189,6 +4505,13 @@ static Suite *storage_suite(void)
     tcase_add_test(tc, create_batches_calls);
     tcase_add_test(tc, create_rejects_bad_input);
     tcase_add_test(tc, code_sent_and_fail_delivery);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_new("create_batch", 60, true);
+    tcase_add_test(tc, create_special_values);
+    tcase_add_test(tc, create_row_error_spares_batch);
+    tcase_add_test(tc, create_two_connections_quota);
+    tcase_add_test(tc, create_backend_killed_mid_batch);
     suite_add_tcase(s, tc);
 
     tc = tcase_new("poll", 60, true);
