@@ -13,6 +13,19 @@
  * the outcome is recorded, the notification is sent again. Clients can tell repeats
  * apart by auth_req_id.
  *
+ * Each notifier keeps a pool of idle keep-alive connections (util_http_pool), so a busy
+ * endpoint gets one TCP connection and one TLS handshake instead of one per
+ * notification. The pool hands a connection only to a request for the same scheme,
+ * host name and port, over the notifier's one TLS context, so one client's endpoint
+ * never receives another client's notification unless both name the same host and
+ * port. It checks address_allowed again before each reuse. A reused connection skips
+ * DNS and keeps the address it was opened to, which passed the same rules.
+ *
+ * An endpoint may close an idle connection just as a notification is sent on it. The
+ * attempt then fails with UTIL_HTTP_ERR_CONNECT and no response, and is sent once more
+ * at once over a new connection, within the same attempt and its time limit (see
+ * resend_allowed).
+ *
  * The flow of one attempt: claim -> on_claimed -> attempt_start -> (HTTP) ->
  * on_attempt_done -> attempt_record -> on_recorded.
  */
@@ -45,6 +58,15 @@
 /* Response bodies are ignored (CIBA Core 1.0 section 10.2), but read up to this size. */
 #define NOTIFY_MAX_RESPONSE_BODY (16 * 1024)
 
+/* Idle connections each notifier keeps, and how long. Apache httpd 2.4 (KeepAliveTimeout)
+ * and Node.js up to v22 (server.keepAliveTimeout) close an idle connection after 5 s by
+ * default, and the pool should close first. Reuse pays off at busy endpoints, which get
+ * notifications far less than 4 s apart. */
+#define NOTIFY_POOL_MAX_IDLE 16
+#define NOTIFY_POOL_IDLE_MS  4000
+/* A resend over a new connection needs at least this much of the attempt's time. */
+#define NOTIFY_RESEND_MIN_MS 100
+
 #define SEAL_NOTIFICATION "cibad notification secrets seal v1"
 #define SEAL_PUSH_PAYLOAD "cibad push payload seal v1"
 
@@ -62,6 +84,8 @@ struct ciba_notifier {
     int statements;   /* storage statements in flight that point to this notifier */
     struct attempt *attempts; /* in flight, doubly linked */
     int n_attempts;
+    /* Idle connections to notification endpoints, for every attempt of this worker. */
+    struct util_http_pool *pool;
 };
 
 /* One delivery attempt of one claimed row. */
@@ -77,6 +101,10 @@ struct attempt {
     char *event;
     char host[280]; /* host:port of the endpoint, for logs; never the path or query */
     int64_t deadline_ms; /* Unix milliseconds after which no retry is made */
+    /* Kept while the request runs, for a resend after a closed pooled connection. */
+    char *url, *token, *body;
+    bool resent;     /* the resend over a new connection was made */
+    char stale[200]; /* why the pooled connection failed, when resent */
 };
 
 /* ---- sealed secrets ---------------------------------------------------------------- */
@@ -198,6 +226,7 @@ out:
 
 static void notifier_free(struct ciba_notifier *n)
 {
+    util_http_pool_free(n->pool);
     if (n->timer)
         event_free(n->timer);
     if (n->kick_ev)
@@ -225,6 +254,9 @@ static void attempt_free(struct attempt *a)
     if (a->next)
         a->next->prev = a->prev;
     n->n_attempts--;
+    free(a->url);
+    wipe_free(a->token);
+    wipe_free(a->body);
     free(a->client_id);
     free(a->request_id);
     free(a->mode);
@@ -316,18 +348,62 @@ static bool is_permanent(const struct util_http_response *res)
            res->status != 425 && res->status != 429;
 }
 
+static int attempt_send(struct attempt *a, bool fresh, int timeout_ms,
+                        const char **reason);
+
+/* True when a failed request is sent again at once over a new connection. The request
+ * went over a reused pooled connection that closed before a response
+ * (UTIL_HTTP_ERR_CONNECT, as a reused connection makes no DNS lookup or connect), it is
+ * not a resend itself, and the attempt has time left. The resend then ends within the
+ * attempt's timeout and thus within the row's lease.
+ *
+ * This keeps "a pushed result is never delivered twice to a healthy endpoint". A healthy
+ * endpoint that closes an idle connection as a request arrives never read that request,
+ * so the resend is its only copy. An endpoint that read the request and then closed
+ * without a response is not healthy, and the retry rules would send it again too, only
+ * after the back-off. The one send the retry rules would not make is the resend on a
+ * row's last attempt. Without it, a healthy endpoint could lose its last notification
+ * to an idle-close race that a new connection would not have had.
+ * NOTE: libevent 2.1.12 reports a close during the status line, the headers or a body
+ * of known length like a close before any byte, so a partial response is resent too. A
+ * timeout is never resent at once, because the endpoint may still be working on it. */
+static bool resend_allowed(const struct attempt *a, const struct util_http_response *res)
+{
+    return res->reused && res->error == UTIL_HTTP_ERR_CONNECT && !a->resent &&
+           server_config->notification_timeout_ms - res->elapsed_ms >=
+               NOTIFY_RESEND_MIN_MS;
+}
+
 static void on_attempt_done(void *arg, const struct util_http_response *res)
 {
     struct attempt *a = arg;
     bool ok = res->error == UTIL_HTTP_OK && res->status >= 200 && res->status <= 299;
     int delay = retry_delay_ms(a->number);
-    char result[240], *detail;
+    char result[480], *detail;
 
     a->call = NULL;
+    if (resend_allowed(a, res)) {
+        const char *reason = NULL;
+
+        a->resent = true;
+        snprintf(a->stale, sizeof(a->stale), "%s", res->reason ? res->reason : "failed");
+        rlog_info(a->request_id, a->client_id,
+                  "notification %lld to %s: the reused connection failed (%s); sending "
+                  "again over a new connection",
+                  (long long)a->id, a->host, a->stale);
+        if (attempt_send(a, true,
+                         server_config->notification_timeout_ms - (int)res->elapsed_ms,
+                         &reason) == 0)
+            return;
+        /* Not started, so the first request's outcome is recorded. */
+    }
     if (res->error == UTIL_HTTP_OK)
-        snprintf(result, sizeof(result), "HTTP %d", res->status);
+        snprintf(result, sizeof(result), "%s%sHTTP %d", a->resent ? a->stale : "",
+                 a->resent ? " on a reused connection, then " : "", res->status);
     else
-        snprintf(result, sizeof(result), "%s", res->reason ? res->reason : "failed");
+        snprintf(result, sizeof(result), "%s%s%s", a->resent ? a->stale : "",
+                 a->resent ? " on a reused connection, then " : "",
+                 res->reason ? res->reason : "failed");
 
     if (ok) {
         detail = util_asprintf("%s %s: %s, attempt %d, %lld ms", a->mode, a->event,
@@ -428,32 +504,35 @@ static bool address_allowed(const struct sockaddr *addr, void *arg)
     return ciba_address_allowed(addr, server_config->notification_allow_loopback);
 }
 
-/* Sends the body with the Bearer token. Returns 0, or -1 with the reason in *reason. */
-static int attempt_send(struct attempt *a, const char *url, const char *token,
-                        const char *body, const char **reason)
+/* Sends the attempt's body with its Bearer token: over the notifier's pool, or with
+ * fresh set over a new connection of its own. Returns 0, or -1 with the reason in
+ * *reason. */
+static int attempt_send(struct attempt *a, bool fresh, int timeout_ms,
+                        const char **reason)
 {
     struct ciba_notifier *n = a->notifier;
-    char *authorization = util_asprintf("Bearer %s", token);
+    char *authorization = util_asprintf("Bearer %s", a->token);
     const struct util_http_header headers[] = {
         {"Content-Type", "application/json"},
         {"Authorization", authorization},
     };
     struct util_http_request req = {
         .method = EVHTTP_REQ_POST,
-        .url = url,
+        .url = a->url,
         .headers = headers,
         .header_count = ARRAY_LEN(headers),
-        .body = body,
-        .body_len = strlen(body),
-        .timeout_ms = server_config->notification_timeout_ms,
+        .body = a->body,
+        .body_len = strlen(a->body),
+        .timeout_ms = timeout_ms,
         .max_response_body = NOTIFY_MAX_RESPONSE_BODY,
         .allow_http_loopback = server_config->notification_allow_loopback,
         .address_allowed = address_allowed,
+        .pool = fresh ? NULL : n->pool,
     };
     char err[160];
 
-    if (ciba_notification_endpoint_check(url, server_config->notification_allow_loopback,
-                                         err, sizeof(err)) != 0) {
+    if (ciba_notification_endpoint_check(
+            a->url, server_config->notification_allow_loopback, err, sizeof(err)) != 0) {
         *reason = "the notification endpoint is not allowed";
         rlog_warn(a->request_id, a->client_id, "notification %lld: endpoint %s: %s",
                   (long long)a->id, a->host, err);
@@ -472,7 +551,7 @@ static void attempt_start(struct ciba_notifier *n, const struct storage_notifica
 {
     struct attempt *a = util_calloc(1, sizeof(*a));
     const struct server_config *cfg = server_config;
-    char *auth_req_id = NULL, *token = NULL, *body = NULL;
+    char *auth_req_id = NULL;
     const char *reason = NULL;
 
     a->notifier = n;
@@ -501,17 +580,17 @@ static void attempt_start(struct ciba_notifier *n, const struct storage_notifica
     else if (util_now_ms() > a->deadline_ms)
         reason = "the retry window passed before this attempt";
     else if (ciba_notification_secrets_open(row->secrets, row->auth_req_id_hash,
-                                            &auth_req_id, &token) != 0)
+                                            &auth_req_id, &a->token) != 0)
         reason = "cannot open the sealed notification secrets (was the server secret "
                  "changed?)";
     else
-        body = build_body(row, auth_req_id, &reason);
+        a->body = build_body(row, auth_req_id, &reason);
 
-    if (body)
-        attempt_send(a, row->endpoint, token, body, &reason);
+    if (a->body) {
+        a->url = util_strdup(row->endpoint);
+        attempt_send(a, false, cfg->notification_timeout_ms, &reason);
+    }
     wipe_free(auth_req_id);
-    wipe_free(token);
-    wipe_free(body);
     if (reason)
         attempt_fail_now(a, reason);
 }
@@ -579,9 +658,11 @@ int ciba_notifier_start(struct server_worker *w)
 
     n->worker = w;
     n->tls = util_http_tls_ctx_new(server_config->notification_ca_file);
+    n->pool = util_http_pool_new(w->base, NOTIFY_POOL_MAX_IDLE, NOTIFY_POOL_IDLE_MS);
     n->timer = event_new(w->base, -1, EV_PERSIST, on_timer, n);
     n->kick_ev = event_new(w->base, -1, 0, on_timer, n);
-    if (!n->tls || !n->timer || !n->kick_ev || event_add(n->timer, &period) != 0) {
+    if (!n->tls || !n->pool || !n->timer || !n->kick_ev ||
+        event_add(n->timer, &period) != 0) {
         log_error("worker %d: cannot start ping and push delivery", w->index);
         notifier_free(n);
         return -1;
@@ -609,6 +690,9 @@ void ciba_notifier_stop(struct server_worker *w)
             attempt_free(a);
         }
     }
+    /* Closes the idle connections now rather than with the last statement. */
+    util_http_pool_free(n->pool);
+    n->pool = NULL;
     if (n->statements == 0)
         notifier_free(n);
 }

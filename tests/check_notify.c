@@ -24,6 +24,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <event2/event.h>
 #include <jansson.h>
 #include <libpq-fe.h>
 
@@ -32,6 +33,7 @@
 #include "tests/check_runner.h"
 #include "tests/e2e_client.h"
 #include "tests/mock_http.h"
+#include "util/http_client.h"
 #include "util/util.h"
 
 #define CIBA_GRANT     "urn:openid:params:grant-type:ciba"
@@ -159,6 +161,117 @@ START_TEST(endpoint_too_long_rejected)
     url[2048] = '\0';
     ck_assert_int_eq(ciba_notification_endpoint_check(url, false, err, sizeof(err)), 0);
     free(url);
+}
+END_TEST
+
+/* ---- the pool under the notification address rules ------------------------------- */
+
+struct pool_result {
+    int calls;
+    enum util_http_error error;
+    int status;
+    bool reused;
+};
+
+static void on_pool_done(void *arg, const struct util_http_response *res)
+{
+    struct pool_result *r = arg;
+
+    r->calls++;
+    r->error = res->error;
+    r->status = res->status;
+    r->reused = res->reused;
+}
+
+static bool loopback_allowed(const struct sockaddr *addr, void *arg)
+{
+    (void)arg;
+    return ciba_address_allowed(addr, true);
+}
+
+static bool loopback_rejected(const struct sockaddr *addr, void *arg)
+{
+    (void)arg;
+    return ciba_address_allowed(addr, false);
+}
+
+/* Sends one POST to url over pool under the given address rule and waits for it. */
+static struct pool_result pool_post(struct event_base *base, struct util_http_pool *pool,
+                                    const char *url,
+                                    bool (*rule)(const struct sockaddr *, void *))
+{
+    const struct util_http_request req = {
+        .method = EVHTTP_REQ_POST,
+        .url = url,
+        .body = "{}",
+        .body_len = 2,
+        .timeout_ms = 3000,
+        .allow_http_loopback = true,
+        .address_allowed = rule,
+        .pool = pool,
+    };
+    struct pool_result r = {0};
+    int64_t end = util_mono_ms() + 5000;
+
+    ck_assert_ptr_nonnull(util_http_send(base, NULL, NULL, &req, on_pool_done, &r));
+    while (r.calls == 0 && util_mono_ms() < end)
+        event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+    ck_assert_int_eq(r.calls, 1);
+    return r;
+}
+
+/* An idle connection is never reused for a request whose address rule refuses the
+ * address the connection goes to: the request fails before sending anything. The
+ * notifier's rule is ciba_address_allowed, so this is the reuse path of a notification
+ * whose endpoint address would now be refused. A request to another port never takes
+ * the connection either. */
+START_TEST(pooled_connection_rechecks_address)
+{
+    struct event_base *base = event_base_new();
+    struct util_http_pool *pool = util_http_pool_new(base, 4, 5000);
+    struct mock_http *m = mock_http_start(NULL, NULL);
+    struct mock_http *other = mock_http_start(NULL, NULL);
+    char *url = mock_http_url(m, "127.0.0.1", "/ciba/callback");
+    char *other_url = mock_http_url(other, "127.0.0.1", "/ciba/callback");
+    struct pool_result r;
+
+    ck_assert_ptr_nonnull(m);
+    ck_assert_ptr_nonnull(other);
+    mock_http_set_default(m, 204, NULL);
+    mock_http_set_default(other, 204, NULL);
+    r = pool_post(base, pool, url, loopback_allowed);
+    ck_assert_int_eq(r.error, UTIL_HTTP_OK);
+    ck_assert_int_eq(r.status, 204);
+    ck_assert_uint_eq(util_http_pool_idle_count(pool), 1);
+
+    r = pool_post(base, pool, url, loopback_rejected);
+    ck_assert_int_eq(r.error, UTIL_HTTP_ERR_ADDRESS);
+    ck_assert(!r.reused);
+    ck_assert_uint_eq(mock_http_count(m), 1);
+    ck_assert_uint_eq(util_http_pool_idle_count(pool), 1);
+
+    /* Another port: a connection of its own, and the request arrives there. */
+    r = pool_post(base, pool, other_url, loopback_allowed);
+    ck_assert_int_eq(r.error, UTIL_HTTP_OK);
+    ck_assert(!r.reused);
+    ck_assert_uint_eq(mock_http_count(other), 1);
+    ck_assert_uint_eq(mock_http_count(m), 1);
+    ck_assert_uint_eq(util_http_pool_idle_count(pool), 2);
+
+    /* The first connection is still good for its own endpoint. */
+    r = pool_post(base, pool, url, loopback_allowed);
+    ck_assert_int_eq(r.error, UTIL_HTTP_OK);
+    ck_assert(r.reused);
+    ck_assert_uint_eq(mock_http_count(m), 2);
+    ck_assert_uint_eq(mock_http_connection_count(m), 1);
+    ck_assert_uint_eq(mock_http_connection_count(other), 1);
+
+    util_http_pool_free(pool);
+    event_base_free(base);
+    mock_http_free(m);
+    mock_http_free(other);
+    free(url);
+    free(other_url);
 }
 END_TEST
 
@@ -1303,7 +1416,7 @@ static void setup_ssrf(void)
     prepare_instance(NULL, true);
 }
 
-START_TEST(resolved_loopback_refused)
+START_TEST(resolved_loopback_rejected)
 {
     char *url = cb_url(cb, "localhost");
     struct test_client c = create_client("ping", url);
@@ -1381,6 +1494,276 @@ START_TEST(cli_endpoint_rules)
 }
 END_TEST
 
+/* ---- 7. connection reuse ---------------------------------------------------------- */
+
+/* One worker, so every notification goes through the same notifier and its pool. */
+static void setup_one_worker(void)
+{
+    static const char *const extra[] = {"CIBAD_WORKERS=1", NULL};
+
+    prepare_instance(extra, false);
+    start_server();
+}
+
+static void setup_tls_one_worker(void)
+{
+    static const char *const extra[] = {"CIBAD_WORKERS=1", NULL};
+
+    prepare_instance(extra, true);
+    start_server();
+}
+
+/* Starts a request of c, approves it (its SMS is number sms_index), waits until its
+ * notification is recorded as delivered, and returns its auth_req_id. */
+static char *deliver(const struct test_client *c, const char *token, bool push,
+                     size_t sms_index)
+{
+    char *id = start_auth(c, token, push, NULL);
+
+    decide(sms_index, true);
+    wait_notify_audits(id, "delivered", 1);
+    return id;
+}
+
+/* Checks that request index of m carries token and the auth_req_id id, and keeps
+ * pushed tokens out of the server log. */
+static void check_delivery(struct mock_http *m, size_t index, const char *token,
+                           const char *id)
+{
+    json_t *body = callback_body(m, index, token);
+
+    ck_assert_str_eq(jstr(body, "auth_req_id"), id);
+    remember_secret("a pushed access token", jstr(body, "access_token"));
+    remember_secret("a pushed ID token", jstr(body, "id_token"));
+    json_decref(body);
+}
+
+/* Checks that each request was delivered once, in one attempt, and that m got exactly
+ * n requests, the i-th for ids[i]. */
+static void check_each_once(struct mock_http *m, char **tokens, char **ids, size_t n)
+{
+    sleep_ms(1500); /* time for a duplicate to arrive */
+    ck_assert_uint_eq(mock_http_count(m), n);
+    for (size_t i = 0; i < n; i++) {
+        check_delivery(m, i, tokens[i], ids[i]);
+        ck_assert_int_eq(notify_audits(ids[i], "delivered"), 1);
+        ck_assert_int_eq(notify_audits(ids[i], "retry"), 0);
+        ck_assert_int_eq(notify_audits(ids[i], "failed"), 0);
+    }
+}
+
+static void free_all(char **list, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(list[i]);
+}
+
+START_TEST(pings_share_one_connection)
+{
+    char *url = cb_url(cb, "127.0.0.1");
+    struct test_client c = create_client("ping", url);
+    char *tokens[4], *ids[4];
+
+    for (size_t i = 0; i < ARRAY_LEN(ids); i++) {
+        tokens[i] = make_token(30 + i);
+        ids[i] = deliver(&c, tokens[i], false, i);
+    }
+    check_each_once(cb, tokens, ids, ARRAY_LEN(ids));
+    ck_assert_uint_eq(mock_http_connection_count(cb), 1);
+    for (size_t i = 0; i < ARRAY_LEN(ids); i++)
+        ck_assert_ptr_null(mock_http_header(mock_http_request_get(cb, i), "Connection"));
+    free_all(tokens, ARRAY_LEN(ids));
+    free_all(ids, ARRAY_LEN(ids));
+    free(url);
+    client_free(&c);
+}
+END_TEST
+
+/* Every reply sends "Connection: close", so no connection goes back to the pool. */
+START_TEST(push_connection_close_each_once)
+{
+    struct mock_http_reply closing = {.status = 204, .close_connection = true};
+    char *url = cb_url(cb, "127.0.0.1");
+    struct test_client c = create_client("push", url);
+    char *tokens[3], *ids[3];
+
+    for (size_t i = 0; i < ARRAY_LEN(ids); i++)
+        mock_http_push_reply(cb, &closing);
+    for (size_t i = 0; i < ARRAY_LEN(ids); i++) {
+        tokens[i] = make_token(40 + i);
+        ids[i] = deliver(&c, tokens[i], true, i);
+    }
+    check_each_once(cb, tokens, ids, ARRAY_LEN(ids));
+    ck_assert_uint_eq(mock_http_connection_count(cb), 3);
+    free_all(tokens, ARRAY_LEN(ids));
+    free_all(ids, ARRAY_LEN(ids));
+    free(url);
+    client_free(&c);
+}
+END_TEST
+
+/* The endpoint closes connections idle for 300 ms, well before the pool would. */
+START_TEST(push_idle_close_each_once)
+{
+    char *url = cb_url(cb, "127.0.0.1");
+    struct test_client c;
+    char *tokens[3], *ids[3];
+
+    mock_http_set_idle_timeout(cb, 300);
+    c = create_client("push", url);
+    for (size_t i = 0; i < ARRAY_LEN(ids); i++) {
+        tokens[i] = make_token(50 + i);
+        ids[i] = deliver(&c, tokens[i], true, i);
+        sleep_ms(700);
+    }
+    check_each_once(cb, tokens, ids, ARRAY_LEN(ids));
+    ck_assert_uint_eq(mock_http_connection_count(cb), 3);
+    free_all(tokens, ARRAY_LEN(ids));
+    free_all(ids, ARRAY_LEN(ids));
+    free(url);
+    client_free(&c);
+}
+END_TEST
+
+/* The endpoint closes a reused connection when the request arrives, without a reply,
+ * as a server does that closes an idle connection at that moment. The notification is
+ * sent again at once over a new connection, within the same attempt. */
+START_TEST(reused_connection_closed_resent_at_once)
+{
+    char *url = cb_url(cb, "127.0.0.1");
+    struct test_client c = create_client("ping", url);
+    char *t1 = make_token(20), *t2 = make_token(21);
+    char *id1 = deliver(&c, t1, false, 0);
+    char *id2, *hash, *detail;
+
+    mock_http_push(cb, MOCK_HTTP_CLOSE, NULL, 0);
+    id2 = deliver(&c, t2, false, 1);
+    sleep_ms(1500);
+    ck_assert_uint_eq(mock_http_count(cb), 3);
+    check_delivery(cb, 0, t1, id1);
+    check_delivery(cb, 1, t2, id2);
+    check_delivery(cb, 2, t2, id2);
+    ck_assert_int_eq(mock_http_request_get(cb, 1)->client_port,
+                     mock_http_request_get(cb, 0)->client_port);
+    ck_assert_int_ne(mock_http_request_get(cb, 2)->client_port,
+                     mock_http_request_get(cb, 1)->client_port);
+    ck_assert_int_eq(notify_audits(id2, "delivered"), 1);
+    ck_assert_int_eq(notify_audits(id2, "retry"), 0);
+    hash = id_hash(id2);
+    detail = db_text("SELECT detail FROM audit_log WHERE action = 'notify'"
+                     " AND decision = 'delivered' AND auth_req_id_hash = $1",
+                     hash);
+    ck_assert_msg(detail && strstr(detail, "reused connection") &&
+                      strstr(detail, "attempt 1"),
+                  "delivery detail: %s", detail ? detail : "(none)");
+    free(detail);
+    free(hash);
+    free(id1);
+    free(id2);
+    free(t1);
+    free(t2);
+    free(url);
+    client_free(&c);
+}
+END_TEST
+
+START_TEST(clients_on_two_ports_never_share)
+{
+    struct mock_http *other = mock_http_start(NULL, NULL);
+    char *url_a = cb_url(cb, "127.0.0.1");
+    char *url_b = cb_url(other, "127.0.0.1");
+    struct test_client a = create_client("ping", url_a);
+    struct test_client b = create_client("ping", url_b);
+    char *tokens_a[2], *ids_a[2], *tokens_b[2], *ids_b[2];
+
+    mock_http_set_default(other, 204, NULL);
+    for (size_t i = 0; i < 2; i++) {
+        tokens_a[i] = make_token(60 + i);
+        ids_a[i] = deliver(&a, tokens_a[i], false, 2 * i);
+        tokens_b[i] = make_token(70 + i);
+        ids_b[i] = deliver(&b, tokens_b[i], false, 2 * i + 1);
+    }
+    check_each_once(cb, tokens_a, ids_a, 2);
+    check_each_once(other, tokens_b, ids_b, 2);
+    ck_assert_uint_eq(mock_http_connection_count(cb), 1);
+    ck_assert_uint_eq(mock_http_connection_count(other), 1);
+    mock_http_free(other);
+    free_all(tokens_a, 2);
+    free_all(ids_a, 2);
+    free_all(tokens_b, 2);
+    free_all(ids_b, 2);
+    free(url_a);
+    free(url_b);
+    client_free(&a);
+    client_free(&b);
+}
+END_TEST
+
+START_TEST(https_pings_share_one_connection)
+{
+    char *url = cb_url(cb, "localhost");
+    struct test_client c = create_client("ping", url);
+    char *tokens[3], *ids[3];
+
+    for (size_t i = 0; i < ARRAY_LEN(ids); i++) {
+        tokens[i] = make_token(30 + i);
+        ids[i] = deliver(&c, tokens[i], false, i);
+    }
+    check_each_once(cb, tokens, ids, ARRAY_LEN(ids));
+    ck_assert_uint_eq(mock_http_connection_count(cb), 1);
+    for (size_t i = 0; i < ARRAY_LEN(ids); i++) {
+        const struct mock_http_request *q = mock_http_request_get(cb, i);
+
+        ck_assert_msg(q->tls_server_name && strcmp(q->tls_server_name, "localhost") == 0,
+                      "request %zu: no SNI localhost", i);
+    }
+    free_all(tokens, ARRAY_LEN(ids));
+    free_all(ids, ARRAY_LEN(ids));
+    free(url);
+    client_free(&c);
+}
+END_TEST
+
+/* Two clients name the same TLS server by two host names: each name gets its own
+ * connection, checked against its own name, even though address and port are the
+ * same. */
+START_TEST(https_host_names_never_share)
+{
+    char *url_a = cb_url(cb, "localhost");
+    char *url_b = cb_url(cb, "127.0.0.1");
+    struct test_client a = create_client("ping", url_a);
+    struct test_client b = create_client("ping", url_b);
+    char *tokens[4], *ids[4];
+    int port_a = -1, port_b = -1;
+    char host_a[64], host_b[64];
+
+    snprintf(host_a, sizeof(host_a), "localhost:%d", mock_http_port(cb));
+    snprintf(host_b, sizeof(host_b), "127.0.0.1:%d", mock_http_port(cb));
+    for (size_t i = 0; i < ARRAY_LEN(ids); i++) {
+        tokens[i] = make_token(80 + i);
+        ids[i] = deliver(i % 2 ? &b : &a, tokens[i], false, i);
+    }
+    check_each_once(cb, tokens, ids, ARRAY_LEN(ids));
+    ck_assert_uint_eq(mock_http_connection_count(cb), 2);
+    for (size_t i = 0; i < ARRAY_LEN(ids); i++) {
+        const struct mock_http_request *q = mock_http_request_get(cb, i);
+        int *port = i % 2 ? &port_b : &port_a;
+
+        ck_assert_str_eq(mock_http_header(q, "Host"), i % 2 ? host_b : host_a);
+        if (*port < 0)
+            *port = q->client_port;
+        ck_assert_int_eq(q->client_port, *port);
+    }
+    ck_assert_int_ne(port_a, port_b);
+    free_all(tokens, ARRAY_LEN(ids));
+    free_all(ids, ARRAY_LEN(ids));
+    free(url_a);
+    free(url_b);
+    client_free(&a);
+    client_free(&b);
+}
+END_TEST
+
 /* ---- suite ------------------------------------------------------------------------- */
 
 static TCase *tcase_new(const char *name, void (*setup)(void))
@@ -1402,6 +1785,7 @@ static Suite *notify_suite(void)
     tcase_add_test(tc, address_rules_table);
     tcase_add_test(tc, endpoint_rules_table);
     tcase_add_test(tc, endpoint_too_long_rejected);
+    tcase_add_test(tc, pooled_connection_rechecks_address);
     suite_add_tcase(s, tc);
 
     tc = tcase_new("ping", setup_default);
@@ -1442,8 +1826,21 @@ static Suite *notify_suite(void)
     suite_add_tcase(s, tc);
 
     tc = tcase_new("ssrf", setup_ssrf);
-    tcase_add_test(tc, resolved_loopback_refused);
+    tcase_add_test(tc, resolved_loopback_rejected);
     tcase_add_test(tc, cli_endpoint_rules);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_new("reuse", setup_one_worker);
+    tcase_add_test(tc, pings_share_one_connection);
+    tcase_add_test(tc, push_connection_close_each_once);
+    tcase_add_test(tc, push_idle_close_each_once);
+    tcase_add_test(tc, reused_connection_closed_resent_at_once);
+    tcase_add_test(tc, clients_on_two_ports_never_share);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_new("tls_reuse", setup_tls_one_worker);
+    tcase_add_test(tc, https_pings_share_one_connection);
+    tcase_add_test(tc, https_host_names_never_share);
     suite_add_tcase(s, tc);
 
     return s;
