@@ -21,7 +21,9 @@
 # (seconds, 10), BENCH_USERS (1000), BENCH_PING_SECONDS (2, the bc-authorize run that
 # makes the ping requests), CIBAD_WORKERS (2), BENCH_KEEP=1 keeps the working
 # directory, BENCH_PERF=1 records a perf profile of each run into it, BENCH_PG_DURABLE=1
-# turns fsync, synchronous_commit and full_page_writes back on, BENCH_JWT_REQUESTS (5000,
+# turns fsync, synchronous_commit and full_page_writes back on, BENCH_PG_EXPLAIN=1 logs
+# slow statements with their plans (auto_explain) into the kept directory,
+# BENCH_STOP_AFTER=bc stops after the bc-authorize run, BENCH_JWT_REQUESTS (5000,
 # the pending requests of each private_key_jwt client), CIBAD_BIN, BENCH_SINK and
 # BENCH_JWT name the binaries (make bench sets CIBAD_BIN).
 set -euo pipefail
@@ -76,6 +78,8 @@ cleanup() {
     for pid in "$time_pid" "$perf_pid" "$cibad_pid" "$sink_pid" "$ping_sink_pid"; do
         [[ -n $pid ]] && wait "$pid" 2>/dev/null || true
     done
+    [[ $pg_started == 1 && ${BENCH_PG_EXPLAIN:-0} == 1 ]] &&
+        cp "$tmp/pg/server.log" "$out/postgres.log" 2>/dev/null
     [[ $pg_started == 1 ]] && "$here/pg.sh" stop "$tmp/pg"
     if [[ ${BENCH_KEEP:-0} == 1 ]]; then
         echo "bench: kept $tmp" >&2
@@ -255,6 +259,21 @@ if [[ ${BENCH_PG_DURABLE:-0} == 1 ]]; then
         -c max_connections=200" >/dev/null
 fi
 
+if [[ ${BENCH_PG_EXPLAIN:-0} == 1 ]]; then
+    # Logs every statement over 25 ms with its plan and buffers (not its timings, which
+    # cost too much), and lock waits over 5 ms, to $out/postgres.log at the end.
+    for setting in "log_min_duration_statement = '25ms'" \
+        "session_preload_libraries = 'auto_explain'" \
+        "auto_explain.log_min_duration = '25ms'" "auto_explain.log_analyze = on" \
+        "auto_explain.log_timing = off" "auto_explain.log_buffers = on" \
+        "log_lock_waits = on" "deadlock_timeout = '5ms'" "log_checkpoints = on" \
+        "log_autovacuum_min_duration = 0" "log_line_prefix = '%m [%p] '"; do
+        psql "$base_url" -qAt -c "LOAD 'auto_explain'" -c "ALTER SYSTEM SET $setting" \
+            >/dev/null
+    done
+    psql "$base_url" -qAtc "SELECT pg_reload_conf()" >/dev/null
+fi
+
 export CIBAD_DATABASE_URL=$db_url
 issuer=http://127.0.0.1:$http_port
 export CIBAD_MIGRATIONS_DIR=$root/migrations
@@ -358,6 +377,13 @@ cpu_mark
 run_wrk bc "$duration" bc_authorize.lua
 cpu[bc]=$(cpu_report "$out/bc.time")
 bc_ok=$(field bc count.200)
+if [[ ${BENCH_STOP_AFTER:-} == bc ]]; then
+    echo "POST /bc-authorize: $(rate "$(field bc requests)" "$(field bc duration_us)")" \
+        "req/s, p50 $(ms "$(field bc p50_us)") ms, p99 $(ms "$(field bc p99_us)") ms;" \
+        "replies: $(reply_mix bc)"
+    echo "CPU: ${cpu[bc]}"
+    exit 0
+fi
 
 # More requests, counted apart from the measured run, until there are enough for the
 # memory figure and for two issuance runs at the target rate. Those are a probe of up to
