@@ -364,12 +364,14 @@ static int attempt_send(struct attempt *a, bool fresh, int timeout_ms,
  * after the back-off. The one send the retry rules would not make is the resend on a
  * row's last attempt. Without it, a healthy endpoint could lose its last notification
  * to an idle-close race that a new connection would not have had.
- * NOTE: libevent 2.1.12 reports a close during the status line, the headers or a body
- * of known length like a close before any byte, so a partial response is resent too. A
+ * A close after a status line arrived (res->partial) is not resent at once, because
+ * the endpoint had started to respond and may have acted on the request, so the retry
+ * rules decide. A close inside the status line itself still looks like no response. A
  * timeout is never resent at once, because the endpoint may still be working on it. */
 static bool resend_allowed(const struct attempt *a, const struct util_http_response *res)
 {
-    return res->reused && res->error == UTIL_HTTP_ERR_CONNECT && !a->resent &&
+    return res->reused && res->error == UTIL_HTTP_ERR_CONNECT && !res->partial &&
+           !a->resent &&
            server_config->notification_timeout_ms - res->elapsed_ms >=
                NOTIFY_RESEND_MIN_MS;
 }

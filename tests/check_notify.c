@@ -13,6 +13,9 @@
  */
 #include <check.h>
 #include <ctype.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1766,6 +1769,307 @@ END_TEST
 
 /* ---- suite ------------------------------------------------------------------------- */
 
+/* ---- responses that must not desynchronize a reused connection ----------------------
+ */
+
+/* A raw notification endpoint on 127.0.0.1 that answers every request (headers and a
+ * body of Content-Length bytes) with the same bytes and keeps the connection open, for
+ * answers evhttp's server never sends. */
+struct raw_endpoint {
+    int listen_fd;
+    int port;
+    const char *response;
+    atomic_bool stop;
+    atomic_int requests;
+    pthread_t thread;
+};
+
+enum { RAW_CLIENTS = 8, RAW_BUF = 16384 };
+
+/* Answers each complete request in buf. Returns -1 once the client closed. */
+static int raw_endpoint_read(struct raw_endpoint *ep, int fd, char *buf, size_t *len)
+{
+    ssize_t n = read(fd, buf + *len, RAW_BUF - 1 - *len);
+    char *end;
+
+    if (n <= 0)
+        return -1;
+    *len += (size_t)n;
+    buf[*len] = '\0';
+    while ((end = strstr(buf, "\r\n\r\n")) != NULL) {
+        const char *cl = strcasestr(buf, "\r\nContent-Length:");
+        size_t body = cl && cl < end ? strtoul(cl + 17, NULL, 10) : 0;
+        size_t used = (size_t)(end + 4 - buf) + body;
+
+        if (used > *len)
+            break;
+        atomic_fetch_add(&ep->requests, 1);
+        if (write(fd, ep->response, strlen(ep->response)) < 0)
+            return -1;
+        memmove(buf, buf + used, *len - used + 1);
+        *len -= used;
+    }
+    return 0;
+}
+
+static void *raw_endpoint_main(void *arg)
+{
+    struct raw_endpoint *ep = arg;
+    struct pollfd fds[1 + RAW_CLIENTS];
+    static char bufs[RAW_CLIENTS][RAW_BUF];
+    size_t lens[RAW_CLIENTS] = {0};
+    int nfds = 1;
+
+    fds[0] = (struct pollfd){.fd = ep->listen_fd, .events = POLLIN};
+    while (!atomic_load(&ep->stop)) {
+        if (poll(fds, (nfds_t)nfds, 20) <= 0)
+            continue;
+        if ((fds[0].revents & POLLIN) && nfds < 1 + RAW_CLIENTS) {
+            int fd = accept(ep->listen_fd, NULL, NULL);
+
+            if (fd >= 0) {
+                lens[nfds - 1] = 0;
+                fds[nfds++] = (struct pollfd){.fd = fd, .events = POLLIN};
+            }
+        }
+        for (int i = 1; i < nfds; i++) {
+            if ((fds[i].revents & (POLLIN | POLLHUP | POLLERR)) &&
+                raw_endpoint_read(ep, fds[i].fd, bufs[i - 1], &lens[i - 1]) != 0) {
+                /* The client closed: its slot takes the last connection. */
+                close(fds[i].fd);
+                nfds--;
+                if (i < nfds) {
+                    fds[i] = fds[nfds];
+                    memcpy(bufs[i - 1], bufs[nfds - 1], lens[nfds - 1] + 1);
+                    lens[i - 1] = lens[nfds - 1];
+                    i--;
+                }
+            }
+        }
+    }
+    for (int i = 1; i < nfds; i++)
+        close(fds[i].fd);
+    return NULL;
+}
+
+static char *raw_endpoint_start(struct raw_endpoint *ep, const char *response)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    socklen_t len = sizeof(sa);
+
+    memset(ep, 0, sizeof(*ep));
+    ep->response = response;
+    ep->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+    ck_assert_int_ge(ep->listen_fd, 0);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ck_assert_int_eq(bind(ep->listen_fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    ck_assert_int_eq(listen(ep->listen_fd, 16), 0);
+    ck_assert_int_eq(getsockname(ep->listen_fd, (struct sockaddr *)&sa, &len), 0);
+    ep->port = ntohs(sa.sin_port);
+    ck_assert_int_eq(pthread_create(&ep->thread, NULL, raw_endpoint_main, ep), 0);
+    return util_asprintf("http://127.0.0.1:%d/ciba/callback", ep->port);
+}
+
+static void raw_endpoint_stop(struct raw_endpoint *ep)
+{
+    atomic_store(&ep->stop, true);
+    pthread_join(ep->thread, NULL);
+    close(ep->listen_fd);
+}
+
+static void wait_raw_requests(struct raw_endpoint *ep, int n)
+{
+    int64_t end = util_mono_ms() + WAIT_MS;
+
+    while (atomic_load(&ep->requests) < n && util_mono_ms() < end)
+        sleep_ms(20);
+    ck_assert_int_ge(atomic_load(&ep->requests), n);
+}
+
+/* The endpoint answers every push 503 and appends a second response, 204, to the same
+ * write. The 204 stays in the pooled connection's input buffer and the retry, sent over
+ * that connection, takes it as its answer: the push is recorded delivered although the
+ * endpoint answered 503 both times (RFC 9112 section 6.3: a client MUST NOT process
+ * extra data after a response as a separate response). */
+START_TEST(leftover_response_not_taken_as_delivery)
+{
+    struct raw_endpoint ep;
+    char *url = raw_endpoint_start(&ep, "HTTP/1.1 503 Service Unavailable\r\n"
+                                        "Content-Length: 4\r\n\r\nbusy"
+                                        "HTTP/1.1 204 No Content\r\n\r\n");
+    struct test_client c = create_client("push", url);
+    char *token = make_token(50);
+    char *id = start_auth(&c, token, true, NULL);
+
+    decide(0, true);
+    wait_raw_requests(&ep, 2);
+    sleep_ms(1000);
+    ck_assert_int_ge(notify_audits(id, "retry"), 1);
+    ck_assert_int_eq(notify_audits(id, "delivered"), 0);
+    raw_endpoint_stop(&ep);
+    free(id);
+    free(token);
+    free(url);
+    client_free(&c);
+}
+END_TEST
+
+/* An endpoint that sends 103 Early Hints before its 204 (RFC 8297). libevent 2.1.12
+ * ends the request at the 103, so the attempt counts as failed and is retried: the
+ * endpoint gets the push again, as the README says. What must hold is that the 204 left
+ * behind is never read as the answer to the retry, so the push is never recorded
+ * delivered on the strength of an earlier attempt's bytes. */
+START_TEST(early_hints_never_answer_the_retry)
+{
+    struct raw_endpoint ep;
+    char *url = raw_endpoint_start(&ep, "HTTP/1.1 103 Early Hints\r\n"
+                                        "Link: </style.css>; rel=preload\r\n\r\n"
+                                        "HTTP/1.1 204 No Content\r\n\r\n");
+    struct test_client c = create_client("push", url);
+    char *token = make_token(51);
+    char *id = start_auth(&c, token, true, NULL);
+
+    decide(0, true);
+    wait_raw_requests(&ep, 2);
+    sleep_ms(1000);
+    ck_assert_int_ge(notify_audits(id, "retry"), 1);
+    ck_assert_int_eq(notify_audits(id, "delivered"), 0);
+    raw_endpoint_stop(&ep);
+    free(id);
+    free(token);
+    free(url);
+    client_free(&c);
+}
+END_TEST
+
+/* One stray CRLF after each 204: the second push, sent over the reused connection,
+ * fails with a protocol error after the endpoint got and answered it, and is sent again
+ * by the retry rules. */
+START_TEST(stray_crlf_push_delivered_once)
+{
+    struct raw_endpoint ep;
+    char *url = raw_endpoint_start(&ep, "HTTP/1.1 204 No Content\r\n\r\n\r\n");
+    struct test_client c = create_client("push", url);
+    char *t1 = make_token(52), *t2 = make_token(53);
+    char *id1 = start_auth(&c, t1, true, NULL), *id2;
+    int requests;
+
+    decide(0, true);
+    wait_notify_audits(id1, "delivered", 1);
+    id2 = start_auth(&c, t2, true, NULL);
+    decide(1, true);
+    wait_notify_audits(id2, "delivered", 1);
+    sleep_ms(1000);
+    requests = atomic_load(&ep.requests);
+    ck_assert_int_eq(requests, 2);
+    ck_assert_int_eq(notify_audits(id2, "retry"), 0);
+    raw_endpoint_stop(&ep);
+    free(id1);
+    free(id2);
+    free(t1);
+    free(t2);
+    free(url);
+    client_free(&c);
+}
+END_TEST
+
+/* SIGTERM while the pool holds an idle connection and a second notification waits for
+ * its reply: cibad exits 0 (under SANITIZE=1, with no leak report). This one holds. */
+START_TEST(sigterm_with_pooled_and_running_calls)
+{
+    char *url = cb_url(cb, "127.0.0.1");
+    struct test_client c = create_client("ping", url);
+    char *t1 = make_token(54), *t2 = make_token(55);
+    char *id1 = deliver(&c, t1, false, 0);
+    char *id2;
+    int rc;
+
+    mock_http_push(cb, 204, NULL, 900);
+    id2 = start_auth(&c, t2, false, NULL);
+    decide(1, true);
+    ck_assert_int_eq(mock_http_wait(cb, 2, WAIT_MS), 0);
+    rc = e2e_server_stop(&srv);
+    ck_assert_int_eq(rc, 0);
+    free(id1);
+    free(id2);
+    free(t1);
+    free(t2);
+    free(url);
+    client_free(&c);
+}
+END_TEST
+
+static int count_fds(pid_t pid)
+{
+    char *cmd = util_asprintf("ls /proc/%d/fd | wc -l", (int)pid);
+    FILE *f = popen(cmd, "r");
+    int n = -1;
+
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_eq(fscanf(f, "%d", &n), 1);
+    pclose(f);
+    free(cmd);
+    return n;
+}
+
+/* Many pings to endpoints that fail in different ways (a stray CRLF after each answer,
+ * a forged second answer, a 103 first): cibad's open descriptors stay bounded by the
+ * pool size. This one holds. */
+START_TEST(failing_endpoints_leak_no_fds)
+{
+    static const char *const responses[] = {
+        "HTTP/1.1 204 No Content\r\n\r\n\r\n",
+        "HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+        "HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+    };
+    struct raw_endpoint eps[ARRAY_LEN(responses)];
+    struct test_client clients[ARRAY_LEN(responses)];
+    char *urls[ARRAY_LEN(responses)];
+    int before, after;
+    size_t sms = 0;
+
+    for (size_t i = 0; i < ARRAY_LEN(responses); i++) {
+        urls[i] = raw_endpoint_start(&eps[i], responses[i]);
+        clients[i] = create_client("ping", urls[i]);
+    }
+    before = count_fds(srv.pid);
+    for (int round = 0; round < 6; round++) {
+        for (size_t i = 0; i < ARRAY_LEN(responses); i++) {
+            char *token = make_token(60);
+            char *id = start_auth(&clients[i], token, false, NULL);
+
+            decide(sms++, true);
+            free(id);
+            free(token);
+        }
+    }
+    sleep_ms(5000); /* retries finish and the pool's 4 s idle time runs out */
+    after = count_fds(srv.pid);
+    fprintf(stderr, "cibad fds: %d before, %d after\n", before, after);
+    if (getenv("REVIEW_FD_DUMP")) {
+        fprintf(stderr, "sink port %d, endpoint ports %d %d %d\n", mock_http_port(sink),
+                eps[0].port, eps[1].port, eps[2].port);
+        char *cmd = util_asprintf("ls -l /proc/%d/fd >&2; ss -tanp 2>/dev/null | grep "
+                                  "'pid=%d,' >&2",
+                                  (int)srv.pid, (int)srv.pid);
+
+        if (system(cmd) != 0)
+            fprintf(stderr, "the descriptor dump failed\n");
+        sleep_ms(12000);
+        fprintf(stderr, "12 s later: %d fds\n", count_fds(srv.pid));
+        if (system(cmd) != 0)
+            fprintf(stderr, "the descriptor dump failed\n");
+        free(cmd);
+    }
+    ck_assert_int_le(after, before + 2);
+    for (size_t i = 0; i < ARRAY_LEN(responses); i++) {
+        raw_endpoint_stop(&eps[i]);
+        client_free(&clients[i]);
+        free(urls[i]);
+    }
+}
+END_TEST
+
 static TCase *tcase_new(const char *name, void (*setup)(void))
 {
     TCase *tc = tcase_create(name);
@@ -1836,6 +2140,14 @@ static Suite *notify_suite(void)
     tcase_add_test(tc, push_idle_close_each_once);
     tcase_add_test(tc, reused_connection_closed_resent_at_once);
     tcase_add_test(tc, clients_on_two_ports_never_share);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_new("desync", setup_one_worker);
+    tcase_add_test(tc, leftover_response_not_taken_as_delivery);
+    tcase_add_test(tc, early_hints_never_answer_the_retry);
+    tcase_add_test(tc, stray_crlf_push_delivered_once);
+    tcase_add_test(tc, sigterm_with_pooled_and_running_calls);
+    tcase_add_test(tc, failing_endpoints_leak_no_fds);
     suite_add_tcase(s, tc);
 
     tc = tcase_new("tls_reuse", setup_tls_one_worker);

@@ -1297,6 +1297,7 @@ struct http_result {
     enum util_http_error error;
     int status;
     bool reused;
+    bool partial;
     char body[64];
 };
 
@@ -1308,6 +1309,7 @@ static void on_http_done(void *arg, const struct util_http_response *res)
     r->error = res->error;
     r->status = res->status;
     r->reused = res->reused;
+    r->partial = res->partial;
     snprintf(r->body, sizeof(r->body), "%s", res->body);
 }
 
@@ -1793,6 +1795,7 @@ struct raw_server {
     int listen_fd;
     int port;
     const char *response;
+    bool close_after; /* close each connection after its first response */
     atomic_bool stop;
     atomic_int connections;
     atomic_int requests;
@@ -1819,6 +1822,8 @@ static int raw_serve_client(struct raw_server *srv, int fd, char *buf, size_t *l
         atomic_fetch_add(&srv->requests, 1);
         ck_assert_int_eq(write(fd, srv->response, strlen(srv->response)),
                          (ssize_t)strlen(srv->response));
+        if (srv->close_after)
+            return -1;
         memmove(buf, buf + used, *len - used);
         *len -= used;
         buf[*len] = '\0';
@@ -1867,7 +1872,10 @@ static void raw_server_start(struct raw_server *srv, const char *response)
     struct sockaddr_in sa = {.sin_family = AF_INET};
     socklen_t len = sizeof(sa);
 
+    bool close_after = srv->close_after; /* the one setting a caller may preset */
+
     memset(srv, 0, sizeof(*srv));
+    srv->close_after = close_after;
     srv->response = response;
     srv->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
     ck_assert_int_ge(srv->listen_fd, 0);
@@ -1891,7 +1899,7 @@ static void raw_server_stop(struct raw_server *srv)
 static int raw_send_twice(const char *response)
 {
     struct pool_env p;
-    struct raw_server srv;
+    struct raw_server srv = {0};
     struct http_result r;
     int connections;
 
@@ -1926,6 +1934,118 @@ START_TEST(pool_http10_reuse_rules)
     ck_assert_int_eq(raw_send_twice("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
                                     "\r\n2\r\n{}\r\n0\r\n\r\n"),
                      1);
+}
+END_TEST
+
+/* ---- bytes after a response never answer the next request -------------------------- */
+
+/* Sends count POSTs through a new pool to a raw server that answers every request with
+ * response, and stores each result in r[]. */
+static void raw_send_n(const char *response, struct http_result *r, int count)
+{
+    struct pool_env p;
+    struct raw_server srv = {0};
+
+    pool_env_start(&p, MOCK_PLAIN, 4, 5000);
+    raw_server_start(&srv, response);
+    free(p.url);
+    p.url = util_asprintf("http://127.0.0.1:%d/send", srv.port);
+    for (int i = 0; i < count; i++)
+        pool_send(&p, &r[i], 3000);
+    raw_server_stop(&srv);
+    pool_env_stop(&p);
+}
+
+/* Bytes that follow a complete response in the same read stay in the connection's input
+ * buffer while the socket itself is not readable. They are no response of their own
+ * (RFC 9112 section 6.3), so the connection must not be pooled: here the server answers
+ * 503 to each request and appends a forged 200, and the second request must get its own
+ * 503. */
+START_TEST(pool_leftover_bytes_not_next_response)
+{
+    struct http_result r[2];
+
+    raw_send_n("HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy"
+               "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged",
+               r, 2);
+    ck_assert_int_eq(r[0].status, 503);
+    ck_assert_int_eq(r[1].error, UTIL_HTTP_OK);
+    ck_assert_int_eq(r[1].status, 503);
+}
+END_TEST
+
+/* One stray CRLF after a body of known length, a body longer than Content-Length, or a
+ * body on a 204: on a reused connection the next request would fail with a protocol
+ * error after the server got and answered it (a notification sent twice, an SMS
+ * reported failed). The connection must not be pooled, so every request succeeds. */
+START_TEST(pool_stray_bytes_spare_next_request)
+{
+    static const char *const responses[] = {
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}--more",
+        "HTTP/1.1 204 No Content\r\nContent-Length: 2\r\n\r\n{}",
+    };
+
+    for (size_t i = 0; i < ARRAY_LEN(responses); i++) {
+        struct http_result r[2];
+
+        raw_send_n(responses[i], r, 2);
+        ck_assert_int_eq(r[0].status, i == 2 ? 204 : 200);
+        ck_assert_int_eq(r[1].error, UTIL_HTTP_OK);
+    }
+}
+END_TEST
+
+/* A 1xx other than 100 (103 Early Hints, 102 Processing) is an interim response, and
+ * the final one follows (RFC 9110 section 15.2). libevent 2.1.12 ends the request at
+ * the 103, so the call reports status 103; a notification is then retried. What must
+ * hold is that the final 204 left on that connection never answers the next request:
+ * the connection is not pooled, and the second request gets its own 103. */
+START_TEST(pool_interim_1xx_not_final)
+{
+    struct http_result r[2];
+
+    raw_send_n("HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n"
+               "HTTP/1.1 204 No Content\r\n\r\n",
+               r, 2);
+    ck_assert_int_eq(r[0].error, UTIL_HTTP_OK);
+    ck_assert_int_eq(r[0].status, 103);
+    ck_assert_int_eq(r[1].error, UTIL_HTTP_OK);
+    ck_assert(!r[1].reused);
+    ck_assert_int_eq(r[1].status, 103);
+}
+END_TEST
+
+/* A connection that closes after a status line arrived may have had its request acted
+ * on, and the response says so (partial), so that a caller does not send it again at
+ * once. A close before any byte is no partial response. */
+START_TEST(partial_response_is_reported)
+{
+    static const struct {
+        const char *response;
+        bool partial;
+    } cases[] = {
+        {"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nshort", true},
+        {"HTTP/1.1 200 OK\r\nContent-Le", true},
+        {"", false},
+    };
+
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        struct pool_env p;
+        struct raw_server srv = {.close_after = true};
+        struct http_result r;
+
+        pool_env_start(&p, MOCK_PLAIN, 4, 5000);
+        raw_server_start(&srv, cases[i].response);
+        free(p.url);
+        p.url = util_asprintf("http://127.0.0.1:%d/send", srv.port);
+        pool_send(&p, &r, 3000);
+        raw_server_stop(&srv);
+        pool_env_stop(&p);
+        ck_assert_msg(r.error == UTIL_HTTP_ERR_CONNECT, "case %zu: error %d", i, r.error);
+        ck_assert_msg(r.partial == cases[i].partial, "case %zu: partial %d", i,
+                      r.partial);
+    }
 }
 END_TEST
 
@@ -2100,6 +2220,10 @@ static Suite *sms_suite(void)
     tcase_add_test(pool, pool_free_with_call_running);
     tcase_add_test(pool, pool_http10_reuse_rules);
     tcase_add_test(pool, pool_new_rejects_bad_limits);
+    tcase_add_test(pool, pool_leftover_bytes_not_next_response);
+    tcase_add_test(pool, pool_stray_bytes_spare_next_request);
+    tcase_add_test(pool, pool_interim_1xx_not_final);
+    tcase_add_test(pool, partial_response_is_reported);
     tcase_add_test(pool, sender_reuses_gateway_connection);
     tcase_add_test(pool, sender_https_reuses_connection);
     tcase_add_test(pool, sender_gateway_idle_close_no_retry);

@@ -39,6 +39,7 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/http_struct.h> /* the response's HTTP version; 2.1 has no getter */
+#include <event2/keyvalq_struct.h>
 #include <event2/util.h>
 
 #include <openssl/err.h>
@@ -53,6 +54,10 @@ struct lookup {
     struct util_http_call *call; /* NULL once the call no longer waits for it */
 };
 
+/* A connection is not reused once it is this old, so that a changed DNS answer for
+ * its host takes effect even when traffic never lets it sit idle. */
+#define POOL_MAX_AGE_MS (60 * 1000)
+
 /* An idle connection in a pool. */
 struct idle_conn {
     struct util_http_pool *pool;
@@ -63,6 +68,7 @@ struct idle_conn {
     char host[256];
     int port;
     struct sockaddr_storage addr; /* the address connected to */
+    int64_t created_ms;           /* when it was opened */
     int64_t idle_since_ms;
     bool closed; /* libevent closed it; sweep_ev frees it */
     struct idle_conn *prev, *next;
@@ -91,8 +97,10 @@ struct util_http_call {
 
     struct lookup *lookup; /* set while DNS runs */
     struct evdns_getaddrinfo_request
-        *dns_req;                   /* its handle, if it did not finish at once */
-    struct evhttp_request *evreq;   /* ours until evhttp_make_request takes it */
+        *dns_req;                 /* its handle, if it did not finish at once */
+    struct evhttp_request *evreq; /* ours until evhttp_make_request takes it */
+    struct evhttp_request *sent;  /* evhttp's from then on: read only in its callbacks */
+    int64_t conn_created_ms;      /* when conn was opened */
     struct evhttp_connection *conn; /* NULL before connecting and once freed */
     struct bufferevent *bev;        /* owned by conn; NULL on plain HTTP */
     struct sockaddr_storage addr;   /* the address conn connects to */
@@ -407,6 +415,27 @@ static bool socket_is_idle(struct evhttp_connection *conn)
     return pfd.fd >= 0 && poll(&pfd, 1, 0) == 0;
 }
 
+/* True when bytes that no request asked for wait in conn's buffers: libevent's input
+ * buffer, or for TLS, OpenSSL's. Extra bytes after a complete response are no response
+ * of their own (RFC 9112 section 6.3), so such a connection must never be reused: the
+ * next request would read them as its response. */
+static bool has_buffered_input(struct evhttp_connection *conn)
+{
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(conn);
+    SSL *ssl = bufferevent_openssl_get_ssl(bev);
+
+    return evbuffer_get_length(bufferevent_get_input(bev)) > 0 ||
+           (ssl && SSL_pending(ssl) > 0);
+}
+
+/* True when ic may carry another request now: open, idle, younger than the pool's
+ * maximum age, and with nothing unread. */
+static bool idle_conn_usable(const struct idle_conn *ic, int64_t now_ms)
+{
+    return now_ms - ic->created_ms < POOL_MAX_AGE_MS && socket_is_idle(ic->conn) &&
+           !has_buffered_input(ic->conn);
+}
+
 static bool idle_conn_matches(const struct idle_conn *ic,
                               const struct util_http_call *call)
 {
@@ -430,7 +459,7 @@ static bool pool_take(struct util_http_pool *pool, struct util_http_call *call)
         }
         if (!idle_conn_matches(ic, call))
             continue;
-        if (!socket_is_idle(ic->conn)) {
+        if (!idle_conn_usable(ic, now_ms)) {
             idle_conn_free(ic);
             continue;
         }
@@ -442,6 +471,7 @@ static bool pool_take(struct util_http_pool *pool, struct util_http_call *call)
         call->conn = ic->conn;
         call->bev = ic->bev;
         call->addr = ic->addr;
+        call->conn_created_ms = ic->created_ms;
         idle_conn_unlink(ic);
         return true;
     }
@@ -459,20 +489,9 @@ static void pool_put(struct util_http_call *call)
     struct idle_conn *ic, *oldest;
 
     if (!pool || !call->conn || call->res.error != UTIL_HTTP_OK || !call->keep_alive ||
-        !socket_is_idle(call->conn))
+        !socket_is_idle(call->conn) || has_buffered_input(call->conn) ||
+        util_mono_ms() - call->conn_created_ms >= POOL_MAX_AGE_MS)
         return;
-
-    /* A TLS request goes out as several records, so several segments. With Nagle's
-     * algorithm the second one waits for the server's delayed ACK on every reuse (44 ms
-     * per request against the test server). A new connection gets this option at its
-     * first return, because evhttp creates the socket only when it connects. */
-    if (!call->res.reused) {
-        int one = 1;
-        evutil_socket_t fd =
-            bufferevent_getfd(evhttp_connection_get_bufferevent(call->conn));
-
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    }
 
     ic = util_calloc(1, sizeof(*ic));
     ic->pool = pool;
@@ -483,6 +502,7 @@ static void pool_put(struct util_http_call *call)
     memcpy(ic->host, call->host, sizeof(ic->host));
     ic->port = call->port;
     ic->addr = call->addr;
+    ic->created_ms = call->conn_created_ms;
     ic->idle_since_ms = util_mono_ms();
     call->conn = NULL;
     call->bev = NULL;
@@ -640,6 +660,10 @@ static void on_request_error(enum evhttp_request_error error, void *arg)
 
     call->libevent_error = error;
     call->have_libevent_error = true;
+    /* The request is still evhttp's and valid here. A status line means the server
+     * had started to respond. */
+    if (call->sent && evhttp_request_get_response_code(call->sent) != 0)
+        call->res.partial = true;
 }
 
 /* True when the comma-separated header value list contains token, ignoring case. */
@@ -668,20 +692,34 @@ static bool header_has_token(const char *list, const char *token)
 /* True when the connection may carry another request after this response: HTTP/1.1
  * without "Connection: close", or HTTP/1.0 with "Connection: keep-alive", and a body
  * that ended by its length or chunked encoding, not by the server closing. */
+/* True when one of the response's Connection header lines lists token. */
+static bool connection_has_token(struct evkeyvalq *headers, const char *token)
+{
+    /* keyvalq_struct.h declares the list, but not TAILQ_FOREACH. */
+    for (struct evkeyval *h = headers->tqh_first; h; h = h->next.tqe_next) {
+        if (strcasecmp(h->key, "Connection") == 0 && header_has_token(h->value, token))
+            return true;
+    }
+    return false;
+}
+
 static bool response_allows_reuse(struct evhttp_request *req)
 {
     struct evkeyvalq *headers = evhttp_request_get_input_headers(req);
-    const char *connection = evhttp_find_header(headers, "Connection");
     int status = evhttp_request_get_response_code(req);
 
-    if (header_has_token(connection, "close"))
+    /* libevent 2.1 ends a request at an interim 1xx other than 100 Continue, and the
+     * final response still follows on the connection. */
+    if (status < 200)
+        return false;
+    if (connection_has_token(headers, "close"))
         return false;
     if (req->major != 1 ||
-        (req->minor == 0 && !header_has_token(connection, "keep-alive")))
+        (req->minor == 0 && !connection_has_token(headers, "keep-alive")))
         return false;
     return evhttp_find_header(headers, "Content-Length") ||
-           evhttp_find_header(headers, "Transfer-Encoding") || status < 200 ||
-           status == 204 || status == 304;
+           evhttp_find_header(headers, "Transfer-Encoding") || status == 204 ||
+           status == 304;
 }
 
 static void on_request_done(struct evhttp_request *req, void *arg)
@@ -690,6 +728,7 @@ static void on_request_done(struct evhttp_request *req, void *arg)
     struct evbuffer *input;
     size_t len;
 
+    call->sent = NULL; /* evhttp frees it after this callback */
     if (call->completed)
         return;
     if (!req || evhttp_request_get_response_code(req) == 0) {
@@ -845,8 +884,23 @@ static void start_request(struct util_http_call *call)
 
     connection_configure(call);
     call->evreq = NULL;
-    if (evhttp_make_request(call->conn, evreq, call->method, call->target) != 0)
+    call->sent = evreq;
+    if (evhttp_make_request(call->conn, evreq, call->method, call->target) != 0) {
+        call->sent = NULL;
         fail(call, UTIL_HTTP_ERR_CONNECT, "starting the request failed");
+        return;
+    }
+    if (!call->res.reused) {
+        /* A TLS request goes out as several records, so several segments. With Nagle's
+         * algorithm the second one waits for the server's delayed ACK (44 ms against
+         * the test server). evhttp has created the socket by now. */
+        int one = 1;
+        evutil_socket_t fd =
+            bufferevent_getfd(evhttp_connection_get_bufferevent(call->conn));
+
+        if (fd >= 0)
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
 }
 
 /* Connects to address (an IP literal, so evhttp never resolves anything) and sends
@@ -876,6 +930,7 @@ static void start_connection(struct util_http_call *call, const char *address)
             return;
         }
     }
+    call->conn_created_ms = util_mono_ms();
     call->conn = evhttp_connection_base_bufferevent_new(
         call->base, NULL, call->bev, address, (unsigned short)call->port);
     if (!call->conn) {

@@ -83,6 +83,9 @@ struct util_http_response {
     size_t body_len;
     int64_t elapsed_ms; /* from util_http_send to completion */
     bool reused;        /* the request went over an idle connection from the pool */
+    /* The connection failed after the server had started to respond (a status line
+     * arrived), so the server may have acted on the request. */
+    bool partial;
 };
 
 /* Called once per started request, on the loop thread, never from inside
