@@ -1156,6 +1156,22 @@ int e2e_server_stop(struct e2e_server *s)
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+static bool is_word_char(char c)
+{
+    return isalnum((unsigned char)c) || c == '-' || c == '_';
+}
+
+bool e2e_log_contains(const char *log, const char *value)
+{
+    size_t len = strlen(value);
+
+    for (const char *p = strstr(log, value); p; p = strstr(p + 1, value)) {
+        if ((p == log || !is_word_char(p[-1])) && !is_word_char(p[len]))
+            return true;
+    }
+    return false;
+}
+
 char *e2e_server_log(const struct e2e_server *s)
 {
     FILE *f = fopen(s->log_path, "r");

@@ -159,6 +159,11 @@ bool e2e_server_alive(struct e2e_server *s);
 int e2e_server_stop(struct e2e_server *s);
 /* Returns the whole serve log so far (new string, "" when there is none). */
 char *e2e_server_log(const struct e2e_server *s);
+
+/* True when value appears in log as a whole word: not next to a letter, digit, '-' or
+ * '_'. A 6-digit code can turn up inside a timestamp or a port number by chance, and
+ * that is no leak. */
+bool e2e_log_contains(const char *log, const char *value);
 /* Stops the process if it runs, then frees everything. */
 void e2e_server_free(struct e2e_server *s);
 
