@@ -1772,9 +1772,9 @@ END_TEST
 /* ---- responses that must not desynchronize a reused connection ----------------------
  */
 
-/* A raw notification endpoint on 127.0.0.1 that answers every request (headers and a
+/* A raw notification endpoint on 127.0.0.1 that replies to every request (headers and a
  * body of Content-Length bytes) with the same bytes and keeps the connection open, for
- * answers evhttp's server never sends. */
+ * responses evhttp's server never sends. */
 struct raw_endpoint {
     int listen_fd;
     int port;
@@ -1786,7 +1786,7 @@ struct raw_endpoint {
 
 enum { RAW_CLIENTS = 8, RAW_BUF = 16384 };
 
-/* Answers each complete request in buf. Returns -1 once the client closed. */
+/* Replies to each complete request in buf. Returns -1 once the client closed. */
 static int raw_endpoint_read(struct raw_endpoint *ep, int fd, char *buf, size_t *len)
 {
     ssize_t n = read(fd, buf + *len, RAW_BUF - 1 - *len);
@@ -1886,9 +1886,9 @@ static void wait_raw_requests(struct raw_endpoint *ep, int n)
     ck_assert_int_ge(atomic_load(&ep->requests), n);
 }
 
-/* The endpoint answers every push 503 and appends a second response, 204, to the same
+/* The endpoint replies 503 to every push and appends a second response, 204, to the same
  * write. The 204 stays in the pooled connection's input buffer and the retry, sent over
- * that connection, takes it as its answer: the push is recorded delivered although the
+ * that connection, takes it as its response: the push is recorded delivered although the
  * endpoint answered 503 both times (RFC 9112 section 6.3: a client MUST NOT process
  * extra data after a response as a separate response). */
 START_TEST(leftover_response_not_taken_as_delivery)
@@ -1916,7 +1916,7 @@ END_TEST
 
 /* An endpoint that sends 103 Early Hints before its 204 (RFC 8297). libevent 2.1.12
  * ends the request at the 103, so the attempt counts as failed and is retried: the
- * endpoint gets the push again, as the README says. What must hold is that the 204 left
+ * endpoint gets the push again, as the README states. What must hold is that the 204 left
  * behind is never read as the answer to the retry, so the push is never recorded
  * delivered on the strength of an earlier attempt's bytes. */
 START_TEST(early_hints_never_answer_the_retry)
@@ -1974,7 +1974,7 @@ START_TEST(stray_crlf_push_delivered_once)
 END_TEST
 
 /* SIGTERM while the pool holds an idle connection and a second notification waits for
- * its reply: cibad exits 0 (under SANITIZE=1, with no leak report). This one holds. */
+ * its reply: cibad exits 0 (under SANITIZE=1, with no leak report). */
 START_TEST(sigterm_with_pooled_and_running_calls)
 {
     char *url = cb_url(cb, "127.0.0.1");

@@ -1894,7 +1894,7 @@ static void raw_server_stop(struct raw_server *srv)
     close(srv->listen_fd);
 }
 
-/* Sends two POSTs through a pool to a raw server that answers with response, and
+/* Sends two POSTs through a pool to a raw server that replies with response, and
  * returns how many connections the server accepted. */
 static int raw_send_twice(const char *response)
 {
@@ -1937,10 +1937,10 @@ START_TEST(pool_http10_reuse_rules)
 }
 END_TEST
 
-/* ---- bytes after a response never answer the next request -------------------------- */
+/* ---- bytes after a response never become the next request's response -------------- */
 
-/* Sends count POSTs through a new pool to a raw server that answers every request with
- * response, and stores each result in r[]. */
+/* Sends count POSTs through a new pool to a raw server that replies to every request
+ * with response, and stores each result in r[]. */
 static void raw_send_n(const char *response, struct http_result *r, int count)
 {
     struct pool_env p;
@@ -1975,9 +1975,10 @@ START_TEST(pool_leftover_bytes_not_next_response)
 END_TEST
 
 /* One stray CRLF after a body of known length, a body longer than Content-Length, or a
- * body on a 204: on a reused connection the next request would fail with a protocol
- * error after the server got and answered it (a notification sent twice, an SMS
- * reported failed). The connection must not be pooled, so every request succeeds. */
+ * body on a 204. On a reused connection the next request would fail with a protocol
+ * error after the server had handled it, so a notification would go out twice and an
+ * SMS would be reported failed. The connection must not be pooled, so every request
+ * succeeds. */
 START_TEST(pool_stray_bytes_spare_next_request)
 {
     static const char *const responses[] = {
@@ -2017,7 +2018,7 @@ START_TEST(pool_interim_1xx_not_final)
 END_TEST
 
 /* A connection that closes after a status line arrived may have had its request acted
- * on, and the response says so (partial), so that a caller does not send it again at
+ * on, and the response reports it (partial), so that a caller does not send it again at
  * once. A close before any byte is no partial response. */
 START_TEST(partial_response_is_reported)
 {
