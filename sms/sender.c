@@ -24,7 +24,7 @@
 #define SMS_MAX_ATTEMPTS 2
 /* Pause before the retry, so a gateway that just failed gets a moment to recover. */
 #define SMS_RETRY_DELAY_MS 200
-/* Idle gateway connections a sender keeps, and how long. Every send in flight holds one
+/* Idle gateway connections a sender keeps, and how long. Every send in flight uses one
  * connection, so 16 lets a worker run 16 sends at a time without connecting again. The
  * 15 s is an estimate meant to stay below the gateway's own idle timeout, so that the
  * sender, not the gateway, closes an idle connection. */

@@ -67,15 +67,15 @@ static void batch_split(struct storage_batch *b)
     log_warn("storage: %s failed for a batch of %zu calls; sending each call alone",
              b->kind->stmt->name, b->n);
     for (size_t i = 0; i < b->n; i++) {
-        struct storage_batch *one = util_calloc(1, sizeof(*one));
+        struct storage_batch *single = util_calloc(1, sizeof(*single));
 
-        one->db = b->db;
-        one->kind = b->kind;
-        one->flush.run = on_flush;
-        one->sealed = true;
-        one->n = 1;
-        one->calls[0] = b->calls[i]; /* takes over the field copies */
-        storage_conn_defer(b->db, &one->flush);
+        single->db = b->db;
+        single->kind = b->kind;
+        single->flush.run = on_flush;
+        single->sealed = true;
+        single->n = 1;
+        single->calls[0] = b->calls[i]; /* takes over the field copies */
+        storage_conn_defer(b->db, &single->flush);
     }
     free(b);
 }

@@ -620,8 +620,8 @@ static void on_retry(evutil_socket_t fd, short what, void *arg)
  * the loop from waiting on DNS. */
 static void conn_start(struct storage_conn *db)
 {
-    /* Keywords after dbname override what its connection string says: cibad sends and
-     * reads UTF-8 only, and storage/batch.c escapes array literals for it. */
+    /* Keywords after dbname override its connection string. cibad sends and reads UTF-8
+     * only, and storage/batch.c escapes array literals for UTF-8. */
     const char *keys[] = {"dbname", "fallback_application_name", "client_encoding", NULL};
     const char *values[] = {db->conninfo, "cibad", "UTF8", NULL};
     char reason[256];

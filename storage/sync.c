@@ -36,8 +36,8 @@ static void copy_message(char *err, size_t err_len, const char *message)
 
 struct storage_sync *storage_sync_connect(const char *conninfo, char *err, size_t err_len)
 {
-    /* Keywords after dbname override what its connection string says: cibad sends and
-     * reads UTF-8 only, and storage/batch.c escapes array literals for it. */
+    /* Keywords after dbname override its connection string. cibad sends and reads UTF-8
+     * only, and storage/batch.c escapes array literals for UTF-8. */
     const char *keys[] = {"dbname", "fallback_application_name", "client_encoding", NULL};
     const char *values[] = {conninfo, "cibad", "UTF8", NULL};
     struct storage_sync *s;

@@ -1887,10 +1887,9 @@ static void wait_raw_requests(struct raw_endpoint *ep, int n)
 }
 
 /* The endpoint replies 503 to every push and appends a second response, 204, to the same
- * write. The 204 stays in the pooled connection's input buffer and the retry, sent over
- * that connection, takes it as its response: the push is recorded delivered although the
- * endpoint answered 503 both times (RFC 9112 section 6.3: a client MUST NOT process
- * extra data after a response as a separate response). */
+ * write. The 204 stays in the connection's input buffer, and extra data after a
+ * response is no response of its own (RFC 9112 section 6.3). So the connection must not
+ * be pooled, and the push must never be recorded delivered. */
 START_TEST(leftover_response_not_taken_as_delivery)
 {
     struct raw_endpoint ep;
@@ -1917,7 +1916,7 @@ END_TEST
 /* An endpoint that sends 103 Early Hints before its 204 (RFC 8297). libevent 2.1.12
  * ends the request at the 103, so the attempt counts as failed and is retried: the
  * endpoint gets the push again, as the README states. What must hold is that the 204 left
- * behind is never read as the answer to the retry, so the push is never recorded
+ * behind is never read as the response to the retry, so the push is never recorded
  * delivered on the strength of an earlier attempt's bytes. */
 START_TEST(early_hints_never_answer_the_retry)
 {
@@ -1942,9 +1941,9 @@ START_TEST(early_hints_never_answer_the_retry)
 }
 END_TEST
 
-/* One stray CRLF after each 204: the second push, sent over the reused connection,
- * fails with a protocol error after the endpoint got and answered it, and is sent again
- * by the retry rules. */
+/* One stray CRLF after each 204. Over a reused connection the second push would fail
+ * with a protocol error after the endpoint had handled it, and go out again. The
+ * connection must not be pooled, so each push is delivered once, in one attempt. */
 START_TEST(stray_crlf_push_delivered_once)
 {
     struct raw_endpoint ep;
@@ -1973,7 +1972,7 @@ START_TEST(stray_crlf_push_delivered_once)
 }
 END_TEST
 
-/* SIGTERM while the pool holds an idle connection and a second notification waits for
+/* SIGTERM while the pool keeps an idle connection and a second notification waits for
  * its reply: cibad exits 0 (under SANITIZE=1, with no leak report). */
 START_TEST(sigterm_with_pooled_and_running_calls)
 {

@@ -1958,7 +1958,7 @@ static void raw_send_n(const char *response, struct http_result *r, int count)
 
 /* Bytes that follow a complete response in the same read stay in the connection's input
  * buffer while the socket itself is not readable. They are no response of their own
- * (RFC 9112 section 6.3), so the connection must not be pooled: here the server answers
+ * (RFC 9112 section 6.3), so the connection must not be pooled: here the server replies
  * 503 to each request and appends a forged 200, and the second request must get its own
  * 503. */
 START_TEST(pool_leftover_bytes_not_next_response)
@@ -2000,7 +2000,7 @@ END_TEST
 /* A 1xx other than 100 (103 Early Hints, 102 Processing) is an interim response, and
  * the final one follows (RFC 9110 section 15.2). libevent 2.1.12 ends the request at
  * the 103, so the call reports status 103; a notification is then retried. What must
- * hold is that the final 204 left on that connection never answers the next request:
+ * hold is that the final 204 left on that connection never becomes the next response:
  * the connection is not pooled, and the second request gets its own 103. */
 START_TEST(pool_interim_1xx_not_final)
 {

@@ -894,12 +894,12 @@ static void start_request(struct util_http_call *call)
         /* A TLS request goes out as several records, so several segments. With Nagle's
          * algorithm the second one waits for the server's delayed ACK (44 ms against
          * the test server). evhttp has created the socket by now. */
-        int one = 1;
+        int on = 1;
         evutil_socket_t fd =
             bufferevent_getfd(evhttp_connection_get_bufferevent(call->conn));
 
         if (fd >= 0)
-            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
     }
 }
 

@@ -129,8 +129,8 @@ void util_http_pool_free(struct util_http_pool *pool);
 size_t util_http_pool_idle_count(const struct util_http_pool *pool);
 
 /* Starts one request on base. dns resolves host names without blocking, and the request
- * goes to the first address returned; dns may be NULL only for URLs with an IP literal.
- * tls verifies https servers (see util_http_tls_ctx_new); it may be NULL only for http
+ * goes to the first address returned. dns may be NULL only for URLs with an IP literal.
+ * tls verifies https servers (see util_http_tls_ctx_new), and may be NULL only for http
  * URLs. No redirect is followed and no retry is made.
  *
  * Without req->pool the request goes over a new connection, which is freed when the
@@ -139,10 +139,12 @@ size_t util_http_pool_idle_count(const struct util_http_pool *pool);
  * still open and whose address address_allowed accepts, and then skips DNS, connect
  * and the TLS handshake. Otherwise it connects as without a pool. After a complete
  * response, the connection goes back to the pool unless the server asked to close it
- * (Connection: close, or HTTP/1.0 without keep-alive) or ended the body by closing.
- * After a failure, a timeout or a cancel, the connection is freed. A server may close a
- * pooled connection just as a request is sent on it; the call then fails with
- * UTIL_HTTP_ERR_CONNECT and the caller's retry gets another connection.
+ * (Connection: close, or HTTP/1.0 without keep-alive) or ended the body by closing. It
+ * is freed instead after a failure, a timeout or a cancel, after an interim 1xx
+ * response, when bytes follow the response, and once it is 60 s old. A server may
+ * close a pooled connection just as a request is sent on it. The call then fails with
+ * UTIL_HTTP_ERR_CONNECT (res->partial tells whether a status line had arrived), and the
+ * caller's retry gets another connection.
  *
  * Returns a handle for util_http_cancel; cb then runs exactly once, later, unless the
  * call is canceled first. Returns NULL, with the reason logged, when the request could
