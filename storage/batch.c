@@ -89,16 +89,20 @@ static void finish_batch(union storage_cb cb, void *arg, enum storage_status sta
 
     (void)cb;
     q->in_flight--;
+    /* Only a statement that failed was rolled back and may go again. A lost connection
+     * or a timeout would fail the calls again, one by one. */
+    if (status == STORAGE_ERROR && b->n > 1) {
+        batch_split(b);
+        resume_waiting(db, q);
+        return;
+    }
     if (status == STORAGE_OK && PQntuples(res) != (int)b->n) {
+        /* The statement committed, so its calls must not be sent again. */
         log_error("storage: %s returned %d rows for %zu calls", b->kind->stmt->name,
                   PQntuples(res), b->n);
         status = STORAGE_ERROR;
     }
-    /* A lost connection or a timeout would fail the calls again, one by one. */
-    if (status == STORAGE_ERROR && b->n > 1)
-        batch_split(b);
-    else
-        batch_finish(b, status, status == STORAGE_OK ? res : NULL);
+    batch_finish(b, status, status == STORAGE_OK ? res : NULL);
     resume_waiting(db, q);
 }
 
